@@ -1,0 +1,921 @@
+//! The breaker state machine: plain Rust, no PyO3.
+//!
+//! A breaker's whole state is one 64-bit word that the machine does not own: it works on a
+//! `&AtomicU64` (plus a second word that only schedules probe reclaims), so the same code can later
+//! run over memory shared between processes. Every change is one compare-and-swap of that word.
+//!
+//! ```text
+//!  63   61 60              40 39                                   0
+//! +-------+------------------+--------------------------------------+
+//! | mode  |   generation     | payload (meaning depends on mode)    |
+//! +-------+------------------+--------------------------------------+
+//!   Closed      consecutive failures
+//!   Open        opened_at, in clock milliseconds
+//!   HalfOpen    probes in flight (bits 0..16), probe successes (bits 16..32)
+//!   ForcedOpen / Disabled   unused (0)
+//! ```
+//!
+//! Rules the layout enforces:
+//! - every change of mode (and every reset or probe reclaim) bumps the generation, and an outcome is
+//!   applied only if the word still carries the generation its call was admitted under;
+//! - a half-open permit is taken by the same CAS that checks there is room for it;
+//! - admitting into a closed breaker and recording a success on one with no failures write nothing.
+
+use crate::sync::{AtomicU64, Ordering};
+
+const PAYLOAD_BITS: u32 = 40;
+const GENERATION_BITS: u32 = 21;
+const MODE_SHIFT: u32 = PAYLOAD_BITS + GENERATION_BITS;
+const PAYLOAD_MASK: u64 = (1 << PAYLOAD_BITS) - 1;
+const GENERATION_MASK: u64 = (1 << GENERATION_BITS) - 1;
+const COUNTER_BITS: u32 = 16;
+const COUNTER_MASK: u64 = (1 << COUNTER_BITS) - 1;
+
+/// Largest accepted `failure_threshold`.
+pub const MAX_FAILURE_THRESHOLD: u64 = u32::MAX as u64;
+/// Largest accepted `half_open_max_calls` and `success_threshold` (16-bit fields of the word).
+pub const MAX_PROBE_COUNT: u64 = COUNTER_MASK;
+/// Largest accepted duration in milliseconds (about 17 years), so that a time plus a duration
+/// always fits the 40-bit payload.
+pub const MAX_DURATION_MS: u64 = 1 << 39;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    Closed,
+    Open,
+    HalfOpen,
+    ForcedOpen,
+    Disabled,
+}
+
+impl Mode {
+    fn bits(self) -> u64 {
+        match self {
+            Mode::Closed => 0,
+            Mode::Open => 1,
+            Mode::HalfOpen => 2,
+            Mode::ForcedOpen => 3,
+            Mode::Disabled => 4,
+        }
+    }
+
+    fn from_bits(bits: u64) -> Mode {
+        match bits {
+            0 => Mode::Closed,
+            1 => Mode::Open,
+            2 => Mode::HalfOpen,
+            3 => Mode::ForcedOpen,
+            // Only this module writes words, so 5..=7 never occur; read them as the safest mode.
+            _ => Mode::Disabled,
+        }
+    }
+}
+
+/// One decoded state word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Word(pub u64);
+
+impl Word {
+    pub const INITIAL: Word = Word(0); // closed, generation 0, no failures
+
+    fn pack(mode: Mode, generation: u32, payload: u64) -> Word {
+        Word(
+            (mode.bits() << MODE_SHIFT)
+                | ((u64::from(generation) & GENERATION_MASK) << PAYLOAD_BITS)
+                | (payload & PAYLOAD_MASK),
+        )
+    }
+
+    pub fn mode(self) -> Mode {
+        Mode::from_bits(self.0 >> MODE_SHIFT)
+    }
+
+    pub fn generation(self) -> u32 {
+        ((self.0 >> PAYLOAD_BITS) & GENERATION_MASK) as u32
+    }
+
+    fn payload(self) -> u64 {
+        self.0 & PAYLOAD_MASK
+    }
+
+    /// Consecutive failures; meaningful while closed.
+    pub fn failures(self) -> u64 {
+        self.payload()
+    }
+
+    /// When the breaker opened (clock milliseconds); meaningful while open.
+    pub fn opened_at(self) -> u64 {
+        self.payload()
+    }
+
+    /// Half-open permits currently held.
+    pub fn in_flight(self) -> u64 {
+        self.payload() & COUNTER_MASK
+    }
+
+    /// Probe successes so far in this half-open period.
+    pub fn probe_successes(self) -> u64 {
+        (self.payload() >> COUNTER_BITS) & COUNTER_MASK
+    }
+
+    /// Same generation, new payload: an update that is not a transition.
+    fn with_payload(self, payload: u64) -> Word {
+        Word::pack(self.mode(), self.generation(), payload)
+    }
+
+    /// A transition: the generation moves on (wrapping), so outcomes admitted before it go stale.
+    fn next(self, mode: Mode, payload: u64) -> Word {
+        Word::pack(mode, self.generation().wrapping_add(1), payload)
+    }
+}
+
+fn half_open_payload(in_flight: u64, successes: u64) -> u64 {
+    (in_flight & COUNTER_MASK) | ((successes & COUNTER_MASK) << COUNTER_BITS)
+}
+
+/// The numeric configuration the machine needs. Callers validate ranges (see the MAX_ constants);
+/// the machine itself never panics on any value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub failure_threshold: u64,
+    pub reset_timeout_ms: u64,
+    pub half_open_max_calls: u64,
+    pub success_threshold: u64,
+    pub probe_timeout_ms: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            failure_threshold: 5,
+            reset_timeout_ms: 30_000,
+            half_open_max_calls: 1,
+            success_threshold: 1,
+            probe_timeout_ms: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+    Ignored,
+}
+
+/// A change of mode, reported to exactly one caller: the one whose CAS made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub from: Mode,
+    pub to: Mode,
+}
+
+/// Proof of admission: the generation the call was admitted under, and whether it holds one of the
+/// half-open permits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    pub generation: u32,
+    pub probe: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Admitted {
+        ticket: Ticket,
+        transition: Option<Transition>,
+    },
+    /// `retry_after_ms`: time until the breaker goes half-open, 0 when that is not known
+    /// (half-open with every permit taken, or forced open).
+    Rejected { retry_after_ms: u64 },
+}
+
+/// The words a breaker's state lives in. Owned by whoever embeds the breaker (a heap struct in the
+/// Python extension; shared memory later); the machine only borrows them.
+#[derive(Debug)]
+pub struct Slots {
+    pub word: AtomicU64,
+    /// When the newest half-open permit was handed out: `generation << 40 | ms`. It only decides
+    /// *when* hung probes are reclaimed; the reclaim itself is a CAS of `word`.
+    pub probe_stamp: AtomicU64,
+}
+
+impl Slots {
+    pub fn new() -> Slots {
+        Slots {
+            word: AtomicU64::new(Word::INITIAL.0),
+            probe_stamp: AtomicU64::new(0),
+        }
+    }
+
+    pub fn machine<'a>(&'a self, limits: &'a Limits) -> Machine<'a> {
+        Machine::new(&self.word, &self.probe_stamp, limits)
+    }
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Slots::new()
+    }
+}
+
+/// Reads the clock at most once per operation, and only on the paths that need it (a closed
+/// breaker's admission and success never do).
+struct LazyNow<F: Fn() -> u64> {
+    clock: F,
+    value: Option<u64>,
+}
+
+impl<F: Fn() -> u64> LazyNow<F> {
+    fn new(clock: F) -> Self {
+        LazyNow { clock, value: None }
+    }
+
+    fn get(&mut self) -> u64 {
+        let clock = &self.clock;
+        *self.value.get_or_insert_with(|| clock() & PAYLOAD_MASK)
+    }
+}
+
+fn pack_stamp(generation: u32, now_ms: u64) -> u64 {
+    (u64::from(generation) << PAYLOAD_BITS) | (now_ms & PAYLOAD_MASK)
+}
+
+/// The state machine over borrowed words.
+pub struct Machine<'a> {
+    word: &'a AtomicU64,
+    probe_stamp: &'a AtomicU64,
+    limits: &'a Limits,
+}
+
+impl<'a> Machine<'a> {
+    pub fn new(word: &'a AtomicU64, probe_stamp: &'a AtomicU64, limits: &'a Limits) -> Self {
+        Machine {
+            word,
+            probe_stamp,
+            limits,
+        }
+    }
+
+    pub fn load(&self) -> Word {
+        Word(self.word.load(Ordering::Acquire))
+    }
+
+    fn cas(&self, current: Word, next: Word) -> Result<(), Word> {
+        self.word
+            .compare_exchange_weak(current.0, next.0, Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| ())
+            .map_err(Word)
+    }
+
+    /// Asks to run one call. The clock is read only if the breaker is not closed.
+    pub fn admit(&self, clock: impl Fn() -> u64) -> Admission {
+        let mut now = LazyNow::new(clock);
+        let mut current = self.load();
+        loop {
+            let (next, transition) = match current.mode() {
+                // The fast path: a read, no write.
+                Mode::Closed | Mode::Disabled => {
+                    return Admission::Admitted {
+                        ticket: Ticket {
+                            generation: current.generation(),
+                            probe: false,
+                        },
+                        transition: None,
+                    }
+                }
+                Mode::ForcedOpen => return Admission::Rejected { retry_after_ms: 0 },
+                Mode::Open => {
+                    let elapsed = now.get().saturating_sub(current.opened_at());
+                    if elapsed < self.limits.reset_timeout_ms {
+                        return Admission::Rejected {
+                            retry_after_ms: self.limits.reset_timeout_ms - elapsed,
+                        };
+                    }
+                    // The timeout has run out: this caller turns the breaker half-open and takes
+                    // the first permit in the same CAS.
+                    let to = Mode::HalfOpen;
+                    (
+                        current.next(to, half_open_payload(1, 0)),
+                        Some(Transition { from: Mode::Open, to }),
+                    )
+                }
+                Mode::HalfOpen => {
+                    let in_flight = current.in_flight();
+                    let successes = current.probe_successes();
+                    if in_flight < self.limits.half_open_max_calls {
+                        (current.with_payload(half_open_payload(in_flight + 1, successes)), None)
+                    } else if self.probes_hung(current, &mut now) {
+                        // Every permit is older than probe_timeout: a new generation drops them
+                        // (their outcomes go stale) and this caller takes the first new permit.
+                        (current.next(Mode::HalfOpen, half_open_payload(1, successes)), None)
+                    } else {
+                        return Admission::Rejected { retry_after_ms: 0 };
+                    }
+                }
+            };
+            match self.cas(current, next) {
+                Ok(()) => {
+                    if self.limits.probe_timeout_ms.is_some() {
+                        self.probe_stamp
+                            .fetch_max(pack_stamp(next.generation(), now.get()), Ordering::AcqRel);
+                    }
+                    return Admission::Admitted {
+                        ticket: Ticket {
+                            generation: next.generation(),
+                            probe: true,
+                        },
+                        transition,
+                    };
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// True when probe_timeout is set and the newest permit of this half-open generation was handed
+    /// out at least that long ago.
+    fn probes_hung<F: Fn() -> u64>(&self, current: Word, now: &mut LazyNow<F>) -> bool {
+        let Some(timeout) = self.limits.probe_timeout_ms else {
+            return false;
+        };
+        let stamp = self.probe_stamp.load(Ordering::Acquire);
+        let stamped_generation = ((stamp >> PAYLOAD_BITS) & GENERATION_MASK) as u32;
+        let now_ms = now.get();
+        if stamped_generation != current.generation() {
+            // No stamp for this generation (probe_timeout was switched on while probes were out,
+            // or the generation counter wrapped): start timing from now.
+            let _ = self.probe_stamp.compare_exchange(
+                stamp,
+                pack_stamp(current.generation(), now_ms),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            return false;
+        }
+        now_ms.saturating_sub(stamp & PAYLOAD_MASK) >= timeout
+    }
+
+    /// Records the outcome of a call admitted with `ticket`. Outcomes from an older generation change
+    /// nothing. Returns the transition this outcome caused, if any.
+    pub fn record(&self, ticket: Ticket, outcome: Outcome, clock: impl Fn() -> u64) -> Option<Transition> {
+        let mut now = LazyNow::new(clock);
+        let mut current = self.load();
+        loop {
+            if current.generation() != ticket.generation {
+                return None; // stale: admitted before a transition
+            }
+            let next = match (current.mode(), outcome) {
+                (Mode::Closed, Outcome::Success) => {
+                    if current.failures() == 0 {
+                        return None; // healthy and staying so: no write
+                    }
+                    current.with_payload(0)
+                }
+                (Mode::Closed, Outcome::Failure) => {
+                    let failures = current.failures().saturating_add(1);
+                    if failures >= self.limits.failure_threshold {
+                        current.next(Mode::Open, now.get())
+                    } else {
+                        current.with_payload(failures)
+                    }
+                }
+                (Mode::HalfOpen, Outcome::Success) => {
+                    let successes = current.probe_successes() + 1;
+                    if successes >= self.limits.success_threshold {
+                        current.next(Mode::Closed, 0)
+                    } else {
+                        let in_flight = current.in_flight().saturating_sub(1);
+                        current.with_payload(half_open_payload(in_flight, successes))
+                    }
+                }
+                (Mode::HalfOpen, Outcome::Failure) => current.next(Mode::Open, now.get()),
+                (Mode::HalfOpen, Outcome::Ignored) => {
+                    let in_flight = current.in_flight().saturating_sub(1);
+                    current.with_payload(half_open_payload(in_flight, current.probe_successes()))
+                }
+                // Ignored while closed, and anything while disabled: nothing to record. Open and
+                // forced-open admit nothing, so no ticket of their generation exists.
+                (Mode::Closed, Outcome::Ignored)
+                | (Mode::Disabled, _)
+                | (Mode::Open, _)
+                | (Mode::ForcedOpen, _) => return None,
+            };
+            match self.cas(current, next) {
+                Ok(()) => return transition(current, next),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Moves to `mode` with an empty payload and a new generation (reset, force-open, disable).
+    /// In-flight calls go stale and their permits are dropped.
+    pub fn set_mode(&self, mode: Mode) -> Option<Transition> {
+        let mut current = self.load();
+        loop {
+            let next = current.next(mode, 0);
+            match self.cas(current, next) {
+                Ok(()) => return transition(current, next),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// The mode a caller would see now. An open breaker whose timeout has run out is turned
+    /// half-open here (with no permit taken), so that the change is reported exactly once, to
+    /// whoever sees it first.
+    pub fn observe(&self, clock: impl Fn() -> u64) -> (Word, Option<Transition>) {
+        let mut now = LazyNow::new(clock);
+        let mut current = self.load();
+        loop {
+            if current.mode() != Mode::Open
+                || now.get().saturating_sub(current.opened_at()) < self.limits.reset_timeout_ms
+            {
+                return (current, None);
+            }
+            let next = current.next(Mode::HalfOpen, half_open_payload(0, 0));
+            match self.cas(current, next) {
+                Ok(()) => return (next, transition(current, next)),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Milliseconds until an open breaker goes half-open (0 if it is not open).
+    pub fn retry_after_ms(&self, word: Word, clock: impl Fn() -> u64) -> u64 {
+        if word.mode() != Mode::Open {
+            return 0;
+        }
+        let elapsed = (clock() & PAYLOAD_MASK).saturating_sub(word.opened_at());
+        self.limits.reset_timeout_ms.saturating_sub(elapsed)
+    }
+}
+
+fn transition(from: Word, to: Word) -> Option<Transition> {
+    (from.mode() != to.mode()).then_some(Transition {
+        from: from.mode(),
+        to: to.mode(),
+    })
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    struct Fixture {
+        slots: Slots,
+        limits: Limits,
+        now: Cell<u64>,
+    }
+
+    impl Fixture {
+        fn new(limits: Limits) -> Self {
+            Fixture {
+                slots: Slots::new(),
+                limits,
+                now: Cell::new(0),
+            }
+        }
+        fn m(&self) -> Machine<'_> {
+            self.slots.machine(&self.limits)
+        }
+        fn admit(&self) -> Admission {
+            self.m().admit(|| self.now.get())
+        }
+        fn ticket(&self) -> Ticket {
+            match self.admit() {
+                Admission::Admitted { ticket, .. } => ticket,
+                other => panic!("expected admission, got {other:?}"),
+            }
+        }
+        fn record(&self, t: Ticket, o: Outcome) -> Option<Transition> {
+            self.m().record(t, o, || self.now.get())
+        }
+        fn mode(&self) -> Mode {
+            self.m().observe(|| self.now.get()).0.mode()
+        }
+        fn raw(&self) -> Word {
+            self.m().load()
+        }
+        fn trip(&self) {
+            for _ in 0..self.limits.failure_threshold {
+                let t = self.ticket();
+                self.record(t, Outcome::Failure);
+            }
+            assert_eq!(self.raw().mode(), Mode::Open);
+        }
+    }
+
+    fn limits(threshold: u64, timeout: u64, probes: u64) -> Limits {
+        Limits {
+            failure_threshold: threshold,
+            reset_timeout_ms: timeout,
+            half_open_max_calls: probes,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn word_fields_round_trip() {
+        let w = Word::pack(Mode::HalfOpen, 12345, half_open_payload(7, 9));
+        assert_eq!(w.mode(), Mode::HalfOpen);
+        assert_eq!(w.generation(), 12345);
+        assert_eq!(w.in_flight(), 7);
+        assert_eq!(w.probe_successes(), 9);
+        let w = Word::pack(Mode::Open, 1, PAYLOAD_MASK);
+        assert_eq!(w.opened_at(), PAYLOAD_MASK);
+        assert_eq!(w.generation(), 1);
+        for mode in [Mode::Closed, Mode::Open, Mode::HalfOpen, Mode::ForcedOpen, Mode::Disabled] {
+            assert_eq!(Word::pack(mode, 0, 0).mode(), mode);
+        }
+    }
+
+    #[test]
+    fn generation_wraps_without_touching_mode_or_payload() {
+        let w = Word::pack(Mode::Closed, GENERATION_MASK as u32, 3);
+        let n = w.next(Mode::Open, 42);
+        assert_eq!(n.generation(), 0);
+        assert_eq!(n.mode(), Mode::Open);
+        assert_eq!(n.opened_at(), 42);
+    }
+
+    #[test]
+    fn closed_admission_and_success_write_nothing() {
+        let f = Fixture::new(limits(3, 1000, 1));
+        let before = f.raw();
+        let t = f.ticket();
+        assert!(!t.probe);
+        assert_eq!(f.record(t, Outcome::Success), None);
+        assert_eq!(f.raw(), before);
+    }
+
+    #[test]
+    fn closed_admission_does_not_read_the_clock() {
+        let f = Fixture::new(limits(3, 1000, 1));
+        let adm = f.m().admit(|| panic!("clock read on the closed fast path"));
+        assert!(matches!(adm, Admission::Admitted { .. }));
+    }
+
+    #[test]
+    fn consecutive_failures_open_at_threshold() {
+        let f = Fixture::new(limits(3, 1000, 1));
+        for _ in 0..2 {
+            let t = f.ticket();
+            assert_eq!(f.record(t, Outcome::Failure), None);
+        }
+        assert_eq!(f.raw().failures(), 2);
+        f.now.set(77);
+        let t = f.ticket();
+        assert_eq!(
+            f.record(t, Outcome::Failure),
+            Some(Transition { from: Mode::Closed, to: Mode::Open })
+        );
+        assert_eq!(f.raw().mode(), Mode::Open);
+        assert_eq!(f.raw().opened_at(), 77);
+    }
+
+    #[test]
+    fn success_clears_failure_count() {
+        let f = Fixture::new(limits(3, 1000, 1));
+        for _ in 0..2 {
+            let t = f.ticket();
+            f.record(t, Outcome::Failure);
+        }
+        let t = f.ticket();
+        f.record(t, Outcome::Success);
+        assert_eq!(f.raw().failures(), 0);
+        assert_eq!(f.raw().mode(), Mode::Closed);
+        for _ in 0..2 {
+            let t = f.ticket();
+            f.record(t, Outcome::Failure);
+        }
+        assert_eq!(f.raw().mode(), Mode::Closed, "count restarted after the success");
+    }
+
+    #[test]
+    fn ignored_outcome_changes_nothing_while_closed() {
+        let f = Fixture::new(limits(1, 1000, 1));
+        let t = f.ticket();
+        assert_eq!(f.record(t, Outcome::Ignored), None);
+        assert_eq!(f.raw(), Word::INITIAL);
+    }
+
+    #[test]
+    fn open_rejects_until_timeout_with_retry_after() {
+        let f = Fixture::new(limits(1, 1000, 1));
+        f.trip();
+        f.now.set(400);
+        assert_eq!(f.admit(), Admission::Rejected { retry_after_ms: 600 });
+        f.now.set(999);
+        assert_eq!(f.admit(), Admission::Rejected { retry_after_ms: 1 });
+        assert_eq!(f.mode(), Mode::Open);
+    }
+
+    #[test]
+    fn timeout_edge_is_inclusive() {
+        let f = Fixture::new(limits(1, 1000, 1));
+        f.trip();
+        f.now.set(1000);
+        match f.admit() {
+            Admission::Admitted { ticket, transition } => {
+                assert!(ticket.probe);
+                assert_eq!(transition, Some(Transition { from: Mode::Open, to: Mode::HalfOpen }));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn zero_reset_timeout_goes_half_open_at_once() {
+        let f = Fixture::new(limits(1, 0, 1));
+        f.trip();
+        assert!(matches!(f.admit(), Admission::Admitted { ticket: Ticket { probe: true, .. }, .. }));
+    }
+
+    #[test]
+    fn clock_behind_opened_at_counts_as_no_time_elapsed() {
+        let f = Fixture::new(limits(1, 1000, 1));
+        f.now.set(5000);
+        f.trip();
+        f.now.set(10); // a clock read taken before the trip
+        assert_eq!(f.admit(), Admission::Rejected { retry_after_ms: 1000 });
+    }
+
+    #[test]
+    fn half_open_admits_exactly_max_calls() {
+        let f = Fixture::new(limits(1, 10, 3));
+        f.trip();
+        f.now.set(10);
+        let tickets: Vec<_> = (0..3).map(|_| f.ticket()).collect();
+        assert!(tickets.iter().all(|t| t.probe));
+        assert_eq!(f.raw().in_flight(), 3);
+        assert_eq!(f.admit(), Admission::Rejected { retry_after_ms: 0 });
+        // Releasing one permit (ignored) makes room for exactly one more.
+        f.record(tickets[0], Outcome::Ignored);
+        assert_eq!(f.raw().in_flight(), 2);
+        let _ = f.ticket();
+        assert_eq!(f.admit(), Admission::Rejected { retry_after_ms: 0 });
+    }
+
+    #[test]
+    fn probe_success_closes() {
+        let f = Fixture::new(limits(2, 10, 1));
+        f.trip();
+        f.now.set(10);
+        let t = f.ticket();
+        assert_eq!(
+            f.record(t, Outcome::Success),
+            Some(Transition { from: Mode::HalfOpen, to: Mode::Closed })
+        );
+        assert_eq!(f.raw().mode(), Mode::Closed);
+        assert_eq!(f.raw().failures(), 0);
+    }
+
+    #[test]
+    fn probe_failure_reopens_with_fresh_opened_at() {
+        let f = Fixture::new(limits(2, 10, 1));
+        f.trip();
+        f.now.set(25);
+        let t = f.ticket();
+        assert_eq!(
+            f.record(t, Outcome::Failure),
+            Some(Transition { from: Mode::HalfOpen, to: Mode::Open })
+        );
+        assert_eq!(f.raw().opened_at(), 25);
+        f.now.set(34);
+        assert_eq!(f.admit(), Admission::Rejected { retry_after_ms: 1 });
+    }
+
+    #[test]
+    fn success_threshold_needs_that_many_probe_successes() {
+        let f = Fixture::new(Limits { success_threshold: 3, ..limits(1, 10, 1) });
+        f.trip();
+        f.now.set(10);
+        for _ in 0..2 {
+            let t = f.ticket();
+            assert_eq!(f.record(t, Outcome::Success), None);
+            assert_eq!(f.raw().mode(), Mode::HalfOpen);
+        }
+        assert_eq!(f.raw().probe_successes(), 2);
+        let t = f.ticket();
+        assert!(f.record(t, Outcome::Success).is_some());
+        assert_eq!(f.raw().mode(), Mode::Closed);
+    }
+
+    #[test]
+    fn stale_outcomes_change_nothing() {
+        // Admitted while closed, the breaker trips meanwhile: the late success must not close it.
+        let f = Fixture::new(limits(1, 10, 1));
+        let slow = f.ticket();
+        f.trip();
+        assert_eq!(f.record(slow, Outcome::Success), None);
+        assert_eq!(f.raw().mode(), Mode::Open);
+        // A late failure from before a reset must not count toward the new closed period.
+        let f = Fixture::new(limits(2, 10, 1));
+        let slow = f.ticket();
+        f.m().set_mode(Mode::Closed);
+        let t = f.ticket();
+        f.record(t, Outcome::Failure);
+        assert_eq!(f.record(slow, Outcome::Failure), None);
+        assert_eq!(f.raw().failures(), 1);
+        assert_eq!(f.raw().mode(), Mode::Closed);
+    }
+
+    #[test]
+    fn stale_probe_outcome_after_reopen_is_dropped() {
+        let f = Fixture::new(limits(1, 10, 2));
+        f.trip();
+        f.now.set(10);
+        let a = f.ticket();
+        let b = f.ticket();
+        f.record(a, Outcome::Failure); // reopens
+        assert_eq!(f.record(b, Outcome::Success), None);
+        assert_eq!(f.raw().mode(), Mode::Open);
+    }
+
+    #[test]
+    fn every_transition_bumps_the_generation() {
+        let f = Fixture::new(limits(1, 10, 1));
+        let mut last = f.raw().generation();
+        let mut step = |f: &Fixture| {
+            let g = f.raw().generation();
+            assert_ne!(g, last);
+            last = g;
+        };
+        f.trip();
+        step(&f);
+        f.now.set(10);
+        let t = f.ticket();
+        step(&f);
+        f.record(t, Outcome::Success);
+        step(&f);
+        f.m().set_mode(Mode::ForcedOpen);
+        step(&f);
+        f.m().set_mode(Mode::Disabled);
+        step(&f);
+        f.m().set_mode(Mode::Closed);
+        step(&f);
+    }
+
+    #[test]
+    fn reset_from_any_mode_closes_and_drops_permits() {
+        let f = Fixture::new(limits(1, 10, 1));
+        f.trip();
+        f.now.set(10);
+        let probe = f.ticket();
+        assert_eq!(
+            f.m().set_mode(Mode::Closed),
+            Some(Transition { from: Mode::HalfOpen, to: Mode::Closed })
+        );
+        assert_eq!(f.raw().mode(), Mode::Closed);
+        assert_eq!(f.record(probe, Outcome::Failure), None, "dropped permit is stale");
+        assert_eq!(f.m().set_mode(Mode::Closed), None, "closed to closed is no transition");
+    }
+
+    #[test]
+    fn forced_open_rejects_and_disabled_admits_everything() {
+        let f = Fixture::new(limits(1, 0, 1));
+        f.m().set_mode(Mode::ForcedOpen);
+        f.now.set(1_000_000);
+        assert_eq!(f.admit(), Admission::Rejected { retry_after_ms: 0 });
+        assert_eq!(f.mode(), Mode::ForcedOpen);
+        f.m().set_mode(Mode::Disabled);
+        for _ in 0..10 {
+            let t = f.ticket();
+            assert_eq!(f.record(t, Outcome::Failure), None);
+        }
+        assert_eq!(f.mode(), Mode::Disabled);
+    }
+
+    #[test]
+    fn observe_turns_expired_open_half_open_once() {
+        let f = Fixture::new(limits(1, 10, 1));
+        f.trip();
+        f.now.set(9);
+        assert_eq!(f.m().observe(|| f.now.get()).1, None);
+        f.now.set(10);
+        let (w, t) = f.m().observe(|| f.now.get());
+        assert_eq!(w.mode(), Mode::HalfOpen);
+        assert_eq!(w.in_flight(), 0);
+        assert_eq!(t, Some(Transition { from: Mode::Open, to: Mode::HalfOpen }));
+        assert_eq!(f.m().observe(|| f.now.get()).1, None, "reported once");
+        // The observed half-open breaker still has its permit available.
+        assert!(f.ticket().probe);
+    }
+
+    #[test]
+    fn hung_probe_is_reclaimed_after_probe_timeout() {
+        let f = Fixture::new(Limits { probe_timeout_ms: Some(50), ..limits(1, 10, 1) });
+        f.trip();
+        f.now.set(10);
+        let hung = f.ticket();
+        f.now.set(59);
+        assert_eq!(f.admit(), Admission::Rejected { retry_after_ms: 0 });
+        f.now.set(60);
+        let fresh = f.ticket();
+        assert!(fresh.probe);
+        assert_ne!(fresh.generation, hung.generation);
+        assert_eq!(f.raw().in_flight(), 1);
+        // The hung probe finally answers: stale, it cannot close or reopen the breaker.
+        assert_eq!(f.record(hung, Outcome::Failure), None);
+        assert_eq!(f.raw().mode(), Mode::HalfOpen);
+        assert!(f.record(fresh, Outcome::Success).is_some());
+        assert_eq!(f.raw().mode(), Mode::Closed);
+    }
+
+    #[test]
+    fn probe_timeout_counts_from_the_newest_permit() {
+        let f = Fixture::new(Limits { probe_timeout_ms: Some(50), ..limits(1, 10, 2) });
+        f.trip();
+        f.now.set(10);
+        let _a = f.ticket();
+        f.now.set(40);
+        let _b = f.ticket();
+        f.now.set(60); // 50 after a, 20 after b
+        assert_eq!(f.admit(), Admission::Rejected { retry_after_ms: 0 });
+        f.now.set(90);
+        assert!(f.ticket().probe);
+    }
+
+    #[test]
+    fn without_probe_timeout_a_hung_probe_blocks_forever() {
+        let f = Fixture::new(limits(1, 10, 1));
+        f.trip();
+        f.now.set(10);
+        let _hung = f.ticket();
+        f.now.set(u64::from(u32::MAX));
+        assert_eq!(f.admit(), Admission::Rejected { retry_after_ms: 0 });
+    }
+
+    #[test]
+    fn threshold_lowered_below_count_trips_on_next_failure() {
+        let mut f = Fixture::new(limits(10, 10, 1));
+        for _ in 0..5 {
+            let t = f.ticket();
+            f.record(t, Outcome::Failure);
+        }
+        f.limits.failure_threshold = 3;
+        let t = f.ticket();
+        assert!(f.record(t, Outcome::Failure).is_some());
+    }
+
+    #[test]
+    fn threads_recording_threshold_failures_always_open() {
+        use std::sync::Arc;
+        for _ in 0..50 {
+            let slots = Arc::new(Slots::new());
+            let lim = limits(8, 1000, 1);
+            let barrier = Arc::new(std::sync::Barrier::new(8));
+            let transitions: usize = (0..8)
+                .map(|_| {
+                    let slots = slots.clone();
+                    let barrier = barrier.clone();
+                    std::thread::spawn(move || {
+                        let m = slots.machine(&lim);
+                        let t = match m.admit(|| 0) {
+                            Admission::Admitted { ticket, .. } => ticket,
+                            _ => unreachable!(),
+                        };
+                        barrier.wait();
+                        m.record(t, Outcome::Failure, || 0).is_some() as usize
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .sum();
+            assert_eq!(transitions, 1, "exactly one thread reports the trip");
+            assert_eq!(Word(slots.word.load(Ordering::SeqCst)).mode(), Mode::Open);
+        }
+    }
+
+    #[test]
+    fn half_open_storm_admits_exactly_max_calls() {
+        use std::sync::Arc;
+        for probes in [1u64, 3] {
+            let slots = Arc::new(Slots::new());
+            let lim = limits(1, 10, probes);
+            {
+                let m = slots.machine(&lim);
+                if let Admission::Admitted { ticket, .. } = m.admit(|| 0) {
+                    m.record(ticket, Outcome::Failure, || 0);
+                }
+            }
+            let barrier = Arc::new(std::sync::Barrier::new(16));
+            let admitted: u64 = (0..16)
+                .map(|_| {
+                    let slots = slots.clone();
+                    let barrier = barrier.clone();
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        matches!(slots.machine(&lim).admit(|| 10), Admission::Admitted { .. }) as u64
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .sum();
+            assert_eq!(admitted, probes);
+        }
+    }
+}

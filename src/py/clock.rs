@@ -1,0 +1,96 @@
+//! Time source of a registry: the monotonic clock read in Rust, or a `ManualClock` for tests.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::config::finite_seconds;
+
+/// Time shared between a `ManualClock` and every registry that reads it.
+pub struct ManualTime {
+    start: f64,
+    elapsed_ns: AtomicU64,
+}
+
+impl ManualTime {
+    fn elapsed_ns(&self) -> u64 {
+        self.elapsed_ns.load(Ordering::Acquire)
+    }
+}
+
+/// The engine works in whole milliseconds since the clock's epoch (the registry's creation for the
+/// monotonic clock, `start` for a manual one).
+#[derive(Clone)]
+pub enum Clock {
+    Monotonic(Instant),
+    Manual(Arc<ManualTime>),
+}
+
+impl Clock {
+    pub fn now_ms(&self) -> u64 {
+        match self {
+            Clock::Monotonic(epoch) => u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX),
+            Clock::Manual(time) => time.elapsed_ns() / 1_000_000,
+        }
+    }
+}
+
+/// A clock that moves only when told to, shared by the registries given it.
+#[pyclass(frozen, module = "panelboard")]
+pub struct ManualClock {
+    pub(crate) time: Arc<ManualTime>,
+}
+
+#[pymethods]
+impl ManualClock {
+    #[new]
+    #[pyo3(signature = (start = None))]
+    fn new(start: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let start = match start {
+            Some(start) => finite_seconds(start, "start", f64::MIN)?,
+            None => 0.0,
+        };
+        Ok(ManualClock {
+            time: Arc::new(ManualTime {
+                start,
+                elapsed_ns: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Moves the clock forward by `seconds` (≥ 0).
+    fn advance(&self, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
+        let seconds = finite_seconds(seconds, "seconds", 0.0)?;
+        let ns = (seconds * 1e9).round();
+        if ns >= u64::MAX as f64 {
+            return Err(PyValueError::new_err("seconds is too large"));
+        }
+        let ns = ns as u64;
+        let mut current = self.time.elapsed_ns();
+        loop {
+            let Some(next) = current.checked_add(ns) else {
+                return Err(PyValueError::new_err("seconds would move the clock past its range"));
+            };
+            match self.time.elapsed_ns.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// The current time in seconds.
+    fn now(&self) -> f64 {
+        self.time.start + self.time.elapsed_ns() as f64 / 1e9
+    }
+
+    fn __repr__(&self) -> String {
+        format!("ManualClock(now={})", self.now())
+    }
+}

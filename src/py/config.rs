@@ -1,0 +1,282 @@
+//! Breaker configuration: validation of user input and the classification of outcomes.
+//!
+//! Every option is validated before anything is created or changed, and each error names its
+//! argument.
+
+use pyo3::exceptions::{PyBaseException, PyException, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString, PyTuple, PyType};
+
+use crate::engine::{Limits, Outcome, MAX_DURATION_MS, MAX_FAILURE_THRESHOLD, MAX_PROBE_COUNT};
+
+/// Everything a breaker needs to run and classify a call. Immutable; `configure` swaps in a new one.
+pub struct Config {
+    pub limits: Limits,
+    pub reset_timeout: f64,
+    pub probe_timeout: Option<f64>,
+    /// Result predicate; `None` means every returned value is a success.
+    pub success: Option<Py<PyAny>>,
+    /// Exception type or tuple of types counted as failures.
+    pub failure_on: Py<PyAny>,
+    /// Exception types ignored even when they match `failure_on`; `None` when there are none.
+    pub ignore: Option<Py<PyAny>>,
+    /// `failure_on=Exception` and no `ignore`: classification is one type check.
+    default_exceptions: bool,
+}
+
+impl Config {
+    pub fn defaults(py: Python<'_>) -> Config {
+        let limits = Limits::default();
+        Config {
+            limits,
+            reset_timeout: limits.reset_timeout_ms as f64 / 1000.0,
+            probe_timeout: None,
+            success: None,
+            failure_on: py.get_type::<PyException>().into_any().unbind(),
+            ignore: None,
+            default_exceptions: true,
+        }
+    }
+
+    /// Classifies an exception raised by the guarded function. A `BaseException` that is not an
+    /// `Exception` (KeyboardInterrupt, SystemExit, CancelledError) is always ignored.
+    pub fn classify_error(&self, py: Python<'_>, err: &PyErr) -> Outcome {
+        if !err.is_instance_of::<PyException>(py) {
+            return Outcome::Ignored;
+        }
+        if self.default_exceptions {
+            return Outcome::Failure;
+        }
+        let value = err.value(py);
+        if let Some(ignore) = &self.ignore {
+            if value.is_instance(ignore.bind(py)).unwrap_or(false) {
+                return Outcome::Ignored;
+            }
+        }
+        if value.is_instance(self.failure_on.bind(py)).unwrap_or(false) {
+            Outcome::Failure
+        } else {
+            Outcome::Ignored
+        }
+    }
+
+    /// Classifies a returned value with the `success` predicate. If the predicate raises, the call
+    /// is a failure and the predicate's exception is handed back to propagate.
+    pub fn classify_result(&self, result: &Bound<'_, PyAny>) -> (Outcome, Option<PyErr>) {
+        let Some(predicate) = &self.success else {
+            return (Outcome::Success, None);
+        };
+        match predicate.bind(result.py()).call1((result,)).and_then(|v| v.is_truthy()) {
+            Ok(true) => (Outcome::Success, None),
+            Ok(false) => (Outcome::Failure, None),
+            Err(err) => (Outcome::Failure, Some(err)),
+        }
+    }
+
+    /// This configuration with `patch` applied on top.
+    pub fn with(&self, py: Python<'_>, patch: &Patch) -> Config {
+        let mut limits = self.limits;
+        let pick = |new: Option<u64>, old: u64| new.unwrap_or(old);
+        limits.failure_threshold = pick(patch.failure_threshold, limits.failure_threshold);
+        limits.half_open_max_calls = pick(patch.half_open_max_calls, limits.half_open_max_calls);
+        limits.success_threshold = pick(patch.success_threshold, limits.success_threshold);
+        let mut reset_timeout = self.reset_timeout;
+        if let Some((seconds, ms)) = patch.reset_timeout {
+            reset_timeout = seconds;
+            limits.reset_timeout_ms = ms;
+        }
+        let mut probe_timeout = self.probe_timeout;
+        if let Some(value) = patch.probe_timeout {
+            probe_timeout = value.map(|(seconds, _)| seconds);
+            limits.probe_timeout_ms = value.map(|(_, ms)| ms);
+        }
+        let clone = |o: &Option<Py<PyAny>>| o.as_ref().map(|p| p.clone_ref(py));
+        let success = match &patch.success {
+            Some(new) => clone(new),
+            None => clone(&self.success),
+        };
+        let failure_on = patch
+            .failure_on
+            .as_ref()
+            .unwrap_or(&self.failure_on)
+            .clone_ref(py);
+        let ignore = match &patch.ignore {
+            Some(new) => clone(new),
+            None => clone(&self.ignore),
+        };
+        let default_exceptions =
+            ignore.is_none() && failure_on.bind(py).is(py.get_type::<PyException>().as_any());
+        Config {
+            limits,
+            reset_timeout,
+            probe_timeout,
+            success,
+            failure_on,
+            ignore,
+            default_exceptions,
+        }
+    }
+}
+
+/// Validated options, each `None` when not given.
+#[derive(Default)]
+pub struct Patch {
+    failure_threshold: Option<u64>,
+    half_open_max_calls: Option<u64>,
+    success_threshold: Option<u64>,
+    reset_timeout: Option<(f64, u64)>,
+    probe_timeout: Option<Option<(f64, u64)>>,
+    success: Option<Option<Py<PyAny>>>,
+    failure_on: Option<Py<PyAny>>,
+    ignore: Option<Option<Py<PyAny>>>,
+}
+
+pub const OPTION_NAMES: &str = "failure_threshold, reset_timeout, half_open_max_calls, success, \
+success_threshold, failure_on, ignore, probe_timeout";
+
+impl Patch {
+    pub fn is_empty(&self) -> bool {
+        self.failure_threshold.is_none()
+            && self.half_open_max_calls.is_none()
+            && self.success_threshold.is_none()
+            && self.reset_timeout.is_none()
+            && self.probe_timeout.is_none()
+            && self.success.is_none()
+            && self.failure_on.is_none()
+            && self.ignore.is_none()
+    }
+
+    /// Parses and validates keyword options; unknown names are a `TypeError`.
+    pub fn parse(options: Option<&Bound<'_, PyDict>>) -> PyResult<Patch> {
+        let mut patch = Patch::default();
+        let Some(options) = options else {
+            return Ok(patch);
+        };
+        for (key, value) in options.iter() {
+            let key = key.cast::<PyString>()?.to_cow()?;
+            match key.as_ref() {
+                "failure_threshold" => {
+                    patch.failure_threshold = Some(count(&value, "failure_threshold", MAX_FAILURE_THRESHOLD)?)
+                }
+                "half_open_max_calls" => {
+                    patch.half_open_max_calls = Some(count(&value, "half_open_max_calls", MAX_PROBE_COUNT)?)
+                }
+                "success_threshold" => {
+                    patch.success_threshold = Some(count(&value, "success_threshold", MAX_PROBE_COUNT)?)
+                }
+                "reset_timeout" => patch.reset_timeout = Some(duration(&value, "reset_timeout", true)?),
+                "probe_timeout" => {
+                    patch.probe_timeout = Some(if value.is_none() {
+                        None
+                    } else {
+                        Some(duration(&value, "probe_timeout", false)?)
+                    })
+                }
+                "success" => {
+                    if !value.is_none() && !value.is_callable() {
+                        return Err(PyTypeError::new_err(format!(
+                            "success must be a callable or None, not {}",
+                            type_name(&value)
+                        )));
+                    }
+                    patch.success = Some((!value.is_none()).then(|| value.unbind()));
+                }
+                "failure_on" => patch.failure_on = Some(exception_types(&value, "failure_on")?.unbind()),
+                "ignore" => {
+                    let types = exception_types(&value, "ignore")?;
+                    let empty = types.cast::<PyTuple>().is_ok_and(|t| t.is_empty());
+                    patch.ignore = Some((!empty).then(|| types.unbind()));
+                }
+                other => {
+                    return Err(PyTypeError::new_err(format!(
+                        "unexpected keyword argument '{other}' (options are: {OPTION_NAMES})"
+                    )))
+                }
+            }
+        }
+        Ok(patch)
+    }
+}
+
+pub fn type_name(value: &Bound<'_, PyAny>) -> String {
+    value
+        .get_type()
+        .name()
+        .map_or_else(|_| "object".to_owned(), |n| n.to_string())
+}
+
+/// An `int` (not a `bool`) between 1 and `max`.
+fn count(value: &Bound<'_, PyAny>, arg: &str, max: u64) -> PyResult<u64> {
+    if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
+        return Err(PyTypeError::new_err(format!(
+            "{arg} must be an int, not {}",
+            type_name(value)
+        )));
+    }
+    match value.extract::<i128>() {
+        Ok(n) if n >= 1 && n <= i128::from(max) => Ok(n as u64),
+        _ => Err(PyValueError::new_err(format!(
+            "{arg} must be between 1 and {max}, got {}",
+            value.repr().map_or_else(|_| "?".to_owned(), |r| r.to_string())
+        ))),
+    }
+}
+
+/// A finite `int` or `float` (not a `bool`) of seconds, at least `min`.
+pub fn finite_seconds(value: &Bound<'_, PyAny>, arg: &str, min: f64) -> PyResult<f64> {
+    if value.is_instance_of::<PyBool>()
+        || !(value.is_instance_of::<PyFloat>() || value.is_instance_of::<PyInt>())
+    {
+        return Err(PyTypeError::new_err(format!(
+            "{arg} must be a number of seconds (int or float), not {}",
+            type_name(value)
+        )));
+    }
+    let seconds: f64 = value
+        .extract()
+        .map_err(|_| PyValueError::new_err(format!("{arg} is too large")))?;
+    if !seconds.is_finite() {
+        return Err(PyValueError::new_err(format!("{arg} must be finite, got {seconds}")));
+    }
+    if seconds < min {
+        return Err(PyValueError::new_err(format!("{arg} must be >= {min}, got {seconds}")));
+    }
+    Ok(seconds)
+}
+
+/// Seconds and the whole milliseconds the engine uses (rounded to nearest). `reset_timeout` may be
+/// 0; `probe_timeout` must be positive.
+fn duration(value: &Bound<'_, PyAny>, arg: &str, zero_ok: bool) -> PyResult<(f64, u64)> {
+    let seconds = finite_seconds(value, arg, 0.0)?;
+    if !zero_ok && seconds == 0.0 {
+        return Err(PyValueError::new_err(format!("{arg} must be > 0")));
+    }
+    let ms = (seconds * 1000.0).round();
+    if ms > MAX_DURATION_MS as f64 {
+        return Err(PyValueError::new_err(format!(
+            "{arg} must be at most {} seconds",
+            MAX_DURATION_MS / 1000
+        )));
+    }
+    Ok((seconds, ms as u64))
+}
+
+/// An exception class or a tuple of exception classes.
+fn exception_types<'py>(value: &Bound<'py, PyAny>, arg: &str) -> PyResult<Bound<'py, PyAny>> {
+    let py = value.py();
+    let base = py.get_type::<PyBaseException>();
+    let is_exception_type =
+        |v: &Bound<'py, PyAny>| v.cast::<PyType>().is_ok_and(|t| t.is_subclass(&base).unwrap_or(false));
+    if is_exception_type(value) {
+        return Ok(value.clone());
+    }
+    if let Ok(tuple) = value.cast::<PyTuple>() {
+        if tuple.iter().all(|item| is_exception_type(&item)) {
+            return Ok(value.clone());
+        }
+    }
+    Err(PyTypeError::new_err(format!(
+        "{arg} must be an exception class or a tuple of exception classes, not {}",
+        type_name(value)
+    )))
+}

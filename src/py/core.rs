@@ -1,0 +1,205 @@
+//! One breaker as the bindings hold it, and the guarded call: admit, run, classify, record.
+//!
+//! Nothing here holds a lock while Python runs: a breaker is reached through an `Arc` cloned out of
+//! the registry's map (the map guard is already dropped), its state is one atomic word, and
+//! listeners are called from a snapshot of the listener list.
+
+use arc_swap::ArcSwap;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::clock::Clock;
+use super::config::Config;
+use super::errors::CircuitOpenError;
+use super::pyrefs;
+use crate::engine::{Admission, Mode, Outcome, Slots, Ticket, Transition};
+use crate::metrics::{Counter, Counters};
+
+/// What the breakers of one registry share: its clock and its state-change listeners.
+pub struct Hub {
+    pub clock: Clock,
+    pub listeners: ArcSwap<Vec<Py<PyAny>>>,
+}
+
+pub struct BreakerCore {
+    pub name: Box<[u8]>,
+    pub slots: Slots,
+    pub counters: Counters,
+    pub times_opened: AtomicU64,
+    pub config: ArcSwap<Config>,
+    pub hub: Arc<Hub>,
+}
+
+impl BreakerCore {
+    pub fn new(name: Box<[u8]>, config: Arc<Config>, hub: Arc<Hub>) -> Self {
+        BreakerCore {
+            name,
+            slots: Slots::new(),
+            counters: Counters::new(),
+            times_opened: AtomicU64::new(0),
+            config: ArcSwap::new(config),
+            hub,
+        }
+    }
+
+    pub fn py_name<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        pyrefs::name_str(py, &self.name)
+    }
+
+    /// Takes a ticket, or raises `CircuitOpenError`.
+    pub fn admit(&self, py: Python<'_>, config: &Config) -> PyResult<Ticket> {
+        match self.try_admit(py, config) {
+            Some(ticket) => Ok(ticket),
+            None => Err(self.open_error(py, config)),
+        }
+    }
+
+    /// Takes a ticket, or counts a rejection and returns `None`.
+    pub fn try_admit(&self, py: Python<'_>, config: &Config) -> Option<Ticket> {
+        let clock = &self.hub.clock;
+        match self.slots.machine(&config.limits).admit(|| clock.now_ms()) {
+            Admission::Admitted { ticket, transition } => {
+                self.announce(py, transition);
+                Some(ticket)
+            }
+            Admission::Rejected { .. } => {
+                self.counters.add(Counter::Rejected);
+                None
+            }
+        }
+    }
+
+    fn open_error(&self, py: Python<'_>, config: &Config) -> PyErr {
+        let machine = self.slots.machine(&config.limits);
+        let clock = &self.hub.clock;
+        let retry_after = machine.retry_after_ms(machine.load(), || clock.now_ms()) as f64 / 1000.0;
+        match self.py_name(py) {
+            Ok(name) => CircuitOpenError::new_err(py, name, retry_after),
+            Err(err) => err,
+        }
+    }
+
+    /// Records an outcome and reports the transition it caused. Needs no Python for outcomes that
+    /// cannot move the breaker (used when a permit is dropped without an answer).
+    pub fn record(&self, ticket: Ticket, outcome: Outcome) -> Option<Transition> {
+        self.counters.add(match outcome {
+            Outcome::Success => Counter::Successes,
+            Outcome::Failure => Counter::Failures,
+            Outcome::Ignored => Counter::Ignored,
+        });
+        let config = self.config.load();
+        let clock = &self.hub.clock;
+        let transition = self
+            .slots
+            .machine(&config.limits)
+            .record(ticket, outcome, || clock.now_ms());
+        self.count_opening(transition);
+        transition
+    }
+
+    pub fn finish(&self, py: Python<'_>, ticket: Ticket, outcome: Outcome) {
+        let transition = self.record(ticket, outcome);
+        self.announce(py, transition);
+    }
+
+    fn count_opening(&self, transition: Option<Transition>) {
+        if matches!(transition, Some(Transition { to: Mode::Open, .. })) {
+            self.times_opened.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn set_mode(&self, py: Python<'_>, mode: Mode) {
+        let config = self.config.load();
+        let transition = self.slots.machine(&config.limits).set_mode(mode);
+        self.count_opening(transition);
+        self.announce(py, transition);
+    }
+
+    /// The mode now, turning an expired open breaker half-open (and reporting it) on first sight.
+    pub fn observe(&self, py: Python<'_>) -> (crate::engine::Word, f64) {
+        let config = self.config.load();
+        let machine = self.slots.machine(&config.limits);
+        let clock = &self.hub.clock;
+        let (word, transition) = machine.observe(|| clock.now_ms());
+        self.announce(py, transition);
+        let retry_after = machine.retry_after_ms(word, || clock.now_ms()) as f64 / 1000.0;
+        (word, retry_after)
+    }
+
+    /// Calls every listener with `(name, old, new)`, on this thread, after the transition and with
+    /// no lock held. A listener's exception is logged, never raised.
+    pub fn announce(&self, py: Python<'_>, transition: Option<Transition>) {
+        let Some(transition) = transition else { return };
+        let listeners = self.hub.listeners.load_full();
+        if listeners.is_empty() {
+            return;
+        }
+        let args = (|| -> PyResult<_> {
+            Ok((
+                self.py_name(py)?,
+                pyrefs::state(py, transition.from)?,
+                pyrefs::state(py, transition.to)?,
+            ))
+        })();
+        let args = match args {
+            Ok(args) => args,
+            Err(err) => return log_error(py, "could not build state-change event", None, err),
+        };
+        for listener in listeners.iter() {
+            if let Err(err) = listener.bind(py).call1(args.clone()) {
+                log_error(py, "state-change listener %r failed", Some(listener.bind(py)), err);
+            }
+        }
+    }
+}
+
+fn log_error(py: Python<'_>, message: &str, subject: Option<&Bound<'_, PyAny>>, err: PyErr) {
+    let logged = (|| -> PyResult<()> {
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("exc_info", err.value(py))?;
+        let logger = pyrefs::logger(py)?;
+        match subject {
+            Some(s) => logger.call_method("error", (message, s), Some(&kwargs))?,
+            None => logger.call_method("error", (message,), Some(&kwargs))?,
+        };
+        Ok(())
+    })();
+    if let Err(e) = logged {
+        e.write_unraisable(py, None);
+    }
+}
+
+/// The guarded call, entirely in Rust: admit, call `func`, classify, record.
+pub fn guarded_call<'py>(
+    core: &BreakerCore,
+    func: &Bound<'py, PyAny>,
+    args: Option<&Bound<'py, PyTuple>>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = func.py();
+    let config = core.config.load();
+    let ticket = core.admit(py, &config)?;
+    let result = match args {
+        Some(args) if !args.is_empty() || kwargs.is_some() => func.call(args, kwargs),
+        _ => match kwargs {
+            Some(kwargs) => func.call((), Some(kwargs)),
+            None => func.call0(),
+        },
+    };
+    match result {
+        Ok(value) => {
+            let (outcome, predicate_error) = config.classify_result(&value);
+            core.finish(py, ticket, outcome);
+            match predicate_error {
+                None => Ok(value),
+                Some(err) => Err(err),
+            }
+        }
+        Err(err) => {
+            core.finish(py, ticket, config.classify_error(py, &err));
+            Err(err)
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The Python-facing breaker handle, the decorated-function wrapper, permits and metrics.
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::core::{guarded_call, BreakerCore};
+use super::pyrefs;
+use crate::engine::{Mode, Outcome, Ticket};
+
+/// A handle on one breaker. Calling through it does no name lookup; it keeps working on its own
+/// breaker after that breaker is deleted from the registry.
+#[pyclass(frozen, module = "panelboard", weakref)]
+pub struct Breaker {
+    pub(crate) core: Arc<BreakerCore>,
+}
+
+#[pymethods]
+impl Breaker {
+    #[getter]
+    fn name<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.core.py_name(py)
+    }
+
+    #[getter]
+    fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        pyrefs::state(py, self.core.observe(py).0.mode())
+    }
+
+    /// Calls `fn(*args, **kwargs)` through the breaker.
+    #[pyo3(signature = (r#fn, /, *args, **kwargs))]
+    fn call<'py>(
+        &self,
+        r#fn: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        guarded_call(&self.core, r#fn, Some(args), kwargs)
+    }
+
+    /// Awaits `fn(*args, **kwargs)` through the breaker (returns a coroutine).
+    #[pyo3(signature = (r#fn, /, *args, **kwargs))]
+    fn acall<'py>(
+        slf: &Bound<'py, Self>,
+        r#fn: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        if !r#fn.is_callable() {
+            return Err(not_callable("fn", r#fn));
+        }
+        let kwargs = match kwargs {
+            Some(k) => k.clone(),
+            None => PyDict::new(py),
+        };
+        pyrefs::aio(py, "acall")?.call1((slf, r#fn, args, kwargs))
+    }
+
+    /// Decorates a function (sync or async) so that every call goes through the breaker.
+    fn __call__<'py>(slf: &Bound<'py, Self>, func: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        if !func.is_callable() {
+            return Err(not_callable("the decorated object", func));
+        }
+        let inspect = py.import("inspect")?;
+        if inspect.call_method1("iscoroutinefunction", (func,))?.is_truthy()? {
+            return pyrefs::aio(py, "decorate")?.call1((slf, func));
+        }
+        let guarded = Bound::new(
+            py,
+            Guarded {
+                core: slf.get().core.clone(),
+                func: func.clone().unbind(),
+            },
+        )?;
+        py.import("functools")?
+            .call_method1("update_wrapper", (&guarded, func))?;
+        Ok(guarded.into_any())
+    }
+
+    /// A permit for one call, or `None` when the breaker rejects it. Never raises for an open
+    /// breaker: rejection costs no exception.
+    fn try_acquire(&self, py: Python<'_>) -> Option<Permit> {
+        let config = self.core.config.load();
+        self.core
+            .try_admit(py, &config)
+            .map(|ticket| Permit::new(self.core.clone(), ticket))
+    }
+
+    /// A permit, or `CircuitOpenError` (used by the async helpers).
+    fn _acquire(&self, py: Python<'_>) -> PyResult<Permit> {
+        let config = self.core.config.load();
+        let ticket = self.core.admit(py, &config)?;
+        Ok(Permit::new(self.core.clone(), ticket))
+    }
+
+    fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Self>> {
+        let py = slf.py();
+        let permit = Bound::new(py, slf.get()._acquire(py)?)?;
+        let stack = pyrefs::permit_stack(py)?;
+        let below = stack.call_method1("get", (py.None(),))?;
+        stack.call_method1("set", ((permit, below),))?;
+        Ok(slf.clone())
+    }
+
+    #[pyo3(signature = (_exc_type, exc, _traceback))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _exc_type: &Bound<'_, PyAny>,
+        exc: &Bound<'_, PyAny>,
+        _traceback: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let permit = self.pop_permit(py)?;
+        let permit = permit.get();
+        if exc.is_none() {
+            permit.settle(py, Outcome::Success)?;
+        } else {
+            permit._settle_error(py, exc)?;
+        }
+        Ok(false)
+    }
+
+    fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let entered = Self::__enter__(slf)?;
+        pyrefs::aio(slf.py(), "ready")?.call1((entered,))
+    }
+
+    #[pyo3(signature = (exc_type, exc, traceback))]
+    fn __aexit__<'py>(
+        &self,
+        py: Python<'py>,
+        exc_type: &Bound<'py, PyAny>,
+        exc: &Bound<'py, PyAny>,
+        traceback: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let suppress = self.__exit__(py, exc_type, exc, traceback)?;
+        pyrefs::aio(py, "ready")?.call1((suppress,))
+    }
+
+    /// Counters and state of this breaker, as an immutable snapshot.
+    fn metrics(&self, py: Python<'_>) -> PyResult<Metrics> {
+        Metrics::of(py, &self.core)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let mode = self.core.observe(py).0.mode();
+        Ok(format!(
+            "<Breaker {} {}>",
+            self.core.py_name(py)?.repr()?,
+            pyrefs::state(py, mode)?.getattr("value")?
+        ))
+    }
+}
+
+impl Breaker {
+    /// Takes this breaker's innermost permit off the `with` stack of the current thread or task.
+    fn pop_permit<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, Permit>> {
+        let stack = pyrefs::permit_stack(py)?;
+        let mut skipped = Vec::new();
+        let mut node = stack.call_method1("get", (py.None(),))?;
+        while !node.is_none() {
+            let (permit, below): (Bound<'py, Permit>, Bound<'py, PyAny>) = node.extract()?;
+            if Arc::ptr_eq(&permit.get().core, &self.core) {
+                let mut rebuilt = below;
+                for other in skipped.into_iter().rev() {
+                    rebuilt = PyTuple::new(py, [other, rebuilt])?.into_any();
+                }
+                stack.call_method1("set", (rebuilt,))?;
+                return Ok(permit);
+            }
+            skipped.push(permit.into_any());
+            node = below;
+        }
+        Err(PyRuntimeError::new_err("__exit__ without a matching __enter__ on this breaker"))
+    }
+}
+
+pub fn not_callable(what: &str, value: &Bound<'_, PyAny>) -> PyErr {
+    pyo3::exceptions::PyTypeError::new_err(format!(
+        "{what} must be callable, not {}",
+        super::config::type_name(value)
+    ))
+}
+
+/// A function decorated with a breaker: calling it is one native call.
+#[pyclass(frozen, dict, weakref, module = "panelboard")]
+pub struct Guarded {
+    core: Arc<BreakerCore>,
+    func: Py<PyAny>,
+}
+
+#[pymethods]
+impl Guarded {
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        guarded_call(&self.core, self.func.bind(py), Some(args), kwargs)
+    }
+
+    /// Binds like a function, so decorated methods receive `self`.
+    fn __get__<'py>(
+        slf: &Bound<'py, Self>,
+        instance: &Bound<'py, PyAny>,
+        _owner: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if instance.is_none() {
+            return Ok(slf.clone().into_any());
+        }
+        slf.py().import("types")?.getattr("MethodType")?.call1((slf, instance))
+    }
+
+    #[getter]
+    fn breaker(&self) -> Breaker {
+        Breaker {
+            core: self.core.clone(),
+        }
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!("<guarded {}>", self.func.bind(py).repr()?))
+    }
+}
+
+/// Permission for one call. Exactly one outcome may be reported; a permit dropped without one
+/// counts as ignored, which releases its half-open slot.
+#[pyclass(frozen, module = "panelboard")]
+pub struct Permit {
+    core: Arc<BreakerCore>,
+    ticket: Ticket,
+    settled: AtomicBool,
+}
+
+impl Permit {
+    fn new(core: Arc<BreakerCore>, ticket: Ticket) -> Permit {
+        Permit {
+            core,
+            ticket,
+            settled: AtomicBool::new(false),
+        }
+    }
+
+    fn claim(&self) -> PyResult<()> {
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return Err(PyRuntimeError::new_err("this permit's outcome was already reported"));
+        }
+        Ok(())
+    }
+
+    fn settle(&self, py: Python<'_>, outcome: Outcome) -> PyResult<()> {
+        self.claim()?;
+        self.core.finish(py, self.ticket, outcome);
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl Permit {
+    fn success(&self, py: Python<'_>) -> PyResult<()> {
+        self.settle(py, Outcome::Success)
+    }
+
+    fn failure(&self, py: Python<'_>) -> PyResult<()> {
+        self.settle(py, Outcome::Failure)
+    }
+
+    fn ignore(&self, py: Python<'_>) -> PyResult<()> {
+        self.settle(py, Outcome::Ignored)
+    }
+
+    /// Classifies a returned value with the breaker's `success` predicate and records it; raises the
+    /// predicate's exception if it raised.
+    fn _settle_result(&self, py: Python<'_>, result: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.claim()?;
+        let config = self.core.config.load();
+        let (outcome, predicate_error) = config.classify_result(result);
+        self.core.finish(py, self.ticket, outcome);
+        predicate_error.map_or(Ok(()), Err)
+    }
+
+    /// Classifies a raised exception with the breaker's `failure_on`/`ignore` and records it.
+    fn _settle_error(&self, py: Python<'_>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.claim()?;
+        let config = self.core.config.load();
+        let outcome = config.classify_error(py, &PyErr::from_value(exc.clone()));
+        self.core.finish(py, self.ticket, outcome);
+        Ok(())
+    }
+
+    /// True once an outcome has been reported.
+    #[getter]
+    fn settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<Permit {}{}>",
+            if self.ticket.probe { "probe" } else { "call" },
+            if self.settled() { ", settled" } else { "" }
+        )
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !*self.settled.get_mut() {
+            // Ignored outcomes never change the mode, so no listener has to run here.
+            self.core.record(self.ticket, Outcome::Ignored);
+        }
+    }
+}
+
+/// An immutable snapshot of one breaker's counters and state.
+#[pyclass(frozen, get_all, module = "panelboard")]
+pub struct Metrics {
+    state: Py<PyAny>,
+    consecutive_failures: u64,
+    calls: u64,
+    successes: u64,
+    failures: u64,
+    ignored: u64,
+    rejected: u64,
+    times_opened: u64,
+    retry_after: f64,
+}
+
+impl Metrics {
+    pub fn of(py: Python<'_>, core: &BreakerCore) -> PyResult<Metrics> {
+        let (word, retry_after) = core.observe(py);
+        let totals = core.counters.totals();
+        Ok(Metrics {
+            state: pyrefs::state(py, word.mode())?.unbind(),
+            consecutive_failures: if word.mode() == Mode::Closed { word.failures() } else { 0 },
+            calls: totals.calls,
+            successes: totals.successes,
+            failures: totals.failures,
+            ignored: totals.ignored,
+            rejected: totals.rejected,
+            times_opened: core.times_opened.load(Ordering::Relaxed),
+            retry_after,
+        })
+    }
+}
+
+#[pymethods]
+impl Metrics {
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "Metrics(state={}, consecutive_failures={}, calls={}, successes={}, failures={}, \
+             ignored={}, rejected={}, times_opened={}, retry_after={})",
+            self.state.bind(py).getattr("value")?,
+            self.consecutive_failures,
+            self.calls,
+            self.successes,
+            self.failures,
+            self.ignored,
+            self.rejected,
+            self.times_opened,
+            self.retry_after
+        ))
+    }
+}

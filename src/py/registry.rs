@@ -1,0 +1,277 @@
+//! The registry: named breakers in a concurrent map.
+//!
+//! The map is only ever touched by short Rust sections that clone an `Arc` out (or put one in) and
+//! drop the shard guard before any Python code runs; values removed from it are dropped after the
+//! guard is released, so not even a `__del__` can run under it.
+
+use arc_swap::ArcSwap;
+use dashmap::mapref::entry::Entry as MapEntry;
+use dashmap::DashMap;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::clock::{Clock, ManualClock};
+use super::config::{Config, Patch};
+use super::core::{guarded_call, BreakerCore, Hub};
+use super::handle::{not_callable, Breaker, Metrics};
+use super::pyrefs;
+use crate::engine::Mode;
+
+/// A map key that is the breaker itself, hashed and compared by name: the name is stored once.
+struct Named(Arc<BreakerCore>);
+
+impl Hash for Named {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.name.hash(state)
+    }
+}
+impl PartialEq for Named {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name == other.0.name
+    }
+}
+impl Eq for Named {}
+impl Borrow<[u8]> for Named {
+    fn borrow(&self) -> &[u8] {
+        &self.0.name
+    }
+}
+
+/// Named circuit breakers; `call` creates a breaker on first use of a name.
+#[pyclass(frozen, module = "panelboard")]
+pub struct Registry {
+    breakers: DashMap<Named, (), foldhash::fast::RandomState>,
+    hub: Arc<Hub>,
+    defaults: Arc<Config>,
+}
+
+impl Registry {
+    fn find(&self, key: &[u8]) -> Option<Arc<BreakerCore>> {
+        self.breakers.get(key).map(|entry| entry.key().0.clone())
+    }
+
+    /// The breaker named `key`, created with the registry defaults plus `patch` if it is new.
+    fn get_or_create(&self, py: Python<'_>, key: &[u8], patch: &Patch) -> Arc<BreakerCore> {
+        if let Some(core) = self.find(key) {
+            return core;
+        }
+        let config = if patch.is_empty() {
+            self.defaults.clone()
+        } else {
+            Arc::new(self.defaults.with(py, patch))
+        };
+        let fresh = Arc::new(BreakerCore::new(key.into(), config, self.hub.clone()));
+        // `fresh` outlives the guard, so losing a creation race drops nothing under it.
+        let winner = match self.breakers.entry(Named(fresh.clone())) {
+            MapEntry::Occupied(existing) => existing.key().0.clone(),
+            MapEntry::Vacant(slot) => {
+                slot.insert(());
+                fresh.clone()
+            }
+        };
+        winner
+    }
+
+    fn handle(&self, py: Python<'_>, name: &Bound<'_, PyAny>, options: Option<&Bound<'_, PyDict>>) -> PyResult<Arc<BreakerCore>> {
+        let key = pyrefs::name_key(name)?;
+        let patch = Patch::parse(options)?;
+        Ok(self.get_or_create(py, &key, &patch))
+    }
+}
+
+#[pymethods]
+impl Registry {
+    #[new]
+    #[pyo3(signature = (*, clock = None, **defaults))]
+    fn new(
+        py: Python<'_>,
+        clock: Option<&Bound<'_, PyAny>>,
+        defaults: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let clock = match clock {
+            None => Clock::Monotonic(Instant::now()),
+            Some(c) if c.is_none() => Clock::Monotonic(Instant::now()),
+            Some(c) => match c.cast::<ManualClock>() {
+                Ok(manual) => Clock::Manual(manual.get().time.clone()),
+                Err(_) => {
+                    return Err(PyTypeError::new_err(format!(
+                        "clock must be a ManualClock or None, not {}",
+                        super::config::type_name(c)
+                    )))
+                }
+            },
+        };
+        let patch = Patch::parse(defaults)?;
+        Ok(Registry {
+            breakers: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            hub: Arc::new(Hub {
+                clock,
+                listeners: ArcSwap::from_pointee(Vec::new()),
+            }),
+            defaults: Arc::new(Config::defaults(py).with(py, &patch)),
+        })
+    }
+
+    /// Calls `fn()` through the breaker `name`, creating it with `options` if the name is new
+    /// (options of later calls are validated but ignored, as in the reference).
+    #[pyo3(signature = (name, r#fn, /, **options))]
+    fn call<'py>(
+        &self,
+        name: &Bound<'py, PyAny>,
+        r#fn: &Bound<'py, PyAny>,
+        options: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = name.py();
+        let key = pyrefs::name_key(name)?;
+        if !r#fn.is_callable() {
+            return Err(not_callable("fn", r#fn));
+        }
+        let core = match options {
+            None => match self.find(&key) {
+                Some(core) => core,
+                None => self.get_or_create(py, &key, &Patch::default()),
+            },
+            Some(options) => self.get_or_create(py, &key, &Patch::parse(Some(options))?),
+        };
+        guarded_call(&core, r#fn, None, None)
+    }
+
+    /// A handle on the breaker `name` (created with `options` if new).
+    #[pyo3(signature = (name, /, **options))]
+    fn breaker(&self, py: Python<'_>, name: &Bound<'_, PyAny>, options: Option<&Bound<'_, PyDict>>) -> PyResult<Breaker> {
+        Ok(Breaker {
+            core: self.handle(py, name, options)?,
+        })
+    }
+
+    /// Creates the breaker with `options`, or atomically changes the given options of an existing one.
+    #[pyo3(signature = (name, /, **options))]
+    fn configure(&self, py: Python<'_>, name: &Bound<'_, PyAny>, options: Option<&Bound<'_, PyDict>>) -> PyResult<Breaker> {
+        let key = pyrefs::name_key(name)?;
+        let patch = Patch::parse(options)?;
+        if let Some(core) = self.find(&key) {
+            core.config.rcu(|current| Config::with(current, py, &patch));
+            return Ok(Breaker { core });
+        }
+        Ok(Breaker {
+            core: self.get_or_create(py, &key, &patch),
+        })
+    }
+
+    /// The state of `name`; `State.CLOSED` for an unknown name (which is not created).
+    fn state<'py>(&self, py: Python<'py>, name: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let key = pyrefs::name_key(name)?;
+        let mode = match self.find(&key) {
+            Some(core) => core.observe(py).0.mode(),
+            None => Mode::Closed,
+        };
+        pyrefs::state(py, mode)
+    }
+
+    /// Closes `name`: count 0, permits dropped, new generation. Unknown names are not created.
+    fn reset(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+        let key = pyrefs::name_key(name)?;
+        if let Some(core) = self.find(&key) {
+            core.set_mode(py, Mode::Closed);
+        }
+        Ok(())
+    }
+
+    /// Forgets `name`; calls in flight on it finish normally, and handles keep their breaker.
+    fn delete(&self, name: &Bound<'_, PyAny>) -> PyResult<()> {
+        let key = pyrefs::name_key(name)?;
+        let removed = self.breakers.remove(&*key);
+        drop(removed); // after the shard guard is gone
+        Ok(())
+    }
+
+    /// Every breaker with its state, as `(name, State)` pairs.
+    fn list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for core in self.cores() {
+            let mode = core.observe(py).0.mode();
+            list.append((core.py_name(py)?, pyrefs::state(py, mode)?))?;
+        }
+        Ok(list)
+    }
+
+    /// Rejects every call to `name` until `reset` (state `FORCED_OPEN`). Creates the breaker if new.
+    fn force_open(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.handle(py, name, None)?.set_mode(py, Mode::ForcedOpen);
+        Ok(())
+    }
+
+    /// Admits every call to `name` until `reset`, still counting metrics (state `DISABLED`).
+    fn disable(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.handle(py, name, None)?.set_mode(py, Mode::Disabled);
+        Ok(())
+    }
+
+    /// Registers `listener(name, old, new)` for every state change; returns it (usable as a decorator).
+    fn on_state_change<'py>(&self, listener: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        if !listener.is_callable() {
+            return Err(not_callable("listener", &listener));
+        }
+        let py = listener.py();
+        self.hub.listeners.rcu(|current| {
+            let mut next: Vec<Py<PyAny>> = current.iter().map(|l| l.clone_ref(py)).collect();
+            next.push(listener.clone().unbind());
+            next
+        });
+        Ok(listener)
+    }
+
+    /// Unregisters a listener added with `on_state_change`; `ValueError` if it is not registered.
+    fn remove_listener(&self, listener: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = listener.py();
+        let mut found = false;
+        self.hub.listeners.rcu(|current| {
+            let position = current.iter().position(|l| l.bind(py).is(listener));
+            found = position.is_some();
+            current
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != position)
+                .map(|(_, l)| l.clone_ref(py))
+                .collect::<Vec<_>>()
+        });
+        if found {
+            Ok(())
+        } else {
+            Err(PyValueError::new_err("listener is not registered"))
+        }
+    }
+
+    /// `{name: Metrics}` for every breaker.
+    fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for core in self.cores() {
+            dict.set_item(core.py_name(py)?, Metrics::of(py, &core)?)?;
+        }
+        Ok(dict)
+    }
+
+    fn __len__(&self) -> usize {
+        self.breakers.len()
+    }
+
+    fn __contains__(&self, name: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.find(&pyrefs::name_key(name)?).is_some())
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<Registry with {} breakers>", self.breakers.len())
+    }
+}
+
+impl Registry {
+    /// The breakers, cloned out of the map (whose guards are released before this returns).
+    fn cores(&self) -> Vec<Arc<BreakerCore>> {
+        self.breakers.iter().map(|entry| entry.key().0.clone()).collect()
+    }
+}

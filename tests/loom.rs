@@ -1,0 +1,802 @@
+//! Model checks of the breaker state machine (`src/engine.rs`) under every interleaving that loom
+//! can produce for 2-3 threads.
+//!
+//! Run with:
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --test loom
+//! ```
+//!
+//! Without `--cfg loom` this file compiles to an empty test binary.
+//!
+//! Every model starts from a state set up sequentially on the model's main thread, then spawns
+//! threads that each run a short script of `admit` / `record` / `set_mode` / `observe` calls with
+//! their own fixed clock value (so a timeout has run out for some threads and not for others).
+//! Each thread checks the word's invariants after every call it makes ([`check_word`]), and the
+//! main thread checks the end state and the transitions the threads were told about
+//! ([`check_ledger`]) once they have all finished.
+//!
+//! Preemption bounds keep each model small; set `LOOM_MAX_PREEMPTIONS` to explore more.
+#![cfg(loom)]
+
+use loom::sync::Arc;
+use loom::thread;
+use panelboard::engine::{Admission, Limits, Machine, Mode, Outcome, Slots, Ticket, Transition, Word};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A loom builder with `preemptions` as the default bound (`LOOM_MAX_PREEMPTIONS` still wins).
+fn model(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    if b.preemption_bound.is_none() {
+        b.preemption_bound = Some(preemptions);
+    }
+    b.check(f);
+}
+
+fn limits(
+    failure_threshold: u64,
+    reset_timeout_ms: u64,
+    half_open_max_calls: u64,
+    success_threshold: u64,
+    probe_timeout_ms: Option<u64>,
+) -> Limits {
+    Limits {
+        failure_threshold,
+        reset_timeout_ms,
+        half_open_max_calls,
+        success_threshold,
+        probe_timeout_ms,
+    }
+}
+
+fn ticket_of(a: Admission) -> Option<Ticket> {
+    match a {
+        Admission::Admitted { ticket, .. } => Some(ticket),
+        Admission::Rejected { .. } => None,
+    }
+}
+
+fn expect_ticket(a: Admission) -> Ticket {
+    ticket_of(a).unwrap_or_else(|| panic!("expected an admission, got {a:?}"))
+}
+
+/// Invariants every word the machine ever writes must satisfy.
+fn check_word(w: Word, lim: &Limits) {
+    match w.mode() {
+        Mode::HalfOpen => {
+            assert!(
+                w.in_flight() <= lim.half_open_max_calls,
+                "{} probes in flight, max {}: {w:?}",
+                w.in_flight(),
+                lim.half_open_max_calls
+            );
+            assert!(
+                w.probe_successes() < lim.success_threshold,
+                "half-open with {} successes, threshold {}",
+                w.probe_successes(),
+                lim.success_threshold
+            );
+        }
+        Mode::Closed => assert!(
+            w.failures() < lim.failure_threshold,
+            "closed with {} failures, threshold {}",
+            w.failures(),
+            lim.failure_threshold
+        ),
+        Mode::Open | Mode::ForcedOpen | Mode::Disabled => {}
+    }
+}
+
+/// Loads the word (any value this thread may observe) and checks it.
+fn step(m: &Machine<'_>, lim: &Limits) -> Word {
+    let w = m.load();
+    check_word(w, lim);
+    w
+}
+
+/// What one thread was told.
+#[derive(Default, Debug)]
+struct Log {
+    /// Transitions reported to this thread by admit / record / observe / set_mode.
+    transitions: Vec<Transition>,
+    /// `set_mode` calls that reported no transition (same mode): they still bump the generation.
+    silent_set_modes: u32,
+    /// Every ticket this thread was given.
+    tickets: Vec<Ticket>,
+    /// `retry_after_ms` of every rejection.
+    rejections: Vec<u64>,
+}
+
+impl Log {
+    fn admit(&mut self, m: &Machine<'_>, lim: &Limits, now: u64) -> Option<Ticket> {
+        let a = m.admit(|| now);
+        match a {
+            Admission::Admitted { ticket, transition } => {
+                self.tickets.push(ticket);
+                if let Some(t) = transition {
+                    assert_eq!(t, Transition { from: Mode::Open, to: Mode::HalfOpen });
+                    assert!(ticket.probe, "the admission that opened half-open holds a permit");
+                    self.transitions.push(t);
+                }
+            }
+            Admission::Rejected { retry_after_ms } => self.rejections.push(retry_after_ms),
+        }
+        step(m, lim);
+        ticket_of(a)
+    }
+
+    fn record(&mut self, m: &Machine<'_>, lim: &Limits, t: Ticket, o: Outcome, now: u64) -> Option<Transition> {
+        let tr = m.record(t, o, || now);
+        if let Some(tr) = tr {
+            assert_ne!(tr.from, tr.to);
+            self.transitions.push(tr);
+        }
+        step(m, lim);
+        tr
+    }
+
+    fn set_mode(&mut self, m: &Machine<'_>, lim: &Limits, mode: Mode) -> Option<Transition> {
+        let tr = m.set_mode(mode);
+        match tr {
+            Some(tr) => {
+                assert_eq!(tr.to, mode);
+                self.transitions.push(tr);
+            }
+            None => self.silent_set_modes += 1,
+        }
+        step(m, lim);
+        tr
+    }
+
+    fn observe(&mut self, m: &Machine<'_>, lim: &Limits, now: u64) -> Word {
+        let (w, tr) = m.observe(|| now);
+        check_word(w, lim);
+        if let Some(tr) = tr {
+            assert_eq!(tr, Transition { from: Mode::Open, to: Mode::HalfOpen });
+            assert_eq!(w.mode(), Mode::HalfOpen);
+            self.transitions.push(tr);
+        }
+        step(m, lim);
+        w
+    }
+}
+
+/// Each change of mode is reported to exactly one thread, and nothing else moves the generation:
+/// - every reported transition is a real change of mode, and the reported changes chain from the
+///   initial mode to the final one (for each mode, changes into it minus changes out of it equal
+///   `[final == mode] - [initial == mode]`);
+/// - generations moved = reported transitions + same-mode `set_mode` calls + `reclaims` (probe
+///   reclaims are not reported: they stay half-open); generations never wrap in a model this small.
+fn check_ledger(initial: Word, fin: Word, logs: &[Log], reclaims: u32) {
+    let all: Vec<Transition> = logs.iter().flat_map(|l| l.transitions.iter().copied()).collect();
+    let silent: u32 = logs.iter().map(|l| l.silent_set_modes).sum::<u32>() + reclaims;
+    for mode in [Mode::Closed, Mode::Open, Mode::HalfOpen, Mode::ForcedOpen, Mode::Disabled] {
+        let ins = all.iter().filter(|t| t.to == mode).count() as i64;
+        let outs = all.iter().filter(|t| t.from == mode).count() as i64;
+        let expected = i64::from(fin.mode() == mode) - i64::from(initial.mode() == mode);
+        assert_eq!(
+            ins - outs,
+            expected,
+            "reported transitions {all:?} do not lead from {:?} to {:?}",
+            initial.mode(),
+            fin.mode()
+        );
+    }
+    assert_eq!(
+        fin.generation() - initial.generation(),
+        all.len() as u32 + silent,
+        "generation moved from {} to {} but threads were told of {all:?}, plus {silent} silent resets/reclaims",
+        initial.generation(),
+        fin.generation()
+    );
+}
+
+/// No generation ever hands out more than `half_open_max_calls` probe permits unless probes were
+/// reclaimed (the models that use this have no probe_timeout).
+fn check_probe_tickets(logs: &[Log], lim: &Limits) {
+    let probes: Vec<Ticket> = logs.iter().flat_map(|l| l.tickets.iter().copied()).filter(|t| t.probe).collect();
+    for t in &probes {
+        let same = probes.iter().filter(|u| u.generation == t.generation).count() as u64;
+        assert!(
+            same <= lim.half_open_max_calls,
+            "{same} probes admitted in generation {}, max {}",
+            t.generation,
+            lim.half_open_max_calls
+        );
+    }
+}
+
+fn join_all(handles: Vec<thread::JoinHandle<Log>>) -> Vec<Log> {
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// Trips a fresh breaker at clock `at` (threshold failures in a row, sequentially).
+fn trip(m: &Machine<'_>, lim: &Limits, at: u64) {
+    for _ in 0..lim.failure_threshold {
+        let t = expect_ticket(m.admit(|| at));
+        m.record(t, Outcome::Failure, || at);
+    }
+    let w = m.load();
+    assert_eq!(w.mode(), Mode::Open);
+    assert_eq!(w.opened_at(), at);
+}
+
+// ---------------------------------------------------------------------------------------------
+// No lost failure
+// ---------------------------------------------------------------------------------------------
+
+/// `threads` threads each admit and record one failure, with clock `100 * (i + 1)`. At or below
+/// the threshold the breaker always opens, exactly one thread is told, and `opened_at` is that
+/// thread's clock; above it, every failure is counted.
+fn failure_race(threads: u64, threshold: u64) {
+    let lim = limits(threshold, 1000, 1, 1, None);
+    let slots = Arc::new(Slots::new());
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let slots = slots.clone();
+            thread::spawn(move || {
+                let m = slots.machine(&lim);
+                let now = 100 * (i + 1);
+                let mut log = Log::default();
+                // Every thread admits before recording, so at most threads-1 failures precede an
+                // admission: with threshold >= threads the breaker is closed for all of them.
+                let t = log.admit(&m, &lim, now).expect("closed breaker rejected a call");
+                assert_eq!(t, Ticket { generation: 0, probe: false });
+                log.record(&m, &lim, t, Outcome::Failure, now);
+                log
+            })
+        })
+        .collect();
+    let logs = join_all(handles);
+    let fin = slots.machine(&lim).load();
+    check_ledger(Word::INITIAL, fin, &logs, 0);
+    let trips: Vec<usize> = (0..logs.len()).filter(|&i| !logs[i].transitions.is_empty()).collect();
+    if threshold <= threads {
+        assert_eq!(fin.mode(), Mode::Open, "{threads} failures against threshold {threshold}: {fin:?}");
+        assert_eq!(fin.generation(), 1);
+        assert_eq!(trips.len(), 1, "exactly one thread sees Closed -> Open, got {logs:?}");
+        let i = trips[0];
+        assert_eq!(logs[i].transitions, vec![Transition { from: Mode::Closed, to: Mode::Open }]);
+        assert_eq!(fin.opened_at(), 100 * (i as u64 + 1), "opened_at is the tripping thread's clock");
+    } else {
+        assert_eq!(fin.mode(), Mode::Closed);
+        assert_eq!(fin.generation(), 0);
+        assert_eq!(fin.failures(), threads, "a failure was lost");
+        assert!(trips.is_empty());
+    }
+}
+
+#[test]
+fn no_lost_failure_two_threads_threshold_two() {
+    model(3, || failure_race(2, 2));
+}
+
+#[test]
+fn no_lost_failure_two_threads_threshold_three_counts_both() {
+    model(3, || failure_race(2, 3));
+}
+
+#[test]
+fn no_lost_failure_three_threads_threshold_three() {
+    model(2, || failure_race(3, 3));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Half-open admission storm
+// ---------------------------------------------------------------------------------------------
+
+/// Tripped at 0 with reset_timeout 100; three threads admit with clocks 100, 150 (expired) and 50
+/// (not expired). Exactly `max` probes are admitted in every interleaving, exactly one thread is
+/// told about Open -> HalfOpen, and the 50 thread is only ever rejected with 50 ms to go (if it saw
+/// the breaker open) or 0 (if it saw it half-open and full).
+fn half_open_storm(max: u64) {
+    let lim = limits(1, 100, max, 1, None);
+    let slots = Arc::new(Slots::new());
+    trip(&slots.machine(&lim), &lim, 0);
+    let initial = slots.machine(&lim).load();
+    let clocks = [100u64, 150, 50];
+    let handles: Vec<_> = clocks
+        .iter()
+        .map(|&now| {
+            let slots = slots.clone();
+            thread::spawn(move || {
+                let m = slots.machine(&lim);
+                let mut log = Log::default();
+                log.admit(&m, &lim, now);
+                log
+            })
+        })
+        .collect();
+    let logs = join_all(handles);
+    let fin = slots.machine(&lim).load();
+    check_ledger(initial, fin, &logs, 0);
+    check_probe_tickets(&logs, &lim);
+
+    let admitted: u64 = logs.iter().map(|l| l.tickets.len() as u64).sum();
+    assert_eq!(admitted, max, "admitted {admitted} probes with half_open_max_calls = {max}: {logs:?}");
+    for l in &logs {
+        for t in &l.tickets {
+            assert_eq!(*t, Ticket { generation: initial.generation() + 1, probe: true });
+        }
+    }
+    let openers: Vec<usize> = (0..3).filter(|&i| !logs[i].transitions.is_empty()).collect();
+    assert_eq!(openers.len(), 1, "Open -> HalfOpen reported to {openers:?}");
+    assert!(clocks[openers[0]] >= 100, "a thread whose timeout had not run out opened the breaker");
+    for (l, &now) in logs.iter().zip(&clocks) {
+        for &r in &l.rejections {
+            let to_go = 100u64.saturating_sub(now);
+            assert!(r == 0 || r == to_go, "clock {now} rejected with retry_after {r}");
+        }
+    }
+    assert_eq!(fin.mode(), Mode::HalfOpen);
+    assert_eq!(fin.generation(), initial.generation() + 1);
+    assert_eq!(fin.in_flight(), max);
+    assert_eq!(fin.probe_successes(), 0);
+}
+
+#[test]
+fn half_open_storm_max_one() {
+    model(3, || half_open_storm(1));
+}
+
+#[test]
+fn half_open_storm_max_two() {
+    model(3, || half_open_storm(2));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stale generations
+// ---------------------------------------------------------------------------------------------
+
+/// Threshold 2. Threads A and C each admit and record a failure while B resets (set_mode(Closed)).
+/// A failure admitted before the reset must not count, whether it lands before the reset (wiped)
+/// or after (stale); failures admitted after the reset count normally.
+#[test]
+fn stale_failure_after_reset_does_not_count() {
+    model(2, || {
+        let lim = limits(2, 1000, 1, 1, None);
+        let slots = Arc::new(Slots::new());
+        let recorder = |slots: Arc<Slots>, now: u64| {
+            thread::spawn(move || {
+                let m = slots.machine(&lim);
+                let mut log = Log::default();
+                let t = log.admit(&m, &lim, now).expect("closed breaker rejected a call");
+                log.record(&m, &lim, t, Outcome::Failure, now);
+                log
+            })
+        };
+        let a = recorder(slots.clone(), 10);
+        let b = {
+            let slots = slots.clone();
+            thread::spawn(move || {
+                let m = slots.machine(&lim);
+                let mut log = Log::default();
+                let tr = log.set_mode(&m, &lim, Mode::Closed);
+                assert!(tr.is_none() || tr == Some(Transition { from: Mode::Open, to: Mode::Closed }));
+                log
+            })
+        };
+        let c = recorder(slots.clone(), 20);
+        let logs = join_all(vec![a, b, c]);
+        let fin = slots.machine(&lim).load();
+        check_ledger(Word::INITIAL, fin, &logs, 0);
+
+        let tickets: Vec<Ticket> = [&logs[0], &logs[2]].iter().map(|l| l.tickets[0]).collect();
+        let before_reset = tickets.iter().filter(|t| t.generation == 0).count() as u64;
+        let after_reset = tickets.len() as u64 - before_reset;
+        if before_reset == 2 && logs[1].transitions.len() == 1 {
+            // Both pre-reset failures landed before the reset and tripped it; the reset closed it.
+            assert_eq!((fin.mode(), fin.generation(), fin.failures()), (Mode::Closed, 2, 0));
+        } else if after_reset == 2 {
+            // Both admitted after the reset: they trip the new closed period.
+            assert_eq!(fin.mode(), Mode::Open);
+            assert_eq!(fin.generation(), 2);
+        } else {
+            // Exactly the post-reset failures count; none admitted before the reset survives it.
+            assert_eq!(fin.mode(), Mode::Closed, "{logs:?}");
+            assert_eq!(fin.generation(), 1);
+            assert_eq!(fin.failures(), after_reset, "a pre-reset failure counted after the reset: {logs:?}");
+        }
+    });
+}
+
+/// A call admitted while closed reports success late, after the breaker tripped and went half-open
+/// (probe permit held). The late success must not be counted as a probe success (which would close
+/// the breaker): it leaves the word unchanged.
+#[test]
+fn stale_success_cannot_close_half_open() {
+    model(3, || {
+        let lim = limits(1, 100, 1, 1, None);
+        let slots = Arc::new(Slots::new());
+        let old = expect_ticket(slots.machine(&lim).admit(|| 0));
+        assert_eq!(old, Ticket { generation: 0, probe: false });
+        let late = {
+            let slots = slots.clone();
+            thread::spawn(move || {
+                let m = slots.machine(&lim);
+                let mut log = Log::default();
+                // Before the trip a success on a healthy closed breaker writes nothing; after it the
+                // ticket is stale. Either way nothing is reported.
+                assert_eq!(log.record(&m, &lim, old, Outcome::Success, 100), None);
+                log
+            })
+        };
+        let tripper = {
+            let slots = slots.clone();
+            thread::spawn(move || {
+                let m = slots.machine(&lim);
+                let mut log = Log::default();
+                let t = log.admit(&m, &lim, 0).unwrap();
+                assert_eq!(
+                    log.record(&m, &lim, t, Outcome::Failure, 0),
+                    Some(Transition { from: Mode::Closed, to: Mode::Open })
+                );
+                let p = log.admit(&m, &lim, 100).expect("expired open breaker rejected the probe");
+                assert!(p.probe);
+                log
+            })
+        };
+        let logs = join_all(vec![late, tripper]);
+        let fin = slots.machine(&lim).load();
+        check_ledger(Word::INITIAL, fin, &logs, 0);
+        assert_eq!(fin.mode(), Mode::HalfOpen, "late closed-period success closed the breaker");
+        assert_eq!(fin.generation(), 2);
+        assert_eq!(fin.in_flight(), 1);
+        assert_eq!(fin.probe_successes(), 0);
+    });
+}
+
+/// A half-open probe reports failure late while another thread resets the breaker and then runs a
+/// failing call of its own (threshold 2). If the probe's failure lands first it reopens the breaker
+/// (and is told so), and the reset closes it again; if it lands after the reset it is stale and
+/// must neither reopen the breaker nor count as a closed-period failure.
+#[test]
+fn stale_probe_failure_after_reset() {
+    model(3, || {
+        let lim = limits(2, 10, 1, 1, None);
+        let slots = Arc::new(Slots::new());
+        let m0 = slots.machine(&lim);
+        trip(&m0, &lim, 0);
+        let probe = expect_ticket(m0.admit(|| 10));
+        assert!(probe.probe);
+        let initial = m0.load();
+        assert_eq!((initial.mode(), initial.generation()), (Mode::HalfOpen, 2));
+
+        let prober = {
+            let slots = slots.clone();
+            thread::spawn(move || {
+                let m = slots.machine(&lim);
+                let mut log = Log::default();
+                log.record(&m, &lim, probe, Outcome::Failure, 20);
+                log
+            })
+        };
+        let resetter = {
+            let slots = slots.clone();
+            thread::spawn(move || {
+                let m = slots.machine(&lim);
+                let mut log = Log::default();
+                let tr = log.set_mode(&m, &lim, Mode::Closed).expect("reset from a non-closed mode");
+                assert!(tr.from == Mode::HalfOpen || tr.from == Mode::Open);
+                let t = log.admit(&m, &lim, 30).expect("closed after reset");
+                assert!(!t.probe);
+                assert_eq!(log.record(&m, &lim, t, Outcome::Failure, 30), None);
+                log
+            })
+        };
+        let logs = join_all(vec![prober, resetter]);
+        let fin = slots.machine(&lim).load();
+        check_ledger(initial, fin, &logs, 0);
+        assert_eq!(fin.mode(), Mode::Closed);
+        assert_eq!(fin.failures(), 1, "exactly the post-reset failure counts");
+        let probe_landed = !logs[0].transitions.is_empty();
+        assert_eq!(fin.generation(), if probe_landed { 4 } else { 3 });
+        let reset_from = logs[1].transitions[0].from;
+        assert_eq!(reset_from, if probe_landed { Mode::Open } else { Mode::HalfOpen });
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Half-open counters and transition accounting
+// ---------------------------------------------------------------------------------------------
+
+/// Tripped at 0, reset_timeout 100, max 2 probes, success_threshold 2. Three threads with expired
+/// clocks each admit (one observes first) and record `outcomes[i]` if admitted. At the end every
+/// admitted probe has recorded, so either the mode moved on or in_flight is back to 0 and the
+/// success count is exactly what was recorded in this generation.
+fn half_open_outcomes(outcomes: [Outcome; 3]) {
+    let lim = limits(1, 100, 2, 2, None);
+    let slots = Arc::new(Slots::new());
+    trip(&slots.machine(&lim), &lim, 0);
+    let initial = slots.machine(&lim).load();
+    let half_open_gen = initial.generation() + 1;
+    let handles: Vec<_> = (0..3)
+        .map(|i| {
+            let slots = slots.clone();
+            let outcome = outcomes[i];
+            thread::spawn(move || {
+                let m = slots.machine(&lim);
+                let mut log = Log::default();
+                let now = 100 + 10 * i as u64;
+                if i == 2 {
+                    log.observe(&m, &lim, now);
+                }
+                if let Some(t) = log.admit(&m, &lim, now) {
+                    log.record(&m, &lim, t, outcome, now);
+                }
+                log
+            })
+        })
+        .collect();
+    let logs = join_all(handles);
+    let fin = slots.machine(&lim).load();
+    check_ledger(initial, fin, &logs, 0);
+    check_probe_tickets(&logs, &lim);
+
+    let opened: usize = logs
+        .iter()
+        .map(|l| l.transitions.iter().filter(|t| t.from == Mode::Open && t.to == Mode::HalfOpen).count())
+        .sum();
+    assert!(opened >= 1, "every thread's timeout ran out, yet nobody went half-open");
+
+    // Outcomes recorded by probes of the first half-open generation.
+    let probe_outcomes: Vec<Outcome> = logs
+        .iter()
+        .zip(outcomes)
+        .filter(|(l, _)| l.tickets.first().is_some_and(|t| t.probe && t.generation == half_open_gen))
+        .map(|(_, o)| o)
+        .collect();
+    match fin.mode() {
+        Mode::HalfOpen => {
+            assert_eq!(fin.generation(), half_open_gen);
+            assert_eq!(fin.in_flight(), 0, "permits leaked: {fin:?} after {logs:?}");
+            let successes = probe_outcomes.iter().filter(|&&o| o == Outcome::Success).count() as u64;
+            assert_eq!(fin.probe_successes(), successes);
+            assert!(!probe_outcomes.contains(&Outcome::Failure));
+        }
+        Mode::Closed => {
+            let successes = probe_outcomes.iter().filter(|&&o| o == Outcome::Success).count();
+            assert!(successes >= 2, "closed after {successes} probe successes");
+            assert_eq!(fin.failures(), 0, "only successes and ignores follow the close");
+        }
+        Mode::Open => {
+            assert!(probe_outcomes.contains(&Outcome::Failure), "reopened without a probe failure");
+            assert!(fin.opened_at() >= 100);
+            for l in &logs {
+                for &r in &l.rejections {
+                    // Rejected either half-open and full (0), or reopened at 100..=120 by a
+                    // clock of 100..=120 (so 80..=100 to go).
+                    assert!(r == 0 || (80..=100).contains(&r), "retry_after {r}");
+                }
+            }
+        }
+        m => panic!("unexpected final mode {m:?}"),
+    }
+}
+
+#[test]
+fn half_open_successes_and_ignores_balance() {
+    model(2, || half_open_outcomes([Outcome::Success, Outcome::Ignored, Outcome::Success]));
+}
+
+#[test]
+fn half_open_failure_races_success_and_ignore() {
+    model(2, || half_open_outcomes([Outcome::Success, Outcome::Failure, Outcome::Ignored]));
+}
+
+/// A reset races two half-open probes (one succeeds, one fails). Whatever the order, each change of
+/// mode is reported to exactly one thread, the generations add up, no generation hands out more
+/// than max permits, and the reset wins: a probe outcome landing after it is stale.
+#[test]
+fn reset_races_half_open_probes() {
+    model(2, || {
+        let lim = limits(2, 10, 1, 1, None);
+        let slots = Arc::new(Slots::new());
+        let m0 = slots.machine(&lim);
+        trip(&m0, &lim, 0);
+        let (w, tr) = m0.observe(|| 10);
+        assert_eq!(tr, Some(Transition { from: Mode::Open, to: Mode::HalfOpen }));
+        assert_eq!(w.in_flight(), 0);
+        let initial = m0.load();
+        let handles: Vec<_> = [Outcome::Success, Outcome::Failure]
+            .into_iter()
+            .enumerate()
+            .map(|(i, outcome)| {
+                let slots = slots.clone();
+                thread::spawn(move || {
+                    let m = slots.machine(&lim);
+                    let mut log = Log::default();
+                    let now = 20 + i as u64;
+                    if let Some(t) = log.admit(&m, &lim, now) {
+                        let tr = log.record(&m, &lim, t, outcome, now);
+                        if !t.probe {
+                            // Admitted after the reset: a closed-period call never changes mode
+                            // below threshold 2 with a single failure.
+                            assert_eq!(tr, None);
+                        }
+                    }
+                    log
+                })
+            })
+            .chain(std::iter::once({
+                let slots = slots.clone();
+                thread::spawn(move || {
+                    let m = slots.machine(&lim);
+                    let mut log = Log::default();
+                    log.set_mode(&m, &lim, Mode::Closed);
+                    log
+                })
+            }))
+            .collect();
+        let logs = join_all(handles);
+        let fin = slots.machine(&lim).load();
+        check_ledger(initial, fin, &logs, 0);
+        check_probe_tickets(&logs, &lim);
+        // The reset is the resetter's only write; every later write needs a post-reset ticket.
+        let post_reset: Vec<Ticket> = logs[..2]
+            .iter()
+            .flat_map(|l| l.tickets.iter().copied())
+            .filter(|t| !t.probe && t.generation > initial.generation())
+            .collect();
+        if post_reset.is_empty() {
+            assert_eq!(fin.mode(), Mode::Closed);
+            assert_eq!(fin.failures(), 0);
+        }
+        assert_ne!(fin.mode(), Mode::HalfOpen, "the reset was lost");
+        assert!(fin.mode() != Mode::Open, "threshold 2 with one post-reset failure cannot reopen");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Probe timeout: reclaim racing the hung probe's late outcome
+// ---------------------------------------------------------------------------------------------
+
+/// reset_timeout 10, max 1, probe_timeout 50. A probe admitted at 10 hangs. Concurrently:
+/// - the hung probe finally records `late` with clock 55;
+/// - two threads with clock 60 (the probe is 50 ms old, so it counts as hung) try to admit; the
+///   first also records a success if it gets a permit.
+///
+/// Either the late outcome lands first (and is reported), or a reclaim does (and the late outcome
+/// is stale, reports nothing and changes nothing). Only one of the two admitters may get a probe
+/// permit, the reclaimed generation never holds more than one permit, and a late outcome that was
+/// reported is the only change of mode before the admitters.
+fn reclaim_race(late: Outcome) {
+    let lim = limits(1, 10, 1, 1, Some(50));
+    let slots = Arc::new(Slots::new());
+    let m0 = slots.machine(&lim);
+    trip(&m0, &lim, 0);
+    let hung = expect_ticket(m0.admit(|| 10));
+    assert_eq!(hung, Ticket { generation: 2, probe: true });
+    let initial = m0.load();
+
+    let late_thread = {
+        let slots = slots.clone();
+        thread::spawn(move || {
+            let m = slots.machine(&lim);
+            let mut log = Log::default();
+            log.record(&m, &lim, hung, late, 55);
+            log
+        })
+    };
+    let admitter = |slots: Arc<Slots>, record: bool| {
+        thread::spawn(move || {
+            let m = slots.machine(&lim);
+            let mut log = Log::default();
+            if let Some(t) = log.admit(&m, &lim, 60) {
+                if record {
+                    log.record(&m, &lim, t, Outcome::Success, 60);
+                }
+            }
+            log
+        })
+    };
+    let a = admitter(slots.clone(), true);
+    let b = admitter(slots.clone(), false);
+    let logs = join_all(vec![late_thread, a, b]);
+    let fin = slots.machine(&lim).load();
+
+    let late_reported = !logs[0].transitions.is_empty();
+    let reclaims: Vec<Ticket> = logs[1..]
+        .iter()
+        .flat_map(|l| l.tickets.iter().copied())
+        .filter(|t| t.probe && t.generation == initial.generation() + 1)
+        .collect();
+    assert!(reclaims.len() <= 1, "two reclaims of the same generation: {logs:?}");
+    let probes: Vec<Ticket> = logs[1..].iter().flat_map(|l| l.tickets.iter().copied()).filter(|t| t.probe).collect();
+    assert!(probes.len() <= 1, "more than half_open_max_calls probes admitted: {logs:?}");
+    check_ledger(initial, fin, &logs, reclaims.len() as u32);
+    assert!(
+        late_reported != !reclaims.is_empty(),
+        "late outcome reported: {late_reported}, reclaims: {reclaims:?} ({logs:?})"
+    );
+
+    if late_reported {
+        // The hung probe's outcome won: it decided the mode, and the admitters saw that mode.
+        match late {
+            Outcome::Failure => {
+                assert_eq!(logs[0].transitions, vec![Transition { from: Mode::HalfOpen, to: Mode::Open }]);
+                assert_eq!(fin.mode(), Mode::Open);
+                assert_eq!(fin.opened_at(), 55);
+                assert_eq!(fin.generation(), 3);
+                for l in &logs[1..] {
+                    assert!(l.tickets.is_empty(), "admitted into a breaker reopened at 55, clock 60");
+                    assert_eq!(l.rejections, vec![5]);
+                }
+            }
+            Outcome::Success => {
+                assert_eq!(logs[0].transitions, vec![Transition { from: Mode::HalfOpen, to: Mode::Closed }]);
+                assert_eq!(fin.mode(), Mode::Closed);
+                assert_eq!(fin.generation(), 3);
+                for l in &logs[1..] {
+                    assert_eq!(l.tickets, vec![Ticket { generation: 3, probe: false }]);
+                }
+            }
+            Outcome::Ignored => unreachable!(),
+        }
+    } else {
+        // A reclaim won: the late outcome is stale and the reclaimer owns the only permit.
+        assert_eq!(logs[0].transitions, vec![]);
+        let reclaimer_recorded = logs[1].tickets.first().is_some_and(|t| t.probe);
+        if reclaimer_recorded {
+            assert_eq!(fin.mode(), Mode::Closed, "the reclaimer's success closes the breaker");
+            assert_eq!(fin.generation(), 4);
+            assert_eq!(logs[1].transitions, vec![Transition { from: Mode::HalfOpen, to: Mode::Closed }]);
+        } else {
+            assert_eq!(fin.mode(), Mode::HalfOpen, "{logs:?}");
+            assert_eq!(fin.generation(), 3);
+            assert_eq!(fin.in_flight(), 1);
+            assert_eq!(fin.probe_successes(), 0);
+        }
+    }
+}
+
+#[test]
+fn probe_reclaim_races_late_failure() {
+    model(2, || reclaim_race(Outcome::Failure));
+}
+
+#[test]
+fn probe_reclaim_races_late_success() {
+    model(2, || reclaim_race(Outcome::Success));
+}
+
+/// probe_timeout counts from the newest permit: a permit handed out just now must not be reclaimed.
+///
+/// Half-open with max 1, success_threshold 2: a first probe admitted at 10 succeeded (in_flight back
+/// to 0, probe_stamp = 10). Two threads with clock 100 (probe_timeout 50) admit. Whichever gets the
+/// permit holds one that is 0 ms old, so the other must be rejected: exactly one admission.
+#[test]
+fn fresh_permit_is_not_reclaimed() {
+    model(2, || {
+        let lim = limits(1, 10, 1, 2, Some(50));
+        let slots = Arc::new(Slots::new());
+        let m0 = slots.machine(&lim);
+        trip(&m0, &lim, 0);
+        let first = expect_ticket(m0.admit(|| 10));
+        assert_eq!(m0.record(first, Outcome::Success, || 10), None);
+        let initial = m0.load();
+        assert_eq!((initial.mode(), initial.in_flight(), initial.probe_successes()), (Mode::HalfOpen, 0, 1));
+
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let slots = slots.clone();
+                thread::spawn(move || {
+                    let m = slots.machine(&lim);
+                    let mut log = Log::default();
+                    log.admit(&m, &lim, 100);
+                    log
+                })
+            })
+            .collect();
+        let logs = join_all(handles);
+        let admitted: Vec<Ticket> = logs.iter().flat_map(|l| l.tickets.iter().copied()).collect();
+        assert_eq!(
+            admitted.len(),
+            1,
+            "two probes admitted at the same instant with half_open_max_calls = 1: {admitted:?}"
+        );
+    });
+}
