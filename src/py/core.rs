@@ -6,7 +6,7 @@
 
 use arc_swap::ArcSwap;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::PyDict;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -44,6 +44,15 @@ impl BreakerCore {
         }
     }
 
+    /// A breaker that belongs to no registry (used only to probe object layout).
+    pub fn detached(py: Python<'_>) -> Self {
+        let hub = Hub {
+            clock: Clock::Monotonic(std::time::Instant::now()),
+            listeners: ArcSwap::from_pointee(Vec::new()),
+        };
+        BreakerCore::new(Box::default(), Arc::new(Config::defaults(py)), Arc::new(hub))
+    }
+
     pub fn py_name<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         pyrefs::name_str(py, &self.name)
     }
@@ -57,11 +66,14 @@ impl BreakerCore {
     }
 
     /// Takes a ticket, or counts a rejection and returns `None`.
+    #[inline]
     pub fn try_admit(&self, py: Python<'_>, config: &Config) -> Option<Ticket> {
         let clock = &self.hub.clock;
         match self.slots.machine(&config.limits).admit(|| clock.now_ms()) {
             Admission::Admitted { ticket, transition } => {
-                self.announce(py, transition);
+                if transition.is_some() {
+                    self.announce(py, transition);
+                }
                 Some(ticket)
             }
             Admission::Rejected { .. } => {
@@ -81,15 +93,15 @@ impl BreakerCore {
         }
     }
 
-    /// Records an outcome and reports the transition it caused. Needs no Python for outcomes that
-    /// cannot move the breaker (used when a permit is dropped without an answer).
-    pub fn record(&self, ticket: Ticket, outcome: Outcome) -> Option<Transition> {
+    /// Records an outcome and returns the transition it caused. Needs no Python, so a permit
+    /// dropped without an answer can record itself as ignored (which never moves the breaker).
+    #[inline]
+    pub fn record(&self, config: &Config, ticket: Ticket, outcome: Outcome) -> Option<Transition> {
         self.counters.add(match outcome {
             Outcome::Success => Counter::Successes,
             Outcome::Failure => Counter::Failures,
             Outcome::Ignored => Counter::Ignored,
         });
-        let config = self.config.load();
         let clock = &self.hub.clock;
         let transition = self
             .slots
@@ -99,9 +111,12 @@ impl BreakerCore {
         transition
     }
 
-    pub fn finish(&self, py: Python<'_>, ticket: Ticket, outcome: Outcome) {
-        let transition = self.record(ticket, outcome);
-        self.announce(py, transition);
+    #[inline]
+    pub fn finish(&self, py: Python<'_>, config: &Config, ticket: Ticket, outcome: Outcome) {
+        let transition = self.record(config, ticket, outcome);
+        if transition.is_some() {
+            self.announce(py, transition);
+        }
     }
 
     fn count_opening(&self, transition: Option<Transition>) {
@@ -130,6 +145,7 @@ impl BreakerCore {
 
     /// Calls every listener with `(name, old, new)`, on this thread, after the transition and with
     /// no lock held. A listener's exception is logged, never raised.
+    #[cold]
     pub fn announce(&self, py: Python<'_>, transition: Option<Transition>) {
         let Some(transition) = transition else { return };
         let listeners = self.hub.listeners.load_full();
@@ -171,34 +187,27 @@ fn log_error(py: Python<'_>, message: &str, subject: Option<&Bound<'_, PyAny>>, 
     }
 }
 
-/// The guarded call, entirely in Rust: admit, call `func`, classify, record.
-pub fn guarded_call<'py>(
+/// The guarded call, entirely in Rust: admit, run `invoke` (which calls the user's function),
+/// classify, record. `invoke` runs with no lock held.
+#[inline]
+pub fn guarded<'py>(
     core: &BreakerCore,
-    func: &Bound<'py, PyAny>,
-    args: Option<&Bound<'py, PyTuple>>,
-    kwargs: Option<&Bound<'py, PyDict>>,
+    py: Python<'py>,
+    invoke: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let py = func.py();
     let config = core.config.load();
     let ticket = core.admit(py, &config)?;
-    let result = match args {
-        Some(args) if !args.is_empty() || kwargs.is_some() => func.call(args, kwargs),
-        _ => match kwargs {
-            Some(kwargs) => func.call((), Some(kwargs)),
-            None => func.call0(),
-        },
-    };
-    match result {
+    match invoke() {
         Ok(value) => {
             let (outcome, predicate_error) = config.classify_result(&value);
-            core.finish(py, ticket, outcome);
+            core.finish(py, &config, ticket, outcome);
             match predicate_error {
                 None => Ok(value),
                 Some(err) => Err(err),
             }
         }
         Err(err) => {
-            core.finish(py, ticket, config.classify_error(py, &err));
+            core.finish(py, &config, ticket, config.classify_error(py, &err));
             Err(err)
         }
     }

@@ -6,7 +6,8 @@ use pyo3::types::{PyDict, PyTuple};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::core::{guarded_call, BreakerCore};
+use super::core::{guarded, BreakerCore};
+use super::fastcall;
 use super::pyrefs;
 use crate::engine::{Mode, Outcome, Ticket};
 
@@ -29,16 +30,8 @@ impl Breaker {
         pyrefs::state(py, self.core.observe(py).0.mode())
     }
 
-    /// Calls `fn(*args, **kwargs)` through the breaker.
-    #[pyo3(signature = (r#fn, /, *args, **kwargs))]
-    fn call<'py>(
-        &self,
-        r#fn: &Bound<'py, PyAny>,
-        args: &Bound<'py, PyTuple>,
-        kwargs: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        guarded_call(&self.core, r#fn, Some(args), kwargs)
-    }
+    // `call(fn, /, *args, **kwargs)` is installed by `fastcall::install` as a METH_FASTCALL method
+    // that forwards its arguments to `fn` without building a tuple or dict.
 
     /// Awaits `fn(*args, **kwargs)` through the breaker (returns a coroutine).
     #[pyo3(signature = (r#fn, /, *args, **kwargs))]
@@ -69,13 +62,7 @@ impl Breaker {
         if inspect.call_method1("iscoroutinefunction", (func,))?.is_truthy()? {
             return pyrefs::aio(py, "decorate")?.call1((slf, func));
         }
-        let guarded = Bound::new(
-            py,
-            Guarded {
-                core: slf.get().core.clone(),
-                func: func.clone().unbind(),
-            },
-        )?;
+        let guarded = Bound::new(py, Guarded::new(slf.get().core.clone(), func.clone().unbind()))?;
         py.import("functools")?
             .call_method1("update_wrapper", (&guarded, func))?;
         Ok(guarded.into_any())
@@ -186,15 +173,33 @@ pub fn not_callable(what: &str, value: &Bound<'_, PyAny>) -> PyErr {
     ))
 }
 
-/// A function decorated with a breaker: calling it is one native call.
+/// A function decorated with a breaker: calling it is one native call. Instances carry a
+/// vectorcall entry point (see `fastcall`), so arguments reach the function without a tuple.
 #[pyclass(frozen, dict, weakref, module = "panelboard")]
 pub struct Guarded {
-    core: Arc<BreakerCore>,
-    func: Py<PyAny>,
+    pub(crate) vectorcall: fastcall::VectorcallSlot,
+    pub(crate) core: Arc<BreakerCore>,
+    pub(crate) func: Py<PyAny>,
+}
+
+impl Guarded {
+    pub(crate) fn new(core: Arc<BreakerCore>, func: Py<PyAny>) -> Guarded {
+        Guarded {
+            vectorcall: fastcall::VectorcallSlot::GUARDED,
+            core,
+            func,
+        }
+    }
+
+    /// A throwaway instance, used once to find where the vectorcall field sits in the object.
+    pub(crate) fn probe(py: Python<'_>) -> Guarded {
+        Guarded::new(Arc::new(BreakerCore::detached(py)), py.None())
+    }
 }
 
 #[pymethods]
 impl Guarded {
+    /// The slow-path entry (`PyObject_Call` with a tuple); ordinary calls use vectorcall.
     #[pyo3(signature = (*args, **kwargs))]
     fn __call__<'py>(
         &self,
@@ -202,7 +207,8 @@ impl Guarded {
         args: &Bound<'py, PyTuple>,
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        guarded_call(&self.core, self.func.bind(py), Some(args), kwargs)
+        let func = self.func.bind(py);
+        guarded(&self.core, py, || func.call(args, kwargs))
     }
 
     /// Binds like a function, so decorated methods receive `self`.
@@ -256,7 +262,7 @@ impl Permit {
 
     fn settle(&self, py: Python<'_>, outcome: Outcome) -> PyResult<()> {
         self.claim()?;
-        self.core.finish(py, self.ticket, outcome);
+        self.core.finish(py, &self.core.config.load(), self.ticket, outcome);
         Ok(())
     }
 }
@@ -281,7 +287,7 @@ impl Permit {
         self.claim()?;
         let config = self.core.config.load();
         let (outcome, predicate_error) = config.classify_result(result);
-        self.core.finish(py, self.ticket, outcome);
+        self.core.finish(py, &config, self.ticket, outcome);
         predicate_error.map_or(Ok(()), Err)
     }
 
@@ -290,7 +296,7 @@ impl Permit {
         self.claim()?;
         let config = self.core.config.load();
         let outcome = config.classify_error(py, &PyErr::from_value(exc.clone()));
-        self.core.finish(py, self.ticket, outcome);
+        self.core.finish(py, &config, self.ticket, outcome);
         Ok(())
     }
 
@@ -313,7 +319,7 @@ impl Drop for Permit {
     fn drop(&mut self) {
         if !*self.settled.get_mut() {
             // Ignored outcomes never change the mode, so no listener has to run here.
-            self.core.record(self.ticket, Outcome::Ignored);
+            self.core.record(&self.core.config.load(), self.ticket, Outcome::Ignored);
         }
     }
 }

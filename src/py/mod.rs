@@ -4,6 +4,7 @@ mod clock;
 mod config;
 mod core;
 mod errors;
+mod fastcall;
 mod handle;
 mod pyrefs;
 mod registry;
@@ -20,5 +21,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handle::Metrics>()?;
     m.add_class::<clock::ManualClock>()?;
     m.add_class::<errors::CircuitOpenError>()?;
+    fastcall::install(m.py())?;
     Ok(())
 }

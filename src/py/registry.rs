@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use super::clock::{Clock, ManualClock};
 use super::config::{Config, Patch};
-use super::core::{guarded_call, BreakerCore, Hub};
+use super::core::{guarded, BreakerCore, Hub};
 use super::handle::{not_callable, Breaker, Metrics};
 use super::pyrefs;
 use crate::engine::Mode;
@@ -117,29 +117,8 @@ impl Registry {
         })
     }
 
-    /// Calls `fn()` through the breaker `name`, creating it with `options` if the name is new
-    /// (options of later calls are validated but ignored, as in the reference).
-    #[pyo3(signature = (name, r#fn, /, **options))]
-    fn call<'py>(
-        &self,
-        name: &Bound<'py, PyAny>,
-        r#fn: &Bound<'py, PyAny>,
-        options: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let py = name.py();
-        let key = pyrefs::name_key(name)?;
-        if !r#fn.is_callable() {
-            return Err(not_callable("fn", r#fn));
-        }
-        let core = match options {
-            None => match self.find(&key) {
-                Some(core) => core,
-                None => self.get_or_create(py, &key, &Patch::default()),
-            },
-            Some(options) => self.get_or_create(py, &key, &Patch::parse(Some(options))?),
-        };
-        guarded_call(&core, r#fn, None, None)
-    }
+    // `call(name, fn, /, **options)` is installed by `fastcall::install` (METH_FASTCALL) and
+    // implemented by `Registry::call` below.
 
     /// A handle on the breaker `name` (created with `options` if new).
     #[pyo3(signature = (name, /, **options))]
@@ -270,6 +249,30 @@ impl Registry {
 }
 
 impl Registry {
+    /// Calls `func()` through the breaker `name`, creating it with `options` if the name is new
+    /// (options of later calls are validated but ignored, as in the reference).
+    pub(crate) fn call<'py>(
+        &self,
+        name: &Bound<'py, PyAny>,
+        func: &Bound<'py, PyAny>,
+        options: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = name.py();
+        let key = pyrefs::name_key(name)?;
+        if !func.is_callable() {
+            return Err(not_callable("fn", func));
+        }
+        let core = match options {
+            None => match self.find(&key) {
+                Some(core) => core,
+                None => self.get_or_create(py, &key, &Patch::default()),
+            },
+            Some(options) => self.get_or_create(py, &key, &Patch::parse(Some(options))?),
+        };
+        drop(key);
+        guarded(&core, py, || func.call0())
+    }
+
     /// The breakers, cloned out of the map (whose guards are released before this returns).
     fn cores(&self) -> Vec<Arc<BreakerCore>> {
         self.breakers.iter().map(|entry| entry.key().0.clone()).collect()

@@ -1,0 +1,271 @@
+"""Type stub of the native module ``panelboard._core`` (written by hand; checked by ``make stubtest``).
+
+Every option below is keyword-only and validated at runtime (``TypeError``/``ValueError`` naming the
+argument). The runtime signatures take ``**options``; the stub lists the accepted names so that a
+misspelt option is a type error.
+"""
+
+import builtins
+from collections.abc import Awaitable, Callable, Coroutine
+from types import TracebackType
+from typing import Any, Generic, Literal, Protocol, TypeVar, final, overload
+
+from typing_extensions import Concatenate, ParamSpec, Self, disjoint_base
+
+from panelboard._types import State
+
+__all__ = [
+    "Registry",
+    "Breaker",
+    "Guarded",
+    "Permit",
+    "Metrics",
+    "ManualClock",
+    "CircuitOpenError",
+]
+
+_T = TypeVar("_T")
+_T_co = TypeVar("_T_co", covariant=True)
+_S = TypeVar("_S")
+_P = ParamSpec("_P")
+_Q = ParamSpec("_Q")
+
+#: What ``failure_on`` and ``ignore`` accept: one exception class or a tuple of them.
+_ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]
+#: ``listener(name, old, new)``; its return value is ignored.
+_Listener = Callable[[str, State, State], object]
+_ListenerT = TypeVar("_ListenerT", bound=_Listener)
+
+@final
+class ManualClock:
+    """A clock that moves only when told to, shared by the registries given it."""
+
+    def __new__(cls, start: float | None = None) -> Self:
+        """A clock reading ``start`` seconds (default 0.0)."""
+
+    def advance(self, seconds: float) -> None:
+        """Moves the clock forward by ``seconds`` (>= 0)."""
+
+    def now(self) -> float:
+        """The current time in seconds."""
+
+@disjoint_base
+class CircuitOpenError(Exception):
+    """Raised instead of calling the function while the breaker rejects calls."""
+
+    def __new__(cls, name: str, retry_after: float = 0.0, *_args: object) -> Self: ...
+    @property
+    def name(self) -> str:
+        """The breaker's name."""
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until the breaker goes half-open; 0.0 if that is not known."""
+
+    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, float]]: ...
+
+@final
+class Metrics:
+    """An immutable snapshot of one breaker's counters and state."""
+
+    @property
+    def state(self) -> State: ...
+    @property
+    def consecutive_failures(self) -> int: ...
+    @property
+    def calls(self) -> int:
+        """Finished calls: ``successes + failures + ignored``."""
+
+    @property
+    def successes(self) -> int: ...
+    @property
+    def failures(self) -> int: ...
+    @property
+    def ignored(self) -> int: ...
+    @property
+    def rejected(self) -> int: ...
+    @property
+    def times_opened(self) -> int: ...
+    @property
+    def retry_after(self) -> float: ...
+
+@final
+class Permit:
+    """Permission for one call; report exactly one outcome (a second raises ``RuntimeError``).
+
+    A permit dropped without an outcome counts as ignored, which releases its half-open slot.
+    """
+
+    def success(self) -> None: ...
+    def failure(self) -> None: ...
+    def ignore(self) -> None: ...
+    @property
+    def settled(self) -> bool:
+        """True once an outcome has been reported."""
+
+@final
+class Guarded(Generic[_P, _T_co]):
+    """A (sync) function decorated with a breaker: calling it calls the function through the breaker.
+
+    Generic only in the stub: annotate with ``"Guarded[...]"`` strings or ``from __future__ import
+    annotations``.
+    """
+
+    __wrapped__: Callable[_P, _T_co]
+    __name__: str
+    __qualname__: str
+    __doc__: str | None
+    __module__: str
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _T_co: ...
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None, /) -> Self: ...
+    @overload
+    def __get__(
+        self: Guarded[Concatenate[_S, _Q], _T], instance: _S, owner: type[Any] | None = None, /
+    ) -> Callable[_Q, _T]: ...
+    @property
+    def breaker(self) -> Breaker: ...
+
+class _AsyncGuarded(Protocol[_P, _T_co]):
+    """What decorating an ``async def`` function returns: a coroutine function (a plain Python
+    function made with ``functools.wraps``) with a ``breaker`` attribute."""
+
+    @property
+    def __wrapped__(self) -> Callable[_P, Awaitable[_T_co]]: ...
+    __name__: str
+    __qualname__: str
+    breaker: Breaker
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> Coroutine[Any, Any, _T_co]: ...
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None, /) -> Self: ...
+    @overload
+    def __get__(
+        self: _AsyncGuarded[Concatenate[_S, _Q], _T], instance: _S, owner: type[Any] | None = None, /
+    ) -> Callable[_Q, Coroutine[Any, Any, _T]]: ...
+
+@final
+class Breaker:
+    """A handle on one breaker. Calling through it does no name lookup; it keeps working on its own
+    breaker after that breaker is deleted from the registry."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def state(self) -> State: ...
+    def call(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Calls ``fn(*args, **kwargs)`` through the breaker."""
+
+    async def acall(self, fn: Callable[_P, Awaitable[_T]], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Awaits ``fn(*args, **kwargs)`` through the breaker; ``CancelledError`` is ignored."""
+
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, func: Callable[_P, Coroutine[Any, Any, _T]], /
+    ) -> _AsyncGuarded[_P, _T]: ...
+    @overload
+    def __call__(self, func: Callable[_P, _T], /) -> Guarded[_P, _T]: ...
+    def try_acquire(self) -> Permit | None:
+        """A permit, or ``None`` when the breaker rejects the call (never raises for an open breaker)."""
+
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> Literal[False]: ...
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> Literal[False]: ...
+    def metrics(self) -> Metrics: ...
+
+@final
+class Registry:
+    """Named circuit breakers; ``call`` creates a breaker on first use of a name.
+
+    Keyword options given here are the registry-wide defaults for new breakers.
+    """
+
+    def __new__(
+        cls,
+        *,
+        clock: ManualClock | None = None,
+        failure_threshold: int = ...,
+        reset_timeout: float = ...,
+        half_open_max_calls: int = ...,
+        success: Callable[[Any], object] | None = ...,
+        success_threshold: int = ...,
+        failure_on: _ExceptionTypes = ...,
+        ignore: _ExceptionTypes = ...,
+        probe_timeout: float | None = ...,
+    ) -> Self: ...
+    def call(
+        self,
+        name: str,
+        fn: Callable[[], _T],
+        /,
+        *,
+        failure_threshold: int = ...,
+        reset_timeout: float = ...,
+        half_open_max_calls: int = ...,
+        success: Callable[[Any], object] | None = ...,
+        success_threshold: int = ...,
+        failure_on: _ExceptionTypes = ...,
+        ignore: _ExceptionTypes = ...,
+        probe_timeout: float | None = ...,
+    ) -> _T:
+        """Calls ``fn()`` through the breaker ``name``, creating it with the options if the name is new
+        (options of later calls are validated but ignored)."""
+
+    def breaker(
+        self,
+        name: str,
+        /,
+        *,
+        failure_threshold: int = ...,
+        reset_timeout: float = ...,
+        half_open_max_calls: int = ...,
+        success: Callable[[Any], object] | None = ...,
+        success_threshold: int = ...,
+        failure_on: _ExceptionTypes = ...,
+        ignore: _ExceptionTypes = ...,
+        probe_timeout: float | None = ...,
+    ) -> Breaker:
+        """A handle on the breaker ``name`` (created with the options if new)."""
+
+    def configure(
+        self,
+        name: str,
+        /,
+        *,
+        failure_threshold: int = ...,
+        reset_timeout: float = ...,
+        half_open_max_calls: int = ...,
+        success: Callable[[Any], object] | None = ...,
+        success_threshold: int = ...,
+        failure_on: _ExceptionTypes = ...,
+        ignore: _ExceptionTypes = ...,
+        probe_timeout: float | None = ...,
+    ) -> Breaker:
+        """Creates the breaker with the options, or atomically changes the given options of an
+        existing one."""
+
+    def state(self, name: str) -> State:
+        """The state of ``name``; ``State.CLOSED`` for an unknown name (which is not created)."""
+
+    def reset(self, name: str) -> None: ...
+    def delete(self, name: str) -> None: ...
+    def list(self) -> builtins.list[tuple[str, State]]: ...
+    def force_open(self, name: str) -> None: ...
+    def disable(self, name: str) -> None: ...
+    def on_state_change(self, listener: _ListenerT) -> _ListenerT: ...
+    def remove_listener(self, listener: _Listener) -> None: ...
+    def snapshot(self) -> dict[str, Metrics]: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, key: str, /) -> bool: ...
