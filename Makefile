@@ -7,7 +7,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 SOAK_SECONDS ?= 60
-TEST_DEPS := maturin pytest pytest-asyncio hypothesis==6.150.0 mypy
+TEST_DEPS := maturin pytest pytest-asyncio hypothesis==6.150.0
+# mypy's newest releases build a PyO3 0.29 part that refuses free-threaded 3.13, so the typing
+# checks (make stubtest, make typecheck, tests/test_typing.py) run on the GIL build only.
+TYPING_DEPS := mypy
 BENCH_DEPS := pybreaker circuitbreaker aiobreaker purgatory matplotlib
 
 .PHONY: all venv build test test-rust test-python test-ft demo bench bench-rust loom soak stubtest typecheck clean
@@ -18,6 +21,8 @@ $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TEST_DEPS)
+	$(PY) -c 'import sys; sys.exit(not getattr(sys, "_is_gil_enabled", lambda: True)())' \
+		&& $(PY) -m pip install -q $(TYPING_DEPS) || echo "free-threaded interpreter: typing checks skipped"
 	touch $@
 
 venv: $(VENV)/.deps

@@ -5,15 +5,22 @@
 //! run over memory shared between processes. Every change is one compare-and-swap of that word.
 //!
 //! ```text
-//!  63   61 60              40 39                                   0
+//!  63   61 60              36 35                                   0
 //! +-------+------------------+--------------------------------------+
-//! | mode  |   generation     | payload (meaning depends on mode)    |
+//! | mode  | generation (25)  | payload (36, meaning depends on mode)|
 //! +-------+------------------+--------------------------------------+
 //!   Closed      consecutive failures
-//!   Open        opened_at, in clock milliseconds
+//!   Open        opened_at: clock milliseconds, modulo 2^36 (about 795 days)
 //!   HalfOpen    probes in flight (bits 0..16), probe successes (bits 16..32)
 //!   ForcedOpen / Disabled   unused (0)
 //! ```
+//!
+//! Limits of a 64-bit word, chosen so that neither can bite in practice:
+//! - the generation wraps after 2^25 (33.5 million) transitions: an outcome whose call stayed in
+//!   flight across exactly a multiple of that many transitions would be taken as current;
+//! - times are kept modulo 2^36 ms and compared by wrapping difference (`elapsed_ms`), so they work
+//!   for any process lifetime; only an open breaker left untouched for a multiple of ~795 days
+//!   (give or take `CLOCK_SKEW_MS`) can stay open up to that much longer than its timeout.
 //!
 //! Rules the layout enforces:
 //! - every change of mode (and every reset or probe reclaim) bumps the generation, and an outcome is
@@ -23,8 +30,8 @@
 
 use crate::sync::{AtomicU64, Ordering};
 
-const PAYLOAD_BITS: u32 = 40;
-const GENERATION_BITS: u32 = 21;
+const PAYLOAD_BITS: u32 = 36;
+const GENERATION_BITS: u32 = 25;
 const MODE_SHIFT: u32 = PAYLOAD_BITS + GENERATION_BITS;
 const PAYLOAD_MASK: u64 = (1 << PAYLOAD_BITS) - 1;
 const GENERATION_MASK: u64 = (1 << GENERATION_BITS) - 1;
@@ -35,9 +42,22 @@ const COUNTER_MASK: u64 = (1 << COUNTER_BITS) - 1;
 pub const MAX_FAILURE_THRESHOLD: u64 = u32::MAX as u64;
 /// Largest accepted `half_open_max_calls` and `success_threshold` (16-bit fields of the word).
 pub const MAX_PROBE_COUNT: u64 = COUNTER_MASK;
-/// Largest accepted duration in milliseconds (about 17 years), so that a time plus a duration
-/// always fits the 40-bit payload.
-pub const MAX_DURATION_MS: u64 = 1 << 39;
+/// Largest accepted duration in milliseconds (about 397 days): half the range of a stored time,
+/// so wrapping differences stay unambiguous.
+pub const MAX_DURATION_MS: u64 = 1 << 35;
+/// A clock reading up to this far *behind* a stored time (a thread that read the clock just before
+/// another one stored a newer time) counts as no time elapsed, not as a wrapped-around eternity.
+const CLOCK_SKEW_MS: u64 = 1 << 20; // about 17 minutes
+
+/// Milliseconds from `since` to `now`, both stored modulo 2^36.
+fn elapsed_ms(now: u64, since: u64) -> u64 {
+    let difference = now.wrapping_sub(since) & PAYLOAD_MASK;
+    if difference > PAYLOAD_MASK - CLOCK_SKEW_MS {
+        0 // `now` was read slightly before `since` was stored
+    } else {
+        difference
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mode {
@@ -194,7 +214,7 @@ pub enum Admission {
 #[derive(Debug)]
 pub struct Slots {
     pub word: AtomicU64,
-    /// When the newest half-open permit was handed out: `generation << 40 | ms`. It only decides
+    /// When the newest half-open permit was handed out: `generation << 36 | ms`. It only decides
     /// *when* hung probes are reclaimed; the reclaim itself is a CAS of `word`.
     pub probe_stamp: AtomicU64,
 }
@@ -285,7 +305,7 @@ impl<'a> Machine<'a> {
                 }
                 Mode::ForcedOpen => return Admission::Rejected { retry_after_ms: 0 },
                 Mode::Open => {
-                    let elapsed = now.get().saturating_sub(current.opened_at());
+                    let elapsed = elapsed_ms(now.get(), current.opened_at());
                     if elapsed < self.limits.reset_timeout_ms {
                         return Admission::Rejected {
                             retry_after_ms: self.limits.reset_timeout_ms - elapsed,
@@ -352,7 +372,7 @@ impl<'a> Machine<'a> {
             );
             return false;
         }
-        now_ms.saturating_sub(stamp & PAYLOAD_MASK) >= timeout
+        elapsed_ms(now_ms, stamp & PAYLOAD_MASK) >= timeout
     }
 
     /// Records the outcome of a call admitted with `ticket`. Outcomes from an older generation change
@@ -428,7 +448,7 @@ impl<'a> Machine<'a> {
         let mut current = self.load();
         loop {
             if current.mode() != Mode::Open
-                || now.get().saturating_sub(current.opened_at()) < self.limits.reset_timeout_ms
+                || elapsed_ms(now.get(), current.opened_at()) < self.limits.reset_timeout_ms
             {
                 return (current, None);
             }
@@ -445,7 +465,7 @@ impl<'a> Machine<'a> {
         if word.mode() != Mode::Open {
             return 0;
         }
-        let elapsed = (clock() & PAYLOAD_MASK).saturating_sub(word.opened_at());
+        let elapsed = elapsed_ms(clock() & PAYLOAD_MASK, word.opened_at());
         self.limits.reset_timeout_ms.saturating_sub(elapsed)
     }
 }
@@ -517,9 +537,9 @@ mod tests {
 
     #[test]
     fn word_fields_round_trip() {
-        let w = Word::pack(Mode::HalfOpen, 12345, half_open_payload(7, 9));
+        let w = Word::pack(Mode::HalfOpen, GENERATION_MASK as u32, half_open_payload(7, 9));
         assert_eq!(w.mode(), Mode::HalfOpen);
-        assert_eq!(w.generation(), 12345);
+        assert_eq!(w.generation(), GENERATION_MASK as u32);
         assert_eq!(w.in_flight(), 7);
         assert_eq!(w.probe_successes(), 9);
         let w = Word::pack(Mode::Open, 1, PAYLOAD_MASK);
@@ -639,6 +659,46 @@ mod tests {
         f.trip();
         f.now.set(10); // a clock read taken before the trip
         assert_eq!(f.admit(), Admission::Rejected { retry_after_ms: 1000 });
+    }
+
+    #[test]
+    fn times_wrap_around_the_payload() {
+        let f = Fixture::new(limits(1, 1000, 1));
+        f.now.set(PAYLOAD_MASK - 100); // opened just before the stored time wraps to 0
+        f.trip();
+        f.now.set(PAYLOAD_MASK + 500); // 600 ms later
+        assert_eq!(f.admit(), Admission::Rejected { retry_after_ms: 400 });
+        f.now.set(PAYLOAD_MASK + 900);
+        assert!(matches!(f.admit(), Admission::Admitted { ticket: Ticket { probe: true, .. }, .. }));
+    }
+
+    #[test]
+    fn open_breaker_left_alone_for_years_is_half_open() {
+        let f = Fixture::new(limits(1, 1000, 1));
+        f.trip();
+        f.now.set(PAYLOAD_MASK / 2 + 12345); // ~400 days later: far beyond the timeout
+        assert_eq!(f.mode(), Mode::HalfOpen);
+    }
+
+    #[test]
+    fn elapsed_treats_small_negative_differences_as_zero() {
+        assert_eq!(elapsed_ms(100, 40), 60);
+        assert_eq!(elapsed_ms(40, 100), 0);
+        assert_eq!(elapsed_ms(5, PAYLOAD_MASK - 4), 10);
+        assert_eq!(elapsed_ms(0, CLOCK_SKEW_MS), 0);
+        assert_eq!(elapsed_ms(0, CLOCK_SKEW_MS + 2), PAYLOAD_MASK - CLOCK_SKEW_MS - 1);
+    }
+
+    #[test]
+    fn stale_ticket_survives_almost_a_full_generation_cycle() {
+        let f = Fixture::new(limits(1, 0, 1));
+        let stale = f.ticket();
+        for _ in 0..(GENERATION_MASK) {
+            f.m().set_mode(Mode::Closed);
+        }
+        assert_ne!(f.raw().generation(), stale.generation);
+        assert_eq!(f.record(stale, Outcome::Failure), None);
+        assert_eq!(f.raw().mode(), Mode::Closed);
     }
 
     #[test]

@@ -104,6 +104,48 @@ def test_call_returns_result_and_creates_breaker(api, name):
     assert api.state(name) is State.CLOSED
 
 
+def test_default_options(registry, clock):
+    # failure_threshold=5, reset_timeout=30.0, half_open_max_calls=1, success=None
+    assert registry.call("svc", lambda: None) is None  # a falsy result is a success
+    fail_n(registry, "svc", 4)
+    assert registry.state("svc") is State.CLOSED
+    fail_n(registry, "svc", 1)
+    assert registry.state("svc") is State.OPEN
+    with pytest.raises(CircuitOpenError) as info:
+        registry.call("svc", ok)
+    assert info.value.retry_after == 30.0
+    clock.advance(29.999)
+    assert registry.state("svc") is State.OPEN
+    clock.advance(0.001)
+    assert registry.state("svc") is State.HALF_OPEN
+    nested = []
+
+    def probe():
+        with pytest.raises(CircuitOpenError):
+            registry.call("svc", ok)  # the one permit is held by this probe
+        nested.append(1)
+        return "probed"
+
+    assert registry.call("svc", probe) == "probed"
+    assert nested == [1]
+    assert registry.state("svc") is State.CLOSED
+
+
+def test_default_options_default_registry(name):
+    fail_n(panelboard, name, 4)
+    assert panelboard.state(name) is State.CLOSED
+    fail_n(panelboard, name, 1)
+    assert panelboard.state(name) is State.OPEN
+    with pytest.raises(CircuitOpenError) as info:
+        panelboard.call(name, ok)
+    assert 29.0 < info.value.retry_after <= 30.0
+
+
+def test_call_accepts_name_and_fn_by_keyword(api, name):
+    assert api.call(name, fn=ok) == "ok"
+    assert api.call(name=name, fn=ok, failure_threshold=2) == "ok"
+
+
 def test_fn_takes_no_arguments_partial_works(api, name):
     assert api.call(name, functools.partial(pow, 2, 10)) == 1024
 

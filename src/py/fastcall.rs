@@ -10,7 +10,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple};
 use std::ffi::{c_int, CStr};
 use std::os::raw::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -78,7 +78,8 @@ unsafe extern "C" fn breaker_call(
     })
 }
 
-/// `Registry.call(name, fn, /, **options)`.
+/// `Registry.call(name, fn, **options)`: `name` and `fn` by position or keyword, every other
+/// keyword an option.
 unsafe extern "C" fn registry_call(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
@@ -88,22 +89,35 @@ unsafe extern "C" fn registry_call(
     entry_point(|py| {
         let slf = Bound::from_borrowed_ptr(py, slf);
         let registry = slf.cast::<Registry>()?;
-        if nargs != 2 {
+        if nargs > 2 {
             return Err(PyTypeError::new_err(format!(
-                "Registry.call() takes 2 positional arguments (name, fn), got {nargs}"
+                "Registry.call() takes 2 positional arguments (name, fn) but {nargs} were given"
             )));
         }
-        let name = Bound::from_borrowed_ptr(py, *args);
-        let func = Bound::from_borrowed_ptr(py, *args.add(1));
-        let options = if kwnames.is_null() {
-            None
-        } else {
+        let positional = |i: ffi::Py_ssize_t| (i < nargs).then(|| Bound::from_borrowed_ptr(py, *args.offset(i)));
+        let (mut name, mut func) = (positional(0), positional(1));
+        let mut options = None;
+        if !kwnames.is_null() {
             let names = Bound::from_borrowed_ptr(py, kwnames).cast_into::<PyTuple>()?;
-            let dict = PyDict::new(py);
             for (i, key) in names.iter().enumerate() {
-                dict.set_item(key, Bound::from_borrowed_ptr(py, *args.add(2 + i)))?;
+                let value = Bound::from_borrowed_ptr(py, *args.offset(nargs + i as ffi::Py_ssize_t));
+                let slot = match key.cast::<PyString>()?.to_str()? {
+                    "name" => &mut name,
+                    "fn" => &mut func,
+                    _ => {
+                        options.get_or_insert_with(|| PyDict::new(py)).set_item(key, value)?;
+                        continue;
+                    }
+                };
+                if slot.replace(value).is_some() {
+                    return Err(PyTypeError::new_err(format!(
+                        "Registry.call() got multiple values for argument '{key}'"
+                    )));
+                }
             }
-            Some(dict)
+        }
+        let (Some(name), Some(func)) = (name, func) else {
+            return Err(PyTypeError::new_err("Registry.call() missing required argument 'name' or 'fn'"));
         };
         registry.get().call(&name, &func, options.as_ref())
     })
@@ -169,7 +183,7 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     install_method(
         &py.get_type::<Registry>(),
         c"call",
-        c"call($self, name, fn, /, **options)\n--\n\nCalls fn() through the breaker `name`, creating it with `options` if new.",
+        c"call($self, name, fn, **options)\n--\n\nCalls fn() through the breaker `name`, creating it with `options` if new.",
         registry_call,
     )?;
     install_guarded_vectorcall(py)
@@ -189,7 +203,15 @@ fn install_guarded_vectorcall(py: Python<'_>) -> PyResult<()> {
     unsafe {
         let tp = ty.as_type_ptr();
         (*tp).tp_vectorcall_offset = offset as ffi::Py_ssize_t;
-        (*tp).tp_flags |= ffi::Py_TPFLAGS_HAVE_VECTORCALL;
+        // Free-threaded builds make tp_flags atomic.
+        #[cfg(Py_GIL_DISABLED)]
+        (*tp)
+            .tp_flags
+            .fetch_or(ffi::Py_TPFLAGS_HAVE_VECTORCALL, std::sync::atomic::Ordering::Relaxed);
+        #[cfg(not(Py_GIL_DISABLED))]
+        {
+            (*tp).tp_flags |= ffi::Py_TPFLAGS_HAVE_VECTORCALL;
+        }
         ffi::PyType_Modified(tp);
     }
     Ok(())
