@@ -1,11 +1,13 @@
 //! Per-breaker call counters that stay exact under concurrency without becoming a point of contention.
 //!
-//! A single shared counter would make every call write the same cache line, which is exactly what the
-//! read-only fast path avoids. Instead each breaker keeps a few cache-line-sized stripes; a thread
-//! always bumps the stripe it was assigned (relaxed atomics, so two threads sharing a stripe still
-//! lose nothing), and a read sums the stripes.
+//! A single shared counter would make every call from every thread write the same cache line, which
+//! is exactly what the read-only fast path avoids. So a breaker counts in a compact inline block
+//! while only one thread uses it (the common case for most of a million breakers), and the first
+//! time a second thread counts, it gets cache-line-sized stripes: each thread then bumps the stripe
+//! it was assigned (relaxed atomics, so two threads sharing a stripe still lose nothing), and a read
+//! sums everything.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::OnceLock;
 
 #[derive(Clone, Copy, Debug)]
@@ -17,12 +19,13 @@ pub enum Counter {
 }
 
 const COUNTERS: usize = 4;
+const NO_THREAD: usize = usize::MAX;
 
 #[repr(align(64))]
 #[derive(Default)]
 struct Stripe([AtomicU64; COUNTERS]);
 
-/// Totals read from the stripes.
+/// Totals read from the counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
     /// Finished calls: successes + failures + ignored (derived, so a call costs one increment).
@@ -33,12 +36,19 @@ pub struct Totals {
     pub rejected: u64,
 }
 
+#[derive(Default)]
+struct Block([AtomicU64; COUNTERS]);
+
 pub struct Counters {
-    stripes: Box<[Stripe]>,
+    /// The thread (see `this_thread`) that counts in `local`; `NO_THREAD` until the first count.
+    home: AtomicUsize,
+    local: Block,
+    /// Made when a second thread counts; from then on every thread counts in its own stripe.
+    stripes: OnceLock<Box<[Stripe]>>,
 }
 
 /// One stripe per core (a power of two, at most 8): enough to keep threads apart on the machines
-/// this runs on, small enough for a million breakers.
+/// this runs on, small enough for hot breakers to stay cheap.
 fn stripe_count() -> usize {
     static COUNT: OnceLock<usize> = OnceLock::new();
     *COUNT.get_or_init(|| {
@@ -47,33 +57,63 @@ fn stripe_count() -> usize {
     })
 }
 
-/// A number that differs between threads, found without thread-local storage (which costs a
-/// `__tls_get_addr` call in a shared library): the address of the current stack frame. Thread
-/// stacks are separate mappings megabytes apart, so the bits above 64 KiB tell threads apart; a
-/// multiplicative hash spreads them over the stripes. Two threads landing on one stripe only
-/// share a cache line; the counts stay exact.
+/// A small number per thread, handed out in order, so that consecutive threads get different
+/// stripes.
 #[inline]
-fn this_thread_stripe() -> usize {
-    let marker = 0u8;
-    let address = std::hint::black_box(&marker) as *const u8 as usize;
-    ((address >> 16).wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize)) >> (usize::BITS - 8)
+fn this_thread() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static ID: usize = NEXT.fetch_add(1, Relaxed) & (usize::MAX >> 1);
+    }
+    ID.with(|id| *id)
 }
 
 impl Counters {
     pub fn new() -> Counters {
         Counters {
-            stripes: (0..stripe_count()).map(|_| Stripe::default()).collect(),
+            home: AtomicUsize::new(NO_THREAD),
+            local: Block::default(),
+            stripes: OnceLock::new(),
         }
     }
 
     #[inline]
     pub fn add(&self, counter: Counter) {
-        let stripe = &self.stripes[this_thread_stripe() & (self.stripes.len() - 1)];
-        stripe.0[counter as usize].fetch_add(1, Relaxed);
+        let me = this_thread();
+        if let Some(stripes) = self.stripes.get() {
+            stripes[me & (stripes.len() - 1)].0[counter as usize].fetch_add(1, Relaxed);
+            return;
+        }
+        let home = self.home.load(Relaxed);
+        let mine = home == me
+            || (home == NO_THREAD
+                && self
+                    .home
+                    .compare_exchange(NO_THREAD, me, Relaxed, Relaxed)
+                    .is_ok());
+        if mine {
+            self.local.0[counter as usize].fetch_add(1, Relaxed);
+        } else {
+            let stripes = self
+                .stripes
+                .get_or_init(|| (0..stripe_count()).map(|_| Stripe::default()).collect());
+            stripes[me & (stripes.len() - 1)].0[counter as usize].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// True once a second thread has counted here.
+    pub fn is_striped(&self) -> bool {
+        self.stripes.get().is_some()
     }
 
     pub fn totals(&self) -> Totals {
-        let sum = |c: Counter| self.stripes.iter().map(|s| s.0[c as usize].load(Relaxed)).sum();
+        let sum = |c: Counter| {
+            let striped: u64 = self
+                .stripes
+                .get()
+                .map_or(0, |stripes| stripes.iter().map(|s| s.0[c as usize].load(Relaxed)).sum());
+            self.local.0[c as usize].load(Relaxed) + striped
+        };
         let (successes, failures, ignored) =
             (sum(Counter::Successes), sum(Counter::Failures), sum(Counter::Ignored));
         Totals {
@@ -121,6 +161,20 @@ mod tests {
         assert_eq!(t.calls, 320_000);
         assert_eq!(t.rejected, 16);
         assert_eq!(t.ignored, 0);
+    }
+
+    #[test]
+    fn one_thread_counts_inline_and_a_second_one_gets_stripes() {
+        let counters = Arc::new(Counters::new());
+        counters.add(Counter::Successes);
+        counters.add(Counter::Rejected);
+        assert!(!counters.is_striped());
+        let other = counters.clone();
+        std::thread::spawn(move || other.add(Counter::Successes)).join().unwrap();
+        assert!(counters.is_striped());
+        counters.add(Counter::Failures);
+        let t = counters.totals();
+        assert_eq!((t.successes, t.failures, t.rejected, t.calls), (2, 1, 1, 3));
     }
 
     #[test]
