@@ -6,13 +6,14 @@ Every thread is joined with a timeout, so a deadlock fails the test instead of h
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 
 import pytest
 
 import panelboard
-from panelboard import CircuitOpenError, Registry, State
+from panelboard import CircuitOpenError, State
 
 THREADS = 16
 TIMEOUT = 30.0
@@ -28,6 +29,15 @@ class CustomBase(BaseException):
 
 def ok():
     return "ok"
+
+
+@pytest.fixture(autouse=True)
+def frequent_switches():
+    """With a GIL, switch threads often so that the operations really interleave."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    yield
+    sys.setswitchinterval(old)
 
 
 def run_threads(target, n=THREADS, timeout=TIMEOUT):
@@ -256,7 +266,7 @@ def _chaos(api, names, ops_per_thread, seed):
 
 def test_concurrent_create_delete_reset_call_state_list_never_errors(registry):
     names = [f"n{i}" for i in range(4)]
-    _chaos(registry, names, ops_per_thread=300, seed=1)
+    _chaos(registry, names, ops_per_thread=1000, seed=1)
     listing = registry.list()
     assert len({n for n, _ in listing}) == len(listing) == len(registry)
     assert {n for n, _ in listing} <= set(names)
@@ -269,7 +279,7 @@ def test_concurrent_create_delete_reset_call_state_list_never_errors(registry):
 def test_concurrent_chaos_on_default_registry(name):
     names = [f"{name}-{i}" for i in range(3)]
     try:
-        _chaos(panelboard, names, ops_per_thread=200, seed=2)
+        _chaos(panelboard, names, ops_per_thread=500, seed=2)
         listed = [n for n, _ in panelboard.list() if n in names]
         assert len(listed) == len(set(listed))
     finally:

@@ -635,6 +635,22 @@ def _raise_failure():
     raise Failure()
 
 
+def test_stale_permit_across_two_million_transitions_changes_nothing():
+    """Found by this harness: the generation used to be a 21-bit field, so a permit taken before
+    exactly 2**21 transitions matched the current generation again and its outcome was applied.
+    It is 25 bits now (the remaining limit, 2**25 transitions while one call is in flight, is
+    documented in docs/reliability.md)."""
+    registry = Registry(clock=ManualClock())
+    b = registry.breaker("wrap", failure_threshold=1)
+    stale = b.try_acquire()
+    reset = registry.reset
+    for _ in range(2**21):
+        reset("wrap")
+    stale.failure()
+    assert b.state == State.CLOSED, "an outcome from 2**21 generations ago opened the breaker"
+    assert b.metrics().times_opened == 0
+
+
 def _fake_run(cfg, logs, finals):
     from types import SimpleNamespace
 

@@ -206,7 +206,7 @@ def test_stale_block_outcome_is_dropped(registry):
 
 def test_blocks_from_16_threads_keep_their_own_permits(registry):
     b = registry.breaker("db", failure_threshold=10**6)
-    barrier = threading.Barrier(16)
+    barrier = threading.Barrier(16, timeout=10)
     errors = []
 
     def work(i):
@@ -240,8 +240,8 @@ def test_half_open_storm_through_with_admits_exactly_max_calls(registry, clock):
         with b:
             raise Boom()
     clock.advance(1.0)
-    start = threading.Barrier(16)
-    tried = threading.Barrier(16)  # every thread has tried; the admitted ones still hold permits
+    start = threading.Barrier(16, timeout=10)
+    tried = threading.Barrier(16, timeout=10)  # every thread has tried; the admitted ones still hold permits
     admitted, rejected = [], []
 
     def work():

@@ -260,7 +260,7 @@ def test_handle_repr_names_breaker_and_state(registry):
 
 def test_calls_through_one_handle_from_16_threads(registry):
     b = registry.breaker("shared", failure_threshold=10**6)
-    barrier = threading.Barrier(16)
+    barrier = threading.Barrier(16, timeout=10)
     errors = []
     per_thread = 200
 

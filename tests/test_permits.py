@@ -17,16 +17,14 @@ OUTCOMES = ("success", "failure", "ignore")
 
 
 def open_it(b) -> None:
-    while b.state is not State.OPEN:
+    """Fails permits until the breaker is open (closed or half-open to start with)."""
+    for _ in range(100):
+        if b.state is State.OPEN:
+            return
         p = b.try_acquire()
         assert p is not None
         p.failure()
-
-
-def drop(permit) -> None:
-    """Drops the last reference (collected at once by refcounting; gc for good measure)."""
-    del permit
-    gc.collect()
+    raise AssertionError(f"breaker did not open: {b.metrics()}")
 
 
 def test_try_acquire_on_a_closed_breaker_gives_a_permit(registry):
@@ -111,7 +109,10 @@ def test_ignored_probe_gives_its_slot_back(registry, clock):
 
 def test_dropped_permit_counts_as_ignored_while_closed(registry):
     b = registry.breaker("rpc", failure_threshold=1)
-    drop(b.try_acquire())
+    p = b.try_acquire()
+    assert p is not None
+    del p  # the last reference: refcounting frees it at once
+    gc.collect()
     m = b.metrics()
     assert (m.calls, m.ignored, m.failures) == (1, 1, 0)
     assert b.state is State.CLOSED
@@ -125,7 +126,6 @@ def test_dropped_probe_permit_releases_the_half_open_slot(registry, clock):
     dropped = b.try_acquire()
     assert keep is not None and dropped is not None
     assert b.try_acquire() is None
-    drop(dropped)
     del dropped
     gc.collect()
     again = b.try_acquire()
@@ -141,7 +141,6 @@ def test_settled_permit_dropped_is_not_counted_twice(registry):
     b = registry.breaker("rpc")
     p = b.try_acquire()
     p.failure()
-    drop(p)
     del p
     gc.collect()
     m = b.metrics()
@@ -180,11 +179,32 @@ def test_permit_repr(registry):
     assert "settled" in repr(p)
 
 
+def test_permit_settled_on_another_thread(registry, clock):
+    # The callback / future use case: acquire here, report from whichever thread completes it.
+    from concurrent.futures import ThreadPoolExecutor
+
+    b = registry.breaker("rpc", failure_threshold=1, reset_timeout=1.0)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        p = b.try_acquire()
+        fut = pool.submit(lambda: 1 / 0)
+        fut.add_done_callback(lambda f: p.failure() if f.exception() else p.success())
+        with pytest.raises(ZeroDivisionError):
+            fut.result(10)
+    assert b.state is State.OPEN
+    clock.advance(1.0)
+    probe = b.try_acquire()
+    t = threading.Thread(target=probe.success)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+    assert b.state is State.CLOSED
+
+
 def test_16_threads_racing_to_settle_one_permit_exactly_one_wins(registry):
     for outcome_round in range(10):
         b = registry.breaker(f"rpc-{outcome_round}", failure_threshold=1)
         p = b.try_acquire()
-        barrier = threading.Barrier(16)
+        barrier = threading.Barrier(16, timeout=10)
         won, lost = [], []
 
         def settle(i):
@@ -220,7 +240,7 @@ def test_permits_never_leak_under_random_outcomes_from_16_threads(registry, cloc
     open_it(b)
     clock.advance(1.0)
     assert b.state is State.HALF_OPEN
-    barrier = threading.Barrier(16)
+    barrier = threading.Barrier(16, timeout=10)
     granted = [0] * 16
     refused = [0] * 16
     double = [0] * 16
@@ -286,10 +306,11 @@ def test_permits_never_leak_under_random_outcomes_from_16_threads(registry, cloc
 
 
 def test_permits_never_leak_with_failures_and_reopening(registry, clock):
-    """Random outcomes including failures (which reopen the breaker and start new generations):
-    afterwards a single probe still gets in and closes it."""
-    b = registry.breaker("rpc", failure_threshold=1, reset_timeout=0, half_open_max_calls=2)
-    barrier = threading.Barrier(16)
+    """Random outcomes including failures (which reopen the breaker and start new generations) and
+    clock advances (open -> half-open): afterwards exactly max_calls probes get in, and they close it."""
+    b = registry.breaker("rpc", failure_threshold=1, reset_timeout=1.0, half_open_max_calls=2)
+    barrier = threading.Barrier(16, timeout=10)
+    granted = [0] * 16
     errors = []
 
     def work(i):
@@ -299,7 +320,10 @@ def test_permits_never_leak_with_failures_and_reopening(registry, clock):
             for _ in range(300):
                 p = b.try_acquire()
                 if p is None:
+                    if rng.random() < 0.2:
+                        clock.advance(1.0)
                     continue
+                granted[i] += 1
                 action = rng.choice(("success", "failure", "ignore", "drop"))
                 if action != "drop":
                     getattr(p, action)()
@@ -315,7 +339,11 @@ def test_permits_never_leak_with_failures_and_reopening(registry, clock):
         assert not t.is_alive()
     gc.collect()
     assert errors == []
-    open_it(b)  # whatever state it ended in, make it open, then probe
+    m = b.metrics()
+    assert m.calls == sum(granted)
+    assert m.times_opened > 1
+    open_it(b)
+    clock.advance(1.0)
     p1, p2 = b.try_acquire(), b.try_acquire()
     assert p1 is not None and p2 is not None
     assert b.try_acquire() is None

@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Any, Coroutine
-
-from typing_extensions import assert_type
+from typing import Any, Coroutine, assert_type
 
 import panelboard
 from panelboard import (

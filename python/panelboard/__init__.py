@@ -9,6 +9,7 @@ from __future__ import annotations
 from ._core import (
     Breaker,
     CircuitOpenError,
+    Guarded,
     ManualClock,
     Metrics,
     Permit,
@@ -19,6 +20,7 @@ from ._types import State
 __all__ = [
     "Breaker",
     "CircuitOpenError",
+    "Guarded",
     "ManualClock",
     "Metrics",
     "Permit",

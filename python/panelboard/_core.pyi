@@ -209,7 +209,6 @@ class Registry:
         self,
         name: str,
         fn: Callable[[], _T],
-        /,
         *,
         failure_threshold: int = ...,
         reset_timeout: float = ...,

@@ -181,7 +181,11 @@ impl Patch {
                     }
                     patch.success = Some((!value.is_none()).then(|| value.unbind()));
                 }
-                "failure_on" => patch.failure_on = Some(exception_types(&value, "failure_on")?.unbind()),
+                "failure_on" => {
+                    let types = exception_types(&value, "failure_on")?;
+                    reject_base_exceptions(&types)?;
+                    patch.failure_on = Some(types.unbind())
+                }
                 "ignore" => {
                     let types = exception_types(&value, "ignore")?;
                     let empty = types.cast::<PyTuple>().is_ok_and(|t| t.is_empty());
@@ -259,6 +263,30 @@ fn duration(value: &Bound<'_, PyAny>, arg: &str, zero_ok: bool) -> PyResult<(f64
         )));
     }
     Ok((seconds, ms as u64))
+}
+
+/// `failure_on` naming a `BaseException` that is not an `Exception` would silently do nothing
+/// (those are always ignored), so it is an error.
+fn reject_base_exceptions(types: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = types.py();
+    let exception = py.get_type::<PyException>();
+    let items: Vec<Bound<'_, PyAny>> = match types.cast::<PyTuple>() {
+        Ok(tuple) => tuple.iter().collect(),
+        Err(_) => vec![types.clone()],
+    };
+    for item in items {
+        if let Ok(t) = item.cast::<PyType>() {
+            // BaseException itself is fine (it covers Exception); KeyboardInterrupt is not.
+            if !t.is_subclass(&exception)? && !exception.is_subclass(t)? {
+                return Err(PyValueError::new_err(format!(
+                    "failure_on must name Exception subclasses; {} is a BaseException that is always \
+                     ignored (KeyboardInterrupt, SystemExit and CancelledError never count)",
+                    t.name()?
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An exception class or a tuple of exception classes.

@@ -59,7 +59,12 @@ impl Breaker {
             return Err(not_callable("the decorated object", func));
         }
         let inspect = py.import("inspect")?;
-        if inspect.call_method1("iscoroutinefunction", (func,))?.is_truthy()? {
+        let is_async = |f: &Bound<'py, PyAny>| -> PyResult<bool> {
+            inspect.call_method1("iscoroutinefunction", (f,))?.is_truthy()
+        };
+        // An object whose `__call__` is `async def` is an async function too.
+        let call_method = func.getattr("__call__")?;
+        if is_async(func)? || is_async(&call_method)? {
             return pyrefs::aio(py, "decorate")?.call1((slf, func));
         }
         let guarded = Bound::new(py, Guarded::new(slf.get().core.clone(), func.clone().unbind()))?;
@@ -223,6 +228,12 @@ impl Guarded {
         slf.py().import("types")?.getattr("MethodType")?.call1((slf, instance))
     }
 
+    /// `Guarded[P, T]` in annotations evaluated at runtime (the stub makes it generic).
+    #[classmethod]
+    fn __class_getitem__<'py>(cls: &Bound<'py, pyo3::types::PyType>, _item: &Bound<'py, PyAny>) -> Bound<'py, pyo3::types::PyType> {
+        cls.clone()
+    }
+
     #[getter]
     fn breaker(&self) -> Breaker {
         Breaker {
@@ -361,7 +372,7 @@ impl Metrics {
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!(
             "Metrics(state={}, consecutive_failures={}, calls={}, successes={}, failures={}, \
-             ignored={}, rejected={}, times_opened={}, retry_after={})",
+             ignored={}, rejected={}, times_opened={}, retry_after={:?})",
             self.state.bind(py).getattr("value")?,
             self.consecutive_failures,
             self.calls,

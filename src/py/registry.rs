@@ -205,24 +205,34 @@ impl Registry {
         Ok(listener)
     }
 
-    /// Unregisters a listener added with `on_state_change`; `ValueError` if it is not registered.
+    /// Unregisters a listener added with `on_state_change` (compared with `==`, so a bound method
+    /// can be removed with a fresh `obj.method`); `ValueError` if it is not registered.
     fn remove_listener(&self, listener: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = listener.py();
-        let mut found = false;
-        self.hub.listeners.rcu(|current| {
-            let position = current.iter().position(|l| l.bind(py).is(listener));
-            found = position.is_some();
-            current
+        loop {
+            // The comparison may run Python code, so it runs on a snapshot, outside any lock;
+            // the swap only succeeds if nobody changed the list meanwhile.
+            let current = self.hub.listeners.load_full();
+            let mut position = None;
+            for (i, registered) in current.iter().enumerate() {
+                if registered.bind(py).eq(listener)? {
+                    position = Some(i);
+                    break;
+                }
+            }
+            let Some(position) = position else {
+                return Err(PyValueError::new_err("listener is not registered"));
+            };
+            let next: Vec<Py<PyAny>> = current
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| Some(*i) != position)
+                .filter(|(i, _)| *i != position)
                 .map(|(_, l)| l.clone_ref(py))
-                .collect::<Vec<_>>()
-        });
-        if found {
-            Ok(())
-        } else {
-            Err(PyValueError::new_err("listener is not registered"))
+                .collect();
+            let previous = self.hub.listeners.compare_and_swap(&current, Arc::new(next));
+            if Arc::ptr_eq(&previous, &current) {
+                return Ok(());
+            }
         }
     }
 
