@@ -316,28 +316,50 @@ impl<'a> Machine<'a> {
                     let to = Mode::HalfOpen;
                     (
                         current.next(to, half_open_payload(1, 0)),
-                        Some(Transition { from: Mode::Open, to }),
+                        Some(Transition {
+                            from: Mode::Open,
+                            to,
+                        }),
                     )
                 }
                 Mode::HalfOpen => {
                     let in_flight = current.in_flight();
                     let successes = current.probe_successes();
                     if in_flight < self.limits.half_open_max_calls {
-                        (current.with_payload(half_open_payload(in_flight + 1, successes)), None)
+                        (
+                            current.with_payload(half_open_payload(in_flight + 1, successes)),
+                            None,
+                        )
                     } else if self.probes_hung(current, &mut now) {
                         // Every permit is older than probe_timeout: a new generation drops them
                         // (their outcomes go stale) and this caller takes the first new permit.
-                        (current.next(Mode::HalfOpen, half_open_payload(1, successes)), None)
+                        (
+                            current.next(Mode::HalfOpen, half_open_payload(1, successes)),
+                            None,
+                        )
                     } else {
                         return Admission::Rejected { retry_after_ms: 0 };
                     }
                 }
             };
+            let stamp = self
+                .limits
+                .probe_timeout_ms
+                .map(|_| pack_stamp(next.generation(), now.get()));
+            let same_generation = next.generation() == current.generation();
+            if let (Some(stamp), true) = (stamp, same_generation) {
+                // A permit of the current generation is stamped *before* it is published: a thread
+                // that sees the permit taken also sees its time, so it cannot reclaim a permit
+                // handed out a moment ago (found by loom: tests/loom.rs fresh_permit_is_not_reclaimed).
+                // If the CAS then fails, the stamp is only too new, which delays a reclaim.
+                self.probe_stamp.fetch_max(stamp, Ordering::AcqRel);
+            }
             match self.cas(current, next) {
                 Ok(()) => {
-                    if self.limits.probe_timeout_ms.is_some() {
-                        self.probe_stamp
-                            .fetch_max(pack_stamp(next.generation(), now.get()), Ordering::AcqRel);
+                    if let (Some(stamp), false) = (stamp, same_generation) {
+                        // A new generation is stamped after it is published: until then, anyone
+                        // seeing it finds no stamp of its generation, which never reclaims.
+                        self.probe_stamp.fetch_max(stamp, Ordering::AcqRel);
                     }
                     return Admission::Admitted {
                         ticket: Ticket {
@@ -377,7 +399,12 @@ impl<'a> Machine<'a> {
 
     /// Records the outcome of a call admitted with `ticket`. Outcomes from an older generation change
     /// nothing. Returns the transition this outcome caused, if any.
-    pub fn record(&self, ticket: Ticket, outcome: Outcome, clock: impl Fn() -> u64) -> Option<Transition> {
+    pub fn record(
+        &self,
+        ticket: Ticket,
+        outcome: Outcome,
+        clock: impl Fn() -> u64,
+    ) -> Option<Transition> {
         let mut now = LazyNow::new(clock);
         let mut current = self.load();
         loop {
@@ -537,7 +564,11 @@ mod tests {
 
     #[test]
     fn word_fields_round_trip() {
-        let w = Word::pack(Mode::HalfOpen, GENERATION_MASK as u32, half_open_payload(7, 9));
+        let w = Word::pack(
+            Mode::HalfOpen,
+            GENERATION_MASK as u32,
+            half_open_payload(7, 9),
+        );
         assert_eq!(w.mode(), Mode::HalfOpen);
         assert_eq!(w.generation(), GENERATION_MASK as u32);
         assert_eq!(w.in_flight(), 7);
@@ -545,7 +576,13 @@ mod tests {
         let w = Word::pack(Mode::Open, 1, PAYLOAD_MASK);
         assert_eq!(w.opened_at(), PAYLOAD_MASK);
         assert_eq!(w.generation(), 1);
-        for mode in [Mode::Closed, Mode::Open, Mode::HalfOpen, Mode::ForcedOpen, Mode::Disabled] {
+        for mode in [
+            Mode::Closed,
+            Mode::Open,
+            Mode::HalfOpen,
+            Mode::ForcedOpen,
+            Mode::Disabled,
+        ] {
             assert_eq!(Word::pack(mode, 0, 0).mode(), mode);
         }
     }
@@ -588,7 +625,10 @@ mod tests {
         let t = f.ticket();
         assert_eq!(
             f.record(t, Outcome::Failure),
-            Some(Transition { from: Mode::Closed, to: Mode::Open })
+            Some(Transition {
+                from: Mode::Closed,
+                to: Mode::Open
+            })
         );
         assert_eq!(f.raw().mode(), Mode::Open);
         assert_eq!(f.raw().opened_at(), 77);
@@ -609,7 +649,11 @@ mod tests {
             let t = f.ticket();
             f.record(t, Outcome::Failure);
         }
-        assert_eq!(f.raw().mode(), Mode::Closed, "count restarted after the success");
+        assert_eq!(
+            f.raw().mode(),
+            Mode::Closed,
+            "count restarted after the success"
+        );
     }
 
     #[test]
@@ -625,7 +669,12 @@ mod tests {
         let f = Fixture::new(limits(1, 1000, 1));
         f.trip();
         f.now.set(400);
-        assert_eq!(f.admit(), Admission::Rejected { retry_after_ms: 600 });
+        assert_eq!(
+            f.admit(),
+            Admission::Rejected {
+                retry_after_ms: 600
+            }
+        );
         f.now.set(999);
         assert_eq!(f.admit(), Admission::Rejected { retry_after_ms: 1 });
         assert_eq!(f.mode(), Mode::Open);
@@ -639,7 +688,13 @@ mod tests {
         match f.admit() {
             Admission::Admitted { ticket, transition } => {
                 assert!(ticket.probe);
-                assert_eq!(transition, Some(Transition { from: Mode::Open, to: Mode::HalfOpen }));
+                assert_eq!(
+                    transition,
+                    Some(Transition {
+                        from: Mode::Open,
+                        to: Mode::HalfOpen
+                    })
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -649,7 +704,13 @@ mod tests {
     fn zero_reset_timeout_goes_half_open_at_once() {
         let f = Fixture::new(limits(1, 0, 1));
         f.trip();
-        assert!(matches!(f.admit(), Admission::Admitted { ticket: Ticket { probe: true, .. }, .. }));
+        assert!(matches!(
+            f.admit(),
+            Admission::Admitted {
+                ticket: Ticket { probe: true, .. },
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -658,7 +719,12 @@ mod tests {
         f.now.set(5000);
         f.trip();
         f.now.set(10); // a clock read taken before the trip
-        assert_eq!(f.admit(), Admission::Rejected { retry_after_ms: 1000 });
+        assert_eq!(
+            f.admit(),
+            Admission::Rejected {
+                retry_after_ms: 1000
+            }
+        );
     }
 
     #[test]
@@ -667,9 +733,20 @@ mod tests {
         f.now.set(PAYLOAD_MASK - 100); // opened just before the stored time wraps to 0
         f.trip();
         f.now.set(PAYLOAD_MASK + 500); // 600 ms later
-        assert_eq!(f.admit(), Admission::Rejected { retry_after_ms: 400 });
+        assert_eq!(
+            f.admit(),
+            Admission::Rejected {
+                retry_after_ms: 400
+            }
+        );
         f.now.set(PAYLOAD_MASK + 900);
-        assert!(matches!(f.admit(), Admission::Admitted { ticket: Ticket { probe: true, .. }, .. }));
+        assert!(matches!(
+            f.admit(),
+            Admission::Admitted {
+                ticket: Ticket { probe: true, .. },
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -686,7 +763,10 @@ mod tests {
         assert_eq!(elapsed_ms(40, 100), 0);
         assert_eq!(elapsed_ms(5, PAYLOAD_MASK - 4), 10);
         assert_eq!(elapsed_ms(0, CLOCK_SKEW_MS), 0);
-        assert_eq!(elapsed_ms(0, CLOCK_SKEW_MS + 2), PAYLOAD_MASK - CLOCK_SKEW_MS - 1);
+        assert_eq!(
+            elapsed_ms(0, CLOCK_SKEW_MS + 2),
+            PAYLOAD_MASK - CLOCK_SKEW_MS - 1
+        );
     }
 
     #[test]
@@ -725,7 +805,10 @@ mod tests {
         let t = f.ticket();
         assert_eq!(
             f.record(t, Outcome::Success),
-            Some(Transition { from: Mode::HalfOpen, to: Mode::Closed })
+            Some(Transition {
+                from: Mode::HalfOpen,
+                to: Mode::Closed
+            })
         );
         assert_eq!(f.raw().mode(), Mode::Closed);
         assert_eq!(f.raw().failures(), 0);
@@ -739,7 +822,10 @@ mod tests {
         let t = f.ticket();
         assert_eq!(
             f.record(t, Outcome::Failure),
-            Some(Transition { from: Mode::HalfOpen, to: Mode::Open })
+            Some(Transition {
+                from: Mode::HalfOpen,
+                to: Mode::Open
+            })
         );
         assert_eq!(f.raw().opened_at(), 25);
         f.now.set(34);
@@ -748,7 +834,10 @@ mod tests {
 
     #[test]
     fn success_threshold_needs_that_many_probe_successes() {
-        let f = Fixture::new(Limits { success_threshold: 3, ..limits(1, 10, 1) });
+        let f = Fixture::new(Limits {
+            success_threshold: 3,
+            ..limits(1, 10, 1)
+        });
         f.trip();
         f.now.set(10);
         for _ in 0..2 {
@@ -825,11 +914,22 @@ mod tests {
         let probe = f.ticket();
         assert_eq!(
             f.m().set_mode(Mode::Closed),
-            Some(Transition { from: Mode::HalfOpen, to: Mode::Closed })
+            Some(Transition {
+                from: Mode::HalfOpen,
+                to: Mode::Closed
+            })
         );
         assert_eq!(f.raw().mode(), Mode::Closed);
-        assert_eq!(f.record(probe, Outcome::Failure), None, "dropped permit is stale");
-        assert_eq!(f.m().set_mode(Mode::Closed), None, "closed to closed is no transition");
+        assert_eq!(
+            f.record(probe, Outcome::Failure),
+            None,
+            "dropped permit is stale"
+        );
+        assert_eq!(
+            f.m().set_mode(Mode::Closed),
+            None,
+            "closed to closed is no transition"
+        );
     }
 
     #[test]
@@ -857,7 +957,13 @@ mod tests {
         let (w, t) = f.m().observe(|| f.now.get());
         assert_eq!(w.mode(), Mode::HalfOpen);
         assert_eq!(w.in_flight(), 0);
-        assert_eq!(t, Some(Transition { from: Mode::Open, to: Mode::HalfOpen }));
+        assert_eq!(
+            t,
+            Some(Transition {
+                from: Mode::Open,
+                to: Mode::HalfOpen
+            })
+        );
         assert_eq!(f.m().observe(|| f.now.get()).1, None, "reported once");
         // The observed half-open breaker still has its permit available.
         assert!(f.ticket().probe);
@@ -865,7 +971,10 @@ mod tests {
 
     #[test]
     fn hung_probe_is_reclaimed_after_probe_timeout() {
-        let f = Fixture::new(Limits { probe_timeout_ms: Some(50), ..limits(1, 10, 1) });
+        let f = Fixture::new(Limits {
+            probe_timeout_ms: Some(50),
+            ..limits(1, 10, 1)
+        });
         f.trip();
         f.now.set(10);
         let hung = f.ticket();
@@ -885,7 +994,10 @@ mod tests {
 
     #[test]
     fn probe_timeout_counts_from_the_newest_permit() {
-        let f = Fixture::new(Limits { probe_timeout_ms: Some(50), ..limits(1, 10, 2) });
+        let f = Fixture::new(Limits {
+            probe_timeout_ms: Some(50),
+            ..limits(1, 10, 2)
+        });
         f.trip();
         f.now.set(10);
         let _a = f.ticket();
@@ -968,7 +1080,8 @@ mod tests {
                     let barrier = barrier.clone();
                     std::thread::spawn(move || {
                         barrier.wait();
-                        matches!(slots.machine(&lim).admit(|| 10), Admission::Admitted { .. }) as u64
+                        matches!(slots.machine(&lim).admit(|| 10), Admission::Admitted { .. })
+                            as u64
                     })
                 })
                 .collect::<Vec<_>>()

@@ -108,14 +108,16 @@ impl Counters {
 
     pub fn totals(&self) -> Totals {
         let sum = |c: Counter| {
-            let striped: u64 = self
-                .stripes
-                .get()
-                .map_or(0, |stripes| stripes.iter().map(|s| s.0[c as usize].load(Relaxed)).sum());
+            let striped: u64 = self.stripes.get().map_or(0, |stripes| {
+                stripes.iter().map(|s| s.0[c as usize].load(Relaxed)).sum()
+            });
             self.local.0[c as usize].load(Relaxed) + striped
         };
-        let (successes, failures, ignored) =
-            (sum(Counter::Successes), sum(Counter::Failures), sum(Counter::Ignored));
+        let (successes, failures, ignored) = (
+            sum(Counter::Successes),
+            sum(Counter::Failures),
+            sum(Counter::Ignored),
+        );
         Totals {
             calls: successes + failures + ignored,
             successes,
@@ -170,7 +172,9 @@ mod tests {
         counters.add(Counter::Rejected);
         assert!(!counters.is_striped());
         let other = counters.clone();
-        std::thread::spawn(move || other.add(Counter::Successes)).join().unwrap();
+        std::thread::spawn(move || other.add(Counter::Successes))
+            .join()
+            .unwrap();
         assert!(counters.is_striped());
         counters.add(Counter::Failures);
         let t = counters.totals();

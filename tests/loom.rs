@@ -1,5 +1,6 @@
-//! Model checks of the breaker state machine (`src/engine.rs`) under every interleaving that loom
-//! can produce for 2-3 threads.
+//! Model checks of the breaker state machine (`src/engine.rs`) with loom: 2-3 threads, every
+//! interleaving for the 2-thread models, all with at most 2 or 3 preemptions for the 3-thread ones
+//! (loom also lets loads return stale values wherever the memory model allows).
 //!
 //! Run with:
 //!
@@ -16,22 +17,29 @@
 //! main thread checks the end state and the transitions the threads were told about
 //! ([`check_ledger`]) once they have all finished.
 //!
-//! Preemption bounds keep each model small; set `LOOM_MAX_PREEMPTIONS` to explore more.
+//! Preemption bounds keep the whole run to about a minute on 2 cores; set `LOOM_MAX_PREEMPTIONS`
+//! to explore more (the two `half_open_*` models take minutes each at 3).
+//!
+//! `fresh_permit_is_not_reclaimed` is the regression test of the one engine race loom found (see
+//! its doc and docs/reliability.md).
 #![cfg(loom)]
 
 use loom::sync::Arc;
 use loom::thread;
-use panelboard::engine::{Admission, Limits, Machine, Mode, Outcome, Slots, Ticket, Transition, Word};
+use panelboard::engine::{
+    Admission, Limits, Machine, Mode, Outcome, Slots, Ticket, Transition, Word,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// A loom builder with `preemptions` as the default bound (`LOOM_MAX_PREEMPTIONS` still wins).
-fn model(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
+/// Runs `f` under loom with at most `preemptions` preemptions per execution (`None`: every
+/// interleaving). `LOOM_MAX_PREEMPTIONS` overrides the bound.
+fn model(preemptions: Option<usize>, f: impl Fn() + Sync + Send + 'static) {
     let mut b = loom::model::Builder::new();
     if b.preemption_bound.is_none() {
-        b.preemption_bound = Some(preemptions);
+        b.preemption_bound = preemptions;
     }
     b.check(f);
 }
@@ -117,8 +125,17 @@ impl Log {
             Admission::Admitted { ticket, transition } => {
                 self.tickets.push(ticket);
                 if let Some(t) = transition {
-                    assert_eq!(t, Transition { from: Mode::Open, to: Mode::HalfOpen });
-                    assert!(ticket.probe, "the admission that opened half-open holds a permit");
+                    assert_eq!(
+                        t,
+                        Transition {
+                            from: Mode::Open,
+                            to: Mode::HalfOpen
+                        }
+                    );
+                    assert!(
+                        ticket.probe,
+                        "the admission that opened half-open holds a permit"
+                    );
                     self.transitions.push(t);
                 }
             }
@@ -128,7 +145,14 @@ impl Log {
         ticket_of(a)
     }
 
-    fn record(&mut self, m: &Machine<'_>, lim: &Limits, t: Ticket, o: Outcome, now: u64) -> Option<Transition> {
+    fn record(
+        &mut self,
+        m: &Machine<'_>,
+        lim: &Limits,
+        t: Ticket,
+        o: Outcome,
+        now: u64,
+    ) -> Option<Transition> {
         let tr = m.record(t, o, || now);
         if let Some(tr) = tr {
             assert_ne!(tr.from, tr.to);
@@ -155,7 +179,13 @@ impl Log {
         let (w, tr) = m.observe(|| now);
         check_word(w, lim);
         if let Some(tr) = tr {
-            assert_eq!(tr, Transition { from: Mode::Open, to: Mode::HalfOpen });
+            assert_eq!(
+                tr,
+                Transition {
+                    from: Mode::Open,
+                    to: Mode::HalfOpen
+                }
+            );
             assert_eq!(w.mode(), Mode::HalfOpen);
             self.transitions.push(tr);
         }
@@ -171,9 +201,18 @@ impl Log {
 /// - generations moved = reported transitions + same-mode `set_mode` calls + `reclaims` (probe
 ///   reclaims are not reported: they stay half-open); generations never wrap in a model this small.
 fn check_ledger(initial: Word, fin: Word, logs: &[Log], reclaims: u32) {
-    let all: Vec<Transition> = logs.iter().flat_map(|l| l.transitions.iter().copied()).collect();
+    let all: Vec<Transition> = logs
+        .iter()
+        .flat_map(|l| l.transitions.iter().copied())
+        .collect();
     let silent: u32 = logs.iter().map(|l| l.silent_set_modes).sum::<u32>() + reclaims;
-    for mode in [Mode::Closed, Mode::Open, Mode::HalfOpen, Mode::ForcedOpen, Mode::Disabled] {
+    for mode in [
+        Mode::Closed,
+        Mode::Open,
+        Mode::HalfOpen,
+        Mode::ForcedOpen,
+        Mode::Disabled,
+    ] {
         let ins = all.iter().filter(|t| t.to == mode).count() as i64;
         let outs = all.iter().filter(|t| t.from == mode).count() as i64;
         let expected = i64::from(fin.mode() == mode) - i64::from(initial.mode() == mode);
@@ -198,9 +237,16 @@ fn check_ledger(initial: Word, fin: Word, logs: &[Log], reclaims: u32) {
 /// permit is handed back within a generation (every probe outcome there changes the mode, and there
 /// is no probe_timeout), so that permits handed out = permits held at once.
 fn check_probe_tickets(logs: &[Log], lim: &Limits) {
-    let probes: Vec<Ticket> = logs.iter().flat_map(|l| l.tickets.iter().copied()).filter(|t| t.probe).collect();
+    let probes: Vec<Ticket> = logs
+        .iter()
+        .flat_map(|l| l.tickets.iter().copied())
+        .filter(|t| t.probe)
+        .collect();
     for t in &probes {
-        let same = probes.iter().filter(|u| u.generation == t.generation).count() as u64;
+        let same = probes
+            .iter()
+            .filter(|u| u.generation == t.generation)
+            .count() as u64;
         assert!(
             same <= lim.half_open_max_calls,
             "{same} probes admitted in generation {}, max {}",
@@ -244,8 +290,16 @@ fn failure_race(threads: u64, threshold: u64) {
                 let mut log = Log::default();
                 // Every thread admits before recording, so at most threads-1 failures precede an
                 // admission: with threshold >= threads the breaker is closed for all of them.
-                let t = log.admit(&m, &lim, now).expect("closed breaker rejected a call");
-                assert_eq!(t, Ticket { generation: 0, probe: false });
+                let t = log
+                    .admit(&m, &lim, now)
+                    .expect("closed breaker rejected a call");
+                assert_eq!(
+                    t,
+                    Ticket {
+                        generation: 0,
+                        probe: false
+                    }
+                );
                 log.record(&m, &lim, t, Outcome::Failure, now);
                 log
             })
@@ -254,14 +308,34 @@ fn failure_race(threads: u64, threshold: u64) {
     let logs = join_all(handles);
     let fin = slots.machine(&lim).load();
     check_ledger(Word::INITIAL, fin, &logs, 0);
-    let trips: Vec<usize> = (0..logs.len()).filter(|&i| !logs[i].transitions.is_empty()).collect();
+    let trips: Vec<usize> = (0..logs.len())
+        .filter(|&i| !logs[i].transitions.is_empty())
+        .collect();
     if threshold <= threads {
-        assert_eq!(fin.mode(), Mode::Open, "{threads} failures against threshold {threshold}: {fin:?}");
+        assert_eq!(
+            fin.mode(),
+            Mode::Open,
+            "{threads} failures against threshold {threshold}: {fin:?}"
+        );
         assert_eq!(fin.generation(), 1);
-        assert_eq!(trips.len(), 1, "exactly one thread sees Closed -> Open, got {logs:?}");
+        assert_eq!(
+            trips.len(),
+            1,
+            "exactly one thread sees Closed -> Open, got {logs:?}"
+        );
         let i = trips[0];
-        assert_eq!(logs[i].transitions, vec![Transition { from: Mode::Closed, to: Mode::Open }]);
-        assert_eq!(fin.opened_at(), 100 * (i as u64 + 1), "opened_at is the tripping thread's clock");
+        assert_eq!(
+            logs[i].transitions,
+            vec![Transition {
+                from: Mode::Closed,
+                to: Mode::Open
+            }]
+        );
+        assert_eq!(
+            fin.opened_at(),
+            100 * (i as u64 + 1),
+            "opened_at is the tripping thread's clock"
+        );
     } else {
         assert_eq!(fin.mode(), Mode::Closed);
         assert_eq!(fin.generation(), 0);
@@ -272,17 +346,17 @@ fn failure_race(threads: u64, threshold: u64) {
 
 #[test]
 fn no_lost_failure_two_threads_threshold_two() {
-    model(3, || failure_race(2, 2));
+    model(None, || failure_race(2, 2));
 }
 
 #[test]
 fn no_lost_failure_two_threads_threshold_three_counts_both() {
-    model(3, || failure_race(2, 3));
+    model(None, || failure_race(2, 3));
 }
 
 #[test]
 fn no_lost_failure_three_threads_threshold_three() {
-    model(2, || failure_race(3, 3));
+    model(Some(3), || failure_race(3, 3));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -317,19 +391,36 @@ fn half_open_storm(max: u64) {
     check_probe_tickets(&logs, &lim);
 
     let admitted: u64 = logs.iter().map(|l| l.tickets.len() as u64).sum();
-    assert_eq!(admitted, max, "admitted {admitted} probes with half_open_max_calls = {max}: {logs:?}");
+    assert_eq!(
+        admitted, max,
+        "admitted {admitted} probes with half_open_max_calls = {max}: {logs:?}"
+    );
     for l in &logs {
         for t in &l.tickets {
-            assert_eq!(*t, Ticket { generation: initial.generation() + 1, probe: true });
+            assert_eq!(
+                *t,
+                Ticket {
+                    generation: initial.generation() + 1,
+                    probe: true
+                }
+            );
         }
     }
-    let openers: Vec<usize> = (0..3).filter(|&i| !logs[i].transitions.is_empty()).collect();
+    let openers: Vec<usize> = (0..3)
+        .filter(|&i| !logs[i].transitions.is_empty())
+        .collect();
     assert_eq!(openers.len(), 1, "Open -> HalfOpen reported to {openers:?}");
-    assert!(clocks[openers[0]] >= 100, "a thread whose timeout had not run out opened the breaker");
+    assert!(
+        clocks[openers[0]] >= 100,
+        "a thread whose timeout had not run out opened the breaker"
+    );
     for (l, &now) in logs.iter().zip(&clocks) {
         for &r in &l.rejections {
             let to_go = 100u64.saturating_sub(now);
-            assert!(r == 0 || r == to_go, "clock {now} rejected with retry_after {r}");
+            assert!(
+                r == 0 || r == to_go,
+                "clock {now} rejected with retry_after {r}"
+            );
         }
     }
     assert_eq!(fin.mode(), Mode::HalfOpen);
@@ -340,12 +431,12 @@ fn half_open_storm(max: u64) {
 
 #[test]
 fn half_open_storm_max_one() {
-    model(3, || half_open_storm(1));
+    model(Some(3), || half_open_storm(1));
 }
 
 #[test]
 fn half_open_storm_max_two() {
-    model(3, || half_open_storm(2));
+    model(Some(3), || half_open_storm(2));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -357,14 +448,16 @@ fn half_open_storm_max_two() {
 /// or after (stale); failures admitted after the reset count normally.
 #[test]
 fn stale_failure_after_reset_does_not_count() {
-    model(2, || {
+    model(Some(3), || {
         let lim = limits(2, 1000, 1, 1, None);
         let slots = Arc::new(Slots::new());
         let recorder = |slots: Arc<Slots>, now: u64| {
             thread::spawn(move || {
                 let m = slots.machine(&lim);
                 let mut log = Log::default();
-                let t = log.admit(&m, &lim, now).expect("closed breaker rejected a call");
+                let t = log
+                    .admit(&m, &lim, now)
+                    .expect("closed breaker rejected a call");
                 log.record(&m, &lim, t, Outcome::Failure, now);
                 log
             })
@@ -376,7 +469,14 @@ fn stale_failure_after_reset_does_not_count() {
                 let m = slots.machine(&lim);
                 let mut log = Log::default();
                 let tr = log.set_mode(&m, &lim, Mode::Closed);
-                assert!(tr.is_none() || tr == Some(Transition { from: Mode::Open, to: Mode::Closed }));
+                assert!(
+                    tr.is_none()
+                        || tr
+                            == Some(Transition {
+                                from: Mode::Open,
+                                to: Mode::Closed
+                            })
+                );
                 log
             })
         };
@@ -390,7 +490,10 @@ fn stale_failure_after_reset_does_not_count() {
         let after_reset = tickets.len() as u64 - before_reset;
         if before_reset == 2 && logs[1].transitions.len() == 1 {
             // Both pre-reset failures landed before the reset and tripped it; the reset closed it.
-            assert_eq!((fin.mode(), fin.generation(), fin.failures()), (Mode::Closed, 2, 0));
+            assert_eq!(
+                (fin.mode(), fin.generation(), fin.failures()),
+                (Mode::Closed, 2, 0)
+            );
         } else if after_reset == 2 {
             // Both admitted after the reset: they trip the new closed period.
             assert_eq!(fin.mode(), Mode::Open);
@@ -399,7 +502,11 @@ fn stale_failure_after_reset_does_not_count() {
             // Exactly the post-reset failures count; none admitted before the reset survives it.
             assert_eq!(fin.mode(), Mode::Closed, "{logs:?}");
             assert_eq!(fin.generation(), 1);
-            assert_eq!(fin.failures(), after_reset, "a pre-reset failure counted after the reset: {logs:?}");
+            assert_eq!(
+                fin.failures(),
+                after_reset,
+                "a pre-reset failure counted after the reset: {logs:?}"
+            );
         }
     });
 }
@@ -409,11 +516,17 @@ fn stale_failure_after_reset_does_not_count() {
 /// the breaker): it leaves the word unchanged.
 #[test]
 fn stale_success_cannot_close_half_open() {
-    model(3, || {
+    model(None, || {
         let lim = limits(1, 100, 1, 1, None);
         let slots = Arc::new(Slots::new());
         let old = expect_ticket(slots.machine(&lim).admit(|| 0));
-        assert_eq!(old, Ticket { generation: 0, probe: false });
+        assert_eq!(
+            old,
+            Ticket {
+                generation: 0,
+                probe: false
+            }
+        );
         let late = {
             let slots = slots.clone();
             thread::spawn(move || {
@@ -433,9 +546,14 @@ fn stale_success_cannot_close_half_open() {
                 let t = log.admit(&m, &lim, 0).unwrap();
                 assert_eq!(
                     log.record(&m, &lim, t, Outcome::Failure, 0),
-                    Some(Transition { from: Mode::Closed, to: Mode::Open })
+                    Some(Transition {
+                        from: Mode::Closed,
+                        to: Mode::Open
+                    })
                 );
-                let p = log.admit(&m, &lim, 100).expect("expired open breaker rejected the probe");
+                let p = log
+                    .admit(&m, &lim, 100)
+                    .expect("expired open breaker rejected the probe");
                 assert!(p.probe);
                 log
             })
@@ -443,7 +561,11 @@ fn stale_success_cannot_close_half_open() {
         let logs = join_all(vec![late, tripper]);
         let fin = slots.machine(&lim).load();
         check_ledger(Word::INITIAL, fin, &logs, 0);
-        assert_eq!(fin.mode(), Mode::HalfOpen, "late closed-period success closed the breaker");
+        assert_eq!(
+            fin.mode(),
+            Mode::HalfOpen,
+            "late closed-period success closed the breaker"
+        );
         assert_eq!(fin.generation(), 2);
         assert_eq!(fin.in_flight(), 1);
         assert_eq!(fin.probe_successes(), 0);
@@ -456,7 +578,7 @@ fn stale_success_cannot_close_half_open() {
 /// must neither reopen the breaker nor count as a closed-period failure.
 #[test]
 fn stale_probe_failure_after_reset() {
-    model(3, || {
+    model(None, || {
         let lim = limits(2, 10, 1, 1, None);
         let slots = Arc::new(Slots::new());
         let m0 = slots.machine(&lim);
@@ -480,7 +602,9 @@ fn stale_probe_failure_after_reset() {
             thread::spawn(move || {
                 let m = slots.machine(&lim);
                 let mut log = Log::default();
-                let tr = log.set_mode(&m, &lim, Mode::Closed).expect("reset from a non-closed mode");
+                let tr = log
+                    .set_mode(&m, &lim, Mode::Closed)
+                    .expect("reset from a non-closed mode");
                 assert!(tr.from == Mode::HalfOpen || tr.from == Mode::Open);
                 let t = log.admit(&m, &lim, 30).expect("closed after reset");
                 assert!(!t.probe);
@@ -496,7 +620,14 @@ fn stale_probe_failure_after_reset() {
         let probe_landed = !logs[0].transitions.is_empty();
         assert_eq!(fin.generation(), if probe_landed { 4 } else { 3 });
         let reset_from = logs[1].transitions[0].from;
-        assert_eq!(reset_from, if probe_landed { Mode::Open } else { Mode::HalfOpen });
+        assert_eq!(
+            reset_from,
+            if probe_landed {
+                Mode::Open
+            } else {
+                Mode::HalfOpen
+            }
+        );
     });
 }
 
@@ -534,7 +665,10 @@ fn half_open_outcomes(outcomes: [Outcome; 3]) {
                     let counted = t.probe && t.generation == half_open_gen;
                     if counted {
                         let held = holders.fetch_add(1, SeqCst) + 1;
-                        assert!(held <= lim.half_open_max_calls, "{held} threads hold a probe permit at once");
+                        assert!(
+                            held <= lim.half_open_max_calls,
+                            "{held} threads hold a probe permit at once"
+                        );
                         holders.fetch_sub(1, SeqCst);
                     }
                     log.record(&m, &lim, t, outcome, now);
@@ -549,32 +683,57 @@ fn half_open_outcomes(outcomes: [Outcome; 3]) {
 
     let opened: usize = logs
         .iter()
-        .map(|l| l.transitions.iter().filter(|t| t.from == Mode::Open && t.to == Mode::HalfOpen).count())
+        .map(|l| {
+            l.transitions
+                .iter()
+                .filter(|t| t.from == Mode::Open && t.to == Mode::HalfOpen)
+                .count()
+        })
         .sum();
-    assert!(opened >= 1, "every thread's timeout ran out, yet nobody went half-open");
+    assert!(
+        opened >= 1,
+        "every thread's timeout ran out, yet nobody went half-open"
+    );
 
     // Outcomes recorded by probes of the first half-open generation.
     let probe_outcomes: Vec<Outcome> = logs
         .iter()
         .zip(outcomes)
-        .filter(|(l, _)| l.tickets.first().is_some_and(|t| t.probe && t.generation == half_open_gen))
+        .filter(|(l, _)| {
+            l.tickets
+                .first()
+                .is_some_and(|t| t.probe && t.generation == half_open_gen)
+        })
         .map(|(_, o)| o)
         .collect();
     match fin.mode() {
         Mode::HalfOpen => {
             assert_eq!(fin.generation(), half_open_gen);
             assert_eq!(fin.in_flight(), 0, "permits leaked: {fin:?} after {logs:?}");
-            let successes = probe_outcomes.iter().filter(|&&o| o == Outcome::Success).count() as u64;
+            let successes = probe_outcomes
+                .iter()
+                .filter(|&&o| o == Outcome::Success)
+                .count() as u64;
             assert_eq!(fin.probe_successes(), successes);
             assert!(!probe_outcomes.contains(&Outcome::Failure));
         }
         Mode::Closed => {
-            let successes = probe_outcomes.iter().filter(|&&o| o == Outcome::Success).count();
+            let successes = probe_outcomes
+                .iter()
+                .filter(|&&o| o == Outcome::Success)
+                .count();
             assert!(successes >= 2, "closed after {successes} probe successes");
-            assert_eq!(fin.failures(), 0, "only successes and ignores follow the close");
+            assert_eq!(
+                fin.failures(),
+                0,
+                "only successes and ignores follow the close"
+            );
         }
         Mode::Open => {
-            assert!(probe_outcomes.contains(&Outcome::Failure), "reopened without a probe failure");
+            assert!(
+                probe_outcomes.contains(&Outcome::Failure),
+                "reopened without a probe failure"
+            );
             assert!(fin.opened_at() >= 100);
             for l in &logs {
                 for &r in &l.rejections {
@@ -590,12 +749,16 @@ fn half_open_outcomes(outcomes: [Outcome; 3]) {
 
 #[test]
 fn half_open_successes_and_ignores_balance() {
-    model(2, || half_open_outcomes([Outcome::Success, Outcome::Ignored, Outcome::Success]));
+    model(Some(2), || {
+        half_open_outcomes([Outcome::Success, Outcome::Ignored, Outcome::Success])
+    });
 }
 
 #[test]
 fn half_open_failure_races_success_and_ignore() {
-    model(2, || half_open_outcomes([Outcome::Success, Outcome::Failure, Outcome::Ignored]));
+    model(Some(2), || {
+        half_open_outcomes([Outcome::Success, Outcome::Failure, Outcome::Ignored])
+    });
 }
 
 /// A reset races two half-open probes (one succeeds, one fails). Whatever the order, each change of
@@ -603,13 +766,19 @@ fn half_open_failure_races_success_and_ignore() {
 /// than max permits, and the reset wins: a probe outcome landing after it is stale.
 #[test]
 fn reset_races_half_open_probes() {
-    model(2, || {
+    model(Some(3), || {
         let lim = limits(2, 10, 1, 1, None);
         let slots = Arc::new(Slots::new());
         let m0 = slots.machine(&lim);
         trip(&m0, &lim, 0);
         let (w, tr) = m0.observe(|| 10);
-        assert_eq!(tr, Some(Transition { from: Mode::Open, to: Mode::HalfOpen }));
+        assert_eq!(
+            tr,
+            Some(Transition {
+                from: Mode::Open,
+                to: Mode::HalfOpen
+            })
+        );
         assert_eq!(w.in_flight(), 0);
         let initial = m0.load();
         let handles: Vec<_> = [Outcome::Success, Outcome::Failure]
@@ -657,7 +826,10 @@ fn reset_races_half_open_probes() {
             assert_eq!(fin.failures(), 0);
         }
         assert_ne!(fin.mode(), Mode::HalfOpen, "the reset was lost");
-        assert!(fin.mode() != Mode::Open, "threshold 2 with one post-reset failure cannot reopen");
+        assert!(
+            fin.mode() != Mode::Open,
+            "threshold 2 with one post-reset failure cannot reopen"
+        );
     });
 }
 
@@ -680,7 +852,13 @@ fn reclaim_race(late: Outcome) {
     let m0 = slots.machine(&lim);
     trip(&m0, &lim, 0);
     let hung = expect_ticket(m0.admit(|| 10));
-    assert_eq!(hung, Ticket { generation: 2, probe: true });
+    assert_eq!(
+        hung,
+        Ticket {
+            generation: 2,
+            probe: true
+        }
+    );
     let initial = m0.load();
 
     let late_thread = {
@@ -715,12 +893,22 @@ fn reclaim_race(late: Outcome) {
         .flat_map(|l| l.tickets.iter().copied())
         .filter(|t| t.probe && t.generation == initial.generation() + 1)
         .collect();
-    assert!(reclaims.len() <= 1, "two reclaims of the same generation: {logs:?}");
-    let probes: Vec<Ticket> = logs[1..].iter().flat_map(|l| l.tickets.iter().copied()).filter(|t| t.probe).collect();
-    assert!(probes.len() <= 1, "more than half_open_max_calls probes admitted: {logs:?}");
+    assert!(
+        reclaims.len() <= 1,
+        "two reclaims of the same generation: {logs:?}"
+    );
+    let probes: Vec<Ticket> = logs[1..]
+        .iter()
+        .flat_map(|l| l.tickets.iter().copied())
+        .filter(|t| t.probe)
+        .collect();
+    assert!(
+        probes.len() <= 1,
+        "more than half_open_max_calls probes admitted: {logs:?}"
+    );
     check_ledger(initial, fin, &logs, reclaims.len() as u32);
     assert!(
-        late_reported != !reclaims.is_empty(),
+        late_reported == reclaims.is_empty(),
         "late outcome reported: {late_reported}, reclaims: {reclaims:?} ({logs:?})"
     );
 
@@ -728,21 +916,42 @@ fn reclaim_race(late: Outcome) {
         // The hung probe's outcome won: it decided the mode, and the admitters saw that mode.
         match late {
             Outcome::Failure => {
-                assert_eq!(logs[0].transitions, vec![Transition { from: Mode::HalfOpen, to: Mode::Open }]);
+                assert_eq!(
+                    logs[0].transitions,
+                    vec![Transition {
+                        from: Mode::HalfOpen,
+                        to: Mode::Open
+                    }]
+                );
                 assert_eq!(fin.mode(), Mode::Open);
                 assert_eq!(fin.opened_at(), 55);
                 assert_eq!(fin.generation(), 3);
                 for l in &logs[1..] {
-                    assert!(l.tickets.is_empty(), "admitted into a breaker reopened at 55, clock 60");
+                    assert!(
+                        l.tickets.is_empty(),
+                        "admitted into a breaker reopened at 55, clock 60"
+                    );
                     assert_eq!(l.rejections, vec![5]);
                 }
             }
             Outcome::Success => {
-                assert_eq!(logs[0].transitions, vec![Transition { from: Mode::HalfOpen, to: Mode::Closed }]);
+                assert_eq!(
+                    logs[0].transitions,
+                    vec![Transition {
+                        from: Mode::HalfOpen,
+                        to: Mode::Closed
+                    }]
+                );
                 assert_eq!(fin.mode(), Mode::Closed);
                 assert_eq!(fin.generation(), 3);
                 for l in &logs[1..] {
-                    assert_eq!(l.tickets, vec![Ticket { generation: 3, probe: false }]);
+                    assert_eq!(
+                        l.tickets,
+                        vec![Ticket {
+                            generation: 3,
+                            probe: false
+                        }]
+                    );
                 }
             }
             Outcome::Ignored => unreachable!(),
@@ -752,9 +961,19 @@ fn reclaim_race(late: Outcome) {
         assert_eq!(logs[0].transitions, vec![]);
         let reclaimer_recorded = logs[1].tickets.first().is_some_and(|t| t.probe);
         if reclaimer_recorded {
-            assert_eq!(fin.mode(), Mode::Closed, "the reclaimer's success closes the breaker");
+            assert_eq!(
+                fin.mode(),
+                Mode::Closed,
+                "the reclaimer's success closes the breaker"
+            );
             assert_eq!(fin.generation(), 4);
-            assert_eq!(logs[1].transitions, vec![Transition { from: Mode::HalfOpen, to: Mode::Closed }]);
+            assert_eq!(
+                logs[1].transitions,
+                vec![Transition {
+                    from: Mode::HalfOpen,
+                    to: Mode::Closed
+                }]
+            );
         } else {
             assert_eq!(fin.mode(), Mode::HalfOpen, "{logs:?}");
             assert_eq!(fin.generation(), 3);
@@ -766,22 +985,32 @@ fn reclaim_race(late: Outcome) {
 
 #[test]
 fn probe_reclaim_races_late_failure() {
-    model(2, || reclaim_race(Outcome::Failure));
+    model(Some(3), || reclaim_race(Outcome::Failure));
 }
 
 #[test]
 fn probe_reclaim_races_late_success() {
-    model(2, || reclaim_race(Outcome::Success));
+    model(Some(3), || reclaim_race(Outcome::Success));
 }
 
 /// probe_timeout counts from the newest permit: a permit handed out just now must not be reclaimed.
 ///
 /// Half-open with max 1, success_threshold 2: a first probe admitted at 10 succeeded (in_flight back
-/// to 0, probe_stamp = 10). Two threads with clock 100 (probe_timeout 50) admit. Whichever gets the
-/// permit holds one that is 0 ms old, so the other must be rejected: exactly one admission.
+/// to 0, probe_stamp = generation 2 @ 10). Two threads with clock 100 (probe_timeout 50) admit.
+/// Whichever gets the permit holds one that is 0 ms old, so the other must be rejected: exactly one
+/// admission.
+///
+/// Regression test: `admit` used to take the permit with its CAS of the word and only afterwards
+/// publish the permit's time with `probe_stamp.fetch_max`. In that window `probes_hung` read the
+/// previous stamp of the same generation (the finished probe at 10), saw 100 - 10 >= 50 and
+/// reclaimed, admitting two probes with half_open_max_calls = 1 and dropping the fresh one:
+///   P: admit(100): CAS word gen 2 in_flight 0 -> 1          (stamp still gen 2 @ 10)
+///   Q: admit(100): in_flight 1 == max, stamp gen 2 @ 10 is 90 ms old -> reclaim, gen 3, admitted
+///   P: fetch_max(gen 2 @ 100) is a no-op; P returns Admitted { generation: 2, probe: true }
+/// Fixed by stamping before the CAS.
 #[test]
 fn fresh_permit_is_not_reclaimed() {
-    model(2, || {
+    model(None, || {
         let lim = limits(1, 10, 1, 2, Some(50));
         let slots = Arc::new(Slots::new());
         let m0 = slots.machine(&lim);
@@ -789,7 +1018,14 @@ fn fresh_permit_is_not_reclaimed() {
         let first = expect_ticket(m0.admit(|| 10));
         assert_eq!(m0.record(first, Outcome::Success, || 10), None);
         let initial = m0.load();
-        assert_eq!((initial.mode(), initial.in_flight(), initial.probe_successes()), (Mode::HalfOpen, 0, 1));
+        assert_eq!(
+            (
+                initial.mode(),
+                initial.in_flight(),
+                initial.probe_successes()
+            ),
+            (Mode::HalfOpen, 0, 1)
+        );
 
         let handles: Vec<_> = (0..2)
             .map(|_| {
@@ -803,7 +1039,10 @@ fn fresh_permit_is_not_reclaimed() {
             })
             .collect();
         let logs = join_all(handles);
-        let admitted: Vec<Ticket> = logs.iter().flat_map(|l| l.tickets.iter().copied()).collect();
+        let admitted: Vec<Ticket> = logs
+            .iter()
+            .flat_map(|l| l.tickets.iter().copied())
+            .collect();
         assert_eq!(
             admitted.len(),
             1,

@@ -31,7 +31,9 @@ pub enum Clock {
 impl Clock {
     pub fn now_ms(&self) -> u64 {
         match self {
-            Clock::Monotonic(epoch) => u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX),
+            Clock::Monotonic(epoch) => {
+                u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+            }
             Clock::Manual(time) => time.elapsed_ns() / 1_000_000,
         }
     }
@@ -71,7 +73,9 @@ impl ManualClock {
         let mut current = self.time.elapsed_ns();
         loop {
             let Some(next) = current.checked_add(ns) else {
-                return Err(PyValueError::new_err("seconds would move the clock past its range"));
+                return Err(PyValueError::new_err(
+                    "seconds would move the clock past its range",
+                ));
             };
             match self.time.elapsed_ns.compare_exchange_weak(
                 current,

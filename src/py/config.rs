@@ -66,7 +66,11 @@ impl Config {
         let Some(predicate) = &self.success else {
             return (Outcome::Success, None);
         };
-        match predicate.bind(result.py()).call1((result,)).and_then(|v| v.is_truthy()) {
+        match predicate
+            .bind(result.py())
+            .call1((result,))
+            .and_then(|v| v.is_truthy())
+        {
             Ok(true) => (Outcome::Success, None),
             Ok(false) => (Outcome::Failure, None),
             Err(err) => (Outcome::Failure, Some(err)),
@@ -104,8 +108,10 @@ impl Config {
             Some(new) => clone(new),
             None => clone(&self.ignore),
         };
-        let default_exceptions =
-            ignore.is_none() && failure_on.bind(py).is(py.get_type::<PyException>().as_any());
+        let default_exceptions = ignore.is_none()
+            && failure_on
+                .bind(py)
+                .is(py.get_type::<PyException>().as_any());
         Config {
             limits,
             reset_timeout,
@@ -156,15 +162,20 @@ impl Patch {
             let key = key.cast::<PyString>()?.to_cow()?;
             match key.as_ref() {
                 "failure_threshold" => {
-                    patch.failure_threshold = Some(count(&value, "failure_threshold", MAX_FAILURE_THRESHOLD)?)
+                    patch.failure_threshold =
+                        Some(count(&value, "failure_threshold", MAX_FAILURE_THRESHOLD)?)
                 }
                 "half_open_max_calls" => {
-                    patch.half_open_max_calls = Some(count(&value, "half_open_max_calls", MAX_PROBE_COUNT)?)
+                    patch.half_open_max_calls =
+                        Some(count(&value, "half_open_max_calls", MAX_PROBE_COUNT)?)
                 }
                 "success_threshold" => {
-                    patch.success_threshold = Some(count(&value, "success_threshold", MAX_PROBE_COUNT)?)
+                    patch.success_threshold =
+                        Some(count(&value, "success_threshold", MAX_PROBE_COUNT)?)
                 }
-                "reset_timeout" => patch.reset_timeout = Some(duration(&value, "reset_timeout", true)?),
+                "reset_timeout" => {
+                    patch.reset_timeout = Some(duration(&value, "reset_timeout", true)?)
+                }
                 "probe_timeout" => {
                     patch.probe_timeout = Some(if value.is_none() {
                         None
@@ -221,7 +232,9 @@ fn count(value: &Bound<'_, PyAny>, arg: &str, max: u64) -> PyResult<u64> {
         Ok(n) if n >= 1 && n <= i128::from(max) => Ok(n as u64),
         _ => Err(PyValueError::new_err(format!(
             "{arg} must be between 1 and {max}, got {}",
-            value.repr().map_or_else(|_| "?".to_owned(), |r| r.to_string())
+            value
+                .repr()
+                .map_or_else(|_| "?".to_owned(), |r| r.to_string())
         ))),
     }
 }
@@ -240,10 +253,14 @@ pub fn finite_seconds(value: &Bound<'_, PyAny>, arg: &str, min: f64) -> PyResult
         .extract()
         .map_err(|_| PyValueError::new_err(format!("{arg} is too large")))?;
     if !seconds.is_finite() {
-        return Err(PyValueError::new_err(format!("{arg} must be finite, got {seconds}")));
+        return Err(PyValueError::new_err(format!(
+            "{arg} must be finite, got {seconds}"
+        )));
     }
     if seconds < min {
-        return Err(PyValueError::new_err(format!("{arg} must be >= {min}, got {seconds}")));
+        return Err(PyValueError::new_err(format!(
+            "{arg} must be >= {min}, got {seconds}"
+        )));
     }
     Ok(seconds)
 }
@@ -293,8 +310,10 @@ fn reject_base_exceptions(types: &Bound<'_, PyAny>) -> PyResult<()> {
 fn exception_types<'py>(value: &Bound<'py, PyAny>, arg: &str) -> PyResult<Bound<'py, PyAny>> {
     let py = value.py();
     let base = py.get_type::<PyBaseException>();
-    let is_exception_type =
-        |v: &Bound<'py, PyAny>| v.cast::<PyType>().is_ok_and(|t| t.is_subclass(&base).unwrap_or(false));
+    let is_exception_type = |v: &Bound<'py, PyAny>| {
+        v.cast::<PyType>()
+            .is_ok_and(|t| t.is_subclass(&base).unwrap_or(false))
+    };
     if is_exception_type(value) {
         return Ok(value.clone());
     }

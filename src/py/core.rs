@@ -50,7 +50,11 @@ impl BreakerCore {
             clock: Clock::Monotonic(std::time::Instant::now()),
             listeners: ArcSwap::from_pointee(Vec::new()),
         };
-        BreakerCore::new(Box::default(), Arc::new(Config::defaults(py)), Arc::new(hub))
+        BreakerCore::new(
+            Box::default(),
+            Arc::new(Config::defaults(py)),
+            Arc::new(hub),
+        )
     }
 
     pub fn py_name<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -165,7 +169,12 @@ impl BreakerCore {
         };
         for listener in listeners.iter() {
             if let Err(err) = listener.bind(py).call1(args.clone()) {
-                log_error(py, "state-change listener %r failed", Some(listener.bind(py)), err);
+                log_error(
+                    py,
+                    "state-change listener %r failed",
+                    Some(listener.bind(py)),
+                    err,
+                );
             }
         }
     }

@@ -18,7 +18,11 @@ pub struct CircuitOpenError {
 impl CircuitOpenError {
     #[new]
     #[pyo3(signature = (name, retry_after = 0.0, *_args))]
-    fn new(name: Bound<'_, PyAny>, retry_after: f64, _args: &Bound<'_, pyo3::types::PyTuple>) -> Self {
+    fn new(
+        name: Bound<'_, PyAny>,
+        retry_after: f64,
+        _args: &Bound<'_, pyo3::types::PyTuple>,
+    ) -> Self {
         CircuitOpenError {
             name: name.unbind(),
             retry_after,
@@ -28,7 +32,10 @@ impl CircuitOpenError {
     fn __str__(&self, py: Python<'_>) -> String {
         format!(
             "circuit {} is open (retry after {:.3}s)",
-            self.name.bind(py).repr().map_or_else(|_| "?".to_owned(), |r| r.to_string()),
+            self.name
+                .bind(py)
+                .repr()
+                .map_or_else(|_| "?".to_owned(), |r| r.to_string()),
             self.retry_after
         )
     }
@@ -36,7 +43,10 @@ impl CircuitOpenError {
     fn __repr__(&self, py: Python<'_>) -> String {
         format!(
             "CircuitOpenError({}, retry_after={})",
-            self.name.bind(py).repr().map_or_else(|_| "?".to_owned(), |r| r.to_string()),
+            self.name
+                .bind(py)
+                .repr()
+                .map_or_else(|_| "?".to_owned(), |r| r.to_string()),
             self.retry_after
         )
     }

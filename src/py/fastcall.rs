@@ -22,7 +22,9 @@ use super::registry::Registry;
 
 /// Runs `body` as the body of a C entry point: errors are restored as the current exception, and
 /// a Rust panic becomes `PanicException` instead of unwinding into C.
-fn entry_point(body: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>>) -> *mut ffi::PyObject {
+fn entry_point(
+    body: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>>,
+) -> *mut ffi::PyObject {
     // SAFETY: CPython calls these entry points with the calling thread attached.
     let py = unsafe { Python::assume_attached() };
     match catch_unwind(AssertUnwindSafe(|| body(py))) {
@@ -53,7 +55,10 @@ unsafe fn vectorcall<'py>(
     nargsf: usize,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<Bound<'py, PyAny>> {
-    Bound::from_owned_ptr_or_err(func.py(), ffi::PyObject_Vectorcall(func.as_ptr(), args, nargsf, kwnames))
+    Bound::from_owned_ptr_or_err(
+        func.py(),
+        ffi::PyObject_Vectorcall(func.as_ptr(), args, nargsf, kwnames),
+    )
 }
 
 /// `Breaker.call(fn, /, *args, **kwargs)`.
@@ -67,14 +72,18 @@ unsafe extern "C" fn breaker_call(
         let slf = Bound::from_borrowed_ptr(py, slf);
         let breaker = slf.cast::<Breaker>()?;
         if nargs < 1 {
-            return Err(PyTypeError::new_err("Breaker.call() missing required argument 'fn'"));
+            return Err(PyTypeError::new_err(
+                "Breaker.call() missing required argument 'fn'",
+            ));
         }
         let func = Bound::from_borrowed_ptr(py, *args);
         if !func.is_callable() {
             return Err(not_callable("fn", &func));
         }
         let rest = (nargs - 1) as usize;
-        guarded(&breaker.get().core, py, || vectorcall(&func, args.add(1), rest, kwnames))
+        guarded(&breaker.get().core, py, || {
+            vectorcall(&func, args.add(1), rest, kwnames)
+        })
     })
 }
 
@@ -94,18 +103,22 @@ unsafe extern "C" fn registry_call(
                 "Registry.call() takes 2 positional arguments (name, fn) but {nargs} were given"
             )));
         }
-        let positional = |i: ffi::Py_ssize_t| (i < nargs).then(|| Bound::from_borrowed_ptr(py, *args.offset(i)));
+        let positional =
+            |i: ffi::Py_ssize_t| (i < nargs).then(|| Bound::from_borrowed_ptr(py, *args.offset(i)));
         let (mut name, mut func) = (positional(0), positional(1));
         let mut options = None;
         if !kwnames.is_null() {
             let names = Bound::from_borrowed_ptr(py, kwnames).cast_into::<PyTuple>()?;
             for (i, key) in names.iter().enumerate() {
-                let value = Bound::from_borrowed_ptr(py, *args.offset(nargs + i as ffi::Py_ssize_t));
+                let value =
+                    Bound::from_borrowed_ptr(py, *args.offset(nargs + i as ffi::Py_ssize_t));
                 let slot = match key.cast::<PyString>()?.to_str()? {
                     "name" => &mut name,
                     "fn" => &mut func,
                     _ => {
-                        options.get_or_insert_with(|| PyDict::new(py)).set_item(key, value)?;
+                        options
+                            .get_or_insert_with(|| PyDict::new(py))
+                            .set_item(key, value)?;
                         continue;
                     }
                 };
@@ -117,7 +130,9 @@ unsafe extern "C" fn registry_call(
             }
         }
         let (Some(name), Some(func)) = (name, func) else {
-            return Err(PyTypeError::new_err("Registry.call() missing required argument 'name' or 'fn'"));
+            return Err(PyTypeError::new_err(
+                "Registry.call() missing required argument 'name' or 'fn'",
+            ));
         };
         registry.get().call(&name, &func, options.as_ref())
     })
@@ -134,7 +149,9 @@ unsafe extern "C" fn guarded_vectorcall(
         let callable = Bound::from_borrowed_ptr(py, callable);
         let guarded_fn = callable.cast::<Guarded>()?.get();
         let func = guarded_fn.func.bind(py);
-        guarded(&guarded_fn.core, py, || vectorcall(func, args, nargsf, kwnames))
+        guarded(&guarded_fn.core, py, || {
+            vectorcall(func, args, nargsf, kwnames)
+        })
     })
 }
 
@@ -146,7 +163,11 @@ impl VectorcallSlot {
     pub const GUARDED: VectorcallSlot = VectorcallSlot(guarded_vectorcall);
 }
 
-fn method_def(name: &'static CStr, doc: &'static CStr, meth: ffi::PyCFunctionFastWithKeywords) -> *mut ffi::PyMethodDef {
+fn method_def(
+    name: &'static CStr,
+    doc: &'static CStr,
+    meth: ffi::PyCFunctionFastWithKeywords,
+) -> *mut ffi::PyMethodDef {
     // Leaked once per interpreter start: CPython keeps pointing at method definitions forever.
     Box::into_raw(Box::new(ffi::PyMethodDef {
         ml_name: name.as_ptr() as *const c_char,
@@ -167,9 +188,16 @@ fn install_method(
     let py = ty.py();
     // SAFETY: a method descriptor for a live type object and a definition that is never freed.
     let descr = unsafe {
-        Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(ty.as_type_ptr(), method_def(name, doc, meth)))?
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyDescr_NewMethod(ty.as_type_ptr(), method_def(name, doc, meth)),
+        )?
     };
-    ty.setattr(name.to_str().map_err(|e| PyValueError::new_err(e.to_string()))?, descr)
+    ty.setattr(
+        name.to_str()
+            .map_err(|e| PyValueError::new_err(e.to_string()))?,
+        descr,
+    )
 }
 
 /// Installs the fast entry points on the classes of the module being initialised.
@@ -205,9 +233,10 @@ fn install_guarded_vectorcall(py: Python<'_>) -> PyResult<()> {
         (*tp).tp_vectorcall_offset = offset as ffi::Py_ssize_t;
         // Free-threaded builds make tp_flags atomic.
         #[cfg(Py_GIL_DISABLED)]
-        (*tp)
-            .tp_flags
-            .fetch_or(ffi::Py_TPFLAGS_HAVE_VECTORCALL, std::sync::atomic::Ordering::Relaxed);
+        (*tp).tp_flags.fetch_or(
+            ffi::Py_TPFLAGS_HAVE_VECTORCALL,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         #[cfg(not(Py_GIL_DISABLED))]
         {
             (*tp).tp_flags |= ffi::Py_TPFLAGS_HAVE_VECTORCALL;

@@ -53,21 +53,29 @@ impl Breaker {
     }
 
     /// Decorates a function (sync or async) so that every call goes through the breaker.
-    fn __call__<'py>(slf: &Bound<'py, Self>, func: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
+        func: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         if !func.is_callable() {
             return Err(not_callable("the decorated object", func));
         }
         let inspect = py.import("inspect")?;
         let is_async = |f: &Bound<'py, PyAny>| -> PyResult<bool> {
-            inspect.call_method1("iscoroutinefunction", (f,))?.is_truthy()
+            inspect
+                .call_method1("iscoroutinefunction", (f,))?
+                .is_truthy()
         };
         // An object whose `__call__` is `async def` is an async function too.
         let call_method = func.getattr("__call__")?;
         if is_async(func)? || is_async(&call_method)? {
             return pyrefs::aio(py, "decorate")?.call1((slf, func));
         }
-        let guarded = Bound::new(py, Guarded::new(slf.get().core.clone(), func.clone().unbind()))?;
+        let guarded = Bound::new(
+            py,
+            Guarded::new(slf.get().core.clone(), func.clone().unbind()),
+        )?;
         py.import("functools")?
             .call_method1("update_wrapper", (&guarded, func))?;
         Ok(guarded.into_any())
@@ -167,7 +175,9 @@ impl Breaker {
             skipped.push(permit.into_any());
             node = below;
         }
-        Err(PyRuntimeError::new_err("__exit__ without a matching __enter__ on this breaker"))
+        Err(PyRuntimeError::new_err(
+            "__exit__ without a matching __enter__ on this breaker",
+        ))
     }
 }
 
@@ -225,12 +235,18 @@ impl Guarded {
         if instance.is_none() {
             return Ok(slf.clone().into_any());
         }
-        slf.py().import("types")?.getattr("MethodType")?.call1((slf, instance))
+        slf.py()
+            .import("types")?
+            .getattr("MethodType")?
+            .call1((slf, instance))
     }
 
     /// `Guarded[P, T]` in annotations evaluated at runtime (the stub makes it generic).
     #[classmethod]
-    fn __class_getitem__<'py>(cls: &Bound<'py, pyo3::types::PyType>, _item: &Bound<'py, PyAny>) -> Bound<'py, pyo3::types::PyType> {
+    fn __class_getitem__<'py>(
+        cls: &Bound<'py, pyo3::types::PyType>,
+        _item: &Bound<'py, PyAny>,
+    ) -> Bound<'py, pyo3::types::PyType> {
         cls.clone()
     }
 
@@ -266,14 +282,17 @@ impl Permit {
 
     fn claim(&self) -> PyResult<()> {
         if self.settled.swap(true, Ordering::AcqRel) {
-            return Err(PyRuntimeError::new_err("this permit's outcome was already reported"));
+            return Err(PyRuntimeError::new_err(
+                "this permit's outcome was already reported",
+            ));
         }
         Ok(())
     }
 
     fn settle(&self, py: Python<'_>, outcome: Outcome) -> PyResult<()> {
         self.claim()?;
-        self.core.finish(py, &self.core.config.load(), self.ticket, outcome);
+        self.core
+            .finish(py, &self.core.config.load(), self.ticket, outcome);
         Ok(())
     }
 }
@@ -330,7 +349,8 @@ impl Drop for Permit {
     fn drop(&mut self) {
         if !*self.settled.get_mut() {
             // Ignored outcomes never change the mode, so no listener has to run here.
-            self.core.record(&self.core.config.load(), self.ticket, Outcome::Ignored);
+            self.core
+                .record(&self.core.config.load(), self.ticket, Outcome::Ignored);
         }
     }
 }
@@ -355,7 +375,11 @@ impl Metrics {
         let totals = core.counters.totals();
         Ok(Metrics {
             state: pyrefs::state(py, word.mode())?.unbind(),
-            consecutive_failures: if word.mode() == Mode::Closed { word.failures() } else { 0 },
+            consecutive_failures: if word.mode() == Mode::Closed {
+                word.failures()
+            } else {
+                0
+            },
             calls: totals.calls,
             successes: totals.successes,
             failures: totals.failures,

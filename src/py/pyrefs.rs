@@ -2,9 +2,9 @@
 //! context variable that carries `with breaker:` permits, and the asyncio helpers.
 
 use pyo3::prelude::*;
-use std::borrow::Cow;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyString};
+use std::borrow::Cow;
 
 use crate::engine::Mode;
 
@@ -40,7 +40,9 @@ pub fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     LOGGER
         .get_or_try_init(py, || {
-            py.import("logging")?.call_method1("getLogger", ("panelboard",)).map(Bound::unbind)
+            py.import("logging")?
+                .call_method1("getLogger", ("panelboard",))
+                .map(Bound::unbind)
         })
         .map(|l| l.bind(py))
 }

@@ -77,7 +77,12 @@ impl Registry {
         winner
     }
 
-    fn handle(&self, py: Python<'_>, name: &Bound<'_, PyAny>, options: Option<&Bound<'_, PyDict>>) -> PyResult<Arc<BreakerCore>> {
+    fn handle(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Arc<BreakerCore>> {
         let key = pyrefs::name_key(name)?;
         let patch = Patch::parse(options)?;
         Ok(self.get_or_create(py, &key, &patch))
@@ -122,7 +127,12 @@ impl Registry {
 
     /// A handle on the breaker `name` (created with `options` if new).
     #[pyo3(signature = (name, /, **options))]
-    fn breaker(&self, py: Python<'_>, name: &Bound<'_, PyAny>, options: Option<&Bound<'_, PyDict>>) -> PyResult<Breaker> {
+    fn breaker(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Breaker> {
         Ok(Breaker {
             core: self.handle(py, name, options)?,
         })
@@ -130,7 +140,12 @@ impl Registry {
 
     /// Creates the breaker with `options`, or atomically changes the given options of an existing one.
     #[pyo3(signature = (name, /, **options))]
-    fn configure(&self, py: Python<'_>, name: &Bound<'_, PyAny>, options: Option<&Bound<'_, PyDict>>) -> PyResult<Breaker> {
+    fn configure(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Breaker> {
         let key = pyrefs::name_key(name)?;
         let patch = Patch::parse(options)?;
         if let Some(core) = self.find(&key) {
@@ -229,7 +244,10 @@ impl Registry {
                 .filter(|(i, _)| *i != position)
                 .map(|(_, l)| l.clone_ref(py))
                 .collect();
-            let previous = self.hub.listeners.compare_and_swap(&current, Arc::new(next));
+            let previous = self
+                .hub
+                .listeners
+                .compare_and_swap(&current, Arc::new(next));
             if Arc::ptr_eq(&previous, &current) {
                 return Ok(());
             }
@@ -285,6 +303,9 @@ impl Registry {
 
     /// The breakers, cloned out of the map (whose guards are released before this returns).
     fn cores(&self) -> Vec<Arc<BreakerCore>> {
-        self.breakers.iter().map(|entry| entry.key().0.clone()).collect()
+        self.breakers
+            .iter()
+            .map(|entry| entry.key().0.clone())
+            .collect()
     }
 }
