@@ -4,31 +4,38 @@ Hypothesis draws one list of operations per thread (4-8 threads): calls that suc
 exception or by a falsy ``success`` predicate) or are ignored (a ``BaseException``), two-step
 permits taken with ``try_acquire``, held across other operations and resolved later (success,
 failure, ignore, or dropped), resets, ``ManualClock`` advances and state reads. The threads start
-together behind a ``threading.Barrier`` (with a tiny switch interval on GIL builds, so that they
-really interleave) and the results every thread observed are logged.
+together behind a ``threading.Barrier`` and either run freely (with a tiny switch interval on GIL
+builds, so that they really interleave) or in lockstep rounds (a barrier before each operation, so
+the operations of one round overlap and the rounds are ordered). Each thread logs every atomic
+step it performed, what it observed, and the real-time window in which the step took effect.
 
-Afterwards two kinds of checks run:
+Afterwards:
 
-- **Linearizability** (small schedules): a memoised depth-first search looks for one sequential
-  order of the logged atomic steps (admit, record, reset, clock advance, observe), consistent with
-  each thread's program order, under which a small pure-Python reference model of the breaker
-  reproduces every admission/rejection and every state a thread saw, and ends in the final state,
-  consecutive-failure count and ``times_opened`` the extension reports. A ``call`` is two steps
-  (admit, then record once ``fn`` returned), exactly as the engine performs it.
-- **Necessary invariants** (any size, where the search would be too big): counters equal what the
-  threads counted (``calls == successes + failures + ignored`` == admitted operations,
-  ``rejected`` == rejected attempts); every ``times_opened`` is matched by one reported transition
-  to OPEN, and the reported transitions form a walk from CLOSED to the final state; with no resets
-  and no clock advances, ``threshold`` failures that could have been consecutive are required for
-  OPEN and the final consecutive-failure count lies between bounds computed from each thread's
-  own outcome order; and permits are balanced: once every permit is resolved a half-open breaker
-  offers exactly ``half_open_max_calls`` slots again.
+- **Linearizability**: a memoised depth-first search looks for one sequential order of the logged
+  steps (admit, record, reset, clock advance, observe) that keeps each thread's program order and
+  real time (a step that ended before another began comes first), under which a small pure-Python
+  reference model of the breaker reproduces every admission and rejection, every state a thread
+  saw, and the final state, consecutive-failure count and ``times_opened``. A ``call`` is two
+  steps (admit, then record once ``fn`` returned), exactly as the engine performs it. Where the
+  search would exceed its budget the example is counted as inconclusive (hypothesis statistics).
+- **Necessary invariants** (every schedule): counters equal what the threads counted
+  (``calls == successes + failures + ignored`` == admitted operations, ``rejected`` == rejected
+  attempts); every ``times_opened`` is matched by one reported transition to OPEN, and the
+  reported transitions form a walk from CLOSED to the final state; with no resets and no clock
+  advances, ``threshold`` failures that could have been consecutive are required for OPEN and the
+  final consecutive-failure count lies between bounds computed from each thread's own outcome
+  order; and permits are balanced: once every permit is resolved a half-open breaker offers
+  exactly ``half_open_max_calls`` slots again.
+- Two targeted concurrent tests: a half-open storm admits exactly ``half_open_max_calls``, and
+  outcomes admitted before a transition (reset, trip, force-open, a probe's verdict) and reported
+  all at once afterwards change nothing.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
@@ -107,7 +114,11 @@ def schedules(draw, min_threads=4, max_threads=8, max_ops=12, resets=None, advan
     ops = st.sampled_from(kinds).flatmap(op)
     n = draw(st.integers(min_threads, max_threads))
     threads = draw(st.lists(st.lists(ops, max_size=max_ops), min_size=n, max_size=n))
-    return cfg, {"reset": allow_reset, "advance": allow_advance}, threads
+    # Lockstep: every thread does its i-th operation in round i (a barrier between rounds), so the
+    # rounds are ordered in real time and the operations of one round really overlap. Otherwise
+    # the threads run freely.
+    lockstep = draw(st.sampled_from([True, True, False]))
+    return cfg, {"reset": allow_reset, "advance": allow_advance, "lockstep": lockstep}, threads
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,9 +134,12 @@ class Run:
     logs: list  # per thread: list of logged atomic steps with what the thread observed
     transitions: list  # (name, old, new) as reported to the listener
     final: list = field(default_factory=list)  # Metrics per name, read after the join
+    # Per thread, aligned with logs: (earliest, latest) perf_counter_ns between which each step
+    # took effect. A step that ended before another began must come first in any explanation.
+    times: list | None = None
 
 
-def run_schedule(cfg: Config, threads: list) -> Run:
+def run_schedule(cfg: Config, threads: list, lockstep: bool = False) -> Run:
     clock = ManualClock()
     registry = Registry(clock=clock)
     handles = [
@@ -142,21 +156,26 @@ def run_schedule(cfg: Config, threads: list) -> Run:
     registry.on_state_change(lambda n, old, new: transitions.append((n, old, new)))
     barrier = threading.Barrier(len(threads))
     logs: list = [[] for _ in threads]
+    times: list = [[] for _ in threads]
     errors: list = []
+    now = time.perf_counter_ns
 
-    def call(n, outcome, via_registry):
+    def call(n, outcome, via_registry, log, when):
         ran = []
 
         def fn():
-            ran.append(1)
+            ran.append(now())
             if outcome == "S":
+                ran.append(now())
                 return GOOD
+            ran.append(now())
             if outcome == "P":
                 return BAD
             if outcome == "F":
                 raise Failure()
             raise Interrupted()
 
+        start = now()
         try:
             if via_registry:
                 registry.call(NAMES[n], fn)
@@ -168,10 +187,18 @@ def run_schedule(cfg: Config, threads: list) -> Run:
             admitted = False
         except (Failure, Interrupted):
             admitted = True
-        assert len(ran) == int(admitted), "fn must run exactly once per admitted call, never when rejected"
-        return admitted
+        end = now()
+        assert len(ran) == 2 * int(admitted), "fn must run exactly once per admitted call, never when rejected"
+        log.append(("admit_call", n, admitted))
+        if admitted:
+            when.append((start, ran[0]))  # admitted before fn started
+            log.append(("record_call", n, {"S": "S", "P": "F", "F": "F", "I": "I"}[outcome]))
+            when.append((ran[-1], end))  # recorded after fn returned
+        else:
+            when.append((start, end))
 
-    def resolve(held, outcome, log):
+    def resolve(held, outcome, log, when):
+        start = now()
         n, permit = held.popleft()
         if outcome == "S":
             permit.success()
@@ -183,44 +210,57 @@ def run_schedule(cfg: Config, threads: list) -> Run:
             del permit  # dropped without an outcome: counts as ignored, releases its slot
             outcome = "I"
         log.append(("resolve", n, outcome))
+        when.append((start, now()))
+
+    rounds = max(len(ops) for ops in threads)
+
+    def step(i, op, log, when, held):
+        kind = op[0]
+        start = now()
+        if kind == "call":
+            _, n, outcome = op
+            call(n, outcome, bool(i % 2), log, when)
+            return
+        if kind == "resolve":
+            if held:
+                resolve(held, op[1], log, when)
+            return
+        if kind == "acquire":
+            n = op[1]
+            permit = handles[n].try_acquire()
+            log.append(("acquire", n, permit is not None))
+            if permit is not None:
+                held.append((n, permit))
+            del permit
+        elif kind == "reset":
+            registry.reset(NAMES[op[1]])
+            log.append(("reset", op[1]))
+        elif kind == "advance":
+            clock.advance(op[1] / 1000)
+            log.append(("advance", op[1]))
+        elif kind == "state":
+            n = op[1]
+            seen = handles[n].state if i % 2 else registry.state(NAMES[n])
+            log.append(("observe", n, seen.value))
+        when.append((start, now()))
 
     def worker(t):
-        log = logs[t]
+        log, when = logs[t], times[t]
         held: deque = deque()
         try:
             barrier.wait(JOIN_TIMEOUT)
-            for i, op in enumerate(threads[t]):
-                kind = op[0]
-                if kind == "call":
-                    _, n, outcome = op
-                    admitted = call(n, outcome, via_registry=bool(i % 2))
-                    log.append(("admit_call", n, admitted))
-                    if admitted:
-                        log.append(("record_call", n, {"S": "S", "P": "F", "F": "F", "I": "I"}[outcome]))
-                elif kind == "acquire":
-                    n = op[1]
-                    permit = handles[n].try_acquire()
-                    log.append(("acquire", n, permit is not None))
-                    if permit is not None:
-                        held.append((n, permit))
-                    del permit
-                elif kind == "resolve":
-                    if held:
-                        resolve(held, op[1], log)
-                elif kind == "reset":
-                    registry.reset(NAMES[op[1]])
-                    log.append(("reset", op[1]))
-                elif kind == "advance":
-                    clock.advance(op[1] / 1000)
-                    log.append(("advance", op[1]))
-                elif kind == "state":
-                    n = op[1]
-                    seen = handles[n].state if i % 2 else registry.state(NAMES[n])
-                    log.append(("observe", n, seen.value))
+            for i in range(rounds):
+                if lockstep:
+                    barrier.wait(JOIN_TIMEOUT)
+                if i < len(threads[t]):
+                    step(i, threads[t][i], log, when, held)
+            if lockstep:
+                barrier.wait(JOIN_TIMEOUT)
             while held:
-                resolve(held, "I", log)
+                resolve(held, "I", log, when)
         except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
             errors.append(err)
+            barrier.abort()
 
     workers = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(len(threads))]
     for w in workers:
@@ -230,7 +270,8 @@ def run_schedule(cfg: Config, threads: list) -> Run:
     assert not any(w.is_alive() for w in workers), "a thread hung (deadlock?)"
     if errors:
         raise errors[0]
-    run = Run(cfg, clock, registry, handles, logs, transitions)
+    assert [len(w) for w in times] == [len(g) for g in logs]
+    run = Run(cfg, clock, registry, handles, logs, transitions, times=times)
     # Metrics first: reading them may report a lazy open -> half-open transition, like any reader.
     run.final = [h.metrics() for h in handles]
     return run
@@ -397,10 +438,14 @@ class Inconclusive(Exception):
 
 
 def linearizable(run: Run, budget: int = 150_000) -> bool:
-    """True if some interleaving of the logged steps explains everything that was observed."""
+    """True if some order of the logged steps explains everything that was observed. The order
+    keeps each thread's program order and real time: a step that ended before another one began
+    comes first (when the run has timings)."""
     cfg = run.cfg
     logs = [tuple(log) for log in run.logs]
     nthreads = len(logs)
+    times = run.times
+    never = float("inf")
     final = [
         (m.state.value, m.consecutive_failures if m.state == State.CLOSED else None, m.times_opened)
         for m in run.final
@@ -480,9 +525,15 @@ def linearizable(run: Run, budget: int = 150_000) -> bool:
                 return True
             seen.add(key)
             return False
+        if times is not None:
+            ends = [times[u][pos[u]][1] if pos[u] < len(logs[u]) else never for u in range(nthreads)]
         for t in range(nthreads):
             if pos[t] == len(logs[t]):
                 continue
+            if times is not None:
+                begin = times[t][pos[t]][0]
+                if any(ends[u] < begin for u in range(nthreads) if u != t):
+                    continue  # another thread's pending step ended before this one began
             ev = logs[t][pos[t]]
             for nxt in successors(t, ev, words, opened, clock, windows, held, pending):
                 if dfs(set_at(pos, t, pos[t] + 1), *nxt):
@@ -507,6 +558,16 @@ def linearizable(run: Run, budget: int = 150_000) -> bool:
         sys.setrecursionlimit(limit)
 
 
+def check_linearizable(run: Run, budget: int = 150_000) -> None:
+    try:
+        ok = linearizable(run, budget)
+    except Inconclusive:
+        event("linearizability search inconclusive (budget)")
+    else:
+        event("linearizability checked")
+        assert ok, "no sequential order of the logged steps explains what the threads observed"
+
+
 # --------------------------------------------------------------------------------------------------
 # Tests
 
@@ -515,17 +576,11 @@ def linearizable(run: Run, budget: int = 150_000) -> bool:
 @given(schedules(min_threads=4, max_threads=4, max_ops=5))
 def test_small_concurrent_schedules_are_linearizable(schedule):
     cfg, flags, threads = schedule
-    run = run_schedule(cfg, threads)
+    run = run_schedule(cfg, threads, lockstep=flags["lockstep"])
     note(f"logs={run.logs}")
     note(f"final={run.final}")
     check_invariants(run, flags)
-    try:
-        ok = linearizable(run)
-    except Inconclusive:
-        event("linearizability search inconclusive (budget)")
-    else:
-        event("linearizability checked")
-        assert ok, "no sequential order of the logged steps explains what the threads observed"
+    check_linearizable(run)
     check_permits_balanced(run)
 
 
@@ -533,10 +588,13 @@ def test_small_concurrent_schedules_are_linearizable(schedule):
 @given(schedules(min_threads=4, max_threads=8, max_ops=12))
 def test_concurrent_schedules_keep_invariants(schedule):
     cfg, flags, threads = schedule
-    run = run_schedule(cfg, threads)
+    run = run_schedule(cfg, threads, lockstep=flags["lockstep"])
     note(f"logs={run.logs}")
     note(f"final={run.final}")
     check_invariants(run, flags)
+    # Where the search stays small (lockstep rounds pin most of the order), check
+    # linearizability here too.
+    check_linearizable(run, budget=20_000)
     check_permits_balanced(run)
 
 
@@ -545,9 +603,10 @@ def test_concurrent_schedules_keep_invariants(schedule):
 def test_one_closed_period_loses_no_failure(schedule):
     """No resets, no time: the final state is pinned down by the outcomes' possible orders."""
     cfg, flags, threads = schedule
-    run = run_schedule(cfg, threads)
+    run = run_schedule(cfg, threads, lockstep=flags["lockstep"])
     note(f"logs={run.logs}")
     check_invariants(run, flags)
+    check_linearizable(run, budget=20_000)
     check_permits_balanced(run)
 
 
@@ -631,6 +690,81 @@ def test_half_open_storm_admits_exactly_max_probes(max_probes, nthreads, attempt
     assert sum(p is not None for p in again) == max_probes
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    nthreads=st.integers(4, 8),
+    transition=st.sampled_from(["reset", "trip", "force_open_and_reset", "probe_reopens", "probe_closes"]),
+    outcomes=st.lists(st.sampled_from(["success", "failure", "ignore", "drop"]), min_size=8, max_size=8),
+)
+def test_outcomes_admitted_before_a_transition_change_nothing(nthreads, transition, outcomes):
+    """Round 1: every thread takes a permit. Round 2: one transition. Round 3: every thread
+    reports its (now stale) outcome at the same moment. None of them may change the state."""
+    clock = ManualClock()
+    registry = Registry(clock=clock)
+    probing = transition.startswith("probe")
+    b = registry.breaker(
+        "gen", failure_threshold=1, reset_timeout=1.0, half_open_max_calls=nthreads + 1 if probing else 1
+    )
+    if probing:
+        with pytest.raises(Failure):
+            b.call(_raise_failure)
+        clock.advance(1.0)
+    barrier = threading.Barrier(nthreads + 1)
+    errors = []
+
+    def worker(t):
+        try:
+            permit = b.try_acquire()
+            assert permit is not None
+            barrier.wait(JOIN_TIMEOUT)  # round 1 done: every permit is out
+            barrier.wait(JOIN_TIMEOUT)  # round 2: the transition happens in between
+            outcome = outcomes[t]
+            if outcome == "drop":
+                del permit
+            else:
+                getattr(permit, outcome)()
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(nthreads)]
+    for th in threads:
+        th.start()
+    barrier.wait(JOIN_TIMEOUT)
+    if transition == "reset":
+        registry.reset("gen")
+        expected, opened = State.CLOSED, 0
+    elif transition == "trip":
+        with pytest.raises(Failure):
+            b.call(_raise_failure)
+        expected, opened = State.OPEN, 1
+    elif transition == "force_open_and_reset":
+        registry.force_open("gen")
+        registry.reset("gen")
+        expected, opened = State.CLOSED, 0  # times_opened counts trips to OPEN, not force_open
+    elif transition == "probe_reopens":
+        p = b.try_acquire()
+        p.failure()
+        expected, opened = State.OPEN, 2
+    else:
+        p = b.try_acquire()
+        p.success()
+        expected, opened = State.CLOSED, 1
+    barrier.wait(JOIN_TIMEOUT)
+    for th in threads:
+        th.join(JOIN_TIMEOUT)
+        assert not th.is_alive()
+    if errors:
+        raise errors[0]
+    m = b.metrics()
+    assert m.state == expected, (transition, outcomes[:nthreads], m)
+    assert m.times_opened == opened
+    if expected == State.CLOSED:
+        assert m.consecutive_failures == 0, "a stale failure counted toward the new closed period"
+    if expected == State.OPEN:
+        assert m.retry_after == 1.0, "a stale failure re-opened it with a fresh opened_at"
+
+
 def _raise_failure():
     raise Failure()
 
@@ -651,13 +785,13 @@ def test_stale_permit_across_two_million_transitions_changes_nothing():
     assert b.metrics().times_opened == 0
 
 
-def _fake_run(cfg, logs, finals):
+def _fake_run(cfg, logs, finals, times=None):
     from types import SimpleNamespace
 
     metrics = [
         SimpleNamespace(state=State(s), consecutive_failures=c, times_opened=o) for (s, c, o) in finals
     ]
-    return Run(cfg, None, None, [], logs, [], final=metrics)
+    return Run(cfg, None, None, [], logs, [], final=metrics, times=times)
 
 
 def test_linearizability_checker_rejects_impossible_histories():
@@ -689,3 +823,11 @@ def test_linearizability_checker_rejects_impossible_histories():
     stale = _fake_run(cfg, [[("admit_call", 0, True), ("record_call", 0, "F")], [("reset", 0)]],
                       [closed, closed])
     assert linearizable(stale)
+    # Real time matters: admitted (0-5) before a reset (10-20), failure recorded after it (30-40).
+    # The failure is stale, so the breaker cannot be open; without timings the reset could be
+    # ordered last and OPEN would be explainable.
+    logs = [[("admit_call", 0, True), ("record_call", 0, "F")], [("reset", 0)]]
+    timed = [[(0, 5), (30, 40)], [(10, 20)]]
+    assert linearizable(_fake_run(cfg, logs, [closed, closed], timed))
+    assert not linearizable(_fake_run(cfg, logs, [(O, None, 1), closed], timed))
+    assert linearizable(_fake_run(cfg, logs, [(C, 0, 1), closed]))  # untimed: reset last

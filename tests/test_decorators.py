@@ -207,12 +207,6 @@ async def test_async_function_cancellation_is_ignored(b):
     assert (m.failures, m.ignored) == (0, 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Breaker.__call__ tells async from sync with inspect.iscoroutinefunction(func), which "
-    "is False for an object whose __call__ is async def; the result is a sync wrapper that counts "
-    "a success as soon as the coroutine is created, so failures of the awaited call are never counted",
-)
 async def test_decorating_an_async_callable_object_counts_the_awaited_outcome(b):
     class Endpoint:
         async def __call__(self, x):

@@ -524,13 +524,6 @@ def _cycle_through_handle_in_predicate():
     return weakref.ref(success)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Registry, Breaker and Guarded hold Python objects (listeners, success predicates, "
-    "the decorated function) without __traverse__/__clear__, so a reference cycle through them "
-    "(a listener or predicate that uses its own registry, a recursive decorated function) is "
-    "never collected",
-)
 @pytest.mark.parametrize(
     "make_cycle",
     [
@@ -545,3 +538,68 @@ def test_reference_cycles_through_the_library_are_collected(make_cycle):
     ref = make_cycle()
     gc.collect()
     assert ref() is None, "unreachable cycle kept alive: the garbage collector cannot see into it"
+
+
+class _Predicate:
+    def __call__(self, value):
+        return True
+
+
+def _drop_ignored_options(registry):
+    """Options of a call on an existing breaker are ignored: the objects in them are dropped."""
+    registry.breaker("existing")
+    pred = _Predicate()
+    ref = weakref.ref(pred)
+    registry.call("existing", lambda: None, success=pred, failure_on=(ValueError, KeyError))
+    return ref
+
+
+def _drop_breaker_deleted_by_its_own_call(registry):
+    """fn deletes its breaker: the call held the last reference, and its config goes with it."""
+    pred = _Predicate()
+    ref = weakref.ref(pred)
+    registry.breaker("doomed", success=pred)
+    del pred
+    registry.call("doomed", lambda: registry.delete("doomed"))
+    return ref
+
+
+def _drop_config_replaced_during_a_decorated_call(registry):
+    """fn reconfigures its breaker: the running call held the last reference to the old config."""
+    pred = _Predicate()
+    ref = weakref.ref(pred)
+    b = registry.breaker("reconfigured", success=pred)
+    del pred
+    b(lambda: registry.configure("reconfigured", success=None))()
+    return ref
+
+
+def _drop_config_replaced_during_a_handle_call(registry):
+    pred = _Predicate()
+    ref = weakref.ref(pred)
+    b = registry.breaker("reconfigured2", success=pred)
+    del pred
+    b.call(registry.configure, "reconfigured2", success=None)
+    return ref
+
+
+@pytest.mark.parametrize(
+    "drop",
+    [_drop_config_replaced_during_a_decorated_call, _drop_config_replaced_during_a_handle_call],
+    ids=lambda f: f.__name__[1:],
+)
+def test_config_replaced_during_a_call_is_released_when_it_returns(drop):
+    registry = Registry(clock=ManualClock())
+    ref = drop(registry)
+    assert ref() is None, "still alive after the call returned"
+
+
+@pytest.mark.parametrize(
+    "drop",
+    [_drop_ignored_options, _drop_breaker_deleted_by_its_own_call],
+    ids=lambda f: f.__name__[1:],
+)
+def test_objects_dropped_inside_a_fast_call_are_released_when_it_returns(drop):
+    registry = Registry(clock=ManualClock())
+    ref = drop(registry)
+    assert ref() is None, "still alive after the call returned (its release was deferred)"

@@ -6,6 +6,7 @@
 use pyo3::exceptions::{PyBaseException, PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString, PyTuple, PyType};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::engine::{Limits, Outcome, MAX_DURATION_MS, MAX_FAILURE_THRESHOLD, MAX_PROBE_COUNT};
 
@@ -36,6 +37,13 @@ impl Config {
             ignore: None,
             default_exceptions: true,
         }
+    }
+
+    /// Reports the Python objects this configuration holds to the garbage collector.
+    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.success)?;
+        visit.call(&self.failure_on)?;
+        visit.call(&self.ignore)
     }
 
     /// Classifies an exception raised by the guarded function. A `BaseException` that is not an
@@ -159,8 +167,9 @@ impl Patch {
             return Ok(patch);
         };
         for (key, value) in options.iter() {
-            let key = key.cast::<PyString>()?.to_cow()?;
-            match key.as_ref() {
+            // A keyword that is not valid UTF-8 (a lone surrogate) is just another unknown one.
+            let name = key.cast::<PyString>()?.to_str().unwrap_or("");
+            match name {
                 "failure_threshold" => {
                     patch.failure_threshold =
                         Some(count(&value, "failure_threshold", MAX_FAILURE_THRESHOLD)?)
@@ -202,9 +211,10 @@ impl Patch {
                     let empty = types.cast::<PyTuple>().is_ok_and(|t| t.is_empty());
                     patch.ignore = Some((!empty).then(|| types.unbind()));
                 }
-                other => {
+                _ => {
                     return Err(PyTypeError::new_err(format!(
-                        "unexpected keyword argument '{other}' (options are: {OPTION_NAMES})"
+                        "unexpected keyword argument {} (options are: {OPTION_NAMES})",
+                        key.repr()?
                     )))
                 }
             }

@@ -7,6 +7,7 @@
 use arc_swap::ArcSwap;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use pyo3::{PyTraverseError, PyVisit};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -55,6 +56,26 @@ impl BreakerCore {
             Arc::new(Config::defaults(py)),
             Arc::new(hub),
         )
+    }
+
+    /// Garbage-collector support for a handle (`Breaker`, `Guarded`) on this breaker. The Python
+    /// objects in its configuration are reported only when the handle is the one owner of both the
+    /// breaker and its configuration: an object must never be reported by two owners (the
+    /// collector would free it while it is still in use), while not reporting one only risks
+    /// leaking a cycle. A breaker still in a registry is reported by the registry instead.
+    pub fn traverse_if_sole_owner(
+        core: &Arc<BreakerCore>,
+        visit: &PyVisit<'_>,
+    ) -> Result<(), PyTraverseError> {
+        if Arc::strong_count(core) != 1 {
+            return Ok(());
+        }
+        let config = core.config.load_full();
+        // 2: the breaker's own reference plus the one just loaded.
+        if Arc::strong_count(&config) == 2 {
+            config.traverse(visit)?;
+        }
+        Ok(())
     }
 
     pub fn py_name<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {

@@ -8,42 +8,25 @@
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
-use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use std::ffi::{c_int, CStr};
 use std::os::raw::c_char;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::ptr::null_mut;
 
 use super::core::guarded;
 use super::handle::{not_callable, Breaker, Guarded};
 use super::registry::Registry;
 
-/// Runs `body` as the body of a C entry point: errors are restored as the current exception, and
-/// a Rust panic becomes `PanicException` instead of unwinding into C.
-fn entry_point(
-    body: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>>,
-) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls these entry points with the calling thread attached.
-    let py = unsafe { Python::assume_attached() };
-    match catch_unwind(AssertUnwindSafe(|| body(py))) {
-        Ok(Ok(value)) => value.into_ptr(),
-        Ok(Err(err)) => {
-            err.restore(py);
-            null_mut()
-        }
-        Err(payload) => {
-            let message = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "panic in panelboard".to_owned());
-            PanicException::new_err((message,)).restore(py);
-            null_mut()
-        }
-    }
-}
+/// The C entry points go through PyO3's own trampoline (pinned PyO3, hidden but public API): it
+/// tells PyO3 the thread is attached, so Python references dropped inside are released at once
+/// rather than queued, and turns a Rust panic into `PanicException` instead of unwinding into C.
+type FastcallBody = for<'py> unsafe fn(
+    Python<'py>,
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    ffi::Py_ssize_t,
+    *mut ffi::PyObject,
+) -> PyResult<*mut ffi::PyObject>;
 
 /// `PyObject_Vectorcall(func, args, nargsf, kwnames)` as a `PyResult`.
 ///
@@ -62,13 +45,14 @@ unsafe fn vectorcall<'py>(
 }
 
 /// `Breaker.call(fn, /, *args, **kwargs)`.
-unsafe extern "C" fn breaker_call(
+unsafe fn breaker_call(
+    py: Python<'_>,
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    entry_point(|py| {
+) -> PyResult<*mut ffi::PyObject> {
+    {
         let slf = Bound::from_borrowed_ptr(py, slf);
         let breaker = slf.cast::<Breaker>()?;
         if nargs < 1 {
@@ -84,18 +68,20 @@ unsafe extern "C" fn breaker_call(
         guarded(&breaker.get().core, py, || {
             vectorcall(&func, args.add(1), rest, kwnames)
         })
-    })
+        .map(Bound::into_ptr)
+    }
 }
 
 /// `Registry.call(name, fn, **options)`: `name` and `fn` by position or keyword, every other
 /// keyword an option.
-unsafe extern "C" fn registry_call(
+unsafe fn registry_call(
+    py: Python<'_>,
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    entry_point(|py| {
+) -> PyResult<*mut ffi::PyObject> {
+    {
         let slf = Bound::from_borrowed_ptr(py, slf);
         let registry = slf.cast::<Registry>()?;
         if nargs > 2 {
@@ -112,9 +98,9 @@ unsafe extern "C" fn registry_call(
             for (i, key) in names.iter().enumerate() {
                 let value =
                     Bound::from_borrowed_ptr(py, *args.offset(nargs + i as ffi::Py_ssize_t));
-                let slot = match key.cast::<PyString>()?.to_str()? {
-                    "name" => &mut name,
-                    "fn" => &mut func,
+                let slot = match key.cast::<PyString>()?.to_str().ok() {
+                    Some("name") => &mut name,
+                    Some("fn") => &mut func,
                     _ => {
                         options
                             .get_or_insert_with(|| PyDict::new(py))
@@ -134,25 +120,46 @@ unsafe extern "C" fn registry_call(
                 "Registry.call() missing required argument 'name' or 'fn'",
             ));
         };
-        registry.get().call(&name, &func, options.as_ref())
-    })
+        registry
+            .get()
+            .call(&name, &func, options.as_ref())
+            .map(Bound::into_ptr)
+    }
 }
 
-/// Calling a decorated function.
+/// Calling a decorated function (`nargsf` travels as the trampoline's `Py_ssize_t` argument and is
+/// handed on unchanged, `PY_VECTORCALL_ARGUMENTS_OFFSET` flag included).
+unsafe fn guarded_call(
+    py: Python<'_>,
+    callable: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<*mut ffi::PyObject> {
+    let callable = Bound::from_borrowed_ptr(py, callable);
+    let guarded_fn = callable.cast::<Guarded>()?.get();
+    let func = guarded_fn.func.bind(py);
+    guarded(&guarded_fn.core, py, || {
+        vectorcall(func, args, nargsf as usize, kwnames)
+    })
+    .map(Bound::into_ptr)
+}
+
+/// The `extern "C"` function for a body, instantiated through PyO3's trampoline.
+macro_rules! entry_point {
+    ($body:expr) => {{
+        const BODY: FastcallBody = $body;
+        pyo3::impl_::trampoline::get_trampoline_function!(fastcall_cfunction_with_keywords, BODY)
+    }};
+}
+
 unsafe extern "C" fn guarded_vectorcall(
     callable: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargsf: usize,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    entry_point(|py| {
-        let callable = Bound::from_borrowed_ptr(py, callable);
-        let guarded_fn = callable.cast::<Guarded>()?.get();
-        let func = guarded_fn.func.bind(py);
-        guarded(&guarded_fn.core, py, || {
-            vectorcall(func, args, nargsf, kwnames)
-        })
-    })
+    entry_point!(guarded_call)(callable, args, nargsf as ffi::Py_ssize_t, kwnames)
 }
 
 /// The per-instance vectorcall pointer CPython finds through the type's `tp_vectorcall_offset`.
@@ -206,15 +213,40 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
         &py.get_type::<Breaker>(),
         c"call",
         c"call($self, fn, /, *args, **kwargs)\n--\n\nCalls fn(*args, **kwargs) through the breaker.",
-        breaker_call,
+        entry_point!(breaker_call),
     )?;
     install_method(
         &py.get_type::<Registry>(),
         c"call",
         c"call($self, name, fn, **options)\n--\n\nCalls fn() through the breaker `name`, creating it with `options` if new.",
-        registry_call,
+        entry_point!(registry_call),
     )?;
     install_guarded_vectorcall(py)
+}
+
+/// Where the `vectorcall` field sits inside a `Guarded` object, from the object's start.
+static GUARDED_SLOT_OFFSET: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The instance `__dict__` of the `Guarded` whose `vectorcall` field is `slot` (PyO3 does not
+/// report a `#[pyclass(dict)]`'s dict to the garbage collector, and `functools.wraps` puts the
+/// wrapped function in it as `__wrapped__`).
+pub fn guarded_dict(slot: &VectorcallSlot) -> Option<&Py<PyAny>> {
+    let offset = GUARDED_SLOT_OFFSET.load(std::sync::atomic::Ordering::Acquire);
+    if offset == 0 {
+        return None;
+    }
+    let object = (slot as *const VectorcallSlot as usize - offset) as *mut ffi::PyObject;
+    // SAFETY: `slot` lives inside a Guarded object at `offset`; PyO3 sets a positive
+    // tp_dictoffset for `#[pyclass(dict)]`, and the slot holds NULL or a strong reference, which
+    // has the layout of `Option<Py<PyAny>>`.
+    unsafe {
+        let dict_offset = (*ffi::Py_TYPE(object)).tp_dictoffset;
+        if dict_offset <= 0 {
+            return None;
+        }
+        let dict_slot = (object as *mut u8).offset(dict_offset) as *const Option<Py<PyAny>>;
+        (*dict_slot).as_ref()
+    }
 }
 
 /// Points `Guarded`'s `tp_vectorcall_offset` at each instance's `vectorcall` field.
@@ -225,6 +257,7 @@ fn install_guarded_vectorcall(py: Python<'_>) -> PyResult<()> {
     let offset = field
         .checked_sub(base)
         .ok_or_else(|| PyValueError::new_err("unexpected Guarded layout"))?;
+    GUARDED_SLOT_OFFSET.store(offset, std::sync::atomic::Ordering::Release);
     let ty = py.get_type::<Guarded>();
     // SAFETY: set once, while the module initialises and before any instance is called; the field
     // lives inside every instance at the same offset and always holds `guarded_vectorcall`.

@@ -3,6 +3,7 @@
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -141,6 +142,10 @@ impl Breaker {
         pyrefs::aio(py, "ready")?.call1((suppress,))
     }
 
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        BreakerCore::traverse_if_sole_owner(&self.core, &visit)
+    }
+
     /// Counters and state of this breaker, as an immutable snapshot.
     fn metrics(&self, py: Python<'_>) -> PyResult<Metrics> {
         Metrics::of(py, &self.core)
@@ -239,6 +244,12 @@ impl Guarded {
             .import("types")?
             .getattr("MethodType")?
             .call1((slf, instance))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.func)?;
+        visit.call(fastcall::guarded_dict(&self.vectorcall))?;
+        BreakerCore::traverse_if_sole_owner(&self.core, &visit)
     }
 
     /// `Guarded[P, T]` in annotations evaluated at runtime (the stub makes it generic).

@@ -10,7 +10,9 @@ use dashmap::DashMap;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
+use pyo3::{PyTraverseError, PyVisit};
 use std::borrow::Borrow;
+use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
@@ -261,6 +263,27 @@ impl Registry {
             dict.set_item(core.py_name(py)?, Metrics::of(py, &core)?)?;
         }
         Ok(dict)
+    }
+
+    /// Reports to the garbage collector the listeners and every configuration of the breakers in
+    /// this registry (each configuration once: breakers created with the defaults share them).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for listener in self.hub.listeners.load().iter() {
+            visit.call(listener)?;
+        }
+        self.defaults.traverse(&visit)?;
+        let mut seen: HashSet<*const Config> = HashSet::new();
+        seen.insert(Arc::as_ptr(&self.defaults));
+        // The collector runs with every other thread stopped at a safe point (or, with the GIL,
+        // not running), and no thread is ever stopped inside a map operation, so these read
+        // guards never wait.
+        for entry in self.breakers.iter() {
+            let config = entry.key().0.config.load();
+            if seen.insert(Arc::as_ptr(&config)) {
+                config.traverse(&visit)?;
+            }
+        }
+        Ok(())
     }
 
     fn __len__(&self) -> usize {
