@@ -227,6 +227,12 @@ impl Slots {
         }
     }
 
+    /// The current word, without a machine (no limits needed to read it).
+    #[inline]
+    pub fn machine_word(&self) -> Word {
+        Word(self.word.load(Ordering::Acquire))
+    }
+
     pub fn machine<'a>(&'a self, limits: &'a Limits) -> Machine<'a> {
         Machine::new(&self.word, &self.probe_stamp, limits)
     }

@@ -7,20 +7,26 @@ use pyo3::exceptions::{PyBaseException, PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
+use std::mem::ManuallyDrop;
 
 use crate::engine::{Limits, Outcome, MAX_DURATION_MS, MAX_FAILURE_THRESHOLD, MAX_PROBE_COUNT};
 
-/// Everything a breaker needs to run and classify a call. Immutable; `configure` swaps in a new one.
-pub struct Config {
-    pub limits: Limits,
-    pub reset_timeout: f64,
-    pub probe_timeout: Option<f64>,
+pub struct PolicyObjects {
     /// Result predicate; `None` means every returned value is a success.
     pub success: Option<Py<PyAny>>,
     /// Exception type or tuple of types counted as failures.
     pub failure_on: Py<PyAny>,
     /// Exception types ignored even when they match `failure_on`; `None` when there are none.
     pub ignore: Option<Py<PyAny>>,
+}
+
+/// Everything a breaker needs to run and classify a call. Immutable; `configure` swaps in a new one.
+pub struct Config {
+    pub limits: Limits,
+    pub reset_timeout: f64,
+    pub probe_timeout: Option<f64>,
+    /// The Python objects; released by `Drop` below.
+    pub objects: ManuallyDrop<PolicyObjects>,
     /// `failure_on=Exception` and no `ignore`: classification is one type check.
     default_exceptions: bool,
 }
@@ -32,18 +38,20 @@ impl Config {
             limits,
             reset_timeout: limits.reset_timeout_ms as f64 / 1000.0,
             probe_timeout: None,
-            success: None,
-            failure_on: py.get_type::<PyException>().into_any().unbind(),
-            ignore: None,
+            objects: ManuallyDrop::new(PolicyObjects {
+                success: None,
+                failure_on: py.get_type::<PyException>().into_any().unbind(),
+                ignore: None,
+            }),
             default_exceptions: true,
         }
     }
 
     /// Reports the Python objects this configuration holds to the garbage collector.
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.success)?;
-        visit.call(&self.failure_on)?;
-        visit.call(&self.ignore)
+        visit.call(&self.objects.success)?;
+        visit.call(&self.objects.failure_on)?;
+        visit.call(&self.objects.ignore)
     }
 
     /// Classifies an exception raised by the guarded function. A `BaseException` that is not an
@@ -56,12 +64,15 @@ impl Config {
             return Outcome::Failure;
         }
         let value = err.value(py);
-        if let Some(ignore) = &self.ignore {
+        if let Some(ignore) = &self.objects.ignore {
             if value.is_instance(ignore.bind(py)).unwrap_or(false) {
                 return Outcome::Ignored;
             }
         }
-        if value.is_instance(self.failure_on.bind(py)).unwrap_or(false) {
+        if value
+            .is_instance(self.objects.failure_on.bind(py))
+            .unwrap_or(false)
+        {
             Outcome::Failure
         } else {
             Outcome::Ignored
@@ -71,7 +82,7 @@ impl Config {
     /// Classifies a returned value with the `success` predicate. If the predicate raises, the call
     /// is a failure and the predicate's exception is handed back to propagate.
     pub fn classify_result(&self, result: &Bound<'_, PyAny>) -> (Outcome, Option<PyErr>) {
-        let Some(predicate) = &self.success else {
+        let Some(predicate) = &self.objects.success else {
             return (Outcome::Success, None);
         };
         match predicate
@@ -105,16 +116,16 @@ impl Config {
         let clone = |o: &Option<Py<PyAny>>| o.as_ref().map(|p| p.clone_ref(py));
         let success = match &patch.success {
             Some(new) => clone(new),
-            None => clone(&self.success),
+            None => clone(&self.objects.success),
         };
         let failure_on = patch
             .failure_on
             .as_ref()
-            .unwrap_or(&self.failure_on)
+            .unwrap_or(&self.objects.failure_on)
             .clone_ref(py);
         let ignore = match &patch.ignore {
             Some(new) => clone(new),
-            None => clone(&self.ignore),
+            None => clone(&self.objects.ignore),
         };
         let default_exceptions = ignore.is_none()
             && failure_on
@@ -124,11 +135,26 @@ impl Config {
             limits,
             reset_timeout,
             probe_timeout,
-            success,
-            failure_on,
-            ignore,
+            objects: ManuallyDrop::new(PolicyObjects {
+                success,
+                failure_on,
+                ignore,
+            }),
             default_exceptions,
         }
+    }
+}
+
+impl Drop for Config {
+    /// Releases the Python objects at once. A configuration can be dropped inside the fast entry
+    /// points, where PyO3 does not count the thread as attached and would queue the release;
+    /// `try_attach` makes PyO3 count it (and does nothing at interpreter shutdown, where the
+    /// objects are queued as before).
+    fn drop(&mut self) {
+        // SAFETY: taken exactly once, here; the field is not used again.
+        let mut objects = Some(unsafe { ManuallyDrop::take(&mut self.objects) });
+        Python::try_attach(|_| drop(objects.take()));
+        drop(objects);
     }
 }
 

@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3::{PyTraverseError, PyVisit};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::clock::Clock;
@@ -30,6 +30,9 @@ pub struct BreakerCore {
     pub counters: Counters,
     pub times_opened: AtomicU64,
     pub config: ArcSwap<Config>,
+    /// Whether the configuration has a `success` predicate: lets the closed fast path skip loading
+    /// the configuration at all. Written after the configuration it describes.
+    has_predicate: AtomicBool,
     pub hub: Arc<Hub>,
 }
 
@@ -40,6 +43,7 @@ impl BreakerCore {
             slots: Slots::new(),
             counters: Counters::new(),
             times_opened: AtomicU64::new(0),
+            has_predicate: AtomicBool::new(config.objects.success.is_some()),
             config: ArcSwap::new(config),
             hub,
         }
@@ -76,6 +80,14 @@ impl BreakerCore {
             config.traverse(visit)?;
         }
         Ok(())
+    }
+
+    /// Atomically applies `patch` to the configuration (`Registry.configure`).
+    pub fn reconfigure(&self, py: Python<'_>, patch: &super::config::Patch) {
+        let previous = self.config.rcu(|current| Config::with(current, py, patch));
+        drop(previous);
+        let has_predicate = self.config.load().objects.success.is_some();
+        self.has_predicate.store(has_predicate, Ordering::Release);
     }
 
     pub fn py_name<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -127,6 +139,16 @@ impl BreakerCore {
             Outcome::Failure => Counter::Failures,
             Outcome::Ignored => Counter::Ignored,
         });
+        self.record_counted(config, ticket, outcome)
+    }
+
+    /// `record` for an outcome already counted in the metrics.
+    fn record_counted(
+        &self,
+        config: &Config,
+        ticket: Ticket,
+        outcome: Outcome,
+    ) -> Option<Transition> {
         let clock = &self.hub.clock;
         let transition = self
             .slots
@@ -225,6 +247,35 @@ pub fn guarded<'py>(
     py: Python<'py>,
     invoke: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    // Fast path: a closed breaker without a result predicate needs no configuration to admit a
+    // call or to record its success. One atomic load, the call, one more load: no shared write.
+    let word = core.slots.machine_word();
+    if word.mode() == Mode::Closed && !core.has_predicate.load(Ordering::Acquire) {
+        let ticket = Ticket {
+            generation: word.generation(),
+            probe: false,
+        };
+        return match invoke() {
+            Ok(value) => {
+                core.counters.add(Counter::Successes);
+                let now = core.slots.machine_word();
+                if now != word || word.failures() != 0 {
+                    // Something changed meanwhile, or there are failures to clear.
+                    let config = core.config.load();
+                    let transition = core.record_counted(&config, ticket, Outcome::Success);
+                    if transition.is_some() {
+                        core.announce(py, transition);
+                    }
+                }
+                Ok(value)
+            }
+            Err(err) => {
+                let config = core.config.load();
+                core.finish(py, &config, ticket, config.classify_error(py, &err));
+                Err(err)
+            }
+        };
+    }
     let config = core.config.load();
     let ticket = core.admit(py, &config)?;
     match invoke() {

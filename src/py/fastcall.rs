@@ -8,8 +8,15 @@
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
+use pyo3::panic::PanicException;
 use pyo3::prelude::*;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::null_mut;
+// Arguments are `Borrowed`, not `Bound`: taking a new reference to the shared breaker and
+// function objects on every call would make threads contend on their reference counts
+// (free-threaded CPython), which is all the read-only fast path is there to avoid.
 use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::Borrowed;
 use std::ffi::{c_int, CStr};
 use std::os::raw::c_char;
 
@@ -17,16 +24,36 @@ use super::core::guarded;
 use super::handle::{not_callable, Breaker, Guarded};
 use super::registry::Registry;
 
-/// The C entry points go through PyO3's own trampoline (pinned PyO3, hidden but public API): it
-/// tells PyO3 the thread is attached, so Python references dropped inside are released at once
-/// rather than queued, and turns a Rust panic into `PanicException` instead of unwinding into C.
-type FastcallBody = for<'py> unsafe fn(
-    Python<'py>,
-    *mut ffi::PyObject,
-    *const *mut ffi::PyObject,
-    ffi::Py_ssize_t,
-    *mut ffi::PyObject,
-) -> PyResult<*mut ffi::PyObject>;
+/// Runs `body` as the body of a C entry point: errors are restored as the current exception, and a
+/// Rust panic becomes `PanicException` instead of unwinding into C.
+///
+/// Lighter than PyO3's own trampoline, which also counts the thread as attached in thread-local
+/// storage on every call. That count only matters for unbound `Py<T>` references dropped inside
+/// (PyO3 queues their release when it does not know the thread is attached). The hot path drops
+/// none; the paths that can (options given to `Registry.call`, a configuration replaced while a
+/// call was running) attach explicitly: see `Registry::call` and `Config`'s `Drop`.
+fn entry_point(
+    body: impl for<'py> FnOnce(Python<'py>) -> PyResult<*mut ffi::PyObject>,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls these entry points with the calling thread attached.
+    let py = unsafe { Python::assume_attached() };
+    match catch_unwind(AssertUnwindSafe(|| body(py))) {
+        Ok(Ok(value)) => value,
+        Ok(Err(err)) => {
+            err.restore(py);
+            null_mut()
+        }
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "panic in panelboard".to_owned());
+            PanicException::new_err((message,)).restore(py);
+            null_mut()
+        }
+    }
+}
 
 /// `PyObject_Vectorcall(func, args, nargsf, kwnames)` as a `PyResult`.
 ///
@@ -53,14 +80,14 @@ unsafe fn breaker_call(
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<*mut ffi::PyObject> {
     {
-        let slf = Bound::from_borrowed_ptr(py, slf);
+        let slf = Borrowed::from_ptr(py, slf);
         let breaker = slf.cast::<Breaker>()?;
         if nargs < 1 {
             return Err(PyTypeError::new_err(
                 "Breaker.call() missing required argument 'fn'",
             ));
         }
-        let func = Bound::from_borrowed_ptr(py, *args);
+        let func = Borrowed::from_ptr(py, *args);
         if !func.is_callable() {
             return Err(not_callable("fn", &func));
         }
@@ -82,7 +109,7 @@ unsafe fn registry_call(
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<*mut ffi::PyObject> {
     {
-        let slf = Bound::from_borrowed_ptr(py, slf);
+        let slf = Borrowed::from_ptr(py, slf);
         let registry = slf.cast::<Registry>()?;
         if nargs > 2 {
             return Err(PyTypeError::new_err(format!(
@@ -90,14 +117,13 @@ unsafe fn registry_call(
             )));
         }
         let positional =
-            |i: ffi::Py_ssize_t| (i < nargs).then(|| Bound::from_borrowed_ptr(py, *args.offset(i)));
+            |i: ffi::Py_ssize_t| (i < nargs).then(|| Borrowed::from_ptr(py, *args.offset(i)));
         let (mut name, mut func) = (positional(0), positional(1));
         let mut options = None;
         if !kwnames.is_null() {
-            let names = Bound::from_borrowed_ptr(py, kwnames).cast_into::<PyTuple>()?;
+            let names = Borrowed::from_ptr(py, kwnames).cast::<PyTuple>()?;
             for (i, key) in names.iter().enumerate() {
-                let value =
-                    Bound::from_borrowed_ptr(py, *args.offset(nargs + i as ffi::Py_ssize_t));
+                let value = Borrowed::from_ptr(py, *args.offset(nargs + i as ffi::Py_ssize_t));
                 let slot = match key.cast::<PyString>()?.to_str().ok() {
                     Some("name") => &mut name,
                     Some("fn") => &mut func,
@@ -127,7 +153,7 @@ unsafe fn registry_call(
     }
 }
 
-/// Calling a decorated function (`nargsf` travels as the trampoline's `Py_ssize_t` argument and is
+/// Calling a decorated function (`nargsf` travels as the entry point's `Py_ssize_t` argument and is
 /// handed on unchanged, `PY_VECTORCALL_ARGUMENTS_OFFSET` flag included).
 unsafe fn guarded_call(
     py: Python<'_>,
@@ -136,8 +162,9 @@ unsafe fn guarded_call(
     nargsf: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<*mut ffi::PyObject> {
-    let callable = Bound::from_borrowed_ptr(py, callable);
-    let guarded_fn = callable.cast::<Guarded>()?.get();
+    let callable = Borrowed::from_ptr(py, callable);
+    let guarded_fn = callable.cast::<Guarded>()?;
+    let guarded_fn = guarded_fn.get();
     let func = guarded_fn.func.bind(py);
     guarded(&guarded_fn.core, py, || {
         vectorcall(func, args, nargsf as usize, kwnames)
@@ -145,13 +172,23 @@ unsafe fn guarded_call(
     .map(Bound::into_ptr)
 }
 
-/// The `extern "C"` function for a body, instantiated through PyO3's trampoline.
+/// The `extern "C"` function for a body.
 macro_rules! entry_point {
-    ($body:expr) => {{
-        const BODY: FastcallBody = $body;
-        pyo3::impl_::trampoline::get_trampoline_function!(fastcall_cfunction_with_keywords, BODY)
-    }};
+    ($name:ident, $body:ident) => {
+        unsafe extern "C" fn $name(
+            slf: *mut ffi::PyObject,
+            args: *const *mut ffi::PyObject,
+            nargs: ffi::Py_ssize_t,
+            kwnames: *mut ffi::PyObject,
+        ) -> *mut ffi::PyObject {
+            entry_point(|py| unsafe { $body(py, slf, args, nargs, kwnames) })
+        }
+    };
 }
+
+entry_point!(breaker_call_entry, breaker_call);
+entry_point!(registry_call_entry, registry_call);
+entry_point!(guarded_call_entry, guarded_call);
 
 unsafe extern "C" fn guarded_vectorcall(
     callable: *mut ffi::PyObject,
@@ -159,7 +196,7 @@ unsafe extern "C" fn guarded_vectorcall(
     nargsf: usize,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    entry_point!(guarded_call)(callable, args, nargsf as ffi::Py_ssize_t, kwnames)
+    guarded_call_entry(callable, args, nargsf as ffi::Py_ssize_t, kwnames)
 }
 
 /// The per-instance vectorcall pointer CPython finds through the type's `tp_vectorcall_offset`.
@@ -213,13 +250,13 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
         &py.get_type::<Breaker>(),
         c"call",
         c"call($self, fn, /, *args, **kwargs)\n--\n\nCalls fn(*args, **kwargs) through the breaker.",
-        entry_point!(breaker_call),
+        breaker_call_entry,
     )?;
     install_method(
         &py.get_type::<Registry>(),
         c"call",
         c"call($self, name, fn, **options)\n--\n\nCalls fn() through the breaker `name`, creating it with `options` if new.",
-        entry_point!(registry_call),
+        registry_call_entry,
     )?;
     install_guarded_vectorcall(py)
 }

@@ -151,7 +151,7 @@ impl Registry {
         let key = pyrefs::name_key(name)?;
         let patch = Patch::parse(options)?;
         if let Some(core) = self.find(&key) {
-            core.config.rcu(|current| Config::with(current, py, &patch));
+            core.reconfigure(py, &patch);
             return Ok(Breaker { core });
         }
         Ok(Breaker {
@@ -318,7 +318,11 @@ impl Registry {
                 Some(core) => core,
                 None => self.get_or_create(py, &key, &Patch::default()),
             },
-            Some(options) => self.get_or_create(py, &key, &Patch::parse(Some(options))?),
+            // The options' objects may be dropped here (they are ignored for an existing
+            // breaker): attach properly so PyO3 releases them at once, not at its next call.
+            Some(options) => Python::attach(|py| -> PyResult<_> {
+                Ok(self.get_or_create(py, &key, &Patch::parse(Some(options))?))
+            })?,
         };
         drop(key);
         guarded(&core, py, || func.call0())
