@@ -101,9 +101,8 @@ impl Breaker {
     fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Self>> {
         let py = slf.py();
         let permit = Bound::new(py, slf.get()._acquire(py)?)?;
-        let stack = pyrefs::permit_stack(py)?;
-        let below = stack.call_method1("get", (py.None(),))?;
-        stack.call_method1("set", ((permit, below),))?;
+        let below = pyrefs::permit_stack_get(py)?;
+        pyrefs::permit_stack_set(py, PyTuple::new(py, [permit.into_any(), below])?.as_any())?;
         Ok(slf.clone())
     }
 
@@ -164,9 +163,8 @@ impl Breaker {
 impl Breaker {
     /// Takes this breaker's innermost permit off the `with` stack of the current thread or task.
     fn pop_permit<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, Permit>> {
-        let stack = pyrefs::permit_stack(py)?;
         let mut skipped = Vec::new();
-        let mut node = stack.call_method1("get", (py.None(),))?;
+        let mut node = pyrefs::permit_stack_get(py)?;
         while !node.is_none() {
             let (permit, below): (Bound<'py, Permit>, Bound<'py, PyAny>) = node.extract()?;
             if Arc::ptr_eq(&permit.get().core, &self.core) {
@@ -174,7 +172,7 @@ impl Breaker {
                 for other in skipped.into_iter().rev() {
                     rebuilt = PyTuple::new(py, [other, rebuilt])?.into_any();
                 }
-                stack.call_method1("set", (rebuilt,))?;
+                pyrefs::permit_stack_set(py, &rebuilt)?;
                 return Ok(permit);
             }
             skipped.push(permit.into_any());

@@ -60,6 +60,33 @@ pub fn permit_stack(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     .map(|v| v.bind(py))
 }
 
+/// The current thread's or task's permit stack (`None` when empty).
+pub fn permit_stack_get(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    let var = permit_stack(py)?;
+    let mut value: *mut pyo3::ffi::PyObject = std::ptr::null_mut();
+    // SAFETY: `var` is a ContextVar; on success `value` is a new reference (or NULL: no value).
+    let status =
+        unsafe { pyo3::ffi::PyContextVar_Get(var.as_ptr(), py.None().as_ptr(), &mut value) };
+    if status < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: with a default given, `value` is a new, non-NULL reference.
+    Ok(unsafe { Bound::from_owned_ptr(py, value) })
+}
+
+/// Replaces the current thread's or task's permit stack.
+pub fn permit_stack_set(py: Python<'_>, stack: &Bound<'_, PyAny>) -> PyResult<()> {
+    let var = permit_stack(py)?;
+    // SAFETY: `var` is a ContextVar; the returned token is a new reference we drop at once.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyContextVar_Set(var.as_ptr(), stack.as_ptr()),
+        )?;
+    }
+    Ok(())
+}
+
 /// A function of `panelboard._aio` (the coroutine helpers live in Python: an `async def` frame is
 /// what asyncio needs anyway).
 pub fn aio<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
