@@ -807,13 +807,6 @@ def test_sys_exit_inside_fn_is_ignored_and_exits_with_its_code():
     assert proc.stdout == "atexit ok\n", proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a daemon thread inside a guarded call whose fn is running Python code (here: a "
-    "blocking wait with a timeout, like socket I/O) when the interpreter exits is terminated by "
-    "CPython with pthread_exit; the forced unwind crosses panelboard's Rust frames and the process "
-    "aborts (SIGABRT, rc 134) instead of exiting 0",
-)
 def test_exit_with_daemon_threads_mid_call_does_not_abort():
     run_script(
         """

@@ -5,9 +5,11 @@
 //! listeners are called from a snapshot of the listener list.
 
 use arc_swap::ArcSwap;
+use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3::{PyTraverseError, PyVisit};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -15,7 +17,7 @@ use super::clock::Clock;
 use super::config::Config;
 use super::errors::CircuitOpenError;
 use super::pyrefs;
-use crate::engine::{Admission, Mode, Outcome, Slots, Ticket, Transition};
+use crate::engine::{Admission, Mode, Outcome, Slots, Ticket, Transition, Word};
 use crate::metrics::{Counter, Counters};
 
 /// What the breakers of one registry share: its clock and its state-change listeners.
@@ -239,57 +241,90 @@ fn log_error(py: Python<'_>, message: &str, subject: Option<&Bound<'_, PyAny>>, 
     }
 }
 
+/// Runs `f` with Rust panics turned into `PanicException`.
+pub fn shield<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "panic in panelboard".to_owned());
+        Err(PanicException::new_err((message,)))
+    })
+}
+
+/// How a call was admitted: on the fast path (closed, no result predicate: no configuration
+/// needed) or with the configuration it was admitted under.
+enum Admitted {
+    Fast(Word),
+    Configured(arc_swap::Guard<Arc<Config>>, Ticket),
+}
+
 /// The guarded call, entirely in Rust: admit, run `invoke` (which calls the user's function),
 /// classify, record. `invoke` runs with no lock held.
+///
+/// Admission and recording run under `shield` (a Rust panic becomes `PanicException`), but the
+/// user's function does not: when the interpreter shuts down, CPython ends a daemon thread that
+/// wakes up inside it with `pthread_exit`, a forced unwind that must pass through this frame
+/// (the C entry points are `extern "C-unwind"`); a `catch_unwind` around it would stop that unwind
+/// and glibc would abort the process.
 #[inline]
 pub fn guarded<'py>(
     core: &BreakerCore,
     py: Python<'py>,
     invoke: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    // Fast path: a closed breaker without a result predicate needs no configuration to admit a
-    // call or to record its success. One atomic load, the call, one more load: no shared write.
-    let word = core.slots.machine_word();
-    if word.mode() == Mode::Closed && !core.has_predicate.load(Ordering::Acquire) {
-        let ticket = Ticket {
-            generation: word.generation(),
-            probe: false,
-        };
-        return match invoke() {
-            Ok(value) => {
-                core.counters.add(Counter::Successes);
-                let now = core.slots.machine_word();
-                if now != word || word.failures() != 0 {
-                    // Something changed meanwhile, or there are failures to clear.
-                    let config = core.config.load();
-                    let transition = core.record_counted(&config, ticket, Outcome::Success);
-                    if transition.is_some() {
-                        core.announce(py, transition);
+    let admitted = shield(|| {
+        // Fast path: a closed breaker without a result predicate needs no configuration to admit
+        // a call or to record its success: one atomic load now, one after the call, no write.
+        let word = core.slots.machine_word();
+        if word.mode() == Mode::Closed && !core.has_predicate.load(Ordering::Acquire) {
+            return Ok(Admitted::Fast(word));
+        }
+        let config = core.config.load();
+        let ticket = core.admit(py, &config)?;
+        Ok(Admitted::Configured(config, ticket))
+    })?;
+    let result = invoke();
+    shield(move || match admitted {
+        Admitted::Fast(word) => {
+            let ticket = Ticket {
+                generation: word.generation(),
+                probe: false,
+            };
+            match result {
+                Ok(value) => {
+                    core.counters.add(Counter::Successes);
+                    if core.slots.machine_word() != word || word.failures() != 0 {
+                        // Something changed meanwhile, or there are failures to clear.
+                        let config = core.config.load();
+                        let transition = core.record_counted(&config, ticket, Outcome::Success);
+                        if transition.is_some() {
+                            core.announce(py, transition);
+                        }
                     }
+                    Ok(value)
                 }
-                Ok(value)
+                Err(err) => {
+                    let config = core.config.load();
+                    core.finish(py, &config, ticket, config.classify_error(py, &err));
+                    Err(err)
+                }
+            }
+        }
+        Admitted::Configured(config, ticket) => match result {
+            Ok(value) => {
+                let (outcome, predicate_error) = config.classify_result(&value);
+                core.finish(py, &config, ticket, outcome);
+                match predicate_error {
+                    None => Ok(value),
+                    Some(err) => Err(err),
+                }
             }
             Err(err) => {
-                let config = core.config.load();
                 core.finish(py, &config, ticket, config.classify_error(py, &err));
                 Err(err)
             }
-        };
-    }
-    let config = core.config.load();
-    let ticket = core.admit(py, &config)?;
-    match invoke() {
-        Ok(value) => {
-            let (outcome, predicate_error) = config.classify_result(&value);
-            core.finish(py, &config, ticket, outcome);
-            match predicate_error {
-                None => Ok(value),
-                Some(err) => Err(err),
-            }
-        }
-        Err(err) => {
-            core.finish(py, &config, ticket, config.classify_error(py, &err));
-            Err(err)
-        }
-    }
+        },
+    })
 }

@@ -8,9 +8,7 @@
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
-use pyo3::panic::PanicException;
 use pyo3::prelude::*;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::null_mut;
 // Arguments are `Borrowed`, not `Bound`: taking a new reference to the shared breaker and
 // function objects on every call would make threads contend on their reference counts
@@ -20,46 +18,53 @@ use pyo3::Borrowed;
 use std::ffi::{c_int, CStr};
 use std::os::raw::c_char;
 
-use super::core::guarded;
+use super::core::{guarded, shield};
 use super::handle::{not_callable, Breaker, Guarded};
 use super::registry::Registry;
 
-/// Runs `body` as the body of a C entry point: errors are restored as the current exception, and a
-/// Rust panic becomes `PanicException` instead of unwinding into C.
+/// Runs `body` as the body of a C entry point: an error is restored as the current exception.
 ///
-/// Lighter than PyO3's own trampoline, which also counts the thread as attached in thread-local
-/// storage on every call. That count only matters for unbound `Py<T>` references dropped inside
-/// (PyO3 queues their release when it does not know the thread is attached). The hot path drops
-/// none; the paths that can (options given to `Registry.call`, a configuration replaced while a
-/// call was running) attach explicitly: see `Registry::call` and `Config`'s `Drop`.
+/// There is no `catch_unwind` here on purpose: the user's function runs inside `body`, and a
+/// forced unwind (`pthread_exit` of a daemon thread at interpreter shutdown) must pass through.
+/// Rust panics are caught by `shield` around everything else the bodies do, so none unwinds into C.
+///
+/// This is lighter than PyO3's own trampoline, which also counts the thread as attached in
+/// thread-local storage on every call. That count only matters for unbound `Py<T>` references
+/// dropped inside (PyO3 queues their release when it does not know the thread is attached). The
+/// hot path drops none; the paths that can (options given to `Registry.call`, a configuration
+/// replaced while a call was running) attach explicitly: see `Registry::call` and `Config`'s `Drop`.
 fn entry_point(
     body: impl for<'py> FnOnce(Python<'py>) -> PyResult<*mut ffi::PyObject>,
 ) -> *mut ffi::PyObject {
     // SAFETY: CPython calls these entry points with the calling thread attached.
     let py = unsafe { Python::assume_attached() };
-    match catch_unwind(AssertUnwindSafe(|| body(py))) {
-        Ok(Ok(value)) => value,
-        Ok(Err(err)) => {
+    match body(py) {
+        Ok(value) => value,
+        Err(err) => {
             err.restore(py);
             null_mut()
         }
-        Err(payload) => {
-            let message = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "panic in panelboard".to_owned());
-            PanicException::new_err((message,)).restore(py);
-            null_mut()
-        }
     }
+}
+
+// CPython's `PyObject_Vectorcall`, declared "C-unwind": pyo3-ffi declares it `extern "C"`, which
+// tells Rust the call cannot unwind, so a forced unwind coming out of it (see `entry_point`) would
+// find no unwind entry for this frame and abort the process.
+extern "C-unwind" {
+    #[link_name = "PyObject_Vectorcall"]
+    fn PyObject_Vectorcall_unwinding(
+        callable: *mut ffi::PyObject,
+        args: *const *mut ffi::PyObject,
+        nargsf: usize,
+        kwnames: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject;
 }
 
 /// `PyObject_Vectorcall(func, args, nargsf, kwnames)` as a `PyResult`.
 ///
 /// SAFETY: `args` holds `PyVectorcall_NARGS(nargsf)` positional arguments followed by one value per
 /// name in `kwnames`, as CPython hands them to the entry point.
-unsafe fn vectorcall<'py>(
+pub(crate) unsafe fn vectorcall<'py>(
     func: &Bound<'py, PyAny>,
     args: *const *mut ffi::PyObject,
     nargsf: usize,
@@ -67,7 +72,7 @@ unsafe fn vectorcall<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     Bound::from_owned_ptr_or_err(
         func.py(),
-        ffi::PyObject_Vectorcall(func.as_ptr(), args, nargsf, kwnames),
+        PyObject_Vectorcall_unwinding(func.as_ptr(), args, nargsf, kwnames),
     )
 }
 
@@ -81,16 +86,20 @@ unsafe fn breaker_call(
 ) -> PyResult<*mut ffi::PyObject> {
     {
         let slf = Borrowed::from_ptr(py, slf);
-        let breaker = slf.cast::<Breaker>()?;
+        let breaker = shield(|| Ok(slf.cast::<Breaker>()?))?;
         if nargs < 1 {
             return Err(PyTypeError::new_err(
                 "Breaker.call() missing required argument 'fn'",
             ));
         }
         let func = Borrowed::from_ptr(py, *args);
-        if !func.is_callable() {
-            return Err(not_callable("fn", &func));
-        }
+        shield(|| {
+            if func.is_callable() {
+                Ok(())
+            } else {
+                Err(not_callable("fn", &func))
+            }
+        })?;
         let rest = (nargs - 1) as usize;
         guarded(&breaker.get().core, py, || {
             vectorcall(&func, args.add(1), rest, kwnames)
@@ -108,8 +117,8 @@ unsafe fn registry_call(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<*mut ffi::PyObject> {
-    {
-        let slf = Borrowed::from_ptr(py, slf);
+    let slf = Borrowed::from_ptr(py, slf);
+    let (registry, name, func, options) = shield(|| {
         let registry = slf.cast::<Registry>()?;
         if nargs > 2 {
             return Err(PyTypeError::new_err(format!(
@@ -146,11 +155,12 @@ unsafe fn registry_call(
                 "Registry.call() missing required argument 'name' or 'fn'",
             ));
         };
-        registry
-            .get()
-            .call(&name, &func, options.as_ref())
-            .map(Bound::into_ptr)
-    }
+        Ok((registry, name, func, options))
+    })?;
+    registry
+        .get()
+        .call(&name, &func, options.as_ref())
+        .map(Bound::into_ptr)
 }
 
 /// Calling a decorated function (`nargsf` travels as the entry point's `Py_ssize_t` argument and is
@@ -163,7 +173,7 @@ unsafe fn guarded_call(
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<*mut ffi::PyObject> {
     let callable = Borrowed::from_ptr(py, callable);
-    let guarded_fn = callable.cast::<Guarded>()?;
+    let guarded_fn = shield(|| Ok(callable.cast::<Guarded>()?))?;
     let guarded_fn = guarded_fn.get();
     let func = guarded_fn.func.bind(py);
     guarded(&guarded_fn.core, py, || {
@@ -173,9 +183,11 @@ unsafe fn guarded_call(
 }
 
 /// The `extern "C"` function for a body.
+/// `extern "C-unwind"` so that a forced unwind may pass (see `entry_point`); pyo3-ffi types the
+/// callbacks `extern "C"`, which has the same calling convention (see `as_c_fastcall`).
 macro_rules! entry_point {
     ($name:ident, $body:ident) => {
-        unsafe extern "C" fn $name(
+        unsafe extern "C-unwind" fn $name(
             slf: *mut ffi::PyObject,
             args: *const *mut ffi::PyObject,
             nargs: ffi::Py_ssize_t,
@@ -190,7 +202,7 @@ entry_point!(breaker_call_entry, breaker_call);
 entry_point!(registry_call_entry, registry_call);
 entry_point!(guarded_call_entry, guarded_call);
 
-unsafe extern "C" fn guarded_vectorcall(
+unsafe extern "C-unwind" fn guarded_vectorcall(
     callable: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargsf: usize,
@@ -203,8 +215,32 @@ unsafe extern "C" fn guarded_vectorcall(
 #[repr(transparent)]
 pub struct VectorcallSlot(#[allow(dead_code)] ffi::vectorcallfunc);
 
+type FastcallEntry = unsafe extern "C-unwind" fn(
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    ffi::Py_ssize_t,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+
+type VectorcallEntry = unsafe extern "C-unwind" fn(
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    usize,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+
+/// The entry point as the `extern "C"` pointer type CPython's method table holds. "C-unwind" has
+/// the same calling convention; it differs only in what an unwind does, which the callee decides.
+fn as_c_fastcall(entry: FastcallEntry) -> ffi::PyCFunctionFastWithKeywords {
+    // SAFETY: identical signatures and calling convention (see above).
+    unsafe { std::mem::transmute::<FastcallEntry, ffi::PyCFunctionFastWithKeywords>(entry) }
+}
+
 impl VectorcallSlot {
-    pub const GUARDED: VectorcallSlot = VectorcallSlot(guarded_vectorcall);
+    // SAFETY: as in `as_c_fastcall`.
+    pub const GUARDED: VectorcallSlot = VectorcallSlot(unsafe {
+        std::mem::transmute::<VectorcallEntry, ffi::vectorcallfunc>(guarded_vectorcall)
+    });
 }
 
 fn method_def(
@@ -250,13 +286,13 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
         &py.get_type::<Breaker>(),
         c"call",
         c"call($self, fn, /, *args, **kwargs)\n--\n\nCalls fn(*args, **kwargs) through the breaker.",
-        breaker_call_entry,
+        as_c_fastcall(breaker_call_entry),
     )?;
     install_method(
         &py.get_type::<Registry>(),
         c"call",
         c"call($self, name, fn, **options)\n--\n\nCalls fn() through the breaker `name`, creating it with `options` if new.",
-        registry_call_entry,
+        as_c_fastcall(registry_call_entry),
     )?;
     install_guarded_vectorcall(py)
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use super::clock::{Clock, ManualClock};
 use super::config::{Config, Patch};
-use super::core::{guarded, BreakerCore, Hub};
+use super::core::{guarded, shield, BreakerCore, Hub};
 use super::handle::{not_callable, Breaker, Metrics};
 use super::pyrefs;
 use crate::engine::Mode;
@@ -309,23 +309,27 @@ impl Registry {
         options: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = name.py();
-        let key = pyrefs::name_key(name)?;
-        if !func.is_callable() {
-            return Err(not_callable("fn", func));
-        }
-        let core = match options {
-            None => match self.find(&key) {
-                Some(core) => core,
-                None => self.get_or_create(py, &key, &Patch::default()),
-            },
-            // The options' objects may be dropped here (they are ignored for an existing
-            // breaker): attach properly so PyO3 releases them at once, not at its next call.
-            Some(options) => Python::attach(|py| -> PyResult<_> {
-                Ok(self.get_or_create(py, &key, &Patch::parse(Some(options))?))
-            })?,
-        };
-        drop(key);
-        guarded(&core, py, || func.call0())
+        let core = shield(|| {
+            let key = pyrefs::name_key(name)?;
+            if !func.is_callable() {
+                return Err(not_callable("fn", func));
+            }
+            Ok(match options {
+                None => match self.find(&key) {
+                    Some(core) => core,
+                    None => self.get_or_create(py, &key, &Patch::default()),
+                },
+                // The options' objects may be dropped here (they are ignored for an existing
+                // breaker): attach properly so PyO3 releases them at once, not at its next call.
+                Some(options) => Python::attach(|py| -> PyResult<_> {
+                    Ok(self.get_or_create(py, &key, &Patch::parse(Some(options))?))
+                })?,
+            })
+        })?;
+        // SAFETY: no arguments.
+        guarded(&core, py, || unsafe {
+            super::fastcall::vectorcall(func, std::ptr::null(), 0, std::ptr::null_mut())
+        })
     }
 
     /// The breakers, cloned out of the map (whose guards are released before this returns).
