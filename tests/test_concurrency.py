@@ -15,6 +15,8 @@ import pytest
 import panelboard
 from panelboard import CircuitOpenError, State
 
+from threads import run_threads
+
 THREADS = 16
 TIMEOUT = 30.0
 
@@ -38,28 +40,6 @@ def frequent_switches():
     sys.setswitchinterval(1e-5)
     yield
     sys.setswitchinterval(old)
-
-
-def run_threads(target, n=THREADS, timeout=TIMEOUT):
-    """Runs target(i) on n threads; re-raises the first error; fails if any thread hangs."""
-    errors = []
-
-    def wrap(i):
-        try:
-            target(i)
-        except BaseException as err:  # noqa: BLE001 - reported below
-            errors.append(err)
-
-    threads = [threading.Thread(target=wrap, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + timeout
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    hung = sum(t.is_alive() for t in threads)
-    assert hung == 0, f"{hung} threads still running after {timeout}s (deadlock?)"
-    if errors:
-        raise errors[0]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ import pytest
 
 from panelboard import Registry, State
 
+from threads import run_threads
+
 
 class Boom(Exception):
     pass
@@ -39,25 +41,6 @@ def rec(registry) -> Recorder:
     recorder = Recorder()
     assert registry.on_state_change(recorder) is recorder
     return recorder
-
-
-def run_threads(target, n=16, timeout=30):
-    """Runs target(i) on n threads; fails on a hang or on any exception in a thread."""
-    errors = []
-
-    def guarded(i):
-        try:
-            target(i)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
-        assert not t.is_alive(), "deadlock or hang"
-    assert errors == []
 
 
 def test_every_transition_is_reported_once_in_order(registry, clock, rec):

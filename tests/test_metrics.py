@@ -11,6 +11,8 @@ import pytest
 import panelboard
 from panelboard import Metrics, Registry, State
 
+from threads import run_threads
+
 FIELDS = (
     "state",
     "consecutive_failures",
@@ -41,24 +43,6 @@ def raiser(exc):
 
 def as_dict(m: Metrics) -> dict:
     return {f: getattr(m, f) for f in FIELDS}
-
-
-def run_threads(target, n=16, timeout=60):
-    errors = []
-
-    def guarded(i):
-        try:
-            target(i)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
-        assert not t.is_alive(), "deadlock or hang"
-    assert errors == []
 
 
 def test_new_breaker_metrics_are_zero(registry):
