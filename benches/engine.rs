@@ -17,14 +17,22 @@ fn uncontended(c: &mut Criterion) {
     c.bench_function("closed admit+success", |b| {
         b.iter(|| admit_record(&slots, &limits, Outcome::Success))
     });
-    let always_failing = Limits { failure_threshold: u64::from(u32::MAX), ..Limits::default() };
+    let always_failing = Limits {
+        failure_threshold: u64::from(u32::MAX),
+        ..Limits::default()
+    };
     c.bench_function("closed admit+failure (CAS)", |b| {
         b.iter(|| admit_record(&slots, &always_failing, Outcome::Failure))
     });
     let open = Slots::new();
-    let trip = Limits { failure_threshold: 1, ..Limits::default() };
+    let trip = Limits {
+        failure_threshold: 1,
+        ..Limits::default()
+    };
     admit_record(&open, &trip, Outcome::Failure);
-    c.bench_function("open rejection", |b| b.iter(|| black_box(open.machine(&trip).admit(|| 1))));
+    c.bench_function("open rejection", |b| {
+        b.iter(|| black_box(open.machine(&trip).admit(|| 1)))
+    });
 }
 
 fn contended(c: &mut Criterion) {
@@ -42,12 +50,23 @@ fn contended(c: &mut Criterion) {
     c.bench_function("closed admit+success, 2 threads on one breaker", |b| {
         b.iter(|| admit_record(&slots, &limits, Outcome::Success))
     });
-    let alternating = Limits { failure_threshold: u64::from(u32::MAX), ..Limits::default() };
+    let alternating = Limits {
+        failure_threshold: u64::from(u32::MAX),
+        ..Limits::default()
+    };
     c.bench_function("admit+failure/success CAS, 2 threads on one breaker", |b| {
         let mut flip = false;
         b.iter(|| {
             flip = !flip;
-            admit_record(&slots, &alternating, if flip { Outcome::Failure } else { Outcome::Success })
+            admit_record(
+                &slots,
+                &alternating,
+                if flip {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                },
+            )
         })
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
