@@ -9,10 +9,12 @@ on a shared machine). Three ways for threads to reach the same breaker:
 - ``bound method per thread``: each thread binds ``call = registry.breaker(name).call`` once;
 - ``bound method and function per thread``: the same, calling a function defined in the thread.
 
-The last two differ only in whether the threads call one shared Python function. CPython 3.13t
-takes a new reference to a function called from C (``_PyEval_Vector`` increfs it), an atomic
-write to the shared function object: that, not the breaker, is what costs two threads sharing one
-module-level function. The breaker itself writes no shared memory on the success path.
+What the cases separate: the breaker's own success path writes no shared memory (per-thread
+handles on one breaker keep the CPU time per call flat in most runs), while a Python object shared
+by the threads is reference-counted atomically by CPython 3.13t: the shared handle (its refcount
+moves on every `b.call` lookup) and, to a lesser degree, a shared function called from C
+(`_PyEval_Vector` takes a new reference to it). On these 2-core VMs the run-to-run spread is
+large, so compare rows of one run, and run it more than once.
 
 Writes the table to ``benches/ft_scaling.md`` as well as printing it.
 
