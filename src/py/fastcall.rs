@@ -9,14 +9,14 @@
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use std::ptr::null_mut;
+use pyo3::types::{PyDict, PyString, PyTuple};
 // Arguments are `Borrowed`, not `Bound`: taking a new reference to the shared breaker and
 // function objects on every call would make threads contend on their reference counts
 // (free-threaded CPython), which is all the read-only fast path is there to avoid.
-use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::Borrowed;
 use std::ffi::{c_int, CStr};
 use std::os::raw::c_char;
+use std::ptr::null_mut;
 
 use super::core::{guarded, shield};
 use super::handle::{not_callable, Breaker, Guarded};
