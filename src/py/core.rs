@@ -141,16 +141,6 @@ impl BreakerCore {
             Outcome::Failure => Counter::Failures,
             Outcome::Ignored => Counter::Ignored,
         });
-        self.record_counted(config, ticket, outcome)
-    }
-
-    /// `record` for an outcome already counted in the metrics.
-    fn record_counted(
-        &self,
-        config: &Config,
-        ticket: Ticket,
-        outcome: Outcome,
-    ) -> Option<Transition> {
         let clock = &self.hub.clock;
         let transition = self
             .slots
@@ -286,45 +276,37 @@ pub fn guarded<'py>(
         Ok(Admitted::Configured(config, ticket))
     })?;
     let result = invoke();
-    shield(move || match admitted {
-        Admitted::Fast(word) => {
-            let ticket = Ticket {
-                generation: word.generation(),
-                probe: false,
-            };
-            match result {
-                Ok(value) => {
+    shield(move || {
+        let (config, ticket, fast) = match admitted {
+            Admitted::Fast(word) => {
+                if result.is_ok() && word.failures() == 0 && core.slots.machine_word() == word {
+                    // Healthy and unchanged: a success has nothing to record but its count.
                     core.counters.add(Counter::Successes);
-                    if core.slots.machine_word() != word || word.failures() != 0 {
-                        // Something changed meanwhile, or there are failures to clear.
-                        let config = core.config.load();
-                        let transition = core.record_counted(&config, ticket, Outcome::Success);
-                        if transition.is_some() {
-                            core.announce(py, transition);
-                        }
-                    }
-                    Ok(value)
+                    return result;
                 }
-                Err(err) => {
-                    let config = core.config.load();
-                    core.finish(py, &config, ticket, config.classify_error(py, &err));
-                    Err(err)
-                }
+                let ticket = Ticket {
+                    generation: word.generation(),
+                    probe: false,
+                };
+                (core.config.load(), ticket, true)
             }
-        }
-        Admitted::Configured(config, ticket) => match result {
+            Admitted::Configured(config, ticket) => (config, ticket, false),
+        };
+        match result {
             Ok(value) => {
-                let (outcome, predicate_error) = config.classify_result(&value);
+                // A call admitted on the fast path had no predicate to apply when it began.
+                let (outcome, predicate_error) = if fast {
+                    (Outcome::Success, None)
+                } else {
+                    config.classify_result(&value)
+                };
                 core.finish(py, &config, ticket, outcome);
-                match predicate_error {
-                    None => Ok(value),
-                    Some(err) => Err(err),
-                }
+                predicate_error.map_or(Ok(value), Err)
             }
             Err(err) => {
                 core.finish(py, &config, ticket, config.classify_error(py, &err));
                 Err(err)
             }
-        },
+        }
     })
 }
