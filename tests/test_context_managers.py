@@ -10,6 +10,8 @@ import pytest
 
 from panelboard import CircuitOpenError, State
 
+from threads import run_threads
+
 
 class Boom(Exception):
     pass
@@ -223,12 +225,7 @@ def test_blocks_from_16_threads_keep_their_own_permits(registry):
             errors.append(exc)
             barrier.abort()
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-        assert not t.is_alive()
+    run_threads(work, n=16, timeout=30)
     assert errors == []
     m = b.metrics()
     assert (m.calls, m.successes, m.failures) == (320, 160, 160)

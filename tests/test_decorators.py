@@ -14,6 +14,8 @@ import pytest
 
 from panelboard import Breaker, CircuitOpenError, State
 
+from threads import run_threads
+
 
 class Boom(Exception):
     pass
@@ -292,11 +294,6 @@ def test_decorated_function_from_16_threads(b):
         barrier.wait()
         results[i] = sum(add(i, j) for j in range(100))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-        assert not t.is_alive()
+    run_threads(work, n=16, timeout=30)
     assert results == [100 * i + sum(range(100)) for i in range(16)]
     assert b.metrics().successes == 1600

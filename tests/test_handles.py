@@ -14,6 +14,8 @@ import pytest
 import panelboard
 from panelboard import Breaker, CircuitOpenError, Registry, State
 
+from threads import run_threads
+
 
 class Boom(Exception):
     pass
@@ -272,11 +274,6 @@ def test_calls_through_one_handle_from_16_threads(registry):
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-        assert not t.is_alive()
+    run_threads(work, n=16, timeout=30)
     assert errors == []
     assert b.metrics().successes == 16 * per_thread

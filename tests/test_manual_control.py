@@ -13,6 +13,8 @@ import pytest
 import panelboard
 from panelboard import CircuitOpenError, State
 
+from threads import run_threads
+
 
 class Boom(Exception):
     pass
@@ -216,12 +218,7 @@ def test_manual_control_races_with_calls(registry):
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-        assert not t.is_alive()
+    run_threads(work, n=16, timeout=60)
     assert errors == []
     registry.force_open("m")
     assert b.try_acquire() is None

@@ -13,6 +13,8 @@ import pytest
 
 from panelboard import Permit, State
 
+from threads import run_threads
+
 OUTCOMES = ("success", "failure", "ignore")
 
 
@@ -280,12 +282,7 @@ def test_permits_never_leak_under_random_outcomes_from_16_threads(registry, cloc
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-        assert not t.is_alive()
+    run_threads(work, n=16, timeout=60)
     gc.collect()
     assert errors == []
     assert sum(granted) > 0 and sum(refused) > 0
@@ -331,12 +328,7 @@ def test_permits_never_leak_with_failures_and_reopening(registry, clock):
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-        assert not t.is_alive()
+    run_threads(work, n=16, timeout=60)
     gc.collect()
     assert errors == []
     m = b.metrics()
