@@ -745,11 +745,86 @@ def test_exit_with_daemon_threads_blocked_in_fn_predicate_and_listener():
         started.wait()
         inside.wait()
         # Every worker is inside its guarded user code, a few bytecodes before the C-level wait.
-        # No barrier can report "now blocked in C"; give them a moment to get there (a thread
-        # still running Python under a guarded call at exit is the open bug of the test below).
+        # No barrier can report "now blocked in C"; give them a moment to get there (threads still
+        # running Python at exit are the test below).
         time.sleep(0.2)
         registry.call("main", lambda: None)
         """
+    )
+
+
+def test_exit_while_daemon_threads_run_python_in_every_kind_of_callback():
+    # At exit, CPython 3.11-3.13 ends a daemon thread that wakes up in Python code with
+    # `pthread_exit`, a forced unwind through the native frames below that code. Each worker here
+    # is in a callback that keeps waking up (like a socket read with a timeout) when the main
+    # thread exits: a listener run from a method (regression: the unwind reached PyO3's
+    # `catch_unwind` and glibc aborted with "FATAL: exception not rethrown"), from a guarded call,
+    # from `with`, from `try_acquire`; a result predicate, sync and async; a decorated function.
+    run_script(
+        """
+        import asyncio, logging
+
+        def keep_waking(*args):
+            inside.wait()
+            while not never.wait(0.0005):
+                pass
+            return True
+
+        def on_change(name, old, new):
+            if name.startswith("e"):
+                raise RuntimeError("listener failed")  # logged: the filter below runs
+            if name.startswith("l") or new == panelboard.State.HALF_OPEN:
+                keep_waking()
+
+        # A filter runs in Logger.handle, outside the handler locks that logging.shutdown() takes.
+        logging.getLogger("panelboard").addFilter(keep_waking)
+        clock = panelboard.ManualClock()
+        timed = Registry(clock=clock)
+        for r in (registry, timed):
+            r.on_state_change(on_change)
+
+        def fail():
+            raise ValueError("down")
+
+        def work(i):
+            started.wait()
+            if i == 0:
+                registry.force_open(f"l{i}")  # a method's listener
+            elif i == 1:
+                try:
+                    registry.call(f"l{i}", fail, failure_threshold=1)  # a guarded call's listener
+                except ValueError:
+                    pass
+            elif i == 2:
+                try:
+                    with registry.breaker(f"l{i}", failure_threshold=1):  # __exit__'s listener
+                        fail()
+                except ValueError:
+                    pass
+            elif i == 3:
+                registry.call(f"p{i}", int, success=keep_waking)  # a result predicate
+            elif i == 4:
+                b = timed.breaker(f"t{i}", failure_threshold=1, reset_timeout=1.0)
+                try:
+                    b.call(fail)
+                except ValueError:
+                    pass
+                clock.advance(1.0)
+                b.try_acquire()  # sees open -> half-open first: its listener runs from here
+            elif i == 5:
+                b = registry.breaker(f"a{i}", success=keep_waking)
+                asyncio.run(b.acall(asyncio.sleep, 0))  # the predicate runs from the permit
+            elif i == 6:
+                registry.breaker(f"d{i}")(keep_waking)()  # a decorated function
+            else:
+                registry.force_open(f"e{i}")  # a listener's error, logged
+
+        for i in range(N):
+            threading.Thread(target=work, args=(i,), daemon=True).start()
+        started.wait()
+        inside.wait()  # every worker is in its callback, waking up every half millisecond
+        """,
+        runs=3,
     )
 
 

@@ -9,6 +9,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 use std::mem::ManuallyDrop;
 
+use super::upcall;
 use crate::engine::{Limits, Outcome, MAX_DURATION_MS, MAX_FAILURE_THRESHOLD, MAX_PROBE_COUNT};
 
 pub struct PolicyObjects {
@@ -85,11 +86,7 @@ impl Config {
         let Some(predicate) = &self.objects.success else {
             return (Outcome::Success, None);
         };
-        match predicate
-            .bind(result.py())
-            .call1((result,))
-            .and_then(|v| v.is_truthy())
-        {
+        match upcall::call(predicate.bind(result.py()), [result]).and_then(|v| upcall::truthy(&v)) {
             Ok(true) => (Outcome::Success, None),
             Ok(false) => (Outcome::Failure, None),
             Err(err) => (Outcome::Failure, Some(err)),

@@ -7,7 +7,7 @@
 use arc_swap::ArcSwap;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,6 +17,7 @@ use super::clock::Clock;
 use super::config::Config;
 use super::errors::CircuitOpenError;
 use super::pyrefs;
+use super::upcall;
 use crate::engine::{Admission, Mode, Outcome, Slots, Ticket, Transition, Word};
 use crate::metrics::{Counter, Counters};
 
@@ -192,18 +193,19 @@ impl BreakerCore {
             return;
         }
         let args = (|| -> PyResult<_> {
-            Ok((
+            Ok([
                 self.py_name(py)?,
                 pyrefs::state(py, transition.from)?,
                 pyrefs::state(py, transition.to)?,
-            ))
+            ])
         })();
         let args = match args {
             Ok(args) => args,
             Err(err) => return log_error(py, "could not build state-change event", None, err),
         };
         for listener in listeners.iter() {
-            if let Err(err) = listener.bind(py).call1(args.clone()) {
+            let [name, old, new] = &args;
+            if let Err(err) = upcall::call(listener.bind(py), [name, old, new]) {
                 log_error(
                     py,
                     "state-change listener %r failed",
@@ -219,11 +221,13 @@ fn log_error(py: Python<'_>, message: &str, subject: Option<&Bound<'_, PyAny>>, 
     let logged = (|| -> PyResult<()> {
         let kwargs = PyDict::new(py);
         kwargs.set_item("exc_info", err.value(py))?;
-        let logger = pyrefs::logger(py)?;
-        match subject {
-            Some(s) => logger.call_method("error", (message, s), Some(&kwargs))?,
-            None => logger.call_method("error", (message,), Some(&kwargs))?,
+        let error = pyrefs::refs(py)?.logger.bind(py).getattr("error")?;
+        let message = PyString::new(py, message).into_any();
+        let args = match subject {
+            Some(s) => PyTuple::new(py, [&message, s])?,
+            None => PyTuple::new(py, [&message])?,
         };
+        upcall::call_with(&error, &args, Some(&kwargs))?;
         Ok(())
     })();
     if let Err(e) = logged {
@@ -253,11 +257,9 @@ enum Admitted {
 /// The guarded call, entirely in Rust: admit, run `invoke` (which calls the user's function),
 /// classify, record. `invoke` runs with no lock held.
 ///
-/// Admission and recording run under `shield` (a Rust panic becomes `PanicException`), but the
-/// user's function does not: when the interpreter shuts down, CPython ends a daemon thread that
-/// wakes up inside it with `pthread_exit`, a forced unwind that must pass through this frame
-/// (the C entry points are `extern "C-unwind"`); a `catch_unwind` around it would stop that unwind
-/// and glibc would abort the process.
+/// Admission and recording run under `shield` (a Rust panic becomes `PanicException`); the user's
+/// function runs outside it and through `upcall`, which parks a thread that CPython ends there at
+/// shutdown instead of letting that unwind reach a `catch_unwind`.
 #[inline]
 pub fn guarded<'py>(
     core: &BreakerCore,

@@ -21,12 +21,13 @@ use std::ptr::null_mut;
 use super::core::{guarded, shield};
 use super::handle::{not_callable, Breaker, Guarded};
 use super::registry::Registry;
+use super::upcall::vectorcall;
 
 /// Runs `body` as the body of a C entry point: an error is restored as the current exception.
 ///
-/// There is no `catch_unwind` here on purpose: the user's function runs inside `body`, and a
-/// forced unwind (`pthread_exit` of a daemon thread at interpreter shutdown) must pass through.
-/// Rust panics are caught by `shield` around everything else the bodies do, so none unwinds into C.
+/// There is no `catch_unwind` here: Rust panics are caught by `shield` around everything the bodies
+/// do except calling the user's function, and that call goes through `upcall` (see there for what
+/// happens when CPython ends the thread inside it), so no unwind comes out of `body`.
 ///
 /// This is lighter than PyO3's own trampoline, which also counts the thread as attached in
 /// thread-local storage on every call. That count only matters for unbound `Py<T>` references
@@ -45,35 +46,6 @@ fn entry_point(
             null_mut()
         }
     }
-}
-
-// CPython's `PyObject_Vectorcall`, declared "C-unwind": pyo3-ffi declares it `extern "C"`, which
-// tells Rust the call cannot unwind, so a forced unwind coming out of it (see `entry_point`) would
-// find no unwind entry for this frame and abort the process.
-extern "C-unwind" {
-    #[link_name = "PyObject_Vectorcall"]
-    fn PyObject_Vectorcall_unwinding(
-        callable: *mut ffi::PyObject,
-        args: *const *mut ffi::PyObject,
-        nargsf: usize,
-        kwnames: *mut ffi::PyObject,
-    ) -> *mut ffi::PyObject;
-}
-
-/// `PyObject_Vectorcall(func, args, nargsf, kwnames)` as a `PyResult`.
-///
-/// SAFETY: `args` holds `PyVectorcall_NARGS(nargsf)` positional arguments followed by one value per
-/// name in `kwnames`, as CPython hands them to the entry point.
-pub(crate) unsafe fn vectorcall<'py>(
-    func: &Bound<'py, PyAny>,
-    args: *const *mut ffi::PyObject,
-    nargsf: usize,
-    kwnames: *mut ffi::PyObject,
-) -> PyResult<Bound<'py, PyAny>> {
-    Bound::from_owned_ptr_or_err(
-        func.py(),
-        PyObject_Vectorcall_unwinding(func.as_ptr(), args, nargsf, kwnames),
-    )
 }
 
 /// `Breaker.call(fn, /, *args, **kwargs)`.

@@ -2,7 +2,7 @@
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::core::{guarded, BreakerCore};
 use super::fastcall;
 use super::pyrefs;
+use super::upcall;
 use crate::engine::{Mode, Outcome, Ticket};
 
 /// A handle on one breaker. Calling through it does no name lookup; it keeps working on its own
@@ -50,7 +51,8 @@ impl Breaker {
             Some(k) => k.clone(),
             None => PyDict::new(py),
         };
-        pyrefs::aio(py, "acall")?.call1((slf, r#fn, args, kwargs))
+        let acall = pyrefs::refs(py)?.aio_acall.bind(py);
+        upcall::call(acall, [slf.as_any(), r#fn, args.as_any(), kwargs.as_any()])
     }
 
     /// Decorates a function (sync or async) so that every call goes through the breaker.
@@ -62,23 +64,20 @@ impl Breaker {
         if !func.is_callable() {
             return Err(not_callable("the decorated object", func));
         }
-        let inspect = py.import("inspect")?;
+        let refs = pyrefs::refs(py)?;
         let is_async = |f: &Bound<'py, PyAny>| -> PyResult<bool> {
-            inspect
-                .call_method1("iscoroutinefunction", (f,))?
-                .is_truthy()
+            upcall::truthy(&upcall::call(refs.iscoroutinefunction.bind(py), [f])?)
         };
         // An object whose `__call__` is `async def` is an async function too.
         let call_method = func.getattr("__call__")?;
         if is_async(func)? || is_async(&call_method)? {
-            return pyrefs::aio(py, "decorate")?.call1((slf, func));
+            return upcall::call(refs.aio_decorate.bind(py), [slf.as_any(), func]);
         }
         let guarded = Bound::new(
             py,
             Guarded::new(slf.get().core.clone(), func.clone().unbind()),
         )?;
-        py.import("functools")?
-            .call_method1("update_wrapper", (&guarded, func))?;
+        upcall::call(refs.update_wrapper.bind(py), [guarded.as_any(), func])?;
         Ok(guarded.into_any())
     }
 
@@ -126,7 +125,8 @@ impl Breaker {
 
     fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let entered = Self::__enter__(slf)?;
-        pyrefs::aio(slf.py(), "ready")?.call1((entered,))
+        let py = slf.py();
+        upcall::call(pyrefs::refs(py)?.aio_ready.bind(py), [entered.as_any()])
     }
 
     #[pyo3(signature = (exc_type, exc, traceback))]
@@ -138,7 +138,8 @@ impl Breaker {
         traceback: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let suppress = self.__exit__(py, exc_type, exc, traceback)?;
-        pyrefs::aio(py, "ready")?.call1((suppress,))
+        let suppress = PyBool::new(py, suppress).to_owned().into_any();
+        upcall::call(pyrefs::refs(py)?.aio_ready.bind(py), [&suppress])
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -226,7 +227,7 @@ impl Guarded {
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let func = self.func.bind(py);
-        guarded(&self.core, py, || func.call(args, kwargs))
+        guarded(&self.core, py, || upcall::call_with(func, args, kwargs))
     }
 
     /// Binds like a function, so decorated methods receive `self`.
@@ -238,10 +239,11 @@ impl Guarded {
         if instance.is_none() {
             return Ok(slf.clone().into_any());
         }
-        slf.py()
-            .import("types")?
-            .getattr("MethodType")?
-            .call1((slf, instance))
+        let py = slf.py();
+        upcall::call(
+            pyrefs::refs(py)?.method_type.bind(py),
+            [slf.as_any(), instance],
+        )
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

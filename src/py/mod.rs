@@ -8,6 +8,7 @@ mod fastcall;
 mod handle;
 mod pyrefs;
 mod registry;
+mod upcall;
 
 use pyo3::prelude::*;
 
@@ -22,5 +23,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<clock::ManualClock>()?;
     m.add_class::<errors::CircuitOpenError>()?;
     fastcall::install(m.py())?;
+    pyrefs::init(m.py())?;
     Ok(())
 }

@@ -1,26 +1,90 @@
 //! Python objects the bindings look up once: the `State` members, the `panelboard` logger, the
 //! context variable that carries `with breaker:` permits, and the asyncio helpers.
 
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyString};
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use crate::engine::Mode;
 
-fn member<'py>(py: Python<'py>, mode: Mode) -> PyResult<&'py Py<PyAny>> {
-    static STATES: PyOnceLock<[Py<PyAny>; 5]> = PyOnceLock::new();
-    let states = STATES.get_or_try_init(py, || -> PyResult<_> {
+/// The Python objects the bindings use, looked up when the module is imported.
+pub struct Refs {
+    /// `State` members, indexed by `state_index`.
+    states: [Py<PyAny>; 5],
+    pub logger: Py<PyAny>,
+    /// `contextvars.ContextVar` holding the stack of permits taken by `with`/`async with` blocks
+    /// in the current thread or task, as nested `(permit, rest)` tuples.
+    permit_stack: Py<PyAny>,
+    /// The coroutine helpers of `panelboard._aio` (an `async def` frame is what asyncio needs).
+    pub aio_ready: Py<PyAny>,
+    pub aio_acall: Py<PyAny>,
+    pub aio_decorate: Py<PyAny>,
+    pub iscoroutinefunction: Py<PyAny>,
+    pub update_wrapper: Py<PyAny>,
+    pub method_type: Py<PyAny>,
+}
+
+impl Refs {
+    fn look_up(py: Python<'_>) -> PyResult<Refs> {
+        let attr = |module: &str, name: &str| -> PyResult<Py<PyAny>> {
+            Ok(py.import(module)?.getattr(name)?.unbind())
+        };
         let state = py.import("panelboard._types")?.getattr("State")?;
-        let get = |name: &str| state.getattr(name).map(Bound::unbind);
-        Ok([
-            get("CLOSED")?,
-            get("OPEN")?,
-            get("HALF_OPEN")?,
-            get("FORCED_OPEN")?,
-            get("DISABLED")?,
-        ])
-    })?;
+        let member = |name: &str| state.getattr(name).map(Bound::unbind);
+        Ok(Refs {
+            states: [
+                member("CLOSED")?,
+                member("OPEN")?,
+                member("HALF_OPEN")?,
+                member("FORCED_OPEN")?,
+                member("DISABLED")?,
+            ],
+            logger: py
+                .import("logging")?
+                .call_method1("getLogger", ("panelboard",))?
+                .unbind(),
+            permit_stack: py
+                .import("contextvars")?
+                .getattr("ContextVar")?
+                .call1(("panelboard_permits",))?
+                .unbind(),
+            aio_ready: attr("panelboard._aio", "ready")?,
+            aio_acall: attr("panelboard._aio", "acall")?,
+            aio_decorate: attr("panelboard._aio", "decorate")?,
+            iscoroutinefunction: attr("inspect", "iscoroutinefunction")?,
+            update_wrapper: attr("functools", "update_wrapper")?,
+            method_type: attr("types", "MethodType")?,
+        })
+    }
+}
+
+static REFS: OnceLock<Refs> = OnceLock::new();
+
+/// Looks everything up; called when the module is imported, so that no later call has to. (A
+/// lookup runs Python code, and Python code is where a daemon thread is ended at shutdown: see
+/// `upcall`.)
+pub fn init(py: Python<'_>) -> PyResult<()> {
+    refs(py).map(|_| ())
+}
+
+/// The looked-up objects. Unlike `PyOnceLock`, a thread that finds them missing does the lookup
+/// itself instead of waiting, with the interpreter released, for another thread to finish it:
+/// taking the interpreter back is exactly where CPython ends daemon threads at shutdown. When two
+/// threads race, the first to store its lookup wins and the other's is dropped.
+pub fn refs(py: Python<'_>) -> PyResult<&'static Refs> {
+    if let Some(refs) = REFS.get() {
+        return Ok(refs);
+    }
+    let looked_up = Refs::look_up(py)?;
+    let _ = REFS.set(looked_up);
+    REFS.get()
+        .ok_or_else(|| PyRuntimeError::new_err("panelboard: lookup of Python objects failed"))
+}
+
+/// The `panelboard.State` member for `mode`.
+pub fn state<'py>(py: Python<'py>, mode: Mode) -> PyResult<Bound<'py, PyAny>> {
     let index = match mode {
         Mode::Closed => 0,
         Mode::Open => 1,
@@ -28,36 +92,11 @@ fn member<'py>(py: Python<'py>, mode: Mode) -> PyResult<&'py Py<PyAny>> {
         Mode::ForcedOpen => 3,
         Mode::Disabled => 4,
     };
-    Ok(&states[index])
+    Ok(refs(py)?.states[index].bind(py).clone())
 }
 
-/// The `panelboard.State` member for `mode`.
-pub fn state<'py>(py: Python<'py>, mode: Mode) -> PyResult<Bound<'py, PyAny>> {
-    member(py, mode).map(|m| m.bind(py).clone())
-}
-
-pub fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    LOGGER
-        .get_or_try_init(py, || {
-            py.import("logging")?
-                .call_method1("getLogger", ("panelboard",))
-                .map(Bound::unbind)
-        })
-        .map(|l| l.bind(py))
-}
-
-/// `contextvars.ContextVar` holding the stack of permits taken by `with`/`async with` blocks in
-/// the current thread or task, as nested `(permit, rest)` tuples.
-pub fn permit_stack(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static VAR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    VAR.get_or_try_init(py, || {
-        py.import("contextvars")?
-            .getattr("ContextVar")?
-            .call1(("panelboard_permits",))
-            .map(Bound::unbind)
-    })
-    .map(|v| v.bind(py))
+fn permit_stack(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    Ok(refs(py)?.permit_stack.bind(py))
 }
 
 /// The current thread's or task's permit stack (`None` when empty).
@@ -85,16 +124,6 @@ pub fn permit_stack_set(py: Python<'_>, stack: &Bound<'_, PyAny>) -> PyResult<()
         )?;
     }
     Ok(())
-}
-
-/// A function of `panelboard._aio` (the coroutine helpers live in Python: an `async def` frame is
-/// what asyncio needs anyway).
-pub fn aio<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-    MODULE
-        .get_or_try_init(py, || py.import("panelboard._aio").map(Bound::unbind))?
-        .bind(py)
-        .getattr(name)
 }
 
 /// Name keys are the name's UTF-8 bytes, borrowed from the `str`'s cached UTF-8 when it has one.

@@ -22,6 +22,7 @@ use super::config::{Config, Patch};
 use super::core::{guarded, shield, BreakerCore, Hub};
 use super::handle::{not_callable, Breaker, Metrics};
 use super::pyrefs;
+use super::upcall;
 use crate::engine::Mode;
 
 /// A map key that is the breaker itself, hashed and compared by name: the name is stored once.
@@ -232,7 +233,7 @@ impl Registry {
             let current = self.hub.listeners.load_full();
             let mut position = None;
             for (i, registered) in current.iter().enumerate() {
-                if registered.bind(py).eq(listener)? {
+                if upcall::equal(registered.bind(py), listener)? {
                     position = Some(i);
                     break;
                 }
@@ -328,7 +329,7 @@ impl Registry {
         })?;
         // SAFETY: no arguments.
         guarded(&core, py, || unsafe {
-            super::fastcall::vectorcall(func, std::ptr::null(), 0, std::ptr::null_mut())
+            upcall::vectorcall(func, std::ptr::null(), 0, std::ptr::null_mut())
         })
     }
 

@@ -1,0 +1,134 @@
+//! Every call from the bindings into Python code: the user's function, result predicate and
+//! listeners, the logger, and the Python helpers (`_aio`, `functools`, `inspect`).
+//!
+//! Why they all go through here: on CPython 3.11 to 3.13, a daemon thread that tries to take the
+//! interpreter back after shutdown has begun is ended with `pthread_exit`, a forced unwind through
+//! every frame on its stack. In an extension that is fatal twice over. A `catch_unwind` on the way
+//! (PyO3 puts one around every method) stops the unwind, and glibc aborts the process with
+//! "FATAL: exception not rethrown". And any Rust drop glue it runs releases Python references
+//! without holding the interpreter. So when that unwind comes out of Python code into one of these
+//! calls, the thread parks for good instead, with its stack intact, until the process exits: the
+//! remedy CPython itself adopted in 3.14 (gh-87135).
+//!
+//! The C functions are declared `"C-unwind"` here: pyo3-ffi declares them `"C"`, which tells Rust
+//! they cannot unwind, so the call would get no unwind entry and the guard below would never run.
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use std::ptr::null_mut;
+
+extern "C-unwind" {
+    #[link_name = "PyObject_Vectorcall"]
+    fn PyObject_Vectorcall_unwinding(
+        callable: *mut ffi::PyObject,
+        args: *const *mut ffi::PyObject,
+        nargsf: usize,
+        kwnames: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject;
+
+    #[link_name = "PyObject_Call"]
+    fn PyObject_Call_unwinding(
+        callable: *mut ffi::PyObject,
+        args: *mut ffi::PyObject,
+        kwargs: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject;
+
+    #[link_name = "PyObject_RichCompareBool"]
+    fn PyObject_RichCompareBool_unwinding(
+        a: *mut ffi::PyObject,
+        b: *mut ffi::PyObject,
+        op: std::ffi::c_int,
+    ) -> std::ffi::c_int;
+
+    #[link_name = "PyObject_IsTrue"]
+    fn PyObject_IsTrue_unwinding(value: *mut ffi::PyObject) -> std::ffi::c_int;
+}
+
+/// Parks the thread forever if it is dropped by a forced unwind (the thread is being ended).
+/// Calls forget it when Python returns, so it only drops while unwinding.
+struct ParkIfThreadEnds;
+
+impl Drop for ParkIfThreadEnds {
+    #[cold]
+    fn drop(&mut self) {
+        // A Rust panic cannot come out of the C call (PyO3 turns panics in nested callbacks into
+        // exceptions); an unwind that is not a panic is the thread being ended.
+        if !std::thread::panicking() {
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+}
+
+/// Runs one C call into Python under `ParkIfThreadEnds`.
+#[inline(always)]
+fn parked_on_exit<R>(call: impl FnOnce() -> R) -> R {
+    let guard = ParkIfThreadEnds;
+    let result = call();
+    std::mem::forget(guard);
+    result
+}
+
+/// `PyObject_Vectorcall(func, args, nargsf, kwnames)` as a `PyResult`.
+///
+/// SAFETY: `args` holds `PyVectorcall_NARGS(nargsf)` positional arguments followed by one value per
+/// name in `kwnames` (a tuple of `str`, or null), as CPython hands them to a vectorcall entry point.
+#[inline(always)]
+pub unsafe fn vectorcall<'py>(
+    func: &Bound<'py, PyAny>,
+    args: *const *mut ffi::PyObject,
+    nargsf: usize,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<Bound<'py, PyAny>> {
+    let result =
+        parked_on_exit(|| PyObject_Vectorcall_unwinding(func.as_ptr(), args, nargsf, kwnames));
+    Bound::from_owned_ptr_or_err(func.py(), result)
+}
+
+/// `func(*args)`.
+pub fn call<'py, const N: usize>(
+    func: &Bound<'py, PyAny>,
+    args: [&Bound<'py, PyAny>; N],
+) -> PyResult<Bound<'py, PyAny>> {
+    let pointers = args.map(|a| a.as_ptr());
+    // SAFETY: `pointers` holds N borrowed arguments that outlive the call; no keywords.
+    unsafe { vectorcall(func, pointers.as_ptr(), N, null_mut()) }
+}
+
+/// `func(*args, **kwargs)` with a tuple and an optional dict (the non-vectorcall protocol).
+pub fn call_with<'py>(
+    func: &Bound<'py, PyAny>,
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let kwargs = kwargs.map_or(null_mut(), |k| k.as_ptr());
+    // SAFETY: a tuple and a dict (or null), borrowed for the duration of the call.
+    let result =
+        parked_on_exit(|| unsafe { PyObject_Call_unwinding(func.as_ptr(), args.as_ptr(), kwargs) });
+    // SAFETY: a new reference, or null with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(func.py(), result) }
+}
+
+/// `a == b`, which may run either object's `__eq__`.
+pub fn equal(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<bool> {
+    // SAFETY: two borrowed objects.
+    let result = parked_on_exit(|| unsafe {
+        PyObject_RichCompareBool_unwinding(a.as_ptr(), b.as_ptr(), ffi::Py_EQ)
+    });
+    match result {
+        -1 => Err(PyErr::fetch(a.py())),
+        r => Ok(r == 1),
+    }
+}
+
+/// `bool(value)`, which may run its `__bool__` or `__len__`.
+pub fn truthy(value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    // SAFETY: a borrowed object.
+    let result = parked_on_exit(|| unsafe { PyObject_IsTrue_unwinding(value.as_ptr()) });
+    match result {
+        -1 => Err(PyErr::fetch(value.py())),
+        r => Ok(r == 1),
+    }
+}
