@@ -14,8 +14,14 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 import panelboard
+
+# CI machines are small and busy: a slow example is not a failure. Tests that set their own
+# `settings` keep these for whatever they leave out.
+settings.register_profile("panelboard", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("panelboard")
 
 
 @pytest.fixture

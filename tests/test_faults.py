@@ -641,6 +641,10 @@ def test_fork_while_other_threads_are_mid_call(registry, clock):
     joins = [in_thread(registry.call, "blocked", blocked) for _ in range(blocked_threads)]
     joins.append(in_thread(probe.call, blocked))
 
+    for k in range(4):  # the child expects them whichever names the hammers draw first
+        registry.breaker(f"hot-{k}", failure_threshold=3)
+    warmed = [threading.Event() for _ in range(4)]
+
     def hammer(i):
         rng = random.Random(i)
         while not stop.is_set():
@@ -662,10 +666,13 @@ def test_fork_while_other_threads_are_mid_call(registry, clock):
                 registry.list()
             elif r < 0.11:
                 clock.advance(0.5)
+            warmed[i].set()
         return True
 
     hammers = [in_thread(hammer, i) for i in range(4)]
     inside.wait(TIMEOUT)
+    for w in warmed:  # every hammer is mid-loop when the first fork happens
+        assert w.wait(TIMEOUT)
     try:
         for _ in range(4):
             _fork_and_check(registry, clock)
