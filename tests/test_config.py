@@ -6,10 +6,12 @@ atomically; ``call`` keeps first-creation-wins)."""
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 
 from panelboard import ManualClock, Registry, State
+from threads import run_threads
 
 
 class Boom(Exception):
@@ -213,6 +215,58 @@ def test_probe_timeout_reclaims_hung_probe_of_guarded_call(registry, clock):
         b.call(hung_probe)
     assert order == ["second probe"]
     assert b.state is State.CLOSED, "the reclaimed probe's late failure is stale"
+
+
+def test_probe_timeout_reclaims_probes_hung_in_other_threads(registry, clock):
+    b = registry.breaker(
+        "p", failure_threshold=1, reset_timeout=1.0, half_open_max_calls=2, probe_timeout=5.0
+    )
+    open_then_half_open(b, clock, 1.0)
+    hung = threading.Barrier(3, timeout=30)
+    release = threading.Event()
+    late = []
+
+    def hang():
+        hung.wait()
+        assert release.wait(30)
+        raise Boom("late")
+
+    def probe(i):
+        try:
+            b.call(hang)
+        except Boom:
+            late.append(i)
+
+    probes = [threading.Thread(target=probe, args=(i,), daemon=True) for i in range(2)]
+    for t in probes:
+        t.start()
+    try:
+        hung.wait()  # both probe slots are held by calls that do not return
+        assert b.try_acquire() is None
+        clock.advance(4.999)
+        assert b.try_acquire() is None, "reclaimed before probe_timeout"
+        clock.advance(0.001)
+        storm = threading.Barrier(16, timeout=30)
+        admitted = []
+
+        def arrive(i):
+            storm.wait()
+            p = b.try_acquire()
+            if p is not None:
+                admitted.append(p)
+
+        run_threads(arrive, n=16)
+        assert len(admitted) == 2, "the reclaimed slots, exactly, to 16 racing callers"
+        admitted[0].success()
+        assert b.state is State.CLOSED
+        admitted[1].success()
+    finally:
+        release.set()
+        for t in probes:
+            t.join(30)
+    assert sorted(late) == [0, 1]
+    assert b.state is State.CLOSED, "the hung probes' late failures are stale"
+    assert b.metrics().consecutive_failures == 0
 
 
 def test_without_probe_timeout_a_hung_probe_blocks_half_open(registry, clock):
@@ -495,6 +549,58 @@ def test_default_registry_configure(name):
     panelboard.configure(name, ignore=())
     fail_with(b, ClientError())
     assert panelboard.state(name) is State.OPEN
+
+
+def test_configure_racing_creation_always_applies_its_options(registry):
+    # For each name, one thread creates it with the defaults while another configures it, released
+    # together. Whichever creates it, configure's options hold afterwards. (Before the fix, on
+    # 3.13t, a configure that lost the creation race returned the other breaker unchanged: about
+    # 1 name in 200.)
+    names = [f"race-{i}" for i in range(2000)]
+    together = threading.Barrier(2, timeout=30)
+
+    def work(i):
+        for n in names:
+            together.wait()
+            if i:
+                registry.breaker(n)
+            else:
+                registry.configure(n, failure_threshold=1)
+
+    run_threads(work, n=2)
+    for n in names:
+        fail_with(registry.breaker(n), Boom())
+    unapplied = [n for n in names if registry.state(n) is not State.OPEN]
+    assert not unapplied, f"configure(failure_threshold=1) lost for {len(unapplied)} names"
+
+
+def test_concurrent_configures_leave_one_whole_configuration_in_force(registry):
+    # Two threads keep swapping between two whole configurations. Afterwards, the breaker must
+    # behave as one of them, all of it: never half of each, and in particular never the limits of
+    # the one with a predicate without its predicate (the fast path skips a cached "no predicate").
+    def never_ok(result):
+        return False
+
+    for round_ in range(200):
+        name = f"p{round_}"
+        b = registry.breaker(name)
+        start = threading.Barrier(2, timeout=30)
+
+        def work(i):
+            start.wait()
+            for _ in range(20):
+                if i:
+                    registry.configure(name, success=never_ok, failure_threshold=1)
+                else:
+                    registry.configure(name, success=None, failure_threshold=1000)
+
+        run_threads(work, n=2)
+        b.call(lambda: 1)
+        if b.state is State.CLOSED:  # success=None, failure_threshold=1000 in force
+            fail_with(b, Boom())
+            assert b.state is State.CLOSED, f"round {round_}: the predicate in force was skipped"
+        else:
+            assert b.metrics().failures == 1
 
 
 @pytest.mark.parametrize("bad", [KeyboardInterrupt, (ValueError, SystemExit)])

@@ -89,8 +89,17 @@ impl BreakerCore {
     pub fn reconfigure(&self, py: Python<'_>, patch: &super::config::Patch) {
         let previous = self.config.rcu(|current| Config::with(current, py, patch));
         drop(previous);
-        let has_predicate = self.config.load().objects.success.is_some();
-        self.has_predicate.store(has_predicate, Ordering::Release);
+        // Concurrent `configure` calls may store the flag in any order. Each checks, after its
+        // store, that the configuration it read is still the current one, and stores again if
+        // not: so the last store always comes from the last configuration.
+        loop {
+            let config = self.config.load_full();
+            self.has_predicate
+                .store(config.objects.success.is_some(), Ordering::SeqCst);
+            if Arc::ptr_eq(&config, &self.config.load()) {
+                break;
+            }
+        }
     }
 
     pub fn py_name<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {

@@ -60,8 +60,18 @@ impl Registry {
 
     /// The breaker named `key`, created with the registry defaults plus `patch` if it is new.
     fn get_or_create(&self, py: Python<'_>, key: &[u8], patch: &Patch) -> Arc<BreakerCore> {
+        self.find_or_create(py, key, patch).0
+    }
+
+    /// Like `get_or_create`, and tells whether the breaker returned was created with `patch`.
+    fn find_or_create(
+        &self,
+        py: Python<'_>,
+        key: &[u8],
+        patch: &Patch,
+    ) -> (Arc<BreakerCore>, bool) {
         if let Some(core) = self.find(key) {
-            return core;
+            return (core, false);
         }
         let config = if patch.is_empty() {
             self.defaults.clone()
@@ -71,10 +81,10 @@ impl Registry {
         let fresh = Arc::new(BreakerCore::new(key.into(), config, self.hub.clone()));
         // `fresh` outlives the guard, so losing a creation race drops nothing under it.
         let winner = match self.breakers.entry(Named(fresh.clone())) {
-            MapEntry::Occupied(existing) => existing.key().0.clone(),
+            MapEntry::Occupied(existing) => (existing.key().0.clone(), false),
             MapEntry::Vacant(slot) => {
                 slot.insert(());
-                fresh.clone()
+                (fresh.clone(), true)
             }
         };
         winner
@@ -151,13 +161,12 @@ impl Registry {
     ) -> PyResult<Breaker> {
         let key = pyrefs::name_key(name)?;
         let patch = Patch::parse(options)?;
-        if let Some(core) = self.find(&key) {
+        let (core, created) = self.find_or_create(py, &key, &patch);
+        if !created {
+            // Existing, or created by another thread since the lookup: change it.
             core.reconfigure(py, &patch);
-            return Ok(Breaker { core });
         }
-        Ok(Breaker {
-            core: self.get_or_create(py, &key, &patch),
-        })
+        Ok(Breaker { core })
     }
 
     /// The state of `name`; `State.CLOSED` for an unknown name (which is not created).
