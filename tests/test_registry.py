@@ -219,6 +219,8 @@ def test_open_rejects_without_running_fn(registry, clock):
     assert err.name == "svc"
     assert type(err.retry_after) is float
     assert err.retry_after == 7.5
+    assert err.args == ("svc", 7.5), "args as if raised as CircuitOpenError(name, retry_after)"
+    assert err.args == CircuitOpenError("svc", 7.5).args
     clock.advance(7.499)
     with pytest.raises(CircuitOpenError) as info:
         registry.call("svc", lambda: runs.append(1))
@@ -892,3 +894,23 @@ def test_fn_runs_exactly_once_per_admitted_call(registry, clock):
     assert len(runs) == admitted
     assert admitted + rejected == len(pattern)
     assert rejected > 0
+
+
+def test_star_import_gives_the_api_without_shadowing_builtins():
+    import builtins
+
+    namespace: dict = {}
+    exec("from panelboard import *", namespace)
+    assert {"Registry", "State", "CircuitOpenError", "ManualClock", "call", "state", "reset", "delete"} <= set(
+        namespace
+    )
+    shadowed = {n for n in namespace if n != "__builtins__" and hasattr(builtins, n)}
+    assert not shadowed, f"`from panelboard import *` shadows builtins: {shadowed}"
+    assert panelboard.list is not None  # still there as panelboard.list(), as in the reference
+
+
+def test_manual_clock_signature_shows_its_default():
+    import inspect
+
+    assert str(inspect.signature(ManualClock)) == "(start=0.0)"
+    assert ManualClock().now() == 0.0

@@ -34,7 +34,7 @@ __all__ = [
     "disable",
     "force_open",
     "init",
-    "list",
+    # `list` is left out, so that `from panelboard import *` does not shadow the builtin.
     "on_state_change",
     "remove_listener",
     "reset",

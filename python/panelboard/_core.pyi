@@ -40,7 +40,7 @@ _ListenerT = TypeVar("_ListenerT", bound=_Listener)
 class ManualClock:
     """A clock that moves only when told to, shared by the registries given it."""
 
-    def __new__(cls, start: float | None = None) -> Self:
+    def __new__(cls, start: float = 0.0) -> Self:
         """A clock reading ``start`` seconds (default 0.0)."""
 
     def advance(self, seconds: float) -> None:

@@ -48,7 +48,7 @@ pub struct ManualClock {
 #[pymethods]
 impl ManualClock {
     #[new]
-    #[pyo3(signature = (start = None))]
+    #[pyo3(signature = (start = None), text_signature = "(start=0.0)")]
     fn new(start: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
         let start = match start {
             Some(start) => finite_seconds(start, "start", f64::MIN)?,

@@ -66,7 +66,13 @@ impl CircuitOpenError {
                 retry_after,
             },
         ) {
-            Ok(err) => PyErr::from_value(err.into_any()),
+            Ok(err) => {
+                // `args` as if raised by hand, `CircuitOpenError(name, retry_after)`.
+                if let Err(e) = err.setattr("args", (err.get().name.clone_ref(py), retry_after)) {
+                    return e;
+                }
+                PyErr::from_value(err.into_any())
+            }
             Err(err) => err,
         }
     }
