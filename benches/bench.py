@@ -48,7 +48,8 @@ BENCHES = ROOT / "benches"
 RESULTS_MD = BENCHES / "results.md"
 PLOT_PNG = BENCHES / "throughput.png"
 FT_VENV = ROOT / ".venv-ft"
-FT_LOCATOR = Path("/work/shared/tools/free-threaded-python")
+# The project's tools sit in `shared/` beside the clone (as `.ci/run` expects).
+FT_LOCATOR = ROOT.parent / "shared" / "tools" / "free-threaded-python"
 PEERS = ["pybreaker", "circuitbreaker", "aiobreaker", "purgatory"]
 LIBS = ["panelboard", "pybreaker", "circuitbreaker", "aiobreaker", "purgatory"]
 THREAD_COUNTS = [1, 2, 4, 8]
@@ -1197,7 +1198,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-ft-build", action="store_true", help="use .venv-ft as it is")
     p.add_argument("--no-ft-micro", action="store_true", help="on 3.13t, run only the thread cases")
     p.add_argument("--no-rust", action="store_true", help="skip cargo bench")
-    p.add_argument("--rust-timeout", type=int, default=300, help="seconds allowed for cargo bench (build included)")
+    p.add_argument("--rust-timeout", type=int, default=1800,
+                   help="seconds allowed for cargo bench (a first build with fat LTO included)")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--quick", action="store_true", help="a short smoke run (numbers are not meaningful)")
     p.add_argument("--output", default=str(RESULTS_MD),

@@ -1,6 +1,8 @@
-//! Criterion benches of the plain-Rust state machine: admit + record, uncontended and contended.
+//! Criterion benches of the plain-Rust state machine: admit + record, uncontended and contended,
+//! and what counting each outcome for `metrics()` adds to it.
 use criterion::{criterion_group, criterion_main, Criterion};
 use panelboard::engine::{Admission, Limits, Outcome, Slots};
+use panelboard::metrics::{Counter, Counters};
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -73,5 +75,39 @@ fn contended(c: &mut Criterion) {
     background.join().unwrap();
 }
 
-criterion_group!(benches, uncontended, contended);
+/// The healthy path with its success counted, as every guarded call does: compare with
+/// "closed admit+success" above, by one thread (inline counter) and by two threads on one breaker
+/// (per-thread counter stripes).
+fn counted(c: &mut Criterion) {
+    let limits = Limits::default();
+    let slots = Slots::new();
+    let counters = Counters::new();
+    c.bench_function("closed admit+success+count", |b| {
+        b.iter(|| {
+            admit_record(&slots, &limits, Outcome::Success);
+            counters.add(Counter::Successes);
+        })
+    });
+    let shared = Arc::new((Slots::new(), Counters::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let background = {
+        let (shared, stop) = (shared.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                admit_record(&shared.0, &limits, Outcome::Success);
+                shared.1.add(Counter::Successes);
+            }
+        })
+    };
+    c.bench_function("closed admit+success+count, 2 threads on one breaker", |b| {
+        b.iter(|| {
+            admit_record(&shared.0, &limits, Outcome::Success);
+            shared.1.add(Counter::Successes);
+        })
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    background.join().unwrap();
+}
+
+criterion_group!(benches, uncontended, contended, counted);
 criterion_main!(benches);

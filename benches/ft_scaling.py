@@ -7,7 +7,9 @@ on a shared machine). Three ways for threads to reach the same breaker:
 - ``shared handle``: one ``Breaker`` object used by every thread (``b.call(f)`` per call);
 - ``handle per thread``: each thread calls ``registry.breaker(name)`` once, then ``b.call(f)``;
 - ``bound method per thread``: each thread binds ``call = registry.breaker(name).call`` once;
-- ``bound method and function per thread``: the same, calling a function defined in the thread.
+- ``bound method and function per thread``: the same, calling a function defined in the thread;
+- two controls without panelboard: ``d.get(k)`` on one dict shared by the threads, and on a dict
+  per thread. A shared built-in object stops scaling just like a shared handle.
 
 What the cases separate: the breaker's own success path writes no shared memory (per-thread
 handles on one breaker keep the CPU time per call flat in most runs), while a Python object shared
@@ -42,6 +44,7 @@ def f() -> int:
 def run(mode: str, threads: int) -> tuple[float, float]:
     registry = panelboard.Registry()
     shared = registry.breaker("svc")
+    shared_dict = {"k": 1}
     cpu = [0.0] * threads
 
     def work(i: int) -> None:
@@ -56,7 +59,11 @@ def run(mode: str, threads: int) -> tuple[float, float]:
         else:
             b = registry.breaker("svc")
         t0 = time.thread_time()
-        if mode.startswith("bound method"):
+        if mode.endswith("(no panelboard)"):
+            d = shared_dict if mode.startswith("shared") else {"k": 1}
+            for _ in range(CALLS):
+                d.get("k")
+        elif mode.startswith("bound method"):
             call = b.call
             for _ in range(CALLS):
                 call(g)
@@ -88,6 +95,8 @@ def main() -> None:
         "handle per thread",
         "bound method per thread",
         "bound method and function per thread",
+        "shared dict, d.get(k) (no panelboard)",
+        "dict per thread, d.get(k) (no panelboard)",
     )
     results: dict[tuple[str, int], list[tuple[float, float]]] = {}
     for _ in range(REPEATS):
