@@ -1,5 +1,5 @@
 # panelboard: `make demo` and `make test` set up everything on a fresh machine.
-#   make test                     build, then cargo test + pytest (CPython 3.11 by default)
+#   make test                     build, then cargo test + pytest (PYTHON=python3 by default)
 #   make test-ft PYTHON=/path/3.13t   the same pytest suite on free-threaded CPython
 #   make demo | bench | loom | soak | stubtest | typecheck
 PYTHON ?= python3

@@ -3,8 +3,9 @@ while Python code runs: the guarded function, the success predicate, state-chang
 ``with`` bodies, and even ``__del__`` methods that run because the library dropped the last
 reference to a user object.
 
-Which names share a DashMap shard cannot be chosen, so the tests use many names (1,024 for the
-"while blocked" checks, 96 for the hammering), enough to cover every shard. A lock held across
+Which names share a DashMap shard cannot be chosen (the map hashes them; it has 4 shards per CPU,
+rounded up to a power of two: 8 on a 2-core machine), so the tests use many names (1,024 for the
+"while blocked" checks, 96 for the hammering), which on such a machine puts several in every shard. A lock held across
 Python shows up as a thread that does not finish: every thread is joined with a timeout.
 """
 
