@@ -99,12 +99,15 @@ fn counted(c: &mut Criterion) {
             }
         })
     };
-    c.bench_function("closed admit+success+count, 2 threads on one breaker", |b| {
-        b.iter(|| {
-            admit_record(&shared.0, &limits, Outcome::Success);
-            shared.1.add(Counter::Successes);
-        })
-    });
+    c.bench_function(
+        "closed admit+success+count, 2 threads on one breaker",
+        |b| {
+            b.iter(|| {
+                admit_record(&shared.0, &limits, Outcome::Success);
+                shared.1.add(Counter::Successes);
+            })
+        },
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     background.join().unwrap();
 }

@@ -696,8 +696,8 @@ from panelboard import CircuitOpenError, Registry
 
 registry = Registry()
 N = 8
-started = threading.Barrier(N + 1)  # every worker thread is running
-inside = threading.Barrier(N + 1)  # every worker is inside the user code it blocks in
+started = threading.Barrier(N + 1, timeout=60)  # every worker thread is running
+inside = threading.Barrier(N + 1, timeout=60)  # every worker is inside the user code it blocks in
 never = threading.Event()
 progress = [0]
 warm = threading.Event()  # the workers have done some rounds
@@ -707,6 +707,16 @@ def tick():
     progress[0] += 1
     if progress[0] >= 400:
         warm.set()
+
+
+class SlowFinalization:
+    # Destroyed while the interpreter finalizes __main__: the sleep keeps it finalizing for 0.1 s,
+    # so that every daemon thread that wakes up is ended by CPython (pthread_exit), in every run.
+    def __del__(self, sleep=time.sleep):
+        sleep(0.1)
+
+
+slow_finalization = SlowFinalization()
 """
 
 

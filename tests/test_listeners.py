@@ -7,6 +7,9 @@ caller; the lazy open -> half-open change is reported when it is first observed.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
@@ -405,3 +408,30 @@ def test_default_registry_listeners(name):
         panelboard.remove_listener(listener)
     panelboard.reset(name)
     assert seen == [(State.CLOSED, State.FORCED_OPEN)]
+
+
+def test_logging_configured_after_the_import_still_shows_listener_errors():
+    # logging.config.dictConfig() disables every logger that exists when it runs (its default
+    # disable_existing_loggers=True), so importing panelboard must not create its logger.
+    script = textwrap.dedent(
+        """
+        import logging.config, sys
+        import panelboard
+
+        logging.config.dictConfig({
+            "version": 1,
+            "handlers": {"out": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout"}},
+            "root": {"handlers": ["out"], "level": "ERROR"},
+        })
+        registry = panelboard.Registry()
+
+        @registry.on_state_change
+        def broken(name, old, new):
+            raise RuntimeError("listener bug")
+
+        registry.force_open("svc")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "state-change listener" in proc.stdout and "listener bug" in proc.stdout, proc.stdout

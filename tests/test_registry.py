@@ -914,3 +914,38 @@ def test_manual_clock_signature_shows_its_default():
 
     assert str(inspect.signature(ManualClock)) == "(start=0.0)"
     assert ManualClock().now() == 0.0
+
+
+class SubclassedOpenError(CircuitOpenError):
+    pass
+
+
+def test_circuit_open_error_pickles_and_copies_with_its_type_and_attributes(registry, clock):
+    import copy
+    import pickle
+
+    fail_n(registry, "svc", 1, failure_threshold=1, reset_timeout=10)
+    with pytest.raises(CircuitOpenError) as info:
+        registry.call("svc", lambda: None)
+    raised = info.value
+    for back in (pickle.loads(pickle.dumps(raised)), copy.copy(raised)):
+        assert type(back) is CircuitOpenError
+        assert (back.name, back.retry_after, back.args) == ("svc", 10.0, ("svc", 10.0))
+    mine = SubclassedOpenError("svc", 2.5)
+    mine.detail = "extra"
+    for back in (pickle.loads(pickle.dumps(mine)), copy.copy(mine)):
+        assert type(back) is SubclassedOpenError
+        assert (back.name, back.retry_after, back.detail) == ("svc", 2.5, "extra")
+
+
+def test_a_str_subclass_name_is_the_same_name_even_with_lone_surrogates(registry):
+    class Loud(str):
+        def encode(self, *args, **kwargs):  # never used for the key
+            return b"something else"
+
+    for text in ("plain", "lone \ud800 surrogate"):
+        b = registry.breaker(Loud(text), failure_threshold=1)
+        assert b.name == text
+        registry.force_open(text)
+        assert registry.state(Loud(text)) is State.FORCED_OPEN
+    assert sorted(n for n, _ in registry.list()) == sorted(["plain", "lone \ud800 surrogate"])

@@ -62,7 +62,6 @@ class CircuitOpenError(Exception):
     def retry_after(self) -> float:
         """Seconds until the breaker goes half-open; 0.0 if that is not known."""
 
-    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, float]]: ...
 
 @final
 class Metrics:

@@ -30,6 +30,9 @@ pub struct Config {
     pub objects: ManuallyDrop<PolicyObjects>,
     /// `failure_on=Exception` and no `ignore`: classification is one type check.
     default_exceptions: bool,
+    /// One more than the configuration this one was made from: a breaker's configurations have
+    /// increasing versions, in the order they replaced each other.
+    pub version: u64,
 }
 
 impl Config {
@@ -45,7 +48,13 @@ impl Config {
                 ignore: None,
             }),
             default_exceptions: true,
+            version: 0,
         }
+    }
+
+    /// `version << 1 | has a success predicate`: what a breaker caches for its fast path.
+    pub fn predicate_flag(&self) -> u64 {
+        self.version << 1 | u64::from(self.objects.success.is_some())
     }
 
     /// Reports the Python objects this configuration holds to the garbage collector.
@@ -66,14 +75,11 @@ impl Config {
         }
         let value = err.value(py);
         if let Some(ignore) = &self.objects.ignore {
-            if value.is_instance(ignore.bind(py)).unwrap_or(false) {
+            if upcall::is_instance(value, ignore.bind(py)).unwrap_or(false) {
                 return Outcome::Ignored;
             }
         }
-        if value
-            .is_instance(self.objects.failure_on.bind(py))
-            .unwrap_or(false)
-        {
+        if upcall::is_instance(value, self.objects.failure_on.bind(py)).unwrap_or(false) {
             Outcome::Failure
         } else {
             Outcome::Ignored
@@ -138,6 +144,7 @@ impl Config {
                 ignore,
             }),
             default_exceptions,
+            version: self.version + 1,
         }
     }
 }
@@ -237,7 +244,7 @@ impl Patch {
                 _ => {
                     return Err(PyTypeError::new_err(format!(
                         "unexpected keyword argument {} (options are: {OPTION_NAMES})",
-                        key.repr()?
+                        upcall::repr(&key)?
                     )))
                 }
             }
@@ -265,9 +272,7 @@ fn count(value: &Bound<'_, PyAny>, arg: &str, max: u64) -> PyResult<u64> {
         Ok(n) if n >= 1 && n <= i128::from(max) => Ok(n as u64),
         _ => Err(PyValueError::new_err(format!(
             "{arg} must be between 1 and {max}, got {}",
-            value
-                .repr()
-                .map_or_else(|_| "?".to_owned(), |r| r.to_string())
+            upcall::repr(value).map_or_else(|_| "?".to_owned(), |r| r.to_string())
         ))),
     }
 }
@@ -327,7 +332,7 @@ fn reject_base_exceptions(types: &Bound<'_, PyAny>) -> PyResult<()> {
     for item in items {
         if let Ok(t) = item.cast::<PyType>() {
             // BaseException itself is fine (it covers Exception); KeyboardInterrupt is not.
-            if !t.is_subclass(&exception)? && !exception.is_subclass(t)? {
+            if !upcall::is_subclass(t, &exception)? && !upcall::is_subclass(&exception, t)? {
                 return Err(PyValueError::new_err(format!(
                     "failure_on must name Exception subclasses; {} is a BaseException that is always \
                      ignored (KeyboardInterrupt, SystemExit and CancelledError never count)",
@@ -345,7 +350,7 @@ fn exception_types<'py>(value: &Bound<'py, PyAny>, arg: &str) -> PyResult<Bound<
     let base = py.get_type::<PyBaseException>();
     let is_exception_type = |v: &Bound<'py, PyAny>| {
         v.cast::<PyType>()
-            .is_ok_and(|t| t.is_subclass(&base).unwrap_or(false))
+            .is_ok_and(|t| upcall::is_subclass(t, &base).unwrap_or(false))
     };
     if is_exception_type(value) {
         return Ok(value.clone());

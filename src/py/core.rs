@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::clock::Clock;
@@ -33,9 +33,10 @@ pub struct BreakerCore {
     pub counters: Counters,
     pub times_opened: AtomicU64,
     pub config: ArcSwap<Config>,
-    /// Whether the configuration has a `success` predicate: lets the closed fast path skip loading
-    /// the configuration at all. Written after the configuration it describes.
-    has_predicate: AtomicBool,
+    /// `Config::predicate_flag` of the configuration: its low bit (is there a `success`
+    /// predicate?) lets the closed fast path skip loading the configuration at all. Written after
+    /// the configuration it describes, and only ever raised (see `reconfigure`).
+    predicate_flag: AtomicU64,
     pub hub: Arc<Hub>,
 }
 
@@ -46,7 +47,7 @@ impl BreakerCore {
             slots: Slots::new(),
             counters: Counters::new(),
             times_opened: AtomicU64::new(0),
-            has_predicate: AtomicBool::new(config.objects.success.is_some()),
+            predicate_flag: AtomicU64::new(config.predicate_flag()),
             config: ArcSwap::new(config),
             hub,
         }
@@ -89,17 +90,12 @@ impl BreakerCore {
     pub fn reconfigure(&self, py: Python<'_>, patch: &super::config::Patch) {
         let previous = self.config.rcu(|current| Config::with(current, py, patch));
         drop(previous);
-        // Concurrent `configure` calls may store the flag in any order. Each checks, after its
-        // store, that the configuration it read is still the current one, and stores again if
-        // not: so the last store always comes from the last configuration.
-        loop {
-            let config = self.config.load_full();
-            self.has_predicate
-                .store(config.objects.success.is_some(), Ordering::SeqCst);
-            if Arc::ptr_eq(&config, &self.config.load()) {
-                break;
-            }
-        }
+        // Concurrent `configure` calls may publish their flags in any order, so the flag carries
+        // the configuration's version and only ever grows: a late publisher of an older
+        // configuration changes nothing. Each call publishes the configuration current after its
+        // own was installed, so once it returns the flag describes that one or a newer one.
+        let flag = self.config.load().predicate_flag();
+        self.predicate_flag.fetch_max(flag, Ordering::SeqCst);
     }
 
     pub fn py_name<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -230,7 +226,9 @@ fn log_error(py: Python<'_>, message: &str, subject: Option<&Bound<'_, PyAny>>, 
     let logged = (|| -> PyResult<()> {
         let kwargs = PyDict::new(py);
         kwargs.set_item("exc_info", err.value(py))?;
-        let error = pyrefs::refs(py)?.logger.bind(py).getattr("error")?;
+        let name = PyString::new(py, "panelboard").into_any();
+        let logger = upcall::call(pyrefs::refs(py)?.get_logger.bind(py), [&name])?;
+        let error = upcall::getattr(&logger, "error")?;
         let message = PyString::new(py, message).into_any();
         let args = match subject {
             Some(s) => PyTuple::new(py, [&message, s])?,
@@ -240,7 +238,7 @@ fn log_error(py: Python<'_>, message: &str, subject: Option<&Bound<'_, PyAny>>, 
         Ok(())
     })();
     if let Err(e) = logged {
-        e.write_unraisable(py, None);
+        upcall::write_unraisable(py, e);
     }
 }
 
@@ -279,7 +277,7 @@ pub fn guarded<'py>(
         // Fast path: a closed breaker without a result predicate needs no configuration to admit
         // a call or to record its success: one atomic load now, one after the call, no write.
         let word = core.slots.machine_word();
-        if word.mode() == Mode::Closed && !core.has_predicate.load(Ordering::Acquire) {
+        if word.mode() == Mode::Closed && core.predicate_flag.load(Ordering::Acquire) & 1 == 0 {
             return Ok(Admitted::Fast(word));
         }
         let config = core.config.load();

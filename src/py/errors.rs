@@ -3,6 +3,8 @@
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
+use super::{pyrefs, upcall};
+
 /// Raised instead of calling the function while the breaker rejects calls.
 #[pyclass(extends = PyException, frozen, module = "panelboard", subclass)]
 pub struct CircuitOpenError {
@@ -32,10 +34,7 @@ impl CircuitOpenError {
     fn __str__(&self, py: Python<'_>) -> String {
         format!(
             "circuit {} is open (retry after {:.3}s)",
-            self.name
-                .bind(py)
-                .repr()
-                .map_or_else(|_| "?".to_owned(), |r| r.to_string()),
+            upcall::repr(self.name.bind(py)).map_or_else(|_| "?".to_owned(), |r| r.to_string()),
             self.retry_after
         )
     }
@@ -43,17 +42,9 @@ impl CircuitOpenError {
     fn __repr__(&self, py: Python<'_>) -> String {
         format!(
             "CircuitOpenError({}, retry_after={})",
-            self.name
-                .bind(py)
-                .repr()
-                .map_or_else(|_| "?".to_owned(), |r| r.to_string()),
+            upcall::repr(self.name.bind(py)).map_or_else(|_| "?".to_owned(), |r| r.to_string()),
             self.retry_after
         )
-    }
-
-    fn __reduce__(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, (Py<PyAny>, f64))> {
-        let cls = py.get_type::<CircuitOpenError>().into_any().unbind();
-        Ok((cls, (self.name.clone_ref(py), self.retry_after)))
     }
 }
 
@@ -67,11 +58,18 @@ impl CircuitOpenError {
             },
         ) {
             Ok(err) => {
-                // `args` as if raised by hand, `CircuitOpenError(name, retry_after)`.
-                if let Err(e) = err.setattr("args", (err.get().name.clone_ref(py), retry_after)) {
-                    return e;
+                // `args` as if raised by hand, `CircuitOpenError(name, retry_after)`: that is also
+                // what pickling and copying (BaseException's `__reduce__`) rebuild it from.
+                let set = pyrefs::refs(py).and_then(|refs| {
+                    err.as_any().setattr(
+                        refs.args_name.bind(py),
+                        (err.get().name.clone_ref(py), retry_after),
+                    )
+                });
+                match set {
+                    Ok(()) => PyErr::from_value(err.into_any()),
+                    Err(e) => e,
                 }
-                PyErr::from_value(err.into_any())
             }
             Err(err) => err,
         }

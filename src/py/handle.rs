@@ -69,7 +69,7 @@ impl Breaker {
             upcall::truthy(&upcall::call(refs.iscoroutinefunction.bind(py), [f])?)
         };
         // An object whose `__call__` is `async def` is an async function too.
-        let call_method = func.getattr("__call__")?;
+        let call_method = upcall::getattr(func, "__call__")?;
         if is_async(func)? || is_async(&call_method)? {
             return upcall::call(refs.aio_decorate.bind(py), [slf.as_any(), func]);
         }
@@ -156,7 +156,7 @@ impl Breaker {
         Ok(format!(
             "<Breaker {} {}>",
             self.core.py_name(py)?.repr()?,
-            pyrefs::state(py, mode)?.getattr("value")?
+            pyrefs::state_value(mode)
         ))
     }
 }
@@ -269,7 +269,7 @@ impl Guarded {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        Ok(format!("<guarded {}>", self.func.bind(py).repr()?))
+        Ok(format!("<guarded {}>", upcall::repr(self.func.bind(py))?))
     }
 }
 
@@ -408,7 +408,11 @@ impl Metrics {
         Ok(format!(
             "Metrics(state={}, consecutive_failures={}, calls={}, successes={}, failures={}, \
              ignored={}, rejected={}, times_opened={}, retry_after={:?})",
-            self.state.bind(py).getattr("value")?,
+            // `State` is a `str` enum: its text is its value, read without running `.value`.
+            self.state
+                .bind(py)
+                .cast::<pyo3::types::PyString>()?
+                .to_str()?,
             self.consecutive_failures,
             self.calls,
             self.successes,

@@ -13,7 +13,12 @@ use crate::engine::Mode;
 pub struct Refs {
     /// `State` members, indexed by `state_index`.
     states: [Py<PyAny>; 5],
-    pub logger: Py<PyAny>,
+    /// `logging.getLogger`: the `panelboard` logger is fetched when something is logged, not at
+    /// import, so that a `logging.config.dictConfig()` run after the import (which disables the
+    /// loggers that exist by then) does not silence it.
+    pub get_logger: Py<PyAny>,
+    /// `"args"`, interned: `CircuitOpenError` sets it on every rejection.
+    pub args_name: Py<PyString>,
     /// `contextvars.ContextVar` holding the stack of permits taken by `with`/`async with` blocks
     /// in the current thread or task, as nested `(permit, rest)` tuples.
     permit_stack: Py<PyAny>,
@@ -41,10 +46,8 @@ impl Refs {
                 member("FORCED_OPEN")?,
                 member("DISABLED")?,
             ],
-            logger: py
-                .import("logging")?
-                .call_method1("getLogger", ("panelboard",))?
-                .unbind(),
+            get_logger: attr("logging", "getLogger")?,
+            args_name: PyString::intern(py, "args").unbind(),
             permit_stack: py
                 .import("contextvars")?
                 .getattr("ContextVar")?
@@ -95,6 +98,18 @@ pub fn state<'py>(py: Python<'py>, mode: Mode) -> PyResult<Bound<'py, PyAny>> {
     Ok(refs(py)?.states[index].bind(py).clone())
 }
 
+/// The value of `mode`'s `State` member (read here rather than through the enum's `value`
+/// property, which is Python code).
+pub fn state_value(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Closed => "closed",
+        Mode::Open => "open",
+        Mode::HalfOpen => "half_open",
+        Mode::ForcedOpen => "forced_open",
+        Mode::Disabled => "disabled",
+    }
+}
+
 fn permit_stack(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     Ok(refs(py)?.permit_stack.bind(py))
 }
@@ -139,7 +154,18 @@ pub fn name_key<'a>(name: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
     match name.to_str() {
         Ok(s) => Ok(Cow::Borrowed(s.as_bytes())),
         Err(_) => {
-            let bytes = name.call_method1("encode", ("utf-8", "surrogatepass"))?;
+            // The C function, not `name.encode(...)`: a `str` subclass may override `encode`.
+            // SAFETY: a `str` and two C strings; the result is new bytes, or null with an error.
+            let bytes = unsafe {
+                Bound::from_owned_ptr_or_err(
+                    name.py(),
+                    pyo3::ffi::PyUnicode_AsEncodedString(
+                        name.as_ptr(),
+                        c"utf-8".as_ptr(),
+                        c"surrogatepass".as_ptr(),
+                    ),
+                )?
+            };
             Ok(Cow::Owned(bytes.cast::<PyBytes>()?.as_bytes().to_vec()))
         }
     }

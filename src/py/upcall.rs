@@ -43,18 +43,61 @@ extern "C-unwind" {
 
     #[link_name = "PyObject_IsTrue"]
     fn PyObject_IsTrue_unwinding(value: *mut ffi::PyObject) -> std::ffi::c_int;
+
+    #[link_name = "PyObject_IsInstance"]
+    fn PyObject_IsInstance_unwinding(
+        object: *mut ffi::PyObject,
+        types: *mut ffi::PyObject,
+    ) -> std::ffi::c_int;
+
+    #[link_name = "PyObject_IsSubclass"]
+    fn PyObject_IsSubclass_unwinding(
+        derived: *mut ffi::PyObject,
+        types: *mut ffi::PyObject,
+    ) -> std::ffi::c_int;
+
+    #[link_name = "PyObject_Repr"]
+    fn PyObject_Repr_unwinding(object: *mut ffi::PyObject) -> *mut ffi::PyObject;
+
+    #[link_name = "PyObject_GetAttr"]
+    fn PyObject_GetAttr_unwinding(
+        object: *mut ffi::PyObject,
+        name: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject;
+
+    #[link_name = "PyErr_WriteUnraisable"]
+    fn PyErr_WriteUnraisable_unwinding(object: *mut ffi::PyObject);
 }
 
-/// Parks the thread forever if it is dropped by a forced unwind (the thread is being ended).
+/// Whether the interpreter has begun to shut down (the only time CPython ends a thread this way).
+fn interpreter_is_finalizing() -> bool {
+    #[cfg(Py_3_13)]
+    {
+        // SAFETY: reads the runtime's state; callable from any thread.
+        unsafe { ffi::Py_IsFinalizing() != 0 }
+    }
+    #[cfg(not(Py_3_13))]
+    {
+        extern "C" {
+            fn _Py_IsFinalizing() -> std::ffi::c_int;
+        }
+        // SAFETY: as above (the private name of the same function before 3.13).
+        unsafe { _Py_IsFinalizing() != 0 }
+    }
+}
+
+/// Parks the thread forever if it is dropped by the interpreter ending the thread at shutdown.
 /// Calls forget it when Python returns, so it only drops while unwinding.
 struct ParkIfThreadEnds;
 
 impl Drop for ParkIfThreadEnds {
     #[cold]
     fn drop(&mut self) {
-        // A Rust panic cannot come out of the C call (PyO3 turns panics in nested callbacks into
-        // exceptions); an unwind that is not a panic is the thread being ended.
-        if !std::thread::panicking() {
+        // A panic of this module cannot come out of the C call (PyO3 turns panics in nested
+        // callbacks into exceptions). Any other unwind during shutdown is CPython ending the
+        // thread. Anything else (a foreign exception, `pthread_cancel` from native code) is left
+        // to go on unwinding, so that it fails loudly instead of hanging a thread.
+        if !std::thread::panicking() && interpreter_is_finalizing() {
             loop {
                 std::thread::park();
             }
@@ -131,4 +174,53 @@ pub fn truthy(value: &Bound<'_, PyAny>) -> PyResult<bool> {
         -1 => Err(PyErr::fetch(value.py())),
         r => Ok(r == 1),
     }
+}
+
+/// `isinstance(object, types)`, which may run a metaclass's `__instancecheck__`.
+pub fn is_instance(object: &Bound<'_, PyAny>, types: &Bound<'_, PyAny>) -> PyResult<bool> {
+    type_check(PyObject_IsInstance_unwinding, object, types)
+}
+
+/// `issubclass(derived, types)`, which may run a metaclass's `__subclasscheck__`.
+pub fn is_subclass(derived: &Bound<'_, PyAny>, types: &Bound<'_, PyAny>) -> PyResult<bool> {
+    type_check(PyObject_IsSubclass_unwinding, derived, types)
+}
+
+fn type_check(
+    check: unsafe extern "C-unwind" fn(*mut ffi::PyObject, *mut ffi::PyObject) -> std::ffi::c_int,
+    value: &Bound<'_, PyAny>,
+    types: &Bound<'_, PyAny>,
+) -> PyResult<bool> {
+    // SAFETY: two borrowed objects.
+    match parked_on_exit(|| unsafe { check(value.as_ptr(), types.as_ptr()) }) {
+        -1 => Err(PyErr::fetch(value.py())),
+        r => Ok(r == 1),
+    }
+}
+
+/// `repr(object)`, which may run its `__repr__`.
+pub fn repr<'py>(object: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: a borrowed object; the result is a new reference, or null with an exception set.
+    unsafe {
+        let result = parked_on_exit(|| PyObject_Repr_unwinding(object.as_ptr()));
+        Bound::from_owned_ptr_or_err(object.py(), result)
+    }
+}
+
+/// `getattr(object, name)`, which may run `__getattr__`, `__getattribute__` or a descriptor.
+pub fn getattr<'py>(object: &Bound<'py, PyAny>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    let name = pyo3::types::PyString::new(object.py(), name);
+    // SAFETY: two borrowed objects; the result is a new reference, or null with an exception set.
+    unsafe {
+        let result = parked_on_exit(|| PyObject_GetAttr_unwinding(object.as_ptr(), name.as_ptr()));
+        Bound::from_owned_ptr_or_err(object.py(), result)
+    }
+}
+
+/// Reports `err` through `sys.unraisablehook` (which may be Python code), as
+/// `PyErr::write_unraisable` does.
+pub fn write_unraisable(py: Python<'_>, err: PyErr) {
+    err.restore(py);
+    // SAFETY: an exception is set; a null object means "no context".
+    parked_on_exit(|| unsafe { PyErr_WriteUnraisable_unwinding(null_mut()) });
 }
