@@ -576,19 +576,24 @@ def check_linearizable(run: Run, budget: int = 150_000, tally: "Counter[str] | N
 # Tests
 
 
+def check_schedule(schedule, budget: int = 150_000, tally: "Counter[str] | None" = None) -> None:
+    """Runs a drawn schedule on the real extension and checks everything the model can."""
+    cfg, flags, threads = schedule
+    run = run_schedule(cfg, threads, lockstep=flags["lockstep"])
+    note(f"logs={run.logs}")
+    note(f"final={run.final}")
+    check_invariants(run, flags)
+    check_linearizable(run, budget, tally)
+    check_permits_balanced(run)
+
+
 def test_small_concurrent_schedules_are_linearizable():
     tally: Counter = Counter()
 
     @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(schedules(min_threads=4, max_threads=4, max_ops=5))
     def check(schedule):
-        cfg, flags, threads = schedule
-        run = run_schedule(cfg, threads, lockstep=flags["lockstep"])
-        note(f"logs={run.logs}")
-        note(f"final={run.final}")
-        check_invariants(run, flags)
-        check_linearizable(run, tally=tally)
-        check_permits_balanced(run)
+        check_schedule(schedule, tally=tally)
 
     check()
     # A search that runs out of budget checks nothing: most schedules of this size must be decided
@@ -600,15 +605,9 @@ def test_small_concurrent_schedules_are_linearizable():
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(schedules(min_threads=4, max_threads=8, max_ops=12))
 def test_concurrent_schedules_keep_invariants(schedule):
-    cfg, flags, threads = schedule
-    run = run_schedule(cfg, threads, lockstep=flags["lockstep"])
-    note(f"logs={run.logs}")
-    note(f"final={run.final}")
-    check_invariants(run, flags)
     # Where the search stays small (lockstep rounds pin most of the order), check
     # linearizability here too.
-    check_linearizable(run, budget=20_000)
-    check_permits_balanced(run)
+    check_schedule(schedule, budget=20_000)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
