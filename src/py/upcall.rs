@@ -1,5 +1,7 @@
 //! Every call from the bindings into Python code: the user's function, result predicate and
-//! listeners, the logger, and the Python helpers (`_aio`, `functools`, `inspect`).
+//! listeners, the logger and `sys.unraisablehook`, the Python helpers (`_aio`, `functools`,
+//! `inspect`), and the protocols a user's objects can override (`==`, `isinstance`/`issubclass`
+//! through a metaclass, `repr`, `getattr`).
 //!
 //! Why they all go through here: on CPython 3.11 to 3.13, a daemon thread that tries to take the
 //! interpreter back after shutdown has begun is ended with `pthread_exit`, a forced unwind through
@@ -7,8 +9,8 @@
 //! (PyO3 puts one around every method) stops the unwind, and glibc aborts the process with
 //! "FATAL: exception not rethrown". And any Rust drop glue it runs releases Python references
 //! without holding the interpreter. So when that unwind comes out of Python code into one of these
-//! calls, the thread parks for good instead, with its stack intact, until the process exits: the
-//! remedy CPython itself adopted in 3.14 (gh-87135).
+//! calls while the interpreter is finalizing, the thread parks for good instead, with its stack
+//! intact, until the process exits: the remedy CPython itself adopted in 3.14 (gh-87135).
 //!
 //! The C functions are declared `"C-unwind"` here: pyo3-ffi declares them `"C"`, which tells Rust
 //! they cannot unwind, so the call would get no unwind entry and the guard below would never run.
