@@ -449,6 +449,17 @@ def test_success_resets_consecutive_failures(api, name):
     assert api.state(name) is State.OPEN
 
 
+def assert_half_opens_after(registry, clock, seconds):
+    """`svc` is open now, reports `seconds` as retry_after, and goes half-open exactly then."""
+    with pytest.raises(CircuitOpenError) as info:
+        registry.call("svc", ok)
+    assert info.value.retry_after == seconds
+    clock.advance(seconds - 0.001)
+    assert registry.state("svc") is State.OPEN
+    clock.advance(0.001)
+    assert registry.state("svc") is State.HALF_OPEN
+
+
 def test_opens_at_threshold_with_opened_at_now(registry, clock):
     opts = dict(failure_threshold=3, reset_timeout=10)
     fail_n(registry, "svc", 1, **opts)
@@ -458,13 +469,7 @@ def test_opens_at_threshold_with_opened_at_now(registry, clock):
     assert registry.state("svc") is State.CLOSED
     fail_n(registry, "svc", 1)  # opens at t=5
     assert registry.state("svc") is State.OPEN
-    with pytest.raises(CircuitOpenError) as info:
-        registry.call("svc", ok)
-    assert info.value.retry_after == 10.0
-    clock.advance(9.999)
-    assert registry.state("svc") is State.OPEN
-    clock.advance(0.001)
-    assert registry.state("svc") is State.HALF_OPEN
+    assert_half_opens_after(registry, clock, 10.0)
 
 
 def test_half_open_success_closes_with_count_zero(registry, clock):
@@ -484,13 +489,7 @@ def test_half_open_failure_reopens_with_fresh_opened_at(registry, clock):
     assert registry.state("svc") is State.HALF_OPEN
     fail_n(registry, "svc", 1)  # probe fails at t=12
     assert registry.state("svc") is State.OPEN
-    with pytest.raises(CircuitOpenError) as info:
-        registry.call("svc", ok)
-    assert info.value.retry_after == 10.0
-    clock.advance(9.999)
-    assert registry.state("svc") is State.OPEN
-    clock.advance(0.001)
-    assert registry.state("svc") is State.HALF_OPEN
+    assert_half_opens_after(registry, clock, 10.0)
 
 
 def test_half_open_falsy_result_reopens(registry, clock):
