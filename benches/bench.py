@@ -40,8 +40,9 @@ import textwrap
 import threading
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES = ROOT / "benches"
@@ -116,14 +117,22 @@ def available(name: str) -> bool:
 class Workload:
     """One statement timed in a loop. ``base`` names the baseline its added cost is measured against."""
 
-    def __init__(self, op: str, lib: str, stmt: str, ns: Dict[str, Any], base: Optional[str] = "bare",
-                 is_async: bool = False, note: str = "") -> None:
+    def __init__(
+        self,
+        op: str,
+        lib: str,
+        stmt: str,
+        ns: dict[str, Any],
+        base: str | None = "bare",
+        is_async: bool = False,
+        note: str = "",
+    ) -> None:
         self.op, self.lib, self.stmt, self.ns = op, lib, stmt, ns
         self.base, self.is_async, self.note = base, is_async, note
         self.number = 0
-        self.samples: List[float] = []  # ns per operation, one per round
+        self.samples: list[float] = []  # ns per operation, one per round
         self.runner = self._compile()
-        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def key(self) -> str:
@@ -134,11 +143,13 @@ class Workload:
         params = "".join(f", {name}" for name in self.ns)
         body = textwrap.indent(self.stmt, " " * 8)
         head = "async def" if self.is_async else "def"
-        src = (f"{head} _bench(_n, _timer, _repeat{params}):\n"
-               f"    _t0 = _timer()\n"
-               f"    for _ in _repeat(None, _n):\n{body}\n"
-               f"    return _timer() - _t0\n")
-        scope: Dict[str, Any] = {}
+        src = (
+            f"{head} _bench(_n, _timer, _repeat{params}):\n"
+            f"    _t0 = _timer()\n"
+            f"    for _ in _repeat(None, _n):\n{body}\n"
+            f"    return _timer() - _t0\n"
+        )
+        scope: dict[str, Any] = {}
         exec(compile(src, f"<bench {self.key}>", "exec"), scope)
         return scope["_bench"]
 
@@ -173,14 +184,22 @@ class Workload:
         return statistics.median(self.samples)
 
 
-def build_sync_workloads() -> List[Workload]:
+def build_sync_workloads() -> list[Workload]:
     import panelboard
 
-    W: List[Workload] = []
+    W: list[Workload] = []
     W.append(Workload("empty", "baseline", "pass", {}, base=None, note="the loop alone"))
     W.append(Workload("bare", "baseline", "f()", {"f": f}, base=None, note="a bare `f()`"))
-    W.append(Workload("bare_raise", "baseline", "try:\n    boom()\nexcept ValueError:\n    pass",
-                      {"boom": boom}, base=None, note="`boom()` raising ValueError, caught"))
+    W.append(
+        Workload(
+            "bare_raise",
+            "baseline",
+            "try:\n    boom()\nexcept ValueError:\n    pass",
+            {"boom": boom},
+            base=None,
+            note="`boom()` raising ValueError, caught",
+        )
+    )
 
     # panelboard
     reg = panelboard.Registry()
@@ -200,16 +219,33 @@ def build_sync_workloads() -> List[Workload]:
         Workload("handle_call", "panelboard", "b.call(f)", {"b": b, "f": f}),
         Workload("decorated", "panelboard", "g()", {"g": g}),
         Workload("context", "panelboard", "with b:\n    f()", {"b": b, "f": f}),
-        Workload("try_acquire_success", "panelboard", "p = b.try_acquire()\nf()\np.success()",
-                 {"b": b, "f": f}),
-        Workload("reject_exc", "panelboard", "try:\n    ob.call(f)\nexcept COE:\n    pass",
-                 {"ob": ob, "f": f, "COE": COE}, base=None),
-        Workload("reject_none", "panelboard", "if ob.try_acquire() is None:\n    pass", {"ob": ob},
-                 base=None),
-        Workload("failure", "panelboard", "try:\n    fb.call(boom)\nexcept ValueError:\n    pass",
-                 {"fb": fb, "boom": boom}, base="bare_raise"),
-        Workload("failure_decorated", "panelboard", "try:\n    fg()\nexcept ValueError:\n    pass",
-                 {"fg": fg}, base="bare_raise"),
+        Workload(
+            "try_acquire_success", "panelboard", "p = b.try_acquire()\nf()\np.success()", {"b": b, "f": f}
+        ),
+        Workload(
+            "reject_exc",
+            "panelboard",
+            "try:\n    ob.call(f)\nexcept COE:\n    pass",
+            {"ob": ob, "f": f, "COE": COE},
+            base=None,
+        ),
+        Workload(
+            "reject_none", "panelboard", "if ob.try_acquire() is None:\n    pass", {"ob": ob}, base=None
+        ),
+        Workload(
+            "failure",
+            "panelboard",
+            "try:\n    fb.call(boom)\nexcept ValueError:\n    pass",
+            {"fb": fb, "boom": boom},
+            base="bare_raise",
+        ),
+        Workload(
+            "failure_decorated",
+            "panelboard",
+            "try:\n    fg()\nexcept ValueError:\n    pass",
+            {"fg": fg},
+            base="bare_raise",
+        ),
     ]
 
     def check_panelboard() -> None:
@@ -219,6 +255,7 @@ def build_sync_workloads() -> List[Workload]:
         m = b.metrics()
         assert m.successes > 0 and m.failures == 0 and m.rejected == 0, m
         assert ob.metrics().rejected > 0
+
     CHECKS.append(check_panelboard)
 
     if available("pybreaker"):
@@ -236,21 +273,37 @@ def build_sync_workloads() -> List[Workload]:
         pg = cb(f)
         CBE = pybreaker.CircuitBreakerError
         W += [
-            Workload("registry_call", "pybreaker", 'reg["svc"].call(f)', {"reg": pyb_reg, "f": f},
-                     note="dict lookup + `cb.call(f)` (pybreaker has no registry)"),
+            Workload(
+                "registry_call",
+                "pybreaker",
+                'reg["svc"].call(f)',
+                {"reg": pyb_reg, "f": f},
+                note="dict lookup + `cb.call(f)` (pybreaker has no registry)",
+            ),
             Workload("handle_call", "pybreaker", "cb.call(f)", {"cb": cb, "f": f}),
             Workload("decorated", "pybreaker", "g()", {"g": pg}),
             Workload("context", "pybreaker", "with cb.calling():\n    f()", {"cb": cb, "f": f}),
-            Workload("reject_exc", "pybreaker", "try:\n    ocb.call(f)\nexcept CBE:\n    pass",
-                     {"ocb": ocb, "f": f, "CBE": CBE}, base=None),
-            Workload("failure", "pybreaker", "try:\n    fcb.call(boom)\nexcept ValueError:\n    pass",
-                     {"fcb": fcb, "boom": boom}, base="bare_raise"),
+            Workload(
+                "reject_exc",
+                "pybreaker",
+                "try:\n    ocb.call(f)\nexcept CBE:\n    pass",
+                {"ocb": ocb, "f": f, "CBE": CBE},
+                base=None,
+            ),
+            Workload(
+                "failure",
+                "pybreaker",
+                "try:\n    fcb.call(boom)\nexcept ValueError:\n    pass",
+                {"fcb": fcb, "boom": boom},
+                base="bare_raise",
+            ),
         ]
 
         def check_pybreaker() -> None:
             assert cb.current_state == "closed", cb.current_state
             assert ocb.current_state == "open", ocb.current_state
             assert fcb.current_state == "closed", fcb.current_state
+
         CHECKS.append(check_pybreaker)
 
     if available("circuitbreaker"):
@@ -266,38 +319,80 @@ def build_sync_workloads() -> List[Workload]:
         except ValueError:
             pass
         assert ocbb.opened
-        fcbb = circuitbreaker.CircuitBreaker(failure_threshold=10**12, recovery_timeout=LONG,
-                                             name="failing")
+        fcbb = circuitbreaker.CircuitBreaker(failure_threshold=10**12, recovery_timeout=LONG, name="failing")
         fcg = fcbb(boom)
         CBE2 = circuitbreaker.CircuitBreakerError
         W += [
-            Workload("registry_call", "circuitbreaker", 'reg["svc"]()', {"reg": {"svc": cg}},
-                     note="dict lookup + decorated function (its `call()` skips the open check)"),
-            Workload("handle_call", "circuitbreaker", "cb.call(f)", {"cb": cbb, "f": f},
-                     note="`CircuitBreaker.call` never checks the open state"),
+            Workload(
+                "registry_call",
+                "circuitbreaker",
+                'reg["svc"]()',
+                {"reg": {"svc": cg}},
+                note="dict lookup + decorated function (its `call()` skips the open check)",
+            ),
+            Workload(
+                "handle_call",
+                "circuitbreaker",
+                "cb.call(f)",
+                {"cb": cbb, "f": f},
+                note="`CircuitBreaker.call` never checks the open state",
+            ),
             Workload("decorated", "circuitbreaker", "g()", {"g": cg}),
-            Workload("context", "circuitbreaker", "with cb:\n    f()", {"cb": cbb, "f": f},
-                     note="its `with` never checks the open state"),
-            Workload("reject_exc", "circuitbreaker", "try:\n    og()\nexcept CBE:\n    pass",
-                     {"og": og, "CBE": CBE2}, base=None),
-            Workload("failure", "circuitbreaker", "try:\n    fg()\nexcept ValueError:\n    pass",
-                     {"fg": fcg}, base="bare_raise"),
+            Workload(
+                "context",
+                "circuitbreaker",
+                "with cb:\n    f()",
+                {"cb": cbb, "f": f},
+                note="its `with` never checks the open state",
+            ),
+            Workload(
+                "reject_exc",
+                "circuitbreaker",
+                "try:\n    og()\nexcept CBE:\n    pass",
+                {"og": og, "CBE": CBE2},
+                base=None,
+            ),
+            Workload(
+                "failure",
+                "circuitbreaker",
+                "try:\n    fg()\nexcept ValueError:\n    pass",
+                {"fg": fcg},
+                base="bare_raise",
+            ),
         ]
 
         def check_circuitbreaker() -> None:
             assert cbb.closed and not ocbb.closed and fcbb.closed
+
         CHECKS.append(check_circuitbreaker)
     return W
 
 
-def build_async_workloads(loop: asyncio.AbstractEventLoop) -> List[Workload]:
+def build_async_workloads(loop: asyncio.AbstractEventLoop) -> list[Workload]:
     import panelboard
 
-    W: List[Workload] = []
-    W.append(Workload("abare", "baseline", "await af()", {"af": af}, base=None, is_async=True,
-                      note="a bare `await af()`"))
-    W.append(Workload("abare_raise", "baseline", "try:\n    await aboom()\nexcept ValueError:\n    pass",
-                      {"aboom": aboom}, base=None, is_async=True))
+    W: list[Workload] = []
+    W.append(
+        Workload(
+            "abare",
+            "baseline",
+            "await af()",
+            {"af": af},
+            base=None,
+            is_async=True,
+            note="a bare `await af()`",
+        )
+    )
+    W.append(
+        Workload(
+            "abare_raise",
+            "baseline",
+            "try:\n    await aboom()\nexcept ValueError:\n    pass",
+            {"aboom": aboom},
+            base=None,
+            is_async=True,
+        )
+    )
     reg = panelboard.Registry()
     b = reg.breaker("svc")
     ob = reg.breaker("open", failure_threshold=1, reset_timeout=LONG)
@@ -308,17 +403,29 @@ def build_async_workloads(loop: asyncio.AbstractEventLoop) -> List[Workload]:
     COE = panelboard.CircuitOpenError
     ag = b(af)
     W += [
-        Workload("acall", "panelboard", "await b.acall(af)", {"b": b, "af": af}, base="abare",
-                 is_async=True),
+        Workload("acall", "panelboard", "await b.acall(af)", {"b": b, "af": af}, base="abare", is_async=True),
         Workload("adecorated", "panelboard", "await g()", {"g": ag}, base="abare", is_async=True),
-        Workload("acontext", "panelboard", "async with b:\n    await af()", {"b": b, "af": af},
-                 base="abare", is_async=True),
-        Workload("areject_exc", "panelboard", "try:\n    await ob.acall(af)\nexcept COE:\n    pass",
-                 {"ob": ob, "af": af, "COE": COE}, base=None, is_async=True),
+        Workload(
+            "acontext",
+            "panelboard",
+            "async with b:\n    await af()",
+            {"b": b, "af": af},
+            base="abare",
+            is_async=True,
+        ),
+        Workload(
+            "areject_exc",
+            "panelboard",
+            "try:\n    await ob.acall(af)\nexcept COE:\n    pass",
+            {"ob": ob, "af": af, "COE": COE},
+            base=None,
+            is_async=True,
+        ),
     ]
 
     def check() -> None:
         assert b.state == panelboard.State.CLOSED and ob.state == panelboard.State.OPEN
+
     CHECKS.append(check)
 
     if available("aiobreaker"):
@@ -332,18 +439,29 @@ def build_async_workloads(loop: asyncio.AbstractEventLoop) -> List[Workload]:
             pass
         abg = ab(af)
         W += [
-            Workload("acall", "aiobreaker", "await ab.call_async(af)", {"ab": ab, "af": af},
-                     base="abare", is_async=True),
+            Workload(
+                "acall",
+                "aiobreaker",
+                "await ab.call_async(af)",
+                {"ab": ab, "af": af},
+                base="abare",
+                is_async=True,
+            ),
             Workload("adecorated", "aiobreaker", "await g()", {"g": abg}, base="abare", is_async=True),
-            Workload("areject_exc", "aiobreaker",
-                     "try:\n    await oab.call_async(af)\nexcept CBE:\n    pass",
-                     {"oab": oab, "af": af, "CBE": aiobreaker.CircuitBreakerError}, base=None,
-                     is_async=True),
+            Workload(
+                "areject_exc",
+                "aiobreaker",
+                "try:\n    await oab.call_async(af)\nexcept CBE:\n    pass",
+                {"oab": oab, "af": af, "CBE": aiobreaker.CircuitBreakerError},
+                base=None,
+                is_async=True,
+            ),
         ]
 
         def check_ab() -> None:
             assert ab.current_state == aiobreaker.CircuitBreakerState.CLOSED, ab.current_state
             assert oab.current_state == aiobreaker.CircuitBreakerState.OPEN, oab.current_state
+
         CHECKS.append(check_ab)
 
     if available("purgatory"):
@@ -360,27 +478,39 @@ def build_async_workloads(loop: asyncio.AbstractEventLoop) -> List[Workload]:
             pass
         W += [
             Workload("adecorated", "purgatory", "await g()", {"g": pg}, base="abare", is_async=True),
-            Workload("acontext", "purgatory",
-                     'async with await factory.get_breaker("svc"):\n    await af()',
-                     {"factory": factory, "af": af}, base="abare", is_async=True),
-            Workload("areject_exc", "purgatory", "try:\n    await og()\nexcept OS:\n    pass",
-                     {"og": opg, "OS": OpenedState}, base=None, is_async=True),
+            Workload(
+                "acontext",
+                "purgatory",
+                'async with await factory.get_breaker("svc"):\n    await af()',
+                {"factory": factory, "af": af},
+                base="abare",
+                is_async=True,
+            ),
+            Workload(
+                "areject_exc",
+                "purgatory",
+                "try:\n    await og()\nexcept OS:\n    pass",
+                {"og": opg, "OS": OpenedState},
+                base=None,
+                is_async=True,
+            ),
         ]
     if available("circuitbreaker"):
         import circuitbreaker
 
         cbb = circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=LONG, name="asvc")
-        W.append(Workload("adecorated", "circuitbreaker", "await g()", {"g": cbb(af)}, base="abare",
-                          is_async=True))
+        W.append(
+            Workload("adecorated", "circuitbreaker", "await g()", {"g": cbb(af)}, base="abare", is_async=True)
+        )
     for w in W:
         w.loop = loop
     return W
 
 
-CHECKS: List[Callable[[], None]] = []
+CHECKS: list[Callable[[], None]] = []
 
 
-def run_micro(rounds: int, target_s: float, seed: int) -> Dict[str, Any]:
+def run_micro(rounds: int, target_s: float, seed: int) -> dict[str, Any]:
     """Interleaved rounds of every single-thread workload; medians in ns per operation."""
     loop = asyncio.new_event_loop()
     workloads = build_sync_workloads() + build_async_workloads(loop)
@@ -401,8 +531,17 @@ def run_micro(rounds: int, target_s: float, seed: int) -> Dict[str, Any]:
         "interpreter": interpreter_label(),
         "rounds": rounds,
         "workloads": [
-            {"op": w.op, "lib": w.lib, "stmt": w.stmt, "base": w.base, "async": w.is_async,
-             "note": w.note, "number": w.number, "samples": w.samples, "median": w.median}
+            {
+                "op": w.op,
+                "lib": w.lib,
+                "stmt": w.stmt,
+                "base": w.base,
+                "async": w.is_async,
+                "note": w.note,
+                "number": w.number,
+                "samples": w.samples,
+                "median": w.median,
+            }
             for w in workloads
         ],
     }
@@ -414,30 +553,46 @@ def run_micro(rounds: int, target_s: float, seed: int) -> Dict[str, Any]:
 
 
 class ThreadCase:
-    def __init__(self, key: str, lib: str, label: str, stmt: str,
-                 make: Callable[[int], Dict[str, Any]], shared: Optional[bool]) -> None:
-        self.key, self.lib, self.label, self.stmt, self.make, self.shared = key, lib, label, stmt, make, shared
+    def __init__(
+        self,
+        key: str,
+        lib: str,
+        label: str,
+        stmt: str,
+        make: Callable[[int], dict[str, Any]],
+        shared: bool | None,
+    ) -> None:
+        self.key, self.lib, self.label, self.stmt, self.make, self.shared = (
+            key,
+            lib,
+            label,
+            stmt,
+            make,
+            shared,
+        )
         names = list(make(0))
         params = "".join(f", {n}" for n in names)
         body = textwrap.indent(stmt, " " * 12)
-        src = (f"def _worker(_stop, _barrier, _out, _ends, _cpus, _i, _chunk, _repeat, _timer, _cpu{params}):\n"
-               f"    _n = 0\n"
-               f"    _barrier.wait()\n"
-               f"    _c0 = _cpu()\n"
-               f"    while True:\n"
-               f"        for _ in _repeat(None, _chunk):\n{body}\n"
-               f"        _n += _chunk\n"
-               f"        if _stop[0]:\n"
-               f"            break\n"
-               f"    _cpus[_i] = _cpu() - _c0\n"
-               f"    _ends[_i] = _timer()\n"
-               f"    _out[_i] = _n\n")
-        scope: Dict[str, Any] = {}
+        src = (
+            f"def _worker(_stop, _barrier, _out, _ends, _cpus, _i, _chunk, _repeat, _timer, _cpu{params}):\n"
+            f"    _n = 0\n"
+            f"    _barrier.wait()\n"
+            f"    _c0 = _cpu()\n"
+            f"    while True:\n"
+            f"        for _ in _repeat(None, _chunk):\n{body}\n"
+            f"        _n += _chunk\n"
+            f"        if _stop[0]:\n"
+            f"            break\n"
+            f"    _cpus[_i] = _cpu() - _c0\n"
+            f"    _ends[_i] = _timer()\n"
+            f"    _out[_i] = _n\n"
+        )
+        scope: dict[str, Any] = {}
         exec(compile(src, f"<thread {key}>", "exec"), scope)
         self.worker = scope["_worker"]
 
 
-def build_thread_cases() -> List[ThreadCase]:
+def build_thread_cases() -> list[ThreadCase]:
     import panelboard
 
     reg = panelboard.Registry()
@@ -448,44 +603,112 @@ def build_thread_cases() -> List[ThreadCase]:
     same = {i: reg.breaker("svc") for i in range(max(THREAD_COUNTS))}  # one breaker, own handle objects
     cases = [
         ThreadCase("bare", "baseline", "bare f(), shared function", "f()", lambda i: {"f": f}, True),
-        ThreadCase("bare_own", "baseline", "bare f(), function per thread (ceiling)", "f()",
-                   lambda i: {"f": own_f[i]}, False),
-        ThreadCase("pb_handle_shared", "panelboard", "panelboard b.call, shared handle", "b.call(f)",
-                   lambda i: {"b": shared_b, "f": f}, True),
-        ThreadCase("pb_handle_samebreaker", "panelboard",
-                   "panelboard b.call, one breaker, handle per thread", "b.call(f)",
-                   lambda i: {"b": same[i], "f": f}, True),
-        ThreadCase("pb_handle_distinct", "panelboard", "panelboard b.call, breaker per thread", "b.call(f)",
-                   lambda i: {"b": own[i], "f": f}, False),
-        ThreadCase("pb_handle_isolated", "panelboard",
-                   "panelboard b.call, breaker and function per thread", "b.call(f)",
-                   lambda i: {"b": own[i], "f": own_f[i]}, False),
-        ThreadCase("pb_registry_shared", "panelboard", "panelboard Registry.call, one name",
-                   'reg.call("svc", f)', lambda i: {"reg": reg, "f": f}, True),
-        ThreadCase("pb_registry_distinct", "panelboard", "panelboard Registry.call, name per thread",
-                   "reg.call(name, f)", lambda i: {"reg": reg, "name": f"svc-{i}", "f": f}, False),
+        ThreadCase(
+            "bare_own",
+            "baseline",
+            "bare f(), function per thread (ceiling)",
+            "f()",
+            lambda i: {"f": own_f[i]},
+            False,
+        ),
+        ThreadCase(
+            "pb_handle_shared",
+            "panelboard",
+            "panelboard b.call, shared handle",
+            "b.call(f)",
+            lambda i: {"b": shared_b, "f": f},
+            True,
+        ),
+        ThreadCase(
+            "pb_handle_samebreaker",
+            "panelboard",
+            "panelboard b.call, one breaker, handle per thread",
+            "b.call(f)",
+            lambda i: {"b": same[i], "f": f},
+            True,
+        ),
+        ThreadCase(
+            "pb_handle_distinct",
+            "panelboard",
+            "panelboard b.call, breaker per thread",
+            "b.call(f)",
+            lambda i: {"b": own[i], "f": f},
+            False,
+        ),
+        ThreadCase(
+            "pb_handle_isolated",
+            "panelboard",
+            "panelboard b.call, breaker and function per thread",
+            "b.call(f)",
+            lambda i: {"b": own[i], "f": own_f[i]},
+            False,
+        ),
+        ThreadCase(
+            "pb_registry_shared",
+            "panelboard",
+            "panelboard Registry.call, one name",
+            'reg.call("svc", f)',
+            lambda i: {"reg": reg, "f": f},
+            True,
+        ),
+        ThreadCase(
+            "pb_registry_distinct",
+            "panelboard",
+            "panelboard Registry.call, name per thread",
+            "reg.call(name, f)",
+            lambda i: {"reg": reg, "name": f"svc-{i}", "f": f},
+            False,
+        ),
     ]
     if available("pybreaker"):
         import pybreaker
 
         shared_cb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=LONG)
-        own_cb = {i: pybreaker.CircuitBreaker(fail_max=5, reset_timeout=LONG) for i in range(max(THREAD_COUNTS))}
+        own_cb = {
+            i: pybreaker.CircuitBreaker(fail_max=5, reset_timeout=LONG) for i in range(max(THREAD_COUNTS))
+        }
         cases += [
-            ThreadCase("pyb_shared", "pybreaker", "pybreaker cb.call, shared", "cb.call(f)",
-                       lambda i: {"cb": shared_cb, "f": f}, True),
-            ThreadCase("pyb_distinct", "pybreaker", "pybreaker cb.call, breaker per thread", "cb.call(f)",
-                       lambda i: {"cb": own_cb[i], "f": f}, False),
+            ThreadCase(
+                "pyb_shared",
+                "pybreaker",
+                "pybreaker cb.call, shared",
+                "cb.call(f)",
+                lambda i: {"cb": shared_cb, "f": f},
+                True,
+            ),
+            ThreadCase(
+                "pyb_distinct",
+                "pybreaker",
+                "pybreaker cb.call, breaker per thread",
+                "cb.call(f)",
+                lambda i: {"cb": own_cb[i], "f": f},
+                False,
+            ),
         ]
     if available("circuitbreaker"):
         import circuitbreaker
 
         shared_g = circuitbreaker.CircuitBreaker(recovery_timeout=LONG)(f)
-        own_g = {i: circuitbreaker.CircuitBreaker(recovery_timeout=LONG)(f) for i in range(max(THREAD_COUNTS))}
+        own_g = {
+            i: circuitbreaker.CircuitBreaker(recovery_timeout=LONG)(f) for i in range(max(THREAD_COUNTS))
+        }
         cases += [
-            ThreadCase("cb_shared", "circuitbreaker", "circuitbreaker decorated, shared", "g()",
-                       lambda i: {"g": shared_g}, True),
-            ThreadCase("cb_distinct", "circuitbreaker", "circuitbreaker decorated, breaker per thread", "g()",
-                       lambda i: {"g": own_g[i]}, False),
+            ThreadCase(
+                "cb_shared",
+                "circuitbreaker",
+                "circuitbreaker decorated, shared",
+                "g()",
+                lambda i: {"g": shared_g},
+                True,
+            ),
+            ThreadCase(
+                "cb_distinct",
+                "circuitbreaker",
+                "circuitbreaker decorated, breaker per thread",
+                "g()",
+                lambda i: {"g": own_g[i]},
+                False,
+            ),
         ]
 
     def check() -> None:
@@ -493,11 +716,12 @@ def build_thread_cases() -> List[ThreadCase]:
             assert handle.state == panelboard.State.CLOSED, handle
             m = handle.metrics()
             assert m.failures == 0 and m.rejected == 0, m
+
     CHECKS.append(check)
     return cases
 
 
-def throughput(case: ThreadCase, threads: int, duration: float, chunk: int) -> Tuple[float, float]:
+def throughput(case: ThreadCase, threads: int, duration: float, chunk: int) -> tuple[float, float]:
     """Aggregate calls per second of ``threads`` threads running the case for about ``duration`` s, and
     the CPU time per call (thread CPU clocks: unlike the wall clock, it does not count the time other
     processes on a shared machine take from us, but it does count cache-line contention)."""
@@ -506,11 +730,26 @@ def throughput(case: ThreadCase, threads: int, duration: float, chunk: int) -> T
     out = [0] * threads
     ends = [0.0] * threads
     cpus = [0.0] * threads
-    ts = [threading.Thread(target=case.worker,
-                           args=(stop, barrier, out, ends, cpus, i, chunk, itertools.repeat, time.perf_counter,
-                                 time.thread_time),
-                           kwargs=case.make(i), daemon=True)
-          for i in range(threads)]
+    ts = [
+        threading.Thread(
+            target=case.worker,
+            args=(
+                stop,
+                barrier,
+                out,
+                ends,
+                cpus,
+                i,
+                chunk,
+                itertools.repeat,
+                time.perf_counter,
+                time.thread_time,
+            ),
+            kwargs=case.make(i),
+            daemon=True,
+        )
+        for i in range(threads)
+    ]
     for t in ts:
         t.start()
     barrier.wait(timeout=60)
@@ -525,10 +764,10 @@ def throughput(case: ThreadCase, threads: int, duration: float, chunk: int) -> T
     return calls / (max(ends) - t0), sum(cpus) / calls * 1e9
 
 
-def run_threads(rounds: int, duration: float, seed: int) -> Dict[str, Any]:
+def run_threads(rounds: int, duration: float, seed: int) -> dict[str, Any]:
     cases = build_thread_cases()
-    samples: Dict[str, Dict[int, List[float]]] = {c.key: {n: [] for n in THREAD_COUNTS} for c in cases}
-    cpu: Dict[str, Dict[int, List[float]]] = {c.key: {n: [] for n in THREAD_COUNTS} for c in cases}
+    samples: dict[str, dict[int, list[float]]] = {c.key: {n: [] for n in THREAD_COUNTS} for c in cases}
+    cpu: dict[str, dict[int, list[float]]] = {c.key: {n: [] for n in THREAD_COUNTS} for c in cases}
     rng = random.Random(seed)
     label = interpreter_label()
     for c in cases:  # warm-up
@@ -549,10 +788,16 @@ def run_threads(rounds: int, duration: float, seed: int) -> Dict[str, Any]:
         "rounds": rounds,
         "duration_s": duration,
         "cases": [
-            {"key": c.key, "lib": c.lib, "label": c.label, "stmt": c.stmt, "shared": c.shared,
-             "samples": {str(n): samples[c.key][n] for n in THREAD_COUNTS},
-             "median": {str(n): statistics.median(samples[c.key][n]) for n in THREAD_COUNTS},
-             "cpu_ns": {str(n): statistics.median(cpu[c.key][n]) for n in THREAD_COUNTS}}
+            {
+                "key": c.key,
+                "lib": c.lib,
+                "label": c.label,
+                "stmt": c.stmt,
+                "shared": c.shared,
+                "samples": {str(n): samples[c.key][n] for n in THREAD_COUNTS},
+                "median": {str(n): statistics.median(samples[c.key][n]) for n in THREAD_COUNTS},
+                "cpu_ns": {str(n): statistics.median(cpu[c.key][n]) for n in THREAD_COUNTS},
+            }
             for c in cases
         ],
     }
@@ -568,7 +813,7 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def child_memory(names: int, lib: str) -> Dict[str, Any]:
+def child_memory(names: int, lib: str) -> dict[str, Any]:
     """Resident bytes per breaker for ``names`` distinct names (names as ``svc-0000123``)."""
     gc.collect()
     fmt = "svc-{:07d}".format
@@ -597,7 +842,7 @@ def child_memory(names: int, lib: str) -> Dict[str, Any]:
 
             make = lambda: circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=30)  # noqa: E731
             call_one = lambda cb: cb.call(f)  # noqa: E731
-        reg_d: Dict[str, Any] = {}
+        reg_d: dict[str, Any] = {}
         base = rss_bytes()
         for i in range(names):
             reg_d[fmt(i)] = make()
@@ -605,18 +850,30 @@ def child_memory(names: int, lib: str) -> Dict[str, Any]:
         for i in range(names):
             call_one(reg_d[fmt(i)])
         called = rss_bytes()
-    return {"lib": lib, "names": names, "base": base, "created": created, "called": called,
-            "per_breaker_created": (created - base) / names,
-            "per_breaker_called": (called - base) / names}
+    return {
+        "lib": lib,
+        "names": names,
+        "base": base,
+        "created": created,
+        "called": called,
+        "per_breaker_created": (created - base) / names,
+        "per_breaker_called": (called - base) / names,
+    }
 
 
-def run_memory(python: str, names: int, peer_names: int) -> List[Dict[str, Any]]:
+def run_memory(python: str, names: int, peer_names: int) -> list[dict[str, Any]]:
     out = []
-    plan = [("panelboard", names)] + [(p, peer_names) for p in ("pybreaker", "circuitbreaker") if available(p)]
+    plan = [("panelboard", names)] + [
+        (p, peer_names) for p in ("pybreaker", "circuitbreaker") if available(p)
+    ]
     for lib, n in plan:
         log(f"[memory] {lib}: {n:,} breakers in a fresh process ...")
-        proc = subprocess.run([python, __file__, "--child", "memory", "--names", str(n), "--lib", lib],
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [python, __file__, "--child", "memory", "--names", str(n), "--lib", lib],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if proc.returncode != 0:
             log(proc.stderr)
             out.append({"lib": lib, "names": n, "error": proc.stderr.strip().splitlines()[-1:]})
@@ -630,12 +887,14 @@ def run_memory(python: str, names: int, peer_names: int) -> List[Dict[str, Any]]
 # --------------------------------------------------------------------------------------------------
 
 
-def find_ft_python(explicit: Optional[str]) -> Optional[str]:
+def find_ft_python(explicit: str | None) -> str | None:
     if explicit:
         return explicit
     if FT_LOCATOR.exists():
         try:
-            path = subprocess.run([str(FT_LOCATOR)], capture_output=True, text=True, timeout=600).stdout.strip()
+            path = subprocess.run(
+                [str(FT_LOCATOR)], capture_output=True, text=True, timeout=600
+            ).stdout.strip()
             if path and Path(path).exists():
                 return path
         except (OSError, subprocess.SubprocessError):
@@ -643,7 +902,7 @@ def find_ft_python(explicit: Optional[str]) -> Optional[str]:
     return shutil.which("python3.13t")
 
 
-def sh(cmd: List[str], env: Optional[Dict[str, str]] = None, timeout: int = 900) -> bool:
+def sh(cmd: list[str], env: dict[str, str] | None = None, timeout: int = 900) -> bool:
     log("$ " + " ".join(cmd))
     try:
         return subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout).returncode == 0
@@ -652,7 +911,7 @@ def sh(cmd: List[str], env: Optional[Dict[str, str]] = None, timeout: int = 900)
         return False
 
 
-def prepare_ft_venv(ft_python: str) -> Optional[str]:
+def prepare_ft_venv(ft_python: str) -> str | None:
     """Builds panelboard into .venv-ft (the release build, as ``make build`` does) and installs the peers."""
     py = FT_VENV / "bin" / "python"
     if (FT_VENV / ".deps").exists():
@@ -661,7 +920,9 @@ def prepare_ft_venv(ft_python: str) -> Optional[str]:
         # `make build VENV=.venv-ft` installs the test dependencies first, and mypy's native
         # dependencies do not build for 3.13t; the benchmark needs only maturin.
         ok = py.exists() or sh([ft_python, "-m", "venv", str(FT_VENV)])
-        ok = ok and (available_in(str(py), "maturin") or sh([str(py), "-m", "pip", "install", "-q", "maturin"]))
+        ok = ok and (
+            available_in(str(py), "maturin") or sh([str(py), "-m", "pip", "install", "-q", "maturin"])
+        )
         env = dict(os.environ, VIRTUAL_ENV=str(FT_VENV))
         ok = ok and sh([str(FT_VENV / "bin" / "maturin"), "develop", "--release", "-q"], env=env)
     if not ok:
@@ -678,12 +939,27 @@ def available_in(python: str, module: str) -> bool:
     return subprocess.run([python, "-c", f"import {module}"], capture_output=True, cwd="/").returncode == 0
 
 
-def run_ft_child(python: str, args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+def run_ft_child(python: str, args: argparse.Namespace) -> dict[str, Any] | None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "ft.json"
-        cmd = [python, __file__, "--child", "ft", "--json", str(out),
-               "--rounds", str(args.rounds), "--thread-rounds", str(args.thread_rounds),
-               "--duration", str(args.duration), "--target", str(args.target), "--seed", str(args.seed)]
+        cmd = [
+            python,
+            __file__,
+            "--child",
+            "ft",
+            "--json",
+            str(out),
+            "--rounds",
+            str(args.rounds),
+            "--thread-rounds",
+            str(args.thread_rounds),
+            "--duration",
+            str(args.duration),
+            "--target",
+            str(args.target),
+            "--seed",
+            str(args.seed),
+        ]
         log("$ " + " ".join(cmd))
         proc = subprocess.run(cmd, timeout=1200)
         if proc.returncode != 0 or not out.exists():
@@ -697,11 +973,23 @@ def run_ft_child(python: str, args: argparse.Namespace) -> Optional[Dict[str, An
 # --------------------------------------------------------------------------------------------------
 
 CG_WORKLOADS = [
-    "baseline:empty", "baseline:bare", "baseline:bare_raise",
-    "panelboard:registry_call", "panelboard:handle_call", "panelboard:decorated",
-    "panelboard:try_acquire_success", "panelboard:reject_exc", "panelboard:reject_none", "panelboard:failure",
-    "pybreaker:handle_call", "pybreaker:decorated", "pybreaker:reject_exc", "pybreaker:failure",
-    "circuitbreaker:decorated", "circuitbreaker:reject_exc", "circuitbreaker:failure",
+    "baseline:empty",
+    "baseline:bare",
+    "baseline:bare_raise",
+    "panelboard:registry_call",
+    "panelboard:handle_call",
+    "panelboard:decorated",
+    "panelboard:try_acquire_success",
+    "panelboard:reject_exc",
+    "panelboard:reject_none",
+    "panelboard:failure",
+    "pybreaker:handle_call",
+    "pybreaker:decorated",
+    "pybreaker:reject_exc",
+    "pybreaker:failure",
+    "circuitbreaker:decorated",
+    "circuitbreaker:reject_exc",
+    "circuitbreaker:failure",
 ]
 
 
@@ -711,13 +999,13 @@ def child_callgrind_loop(key: str, n: int) -> None:
     w.runner(n, time.perf_counter, itertools.repeat, **w.ns)
 
 
-def run_callgrind(python: str, n: int) -> Dict[str, Any]:
+def run_callgrind(python: str, n: int) -> dict[str, Any]:
     """Instructions per operation: (Ir(n) - Ir(1)) / (n - 1), so that start-up and set-up cancel out."""
     valgrind = shutil.which("valgrind")
     if not valgrind:
         return {"skipped": "valgrind not found"}
     env = dict(os.environ, PYTHONHASHSEED="0")
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for key in CG_WORKLOADS:
             lib = key.split(":")[0]
@@ -726,9 +1014,25 @@ def run_callgrind(python: str, n: int) -> Dict[str, Any]:
             ir = []
             for count in (1, n):
                 cg_out = Path(tmp) / f"cg.{count}"
-                proc = subprocess.run([valgrind, "--tool=callgrind", f"--callgrind-out-file={cg_out}", python,
-                                       __file__, "--child", "callgrind", "--workload", key, "--n", str(count)],
-                                      capture_output=True, text=True, env=env, timeout=600)
+                proc = subprocess.run(
+                    [
+                        valgrind,
+                        "--tool=callgrind",
+                        f"--callgrind-out-file={cg_out}",
+                        python,
+                        __file__,
+                        "--child",
+                        "callgrind",
+                        "--workload",
+                        key,
+                        "--n",
+                        str(count),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    timeout=600,
+                )
                 m = re.search(r"Collected : (\d+)", proc.stderr)
                 if proc.returncode != 0 or not m:
                     return {"skipped": f"callgrind failed on {key}: {proc.stderr.strip().splitlines()[-1:]}"}
@@ -738,14 +1042,16 @@ def run_callgrind(python: str, n: int) -> Dict[str, Any]:
     return {"n": n, "instructions": out}
 
 
-def callgrind_section(cg: Dict[str, Any]) -> List[str]:
+def callgrind_section(cg: dict[str, Any]) -> list[str]:
     L = ["## Instructions per operation (callgrind, CPython 3.11)", ""]
     if "instructions" not in cg:
         return L + [f"Skipped: {cg.get('skipped')}.", ""]
     ins = cg["instructions"]
-    L.append(f"`valgrind --tool=callgrind`, (Ir(N) − Ir(1)) / (N − 1) with N = {cg['n']:,}: exact and unaffected "
-             "by other load on the machine (but blind to cache misses and contention). Added = minus the bare "
-             "call (minus the bare raise for failure paths).")
+    L.append(
+        f"`valgrind --tool=callgrind`, (Ir(N) − Ir(1)) / (N − 1) with N = {cg['n']:,}: exact and unaffected "
+        "by other load on the machine (but blind to cache misses and contention). Added = minus the bare "
+        "call (minus the bare raise for failure paths)."
+    )
     L.append("")
     L.append("| workload | panelboard | added | pybreaker | added | ratio | circuitbreaker | added | ratio |")
     L.append("|---|---|---|---|---|---|---|---|---|")
@@ -759,15 +1065,20 @@ def callgrind_section(cg: Dict[str, Any]) -> List[str]:
         row += [fmt_ns(ours), fmt_ns(None if ours is None else ours - b)]
         for peer in ("pybreaker", "circuitbreaker"):
             theirs = ins.get(f"{peer}:{op}")
-            row += [fmt_ns(theirs), fmt_ns(None if theirs is None else theirs - b),
-                    fmt_ratio(None if theirs is None else theirs - b, None if ours is None else ours - b)]
+            row += [
+                fmt_ns(theirs),
+                fmt_ns(None if theirs is None else theirs - b),
+                fmt_ratio(None if theirs is None else theirs - b, None if ours is None else ours - b),
+            ]
         L.append("| " + " | ".join(row) + " |")
     L.append("")
-    L.append(f"Bare call: {fmt_ns(ins.get('baseline:bare'))}, bare raise: {fmt_ns(ins.get('baseline:bare_raise'))}, "
-             f"empty loop: {fmt_ns(ins.get('baseline:empty'))} instructions.")
+    L.append(
+        f"Bare call: {fmt_ns(ins.get('baseline:bare'))}, bare raise: {fmt_ns(ins.get('baseline:bare_raise'))}, "
+        f"empty loop: {fmt_ns(ins.get('baseline:empty'))} instructions."
+    )
     L.append("")
 
-    def get(lib: str, op: str) -> Optional[float]:
+    def get(lib: str, op: str) -> float | None:
         v = ins.get(f"{lib}:{op}")
         if v is None or op.startswith("reject"):
             return v
@@ -789,17 +1100,29 @@ def callgrind_section(cg: Dict[str, Any]) -> List[str]:
 # --------------------------------------------------------------------------------------------------
 
 
-_TIME_RE = re.compile(r"^(?P<name>.+?)\s+time:\s+\[(?P<lo>[\d.]+) (?P<ulo>\S+) (?P<mid>[\d.]+) (?P<umid>\S+) "
-                      r"(?P<hi>[\d.]+) (?P<uhi>\S+)\]")
+_TIME_RE = re.compile(
+    r"^(?P<name>.+?)\s+time:\s+\[(?P<lo>[\d.]+) (?P<ulo>\S+) (?P<mid>[\d.]+) (?P<umid>\S+) "
+    r"(?P<hi>[\d.]+) (?P<uhi>\S+)\]"
+)
 _UNITS = {"ps": 1e-3, "ns": 1.0, "µs": 1e3, "us": 1e3, "ms": 1e6, "s": 1e9}
 
 
-def run_rust(timeout: int) -> Dict[str, Any]:
+def run_rust(timeout: int) -> dict[str, Any]:
     cargo = shutil.which("cargo")
     if not cargo:
         return {"skipped": "cargo not found"}
-    cmd = [cargo, "bench", "--bench", "engine", "--", "--noplot", "--warm-up-time", "1",
-           "--measurement-time", "2"]
+    cmd = [
+        cargo,
+        "bench",
+        "--bench",
+        "engine",
+        "--",
+        "--noplot",
+        "--warm-up-time",
+        "1",
+        "--measurement-time",
+        "2",
+    ]
     log("$ " + " ".join(cmd))
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -814,9 +1137,14 @@ def run_rust(timeout: int) -> Dict[str, Any]:
         m = _TIME_RE.match(line.strip()) or (_TIME_RE.match(f"{pending} {line.strip()}") if pending else None)
         if m:
             name = m.group("name").strip()
-            results.append({"name": name, "estimate_ns": float(m.group("mid")) * _UNITS.get(m.group("umid"), 1.0),
-                            "low_ns": float(m.group("lo")) * _UNITS.get(m.group("ulo"), 1.0),
-                            "high_ns": float(m.group("hi")) * _UNITS.get(m.group("uhi"), 1.0)})
+            results.append(
+                {
+                    "name": name,
+                    "estimate_ns": float(m.group("mid")) * _UNITS.get(m.group("umid"), 1.0),
+                    "low_ns": float(m.group("lo")) * _UNITS.get(m.group("ulo"), 1.0),
+                    "high_ns": float(m.group("hi")) * _UNITS.get(m.group("uhi"), 1.0),
+                }
+            )
             pending = None
         elif line.strip() and not line.startswith(" ") and "time:" not in line:
             pending = line.strip()
@@ -862,11 +1190,11 @@ PEER_COLS = ["pybreaker", "circuitbreaker"]
 APEER_COLS = ["aiobreaker", "purgatory", "circuitbreaker"]
 
 
-def index_micro(micro: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+def index_micro(micro: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {f"{w['lib']}:{w['op']}": w for w in micro["workloads"]}
 
 
-def added(ix: Dict[str, Dict[str, Any]], lib: str, op: str) -> Optional[float]:
+def added(ix: dict[str, dict[str, Any]], lib: str, op: str) -> float | None:
     w = ix.get(f"{lib}:{op}")
     if w is None:
         return None
@@ -875,11 +1203,11 @@ def added(ix: Dict[str, Dict[str, Any]], lib: str, op: str) -> Optional[float]:
     return w["median"] - ix[f"baseline:{w['base']}"]["median"]
 
 
-def fmt_ns(v: Optional[float]) -> str:
+def fmt_ns(v: float | None) -> str:
     return "–" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}")
 
 
-def fmt_ratio(peer: Optional[float], ours: Optional[float]) -> str:
+def fmt_ratio(peer: float | None, ours: float | None) -> str:
     if peer is None or ours is None:
         return "–"
     if ours <= 0:
@@ -887,7 +1215,7 @@ def fmt_ratio(peer: Optional[float], ours: Optional[float]) -> str:
     return f"{peer / ours:.1f}×"
 
 
-def micro_table(micro: Dict[str, Any], ops: List[Tuple[str, str]], peers: List[str]) -> List[str]:
+def micro_table(micro: dict[str, Any], ops: list[tuple[str, str]], peers: list[str]) -> list[str]:
     ix = index_micro(micro)
     head = ["workload", "panelboard ns", "added"]
     for p in peers:
@@ -908,9 +1236,11 @@ def micro_table(micro: Dict[str, Any], ops: List[Tuple[str, str]], peers: List[s
         for p in peers:
             w = ix.get(f"{p}:{op}")
             theirs = added(ix, p, op)
-            row += [fmt_ns(w["median"]) if w else "–",
-                    (fmt_ns(theirs) if w["base"] else "(abs)") if w else "–",
-                    fmt_ratio(theirs, ours)]
+            row += [
+                fmt_ns(w["median"]) if w else "–",
+                (fmt_ns(theirs) if w["base"] else "(abs)") if w else "–",
+                fmt_ratio(theirs, ours),
+            ]
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -920,13 +1250,25 @@ RATIO_TARGETS = [
     ("handle `b.call` added cost vs pybreaker `cb.call`", "handle_call", "pybreaker", "handle_call", 20),
     ("decorator added cost vs pybreaker decorator", "decorated", "pybreaker", "decorated", 20),
     ("`Registry.call` added cost vs pybreaker `cb.call`", "registry_call", "pybreaker", "handle_call", 12),
-    ("`Registry.call` added cost vs circuitbreaker decorator", "registry_call", "circuitbreaker", "decorated", 4),
-    ("rejection by `try_acquire() is None` vs pybreaker rejection", "reject_none", "pybreaker", "reject_exc", 20),
+    (
+        "`Registry.call` added cost vs circuitbreaker decorator",
+        "registry_call",
+        "circuitbreaker",
+        "decorated",
+        4,
+    ),
+    (
+        "rejection by `try_acquire() is None` vs pybreaker rejection",
+        "reject_none",
+        "pybreaker",
+        "reject_exc",
+        20,
+    ),
     ("rejection by exception vs pybreaker rejection", "reject_exc", "pybreaker", "reject_exc", 3),
 ]
 
 
-def ratio_targets(get: Callable[[str, str], Optional[float]], unit: str) -> List[Dict[str, Any]]:
+def ratio_targets(get: Callable[[str, str], float | None], unit: str) -> list[dict[str, Any]]:
     T = []
     for name, op, peer, peer_op, need in RATIO_TARGETS:
         ours, theirs = get("panelboard", op), get(peer, peer_op)
@@ -934,19 +1276,32 @@ def ratio_targets(get: Callable[[str, str], Optional[float]], unit: str) -> List
             T.append({"name": name, "measured": "not measured", "target": f"≥ {need:g}×", "ok": None})
             continue
         r = theirs / ours if ours > 0 else float("inf")
-        T.append({"name": name, "measured": f"{r:.1f}× ({fmt_ns(ours)} vs {fmt_ns(theirs)} {unit})",
-                  "target": f"≥ {need:g}×", "ok": r >= need})
+        T.append(
+            {
+                "name": name,
+                "measured": f"{r:.1f}× ({fmt_ns(ours)} vs {fmt_ns(theirs)} {unit})",
+                "target": f"≥ {need:g}×",
+                "ok": r >= need,
+            }
+        )
     return T
 
 
-def targets(micro: Dict[str, Any], ft: Optional[Dict[str, Any]], memory: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+def targets(
+    micro: dict[str, Any], ft: dict[str, Any] | None, memory: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     ix = index_micro(micro)
     T = ratio_targets(lambda lib, op: added(ix, lib, op), "ns")
     if ft:
         cases = {c["key"]: c for c in ft["threads"]["cases"]}
         ceiling = cases.get("bare_own")
-        for key, name in (("pb_handle_shared", "3.13t, shared healthy breaker, one shared handle (`b.call`), 2 threads vs 1"),
-                          ("pb_handle_samebreaker", "3.13t, shared healthy breaker, a handle per thread, 2 threads vs 1")):
+        for key, name in (
+            (
+                "pb_handle_shared",
+                "3.13t, shared healthy breaker, one shared handle (`b.call`), 2 threads vs 1",
+            ),
+            ("pb_handle_samebreaker", "3.13t, shared healthy breaker, a handle per thread, 2 threads vs 1"),
+        ):
             case = cases.get(key)
             if not case:
                 continue
@@ -955,25 +1310,41 @@ def targets(micro: Dict[str, Any], ft: Optional[Dict[str, Any]], memory: List[Di
             text = f"{s:.2f}× ({case['median']['1'] / 1e6:.2f} → {case['median']['2'] / 1e6:.2f} M calls/s)"
             if cpu:
                 # With 2 threads on 2 otherwise idle cores, wall-clock scaling = 2 × CPU/call(1) / CPU/call(2).
-                text += (f"; CPU per call {cpu['1']:,.0f} → {cpu['2']:,.0f} ns, i.e. ≈ "
-                         f"{2 * cpu['1'] / cpu['2']:.2f}× on 2 idle cores")
+                text += (
+                    f"; CPU per call {cpu['1']:,.0f} → {cpu['2']:,.0f} ns, i.e. ≈ "
+                    f"{2 * cpu['1'] / cpu['2']:.2f}× on 2 idle cores"
+                )
             if ceiling:
                 text += f"; interpreter ceiling (bare `f()`, nothing shared) {ceiling['median']['2'] / ceiling['median']['1']:.2f}×"
             T.append({"name": name, "measured": text, "target": "≥ 1.6×", "ok": s >= 1.6})
     else:
-        T.append({"name": "3.13t, shared healthy breaker, 2 threads vs 1", "measured": "not measured",
-                  "target": "≥ 1.6×", "ok": None})
+        T.append(
+            {
+                "name": "3.13t, shared healthy breaker, 2 threads vs 1",
+                "measured": "not measured",
+                "target": "≥ 1.6×",
+                "ok": None,
+            }
+        )
     for m in memory:
         if m["lib"] != "panelboard" or "error" in m:
             continue
-        for key, what in (("per_breaker_created", "created by `registry.breaker(name)`"),
-                          ("per_breaker_called", "after one call each")):
-            T.append({"name": f"memory at {m['names']:,} names, {what}", "measured": f"{m[key]:.0f} B/breaker",
-                      "target": "≤ 300 B", "ok": m[key] <= 300})
+        for key, what in (
+            ("per_breaker_created", "created by `registry.breaker(name)`"),
+            ("per_breaker_called", "after one call each"),
+        ):
+            T.append(
+                {
+                    "name": f"memory at {m['names']:,} names, {what}",
+                    "measured": f"{m[key]:.0f} B/breaker",
+                    "target": "≤ 300 B",
+                    "ok": m[key] <= 300,
+                }
+            )
     return T
 
 
-def thread_table(threads: Dict[str, Any]) -> List[str]:
+def thread_table(threads: dict[str, Any]) -> list[str]:
     head = ["case"] + [f"{n} thread{'s' if n > 1 else ''}" for n in THREAD_COUNTS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in threads["cases"]:
@@ -987,7 +1358,7 @@ def thread_table(threads: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def machine_info() -> Dict[str, Any]:
+def machine_info() -> dict[str, Any]:
     cpu = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -1002,44 +1373,61 @@ def machine_info() -> Dict[str, Any]:
         nproc = str(os.cpu_count())
     mem = "?"
     try:
-        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        kb = int(
+            next(
+                l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")
+            ).split()[1]
+        )
         mem = f"{kb / 1024 / 1024:.1f} GiB"
     except (OSError, StopIteration, ValueError):
         pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
         commit += " (with uncommitted changes)" if dirty else ""
     except OSError:
         commit = "?"
     return {"cpu": cpu, "nproc": nproc, "mem": mem, "kernel": platform.release(), "commit": commit}
 
 
-def write_report(raw: Dict[str, Any]) -> str:
+def write_report(raw: dict[str, Any]) -> str:
     """The Markdown report from everything one run measured (``raw``, as ``--save-raw`` stores it)."""
     info, micro, threads, ft = raw["info"], raw["micro"], raw["threads"], raw.get("ft")
     memory, rust, cg, ft_note = raw["memory"], raw["rust"], raw.get("callgrind"), raw.get("ft_note", "")
     load, elapsed, target_s = raw["load"], raw["elapsed_s"], raw["target_s"]
     T = targets(micro, ft, memory)
-    L: List[str] = []
+    L: list[str] = []
     L.append("# Benchmark results")
     L.append("")
-    L.append(f"Generated by `{info.get('command', 'python benches/bench.py')}` on {info['date']}, in {elapsed:.0f} s "
-             "(`make bench` runs `benches/bench.py` without options).")
+    L.append(
+        f"Generated by `{info.get('command', 'python benches/bench.py')}` on {info['date']}, in {elapsed:.0f} s "
+        "(`make bench` runs `benches/bench.py` without options)."
+    )
     L.append("")
-    L.append(f"- Machine: {info['nproc']} CPUs (`nproc`), {info['cpu']}, {info['mem']} RAM, Linux {info['kernel']}")
-    L.append(f"- Load average before / after the run: {load[0]} / {load[1]}"
-             + ("  **(other work was running: treat the numbers as preliminary)**"
-                if float(load[0].split()[0]) > 0.5 else ""))
+    L.append(
+        f"- Machine: {info['nproc']} CPUs (`nproc`), {info['cpu']}, {info['mem']} RAM, Linux {info['kernel']}"
+    )
+    L.append(
+        f"- Load average before / after the run: {load[0]} / {load[1]}"
+        + (
+            "  **(other work was running: treat the numbers as preliminary)**"
+            if float(load[0].split()[0]) > 0.5
+            else ""
+        )
+    )
     L.append(f"- Python: {info['python']}" + (f"; free-threaded: {ft['python']}" if ft else ""))
     L.append("- Libraries: " + ", ".join(f"{lib} {info['versions'][lib]}" for lib in LIBS))
     L.append(f"- panelboard commit: {info['commit']}")
-    L.append(f"- Method: {micro['rounds']} interleaved rounds (each round times every workload once, in a "
-             f"shuffled order, about {target_s * 1000:.0f} ms each); medians over rounds. \"Added\" = "
-             "median time minus the median of the bare call (or of a bare raise, for failure paths). "
-             "Rejections are absolute times. Ratios are peer ÷ panelboard (higher is better).")
+    L.append(
+        f"- Method: {micro['rounds']} interleaved rounds (each round times every workload once, in a "
+        f'shuffled order, about {target_s * 1000:.0f} ms each); medians over rounds. "Added" = '
+        "median time minus the median of the bare call (or of a bare raise, for failure paths). "
+        "Rejections are absolute times. Ratios are peer ÷ panelboard (higher is better)."
+    )
     L.append("")
     L.append("## Targets (issue 4)")
     L.append("")
@@ -1049,8 +1437,10 @@ def write_report(raw: Dict[str, Any]) -> str:
         verdict = "–" if t["ok"] is None else ("PASS" if t["ok"] else "**MISS**")
         L.append(f"| {t['name']} | {t['measured']} | {t['target']} | {verdict} |")
     L.append("")
-    L.append("Peer reference points: pybreaker's guarded call is `cb.call(f)`; circuitbreaker's is its "
-             "decorator (its `call()` and `with` never check whether the breaker is open).")
+    L.append(
+        "Peer reference points: pybreaker's guarded call is `cb.call(f)`; circuitbreaker's is its "
+        "decorator (its `call()` and `with` never check whether the breaker is open)."
+    )
     L.append("")
     L.append(f"## Per call, CPython {micro['interpreter']} (ns, medians)")
     L.append("")
@@ -1060,10 +1450,14 @@ def write_report(raw: Dict[str, Any]) -> str:
     L.append("")
     L += micro_table(micro, AOPS, APEER_COLS)
     L.append("")
-    notes = sorted({(w["lib"], w["op"], w["note"]) for w in micro["workloads"] if w["note"] and w["lib"] != "baseline"})
+    notes = sorted(
+        {(w["lib"], w["op"], w["note"]) for w in micro["workloads"] if w["note"] and w["lib"] != "baseline"}
+    )
     if notes:
-        L.append("Notes: " + "; ".join(f"{lib} `{op}`: {note}" for lib, op, note in notes) + ". "
-                 f"Empty loop: {fmt_ns(index_micro(micro)['baseline:empty']['median'])} ns per iteration.")
+        L.append(
+            "Notes: " + "; ".join(f"{lib} `{op}`: {note}" for lib, op, note in notes) + ". "
+            f"Empty loop: {fmt_ns(index_micro(micro)['baseline:empty']['median'])} ns per iteration."
+        )
         L.append("")
     if ft and ft.get("micro"):
         L.append(f"## Per call, free-threaded CPython {ft['micro']['interpreter']} (ns, medians)")
@@ -1072,21 +1466,25 @@ def write_report(raw: Dict[str, Any]) -> str:
         L.append("")
     L.append("## Threads: aggregate throughput (M calls/s, scaling against 1 thread)")
     L.append("")
-    L.append(f"Each cell: aggregate M calls/s (scaling against 1 thread) · CPU time per call (thread CPU "
-             f"clocks summed over the threads); median of {threads['rounds']} runs of about "
-             f"{threads['duration_s']:.2f} s, cases and thread counts interleaved. All threads call a no-op `f`. "
-             "The CPU time per call is what contention on shared cache lines shows up in: it stays flat when "
-             "threads do not interfere, and unlike the wall clock it does not count the time other processes "
-             "take on a shared machine. With more threads than cores the wall-clock scaling is capped at the "
-             "core count.")
+    L.append(
+        f"Each cell: aggregate M calls/s (scaling against 1 thread) · CPU time per call (thread CPU "
+        f"clocks summed over the threads); median of {threads['rounds']} runs of about "
+        f"{threads['duration_s']:.2f} s, cases and thread counts interleaved. All threads call a no-op `f`. "
+        "The CPU time per call is what contention on shared cache lines shows up in: it stays flat when "
+        "threads do not interfere, and unlike the wall clock it does not count the time other processes "
+        "take on a shared machine. With more threads than cores the wall-clock scaling is capped at the "
+        "core count."
+    )
     L.append("")
     L.append(f"### CPython {threads['interpreter']} (GIL)")
     L.append("")
     L += thread_table(threads)
     L.append("")
     if ft:
-        L.append(f"### CPython {ft['threads']['interpreter']} (free-threaded, GIL disabled: "
-                 f"{not ft['threads']['gil_enabled']})")
+        L.append(
+            f"### CPython {ft['threads']['interpreter']} (free-threaded, GIL disabled: "
+            f"{not ft['threads']['gil_enabled']})"
+        )
         L.append("")
         L += thread_table(ft["threads"])
     else:
@@ -1096,19 +1494,25 @@ def write_report(raw: Dict[str, Any]) -> str:
     L.append("")
     L.append("## Memory (resident size, fresh process, `/proc/self/statm`)")
     L.append("")
-    L.append("| library | breakers | RSS growth, created | bytes/breaker | RSS growth, after one call each | bytes/breaker |")
+    L.append(
+        "| library | breakers | RSS growth, created | bytes/breaker | RSS growth, after one call each | bytes/breaker |"
+    )
     L.append("|---|---|---|---|---|---|")
     for m in memory:
         if "error" in m:
             L.append(f"| {m['lib']} | {m['names']:,} | failed: {m['error']} | | | |")
             continue
-        L.append(f"| {m['lib']} | {m['names']:,} | {(m['created'] - m['base']) / 2**20:.1f} MiB | "
-                 f"{m['per_breaker_created']:.0f} | {(m['called'] - m['base']) / 2**20:.1f} MiB | "
-                 f"{m['per_breaker_called']:.0f} |")
+        L.append(
+            f"| {m['lib']} | {m['names']:,} | {(m['created'] - m['base']) / 2**20:.1f} MiB | "
+            f"{m['per_breaker_created']:.0f} | {(m['called'] - m['base']) / 2**20:.1f} MiB | "
+            f"{m['per_breaker_called']:.0f} |"
+        )
     L.append("")
-    L.append("panelboard: `registry.breaker(name)` for each name (handle dropped), then `registry.call(name, f)` "
-             "for each. Peers (no registry): one instance per name in a dict, then one `call` each. Names are "
-             "`svc-0000000` style; the RSS includes everything the process keeps for them.")
+    L.append(
+        "panelboard: `registry.breaker(name)` for each name (handle dropped), then `registry.call(name, f)` "
+        "for each. Peers (no registry): one instance per name in a dict, then one `call` each. Names are "
+        "`svc-0000000` style; the RSS includes everything the process keeps for them."
+    )
     L.append("")
     L.append("## Rust engine (criterion, `cargo bench --bench engine`)")
     L.append("")
@@ -1118,8 +1522,10 @@ def write_report(raw: Dict[str, Any]) -> str:
         L.append("| bench | median ns | estimate [low, high] ns |")
         L.append("|---|---|---|")
         for r in rust["results"]:
-            L.append(f"| {r['name']} | {fmt_ns(r.get('median_ns'))} | {r['estimate_ns']:.2f} "
-                     f"[{r['low_ns']:.2f}, {r['high_ns']:.2f}] |")
+            L.append(
+                f"| {r['name']} | {fmt_ns(r.get('median_ns'))} | {r['estimate_ns']:.2f} "
+                f"[{r['low_ns']:.2f}, {r['high_ns']:.2f}] |"
+            )
     else:
         L.append(f"Skipped: {rust.get('skipped', 'no results parsed')}.")
     L.append("")
@@ -1127,14 +1533,16 @@ def write_report(raw: Dict[str, Any]) -> str:
         L += callgrind_section(cg)
     L.append("## Reproduce")
     L.append("")
-    L.append("`make bench` (3.11 in `.venv`; the script builds panelboard into `.venv-ft` for 3.13t and installs "
-             "the peers there). `.venv/bin/python benches/bench.py --callgrind` adds the instruction counts; "
-             "other options: `--help`.")
+    L.append(
+        "`make bench` (3.11 in `.venv`; the script builds panelboard into `.venv-ft` for 3.13t and installs "
+        "the peers there). `.venv/bin/python benches/bench.py --callgrind` adds the instruction counts; "
+        "other options: `--help`."
+    )
     L.append("")
     return "\n".join(L)
 
 
-def draw_plot(threads: Dict[str, Any], ft: Optional[Dict[str, Any]], path: Path) -> Optional[str]:
+def draw_plot(threads: dict[str, Any], ft: dict[str, Any] | None, path: Path) -> str | None:
     try:
         import matplotlib
 
@@ -1144,16 +1552,27 @@ def draw_plot(threads: Dict[str, Any], ft: Optional[Dict[str, Any]], path: Path)
         return f"plot skipped: {exc}"
     panels = [threads] + ([ft["threads"]] if ft else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 6.5), squeeze=False)
-    colors = {"baseline": "0.6", "panelboard": "tab:blue", "pybreaker": "tab:red", "circuitbreaker": "tab:green"}
+    colors = {
+        "baseline": "0.6",
+        "panelboard": "tab:blue",
+        "pybreaker": "tab:red",
+        "circuitbreaker": "tab:green",
+    }
     markers = ["o", "s", "^", "D", "v", "P"]
     for ax, data in zip(axes[0], panels):
-        seen: Dict[str, int] = {}
+        seen: dict[str, int] = {}
         for c in data["cases"]:
             i = seen.setdefault(c["lib"], 0)
             seen[c["lib"]] += 1
             y = [c["median"][str(n)] / 1e6 for n in THREAD_COUNTS]
-            ax.plot(THREAD_COUNTS, y, label=c["label"], color=colors.get(c["lib"], "k"),
-                    linestyle="--" if c["shared"] is False else "-", marker=markers[i % len(markers)])
+            ax.plot(
+                THREAD_COUNTS,
+                y,
+                label=c["label"],
+                color=colors.get(c["lib"], "k"),
+                linestyle="--" if c["shared"] is False else "-",
+                marker=markers[i % len(markers)],
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks(THREAD_COUNTS)
         ax.set_xticklabels([str(n) for n in THREAD_COUNTS])
@@ -1164,9 +1583,13 @@ def draw_plot(threads: Dict[str, Any], ft: Optional[Dict[str, Any]], path: Path)
         ax.set_title(f"CPython {data['interpreter']} ({gil})")
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3 if len(panels) > 1 else 2, fontsize=8, frameon=False)
-    fig.suptitle("Aggregate throughput per thread count, no-op function\n"
-                 "(solid: threads share the breaker, dashed: a breaker per thread)")
+    fig.legend(
+        handles, labels, loc="lower center", ncol=3 if len(panels) > 1 else 2, fontsize=8, frameon=False
+    )
+    fig.suptitle(
+        "Aggregate throughput per thread count, no-op function\n"
+        "(solid: threads share the breaker, dashed: a breaker per thread)"
+    )
     fig.tight_layout(rect=(0, 0.13, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -1183,7 +1606,7 @@ def print_summary(report: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=9, help="interleaved rounds of the per-call workloads")
     p.add_argument("--target", type=float, default=0.03, help="seconds per timing of one workload")
@@ -1192,23 +1615,37 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--names", type=int, default=1_000_000, help="breakers for the memory measurement")
     p.add_argument("--peer-names", type=int, default=100_000, help="breakers for the peers' memory")
     p.add_argument("--seed", type=int, default=4)
-    p.add_argument("--ft-python", help="free-threaded CPython 3.13t interpreter (default: "
-                   f"{FT_LOCATOR}, or python3.13t on PATH)")
+    p.add_argument(
+        "--ft-python",
+        help=f"free-threaded CPython 3.13t interpreter (default: {FT_LOCATOR}, or python3.13t on PATH)",
+    )
     p.add_argument("--no-ft", action="store_true", help="skip the free-threaded run")
     p.add_argument("--no-ft-build", action="store_true", help="use .venv-ft as it is")
     p.add_argument("--no-ft-micro", action="store_true", help="on 3.13t, run only the thread cases")
     p.add_argument("--no-rust", action="store_true", help="skip cargo bench")
-    p.add_argument("--rust-timeout", type=int, default=1800,
-                   help="seconds allowed for cargo bench (a first build with fat LTO included)")
+    p.add_argument(
+        "--rust-timeout",
+        type=int,
+        default=1800,
+        help="seconds allowed for cargo bench (a first build with fat LTO included)",
+    )
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--quick", action="store_true", help="a short smoke run (numbers are not meaningful)")
-    p.add_argument("--output", default=str(RESULTS_MD),
-                   help="where to write the Markdown report (the plot goes next to it)")
-    p.add_argument("--callgrind", action="store_true",
-                   help="also count instructions per operation under valgrind (about 3 minutes more)")
+    p.add_argument(
+        "--output",
+        default=str(RESULTS_MD),
+        help="where to write the Markdown report (the plot goes next to it)",
+    )
+    p.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="also count instructions per operation under valgrind (about 3 minutes more)",
+    )
     p.add_argument("--callgrind-n", type=int, default=10_001, help=argparse.SUPPRESS)
     p.add_argument("--save-raw", metavar="PATH", help="also store the raw measurements as JSON")
-    p.add_argument("--report-from", metavar="PATH", help="only write the report and plot from a --save-raw file")
+    p.add_argument(
+        "--report-from", metavar="PATH", help="only write the report and plot from a --save-raw file"
+    )
     p.add_argument("--child", choices=["memory", "ft", "callgrind"], help=argparse.SUPPRESS)
     p.add_argument("--workload", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=1, help=argparse.SUPPRESS)
@@ -1221,7 +1658,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child == "memory":
         print(json.dumps(child_memory(args.names, args.lib)))
@@ -1230,7 +1667,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         child_callgrind_loop(args.workload, args.n)
         return 0
     if args.child == "ft":
-        result: Dict[str, Any] = {"python": sys.version.replace("\n", " ")}
+        result: dict[str, Any] = {"python": sys.version.replace("\n", " ")}
         if not args.no_ft_micro:
             result["micro"] = run_micro(args.rounds, args.target, args.seed)
         result["threads"] = run_threads(args.thread_rounds, args.duration, args.seed)
@@ -1246,27 +1683,32 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.perf_counter()
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     info = machine_info()
-    info["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    info["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     info["python"] = sys.version.replace("\n", " ")
     info["versions"] = {lib: lib_version(lib) for lib in LIBS}
     shown = list(argv if argv is not None else sys.argv[1:])
     if "--save-raw" in shown:  # where the raw data went changes nothing measured
         i = shown.index("--save-raw")
-        del shown[i:i + 2]
+        del shown[i : i + 2]
     info["command"] = " ".join(["python benches/bench.py", *shown])
-    log(f"panelboard benchmarks: {info['nproc']} CPUs, {info['cpu']}, Python {platform.python_version()}, "
-        f"load {' '.join(load_before)}")
+    log(
+        f"panelboard benchmarks: {info['nproc']} CPUs, {info['cpu']}, Python {platform.python_version()}, "
+        f"load {' '.join(load_before)}"
+    )
 
     micro = run_micro(args.rounds, args.target, args.seed)
     threads = run_threads(args.thread_rounds, args.duration, args.seed)
 
-    ft: Optional[Dict[str, Any]] = None
+    ft: dict[str, Any] | None = None
     ft_note = "skipped with --no-ft"
     if not args.no_ft:
-        venv_py: Optional[str]
+        venv_py: str | None
         if args.no_ft_build:
-            venv_py = args.ft_python or (str(FT_VENV / "bin" / "python") if (FT_VENV / "bin" / "python").exists()
-                                         else find_ft_python(None))
+            venv_py = args.ft_python or (
+                str(FT_VENV / "bin" / "python")
+                if (FT_VENV / "bin" / "python").exists()
+                else find_ft_python(None)
+            )
             if venv_py is None:
                 ft_note = "no free-threaded interpreter found (pass --ft-python)"
         else:
@@ -1291,16 +1733,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     cg = run_callgrind(sys.executable, args.callgrind_n) if args.callgrind else None
 
     load_after = Path("/proc/loadavg").read_text().split()[:3]
-    raw = {"info": info, "micro": micro, "threads": threads, "ft": ft, "ft_note": ft_note, "memory": memory,
-           "rust": rust, "callgrind": cg, "load": [" ".join(load_before), " ".join(load_after)],
-           "elapsed_s": time.perf_counter() - started, "target_s": args.target}
+    raw = {
+        "info": info,
+        "micro": micro,
+        "threads": threads,
+        "ft": ft,
+        "ft_note": ft_note,
+        "memory": memory,
+        "rust": rust,
+        "callgrind": cg,
+        "load": [" ".join(load_before), " ".join(load_after)],
+        "elapsed_s": time.perf_counter() - started,
+        "target_s": args.target,
+    }
     if args.save_raw:
         Path(args.save_raw).write_text(json.dumps(raw))
     finish(raw, args)
     return 0
 
 
-def finish(raw: Dict[str, Any], args: argparse.Namespace) -> None:
+def finish(raw: dict[str, Any], args: argparse.Namespace) -> None:
     report = write_report(raw)
     plot = Path(args.output).with_name(PLOT_PNG.name)  # next to the report, which links it by name
     plot_note = draw_plot(raw["threads"], raw.get("ft"), plot)

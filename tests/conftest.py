@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import uuid
 
+import panelboard
 import pytest
 from hypothesis import HealthCheck, settings
-
-import panelboard
 
 # CI machines are small and busy: a slow example is not a failure. Tests that set their own
 # `settings` keep these for whatever they leave out.

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from panelboard import CircuitOpenError, State
 
 
@@ -100,7 +99,11 @@ async def test_acall_rejects_while_open_without_calling(registry, clock):
 
 async def test_acall_uses_success_predicate_failure_on_and_ignore(registry):
     b = registry.breaker(
-        "svc", failure_threshold=1, success=lambda r: r != "bad", failure_on=(Boom, ClientError), ignore=ClientError
+        "svc",
+        failure_threshold=1,
+        success=lambda r: r != "bad",
+        failure_on=(Boom, ClientError),
+        ignore=ClientError,
     )
 
     async def raise_(exc):

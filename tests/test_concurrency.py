@@ -8,13 +8,10 @@ from __future__ import annotations
 import random
 import sys
 import threading
-import time
-
-import pytest
 
 import panelboard
+import pytest
 from panelboard import CircuitOpenError, State
-
 from threads import run_threads
 
 THREADS = 16
@@ -146,9 +143,7 @@ def _storm(api, name, max_calls):
 @pytest.mark.parametrize("max_calls", [1, 3, 8])
 def test_half_open_storm_admits_exactly_max_calls(registry, clock, max_calls):
     with pytest.raises(Boom):
-        registry.call(
-            "svc", _raise_boom, failure_threshold=1, reset_timeout=5, half_open_max_calls=max_calls
-        )
+        registry.call("svc", _raise_boom, failure_threshold=1, reset_timeout=5, half_open_max_calls=max_calls)
     clock.advance(5)  # the storm arrives the moment the timeout runs out (state not read yet)
     admitted, rejections = _storm(registry, "svc", max_calls)
     assert admitted == max_calls

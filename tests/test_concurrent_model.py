@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
-
 from panelboard import CircuitOpenError, ManualClock, Registry, State
 
 JOIN_TIMEOUT = 30.0
@@ -188,7 +187,9 @@ def run_schedule(cfg: Config, threads: list, lockstep: bool = False) -> Run:
         except (Failure, Interrupted):
             admitted = True
         end = now()
-        assert len(ran) == 2 * int(admitted), "fn must run exactly once per admitted call, never when rejected"
+        assert len(ran) == 2 * int(admitted), (
+            "fn must run exactly once per admitted call, never when rejected"
+        )
         log.append(("admit_call", n, admitted))
         if admitted:
             when.append((start, ran[0]))  # admitted before fn started
@@ -558,7 +559,7 @@ def linearizable(run: Run, budget: int = 150_000) -> bool:
         sys.setrecursionlimit(limit)
 
 
-def check_linearizable(run: Run, budget: int = 150_000, tally: "Counter[str] | None" = None) -> None:
+def check_linearizable(run: Run, budget: int = 150_000, tally: Counter[str] | None = None) -> None:
     try:
         ok = linearizable(run, budget)
     except Inconclusive:
@@ -576,7 +577,7 @@ def check_linearizable(run: Run, budget: int = 150_000, tally: "Counter[str] | N
 # Tests
 
 
-def check_schedule(schedule, budget: int = 150_000, tally: "Counter[str] | None" = None) -> None:
+def check_schedule(schedule, budget: int = 150_000, tally: Counter[str] | None = None) -> None:
     """Runs a drawn schedule on the real extension and checks everything the model can."""
     cfg, flags, threads = schedule
     run = run_schedule(cfg, threads, lockstep=flags["lockstep"])
@@ -818,8 +819,9 @@ def test_linearizability_checker_rejects_impossible_histories():
     bad = _fake_run(cfg, [one_failure + [("admit_call", 0, True)], []], [(O, None, 1), closed])
     assert not linearizable(bad)
     # Possible with two threads: the second admission happened before the failure was recorded.
-    two = _fake_run(cfg, [one_failure, [("admit_call", 0, True), ("record_call", 0, "I")]],
-                    [(O, None, 1), closed])
+    two = _fake_run(
+        cfg, [one_failure, [("admit_call", 0, True), ("record_call", 0, "I")]], [(O, None, 1), closed]
+    )
     assert linearizable(two)
     # Impossible: one failure against threshold 1 but the breaker reports closed.
     lost = _fake_run(cfg, [one_failure, []], [closed, closed])
@@ -828,12 +830,14 @@ def test_linearizability_checker_rejects_impossible_histories():
     seen = _fake_run(cfg, [one_failure + [("observe", 0, H)], []], [(O, None, 1), closed])
     assert not linearizable(seen)
     # Possible: the clock moved by the timeout (another thread) before the observation.
-    moved = _fake_run(cfg, [one_failure + [("observe", 0, H)], [("advance", TIMEOUT_MS)]],
-                      [(H, None, 1), closed])
+    moved = _fake_run(
+        cfg, [one_failure + [("observe", 0, H)], [("advance", TIMEOUT_MS)]], [(H, None, 1), closed]
+    )
     assert linearizable(moved)
     # A stale outcome: admitted before a reset, failure recorded after it changes nothing.
-    stale = _fake_run(cfg, [[("admit_call", 0, True), ("record_call", 0, "F")], [("reset", 0)]],
-                      [closed, closed])
+    stale = _fake_run(
+        cfg, [[("admit_call", 0, True), ("record_call", 0, "F")], [("reset", 0)]], [closed, closed]
+    )
     assert linearizable(stale)
     # Real time matters: admitted (0-5) before a reset (10-20), failure recorded after it (30-40).
     # The failure is stale, so the breaker cannot be open; without timings the reset could be

@@ -9,7 +9,6 @@ import math
 import threading
 
 import pytest
-
 from panelboard import ManualClock, Registry, State
 from threads import run_threads
 
@@ -63,7 +62,9 @@ def test_success_threshold_needs_that_many_probe_successes(registry, clock):
 
 
 def test_success_threshold_with_parallel_probes(registry, clock):
-    b = registry.breaker("s", failure_threshold=1, reset_timeout=1.0, half_open_max_calls=2, success_threshold=2)
+    b = registry.breaker(
+        "s", failure_threshold=1, reset_timeout=1.0, half_open_max_calls=2, success_threshold=2
+    )
     open_then_half_open(b, clock, 1.0)
     p1, p2 = b.try_acquire(), b.try_acquire()
     assert b.try_acquire() is None
@@ -139,7 +140,9 @@ def test_ignore_wins_over_failure_on(registry):
 
 
 def test_ignore_tuple_with_failure_on(registry):
-    b = registry.breaker("i", failure_threshold=1, failure_on=(ClientError, Boom), ignore=(NotFound, KeyError))
+    b = registry.breaker(
+        "i", failure_threshold=1, failure_on=(ClientError, Boom), ignore=(NotFound, KeyError)
+    )
     fail_with(b, NotFound())
     fail_with(b, KeyError())
     assert b.state is State.CLOSED
@@ -280,7 +283,9 @@ def test_without_probe_timeout_a_hung_probe_blocks_half_open(registry, clock):
 
 
 def test_probe_timeout_reclaims_every_hung_probe(registry, clock):
-    b = registry.breaker("p", failure_threshold=1, reset_timeout=1.0, half_open_max_calls=3, probe_timeout=1.0)
+    b = registry.breaker(
+        "p", failure_threshold=1, reset_timeout=1.0, half_open_max_calls=3, probe_timeout=1.0
+    )
     open_then_half_open(b, clock, 1.0)
     hung = [b.try_acquire() for _ in range(3)]
     assert all(hung) and b.try_acquire() is None
@@ -505,7 +510,9 @@ def test_configure_changes_classification(registry):
 
 
 def test_configure_can_clear_success_predicate_and_probe_timeout(registry, clock):
-    b = registry.breaker("c", failure_threshold=1, reset_timeout=1.0, success=lambda r: r > 0, probe_timeout=1.0)
+    b = registry.breaker(
+        "c", failure_threshold=1, reset_timeout=1.0, success=lambda r: r > 0, probe_timeout=1.0
+    )
     registry.configure("c", success=None, probe_timeout=None)
     assert b.call(lambda: 0) == 0
     assert b.state is State.CLOSED, "no predicate any more"

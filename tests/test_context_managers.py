@@ -7,9 +7,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 from panelboard import CircuitOpenError, State
-
 from threads import run_threads
 
 
@@ -159,7 +157,9 @@ def test_nested_blocks_on_different_breakers(registry):
 
 
 def test_nested_half_open_blocks_each_settle_their_own_permit(registry, clock):
-    b = registry.breaker("db", failure_threshold=1, reset_timeout=1.0, half_open_max_calls=2, success_threshold=2)
+    b = registry.breaker(
+        "db", failure_threshold=1, reset_timeout=1.0, half_open_max_calls=2, success_threshold=2
+    )
     with pytest.raises(Boom):
         with b:
             raise Boom()

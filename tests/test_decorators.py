@@ -11,9 +11,7 @@ import inspect
 import threading
 
 import pytest
-
 from panelboard import Breaker, CircuitOpenError, State
-
 from threads import run_threads
 
 

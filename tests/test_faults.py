@@ -23,9 +23,8 @@ import time
 import traceback
 import warnings
 
-import pytest
-
 import panelboard
+import pytest
 from panelboard import CircuitOpenError, ManualClock, Registry, State
 
 TIMEOUT = 30.0
@@ -729,7 +728,9 @@ def run_script(body: str, expect_rc: int = 0, runs: int = 1) -> subprocess.Compl
             text=True,
             timeout=120,
         )
-        report = f"run {attempt}: rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}"
+        report = (
+            f"run {attempt}: rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}"
+        )
         assert proc.returncode == expect_rc, report
         for marker in ("Fatal Python error", "panicked", "PanicException", "Segmentation fault"):
             assert marker not in proc.stderr, report

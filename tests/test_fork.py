@@ -17,9 +17,8 @@ import time
 import traceback
 import warnings
 
-import pytest
-
 import panelboard
+import pytest
 from panelboard import CircuitOpenError, Registry, State
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is not available here")
@@ -112,7 +111,10 @@ def test_child_registry_is_a_working_copy(registry, clock):
         clock.advance(6.0)
         assert tripped.call(lambda: "probe") == "probe"
         assert tripped.state is State.CLOSED
-        assert events == [("tripped", State.OPEN, State.HALF_OPEN), ("tripped", State.HALF_OPEN, State.CLOSED)]
+        assert events == [
+            ("tripped", State.OPEN, State.HALF_OPEN),
+            ("tripped", State.HALF_OPEN, State.CLOSED),
+        ]
         registry.reset("forced")
         registry.force_open("healthy")
         assert registry.call("child-only", lambda: 42) == 42
@@ -209,7 +211,9 @@ def test_fork_while_other_threads_are_mid_call(clock):
                 op = rng.randrange(8)
                 if op < 3:
                     try:
-                        registry.call(name, fail if rng.random() < 0.3 else (lambda: None), failure_threshold=3)
+                        registry.call(
+                            name, fail if rng.random() < 0.3 else (lambda: None), failure_threshold=3
+                        )
                     except (Boom, CircuitOpenError):
                         pass
                 elif op == 3:
@@ -230,7 +234,9 @@ def test_fork_while_other_threads_are_mid_call(clock):
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=blocked_probe)] + [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=blocked_probe)] + [
+        threading.Thread(target=hammer, args=(i,)) for i in range(4)
+    ]
     for t in threads:
         t.start()
     try:

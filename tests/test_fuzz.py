@@ -21,11 +21,10 @@ import math
 import pickle
 import sys
 
+import panelboard
 import pytest
 from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
-
-import panelboard
 from panelboard import Breaker, CircuitOpenError, ManualClock, Metrics, Permit, Registry, State
 
 DOCUMENTED = (TypeError, ValueError, CircuitOpenError, RuntimeError)
@@ -384,9 +383,7 @@ def test_registry_constructor_validates_defaults_and_clock(opts, clock):
     for fn in (lambda: 1, _raise_user, _raise_user_base, lambda: None):
         outcome, err = attempt(b.call, fn)
         assert (
-            outcome in ("ok", "user")
-            or isinstance(err, CircuitOpenError)
-            or callable(opts.get("success"))
+            outcome in ("ok", "user") or isinstance(err, CircuitOpenError) or callable(opts.get("success"))
         ), (outcome, err)
     assert b.metrics().calls + b.metrics().rejected == 4
 
@@ -638,6 +635,7 @@ class Scenario:
             elif action == "metrics_self":
                 r.breaker(name).metrics()
             elif action == "add_remove_listener":
+
                 def tmp(*args):
                     pass
 
@@ -699,6 +697,7 @@ def test_hostile_callables_only_raise_documented_or_their_own_exceptions(
         elif via == "decorated":
             outcome, value = attempt(b(fn), 1)
         else:
+
             def block():
                 with b:
                     return fn()
@@ -810,7 +809,9 @@ def test_native_classes_cannot_be_instantiated_directly():
 
 
 @FUZZ
-@given(name=st.one_of(str_names, bad_names, st.builds(Odd)), retry_after=st.one_of(st.floats(), option_values))
+@given(
+    name=st.one_of(str_names, bad_names, st.builds(Odd)), retry_after=st.one_of(st.floats(), option_values)
+)
 def test_circuit_open_error_construction_printing_and_pickling(name, retry_after):
     real = isinstance(retry_after, (int, float))  # bool included, as float(True) is
     if isinstance(retry_after, int) and abs(retry_after) > sys.float_info.max:
@@ -894,7 +895,10 @@ def test_async_paths_only_raise_documented_or_own_exceptions(end, ctx):
 
 
 @FUZZ
-@given(name=str_names, ops=st.lists(st.sampled_from(["state", "metrics", "repr", "snapshot", "list", "len"]), max_size=6))
+@given(
+    name=str_names,
+    ops=st.lists(st.sampled_from(["state", "metrics", "repr", "snapshot", "list", "len"]), max_size=6),
+)
 def test_readers_never_fail_on_any_breaker(name, ops):
     registry = Registry(clock=ManualClock())
     b = registry.breaker(name, failure_threshold=1, reset_timeout=0.5)

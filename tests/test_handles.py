@@ -9,11 +9,9 @@ from __future__ import annotations
 import functools
 import threading
 
-import pytest
-
 import panelboard
+import pytest
 from panelboard import Breaker, CircuitOpenError, Registry, State
-
 from threads import run_threads
 
 

@@ -13,9 +13,7 @@ import textwrap
 import threading
 
 import pytest
-
 from panelboard import Registry, State
-
 from threads import run_threads
 
 
@@ -100,7 +98,9 @@ def test_lazy_open_to_half_open_is_reported_when_first_observed(registry, clock,
     assert len(rec.events) == 1
 
 
-@pytest.mark.parametrize("observe", ["state", "handle_state", "list", "snapshot", "metrics", "try_acquire", "call"])
+@pytest.mark.parametrize(
+    "observe", ["state", "handle_state", "list", "snapshot", "metrics", "try_acquire", "call"]
+)
 def test_each_way_of_observing_reports_the_lazy_change(registry, clock, rec, observe):
     b = registry.breaker("svc", failure_threshold=1, reset_timeout=5.0)
     with pytest.raises(Boom):
@@ -269,10 +269,14 @@ def test_listener_exception_is_logged_and_never_reaches_the_caller(registry, rec
         assert "listener bug" in str(record.exc_info[1])
     assert "broken" in errors[0].getMessage()
     # Listeners before and after the broken one still ran.
-    assert rec.events == after.events == [
-        ("svc", State.CLOSED, State.OPEN),
-        ("svc", State.OPEN, State.CLOSED),
-    ]
+    assert (
+        rec.events
+        == after.events
+        == [
+            ("svc", State.CLOSED, State.OPEN),
+            ("svc", State.OPEN, State.CLOSED),
+        ]
+    )
 
 
 def test_listener_base_exception_is_logged_too(registry, caplog):

@@ -8,11 +8,9 @@ from __future__ import annotations
 import asyncio
 import threading
 
-import pytest
-
 import panelboard
+import pytest
 from panelboard import CircuitOpenError, State
-
 from threads import run_threads
 
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-
 import panelboard
+import pytest
 from panelboard import Metrics, Registry, State
-
 from threads import run_threads
 
 FIELDS = (

@@ -16,7 +16,6 @@ import random
 import threading
 
 import pytest
-
 from panelboard import CircuitOpenError, ManualClock, Registry, State
 
 TIMEOUT = 30.0
@@ -253,7 +252,7 @@ def test_fifteen_threads_hammer_breakers_whose_callbacks_rearrange_the_registry(
     def hammer(i):
         rng = random.Random(i)
         barrier.wait(TIMEOUT)
-        for k in range(ROUNDS):
+        for _ in range(ROUNDS):
             name = rng.choice(NAMES)
             chaos.local.name = name
             try:

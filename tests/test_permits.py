@@ -10,9 +10,7 @@ import random
 import threading
 
 import pytest
-
 from panelboard import Permit, State
-
 from threads import run_threads
 
 OUTCOMES = ("success", "failure", "ignore")

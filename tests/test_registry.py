@@ -8,9 +8,8 @@ import asyncio
 import functools
 import threading
 
-import pytest
-
 import panelboard
+import pytest
 from panelboard import CircuitOpenError, ManualClock, Registry, State
 
 
@@ -900,9 +899,16 @@ def test_star_import_gives_the_api_without_shadowing_builtins():
 
     namespace: dict = {}
     exec("from panelboard import *", namespace)
-    assert {"Registry", "State", "CircuitOpenError", "ManualClock", "call", "state", "reset", "delete"} <= set(
-        namespace
-    )
+    assert {
+        "Registry",
+        "State",
+        "CircuitOpenError",
+        "ManualClock",
+        "call",
+        "state",
+        "reset",
+        "delete",
+    } <= set(namespace)
     shadowed = {n for n in namespace if n != "__builtins__" and hasattr(builtins, n)}
     assert not shadowed, f"`from panelboard import *` shadows builtins: {shadowed}"
     assert panelboard.list is not None  # still there as panelboard.list(), as in the reference

@@ -29,7 +29,6 @@ import weakref
 from collections import Counter
 
 import pytest
-
 from panelboard import CircuitOpenError, ManualClock, Registry, State
 
 SOAK_SECONDS = float(os.environ.get("PANELBOARD_SOAK_SECONDS", "3"))
@@ -224,7 +223,6 @@ class Soak:
 
     def work(self, t, rng, deadline) -> None:
         registry = self.registry
-        fns = self.fns[t]
         tally = self.tallies[t]
         held: list = []  # (name, permit)
         kinds = "SSSSSBXFFFI"
@@ -433,7 +431,9 @@ def test_soak_invariants_memory_and_references(quiet_panelboard_logger):
             growth = rss_third - rss_end
     finally:
         sys.setswitchinterval(old_interval)
-    print(f"soak: {SOAK_SECONDS}s, rss after warm-up {rss_warm / 2**20:.1f} MiB, growth {growth / 2**10:.0f} KiB")
+    print(
+        f"soak: {SOAK_SECONDS}s, rss after warm-up {rss_warm / 2**20:.1f} MiB, growth {growth / 2**10:.0f} KiB"
+    )
     assert growth <= RSS_TOLERANCE, f"resident memory grew by {growth / 2**20:.1f} MiB after warm-up"
     soak.teardown()
     gc.collect()

@@ -21,7 +21,6 @@ from hypothesis.stateful import (
     invariant,
     rule,
 )
-
 from panelboard import CircuitOpenError, ManualClock, Registry, State
 
 NAMES = ["a", "b", "c"]
@@ -65,9 +64,7 @@ class ModelBreaker:
     opened_at: int = 0
     in_flight: int = 0
     generation: int = 0
-    counts: dict = field(
-        default_factory=lambda: dict(successes=0, failures=0, ignored=0, rejected=0)
-    )
+    counts: dict = field(default_factory=lambda: dict(successes=0, failures=0, ignored=0, rejected=0))
 
     def _transition(self, mode):
         self.mode = mode

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 
-import pytest
-
 import panelboard
+import pytest
 from panelboard import ManualClock, Registry, State
 
 

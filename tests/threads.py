@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def run_threads(target: Callable[[int], object], n: int = 16, timeout: float = 60.0) -> None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Any, Coroutine, assert_type
+from collections.abc import Coroutine
+from typing import Any, assert_type
 
 import panelboard
 from panelboard import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 
-def main(argv: "list[str]") -> int:
+def main(argv: list[str]) -> int:
     if not argv or argv[0] != "demo":
         print("usage: python -m panelboard demo [seconds]", file=sys.stderr)
         return 2

@@ -7,7 +7,8 @@ only the ``await`` itself needs a Python coroutine frame.
 from __future__ import annotations
 
 import functools
-from typing import Any, Awaitable, Callable, Dict, Tuple, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -20,8 +21,8 @@ async def ready(value: T) -> T:
 async def acall(
     breaker: Any,
     fn: Callable[..., Awaitable[T]],
-    args: Tuple[Any, ...],
-    kwargs: Dict[str, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> T:
     permit = breaker._acquire()
     try:

@@ -8,9 +8,9 @@ misspelt option is a type error.
 import builtins
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
-from typing import Any, Generic, Literal, Protocol, TypeVar, final, overload
+from typing import Any, Concatenate, Generic, Literal, Protocol, Self, TypeVar, final, overload
 
-from typing_extensions import Concatenate, ParamSpec, Self, disjoint_base
+from typing_extensions import ParamSpec, disjoint_base
 
 from panelboard._types import State
 
@@ -61,7 +61,6 @@ class CircuitOpenError(Exception):
     @property
     def retry_after(self) -> float:
         """Seconds until the breaker goes half-open; 0.0 if that is not known."""
-
 
 @final
 class Metrics:

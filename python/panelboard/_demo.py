@@ -12,7 +12,7 @@ import random
 import sys
 import threading
 import time
-from typing import Callable, Dict
+from collections.abc import Callable
 
 from . import CircuitOpenError, Registry, State
 
@@ -21,7 +21,7 @@ class EndpointDown(Exception):
     pass
 
 
-def _endpoints(started: float, seconds: float) -> Dict[str, Callable[[], str]]:
+def _endpoints(started: float, seconds: float) -> dict[str, Callable[[], str]]:
     rng = random.Random(7)
     lock = threading.Lock()
 
@@ -64,7 +64,7 @@ def run(seconds: float = 4.0, workers: int = 4) -> int:
         f"panelboard demo: {workers} worker threads calling {len(endpoints)} endpoints for "
         f"{seconds:g}s (failure_threshold=3, reset_timeout=0.4s)\n"
     )
-    hits: Dict[str, int] = {name: 0 for name in endpoints}
+    hits: dict[str, int] = {name: 0 for name in endpoints}
     hits_lock = threading.Lock()
     stop = time.monotonic() + seconds
 
@@ -91,7 +91,9 @@ def run(seconds: float = 4.0, workers: int = 4) -> int:
         t.join()
 
     snapshot = registry.snapshot()
-    print(f"\n  {'endpoint':<11} {'state':>9} {'calls':>7} {'ok':>7} {'failed':>7} {'rejected':>9} {'opened':>7}")
+    print(
+        f"\n  {'endpoint':<11} {'state':>9} {'calls':>7} {'ok':>7} {'failed':>7} {'rejected':>9} {'opened':>7}"
+    )
     for name in sorted(snapshot):
         m = snapshot[name]
         print(
