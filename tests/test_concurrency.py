@@ -11,8 +11,8 @@ import threading
 
 import panelboard
 import pytest
+from helpers import run_threads
 from panelboard import CircuitOpenError, State
-from threads import run_threads
 
 THREADS = 16
 TIMEOUT = 30.0

@@ -9,8 +9,8 @@ import math
 import threading
 
 import pytest
+from helpers import run_threads
 from panelboard import ManualClock, Registry, State
-from threads import run_threads
 
 
 class Boom(Exception):

@@ -7,8 +7,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+from helpers import run_threads
 from panelboard import CircuitOpenError, State
-from threads import run_threads
 
 
 class Boom(Exception):

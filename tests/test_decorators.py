@@ -11,8 +11,8 @@ import inspect
 import threading
 
 import pytest
+from helpers import run_threads
 from panelboard import Breaker, CircuitOpenError, State
-from threads import run_threads
 
 
 class Boom(Exception):

@@ -11,8 +11,8 @@ import threading
 
 import panelboard
 import pytest
+from helpers import run_threads
 from panelboard import Breaker, CircuitOpenError, Registry, State
-from threads import run_threads
 
 
 class Boom(Exception):

@@ -13,8 +13,8 @@ import textwrap
 import threading
 
 import pytest
+from helpers import run_threads
 from panelboard import Registry, State
-from threads import run_threads
 
 
 class Boom(Exception):

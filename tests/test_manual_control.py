@@ -10,8 +10,8 @@ import threading
 
 import panelboard
 import pytest
+from helpers import run_threads
 from panelboard import CircuitOpenError, State
-from threads import run_threads
 
 
 class Boom(Exception):

@@ -8,8 +8,8 @@ import threading
 
 import panelboard
 import pytest
+from helpers import run_threads
 from panelboard import Metrics, Registry, State
-from threads import run_threads
 
 FIELDS = (
     "state",

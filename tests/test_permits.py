@@ -10,8 +10,8 @@ import random
 import threading
 
 import pytest
+from helpers import run_threads
 from panelboard import Permit, State
-from threads import run_threads
 
 OUTCOMES = ("success", "failure", "ignore")
 

@@ -1,10 +1,14 @@
-"""Helpers shared by the threaded tests."""
+"""Helpers shared by the tests: exceptions, tripping a breaker, running threads and scripts."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
+
+
+class Boom(Exception):
+    """The failure the guarded functions raise."""
 
 
 def run_threads(target: Callable[[int], object], n: int = 16, timeout: float = 60.0) -> None:
