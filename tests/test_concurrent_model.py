@@ -41,10 +41,13 @@ from dataclasses import dataclass, field
 
 import model
 import pytest
+from helpers import Boom, CustomBase, fail
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from model import Limits
 from panelboard import CircuitOpenError, ManualClock, Registry, State
+
+pytestmark = pytest.mark.usefixtures("frequent_switches")
 
 JOIN_TIMEOUT = 30.0
 NAMES = ("m0", "m1")
@@ -53,31 +56,12 @@ C, O, H = model.CLOSED, model.OPEN, model.HALF_OPEN
 OUTCOME = {"S": model.SUCCESS, "F": model.FAILURE, "I": model.IGNORED}  # as the logs spell them
 
 
-class Failure(Exception):
-    pass
-
-
-class Interrupted(BaseException):
-    """An outcome that must be ignored (not an ``Exception``, like ``KeyboardInterrupt``)."""
-
-
 GOOD = object()
 BAD = object()  # returned by fn; the breakers' success predicate classifies it as a failure
 
 
 def predicate(result):
     return result is not BAD
-
-
-@pytest.fixture(autouse=True)
-def _interleave_often():
-    """On GIL builds make threads switch every few microseconds, so schedules really interleave."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,8 +155,8 @@ def run_schedule(cfg: Limits, threads: list, lockstep: bool = False) -> Run:
             if outcome == "P":
                 return BAD
             if outcome == "F":
-                raise Failure()
-            raise Interrupted()
+                raise Boom()
+            raise CustomBase()
 
         start = now()
         try:
@@ -184,7 +168,7 @@ def run_schedule(cfg: Limits, threads: list, lockstep: bool = False) -> Run:
         except CircuitOpenError as err:
             assert err.name == NAMES[n]
             admitted = False
-        except (Failure, Interrupted):
+        except (Boom, CustomBase):
             admitted = True
         end = now()
         assert len(ran) == 2 * int(admitted), (
@@ -596,8 +580,8 @@ def test_half_open_storm_admits_exactly_max_probes(max_probes, nthreads, attempt
     clock = ManualClock()
     registry = Registry(clock=clock)
     b = registry.breaker("storm", failure_threshold=1, reset_timeout=1.0, half_open_max_calls=max_probes)
-    with pytest.raises(Failure):
-        b.call(_raise_failure)
+    with pytest.raises(Boom):
+        b.call(fail)
     clock.advance(1.0)
     barrier = threading.Barrier(nthreads)
     release = threading.Event()
@@ -616,7 +600,7 @@ def test_half_open_storm_admits_exactly_max_probes(max_probes, nthreads, attempt
     def probe():
         settle_one(1)
         assert release.wait(JOIN_TIMEOUT)
-        raise Interrupted()  # ignored: frees the slot without closing the breaker
+        raise CustomBase()  # ignored: frees the slot without closing the breaker
 
     tries = attempts if via == "permit" else 1  # a thread admitted into fn stays there
 
@@ -635,7 +619,7 @@ def test_half_open_storm_admits_exactly_max_probes(max_probes, nthreads, attempt
                         b.call(probe)  # counted once inside fn, holding its permit
                     except CircuitOpenError:
                         settle_one(0)
-                    except Interrupted:
+                    except CustomBase:
                         pass
         except BaseException as err:  # noqa: BLE001
             errors.append(err)
@@ -679,8 +663,8 @@ def test_outcomes_admitted_before_a_transition_change_nothing(nthreads, transiti
         "gen", failure_threshold=1, reset_timeout=1.0, half_open_max_calls=nthreads + 1 if probing else 1
     )
     if probing:
-        with pytest.raises(Failure):
-            b.call(_raise_failure)
+        with pytest.raises(Boom):
+            b.call(fail)
         clock.advance(1.0)
     barrier = threading.Barrier(nthreads + 1)
     errors = []
@@ -708,8 +692,8 @@ def test_outcomes_admitted_before_a_transition_change_nothing(nthreads, transiti
         registry.reset("gen")
         expected, opened = State.CLOSED, 0
     elif transition == "trip":
-        with pytest.raises(Failure):
-            b.call(_raise_failure)
+        with pytest.raises(Boom):
+            b.call(fail)
         expected, opened = State.OPEN, 1
     elif transition == "force_open_and_reset":
         registry.force_open("gen")
@@ -736,10 +720,6 @@ def test_outcomes_admitted_before_a_transition_change_nothing(nthreads, transiti
         assert m.consecutive_failures == 0, "a stale failure counted toward the new closed period"
     if expected == State.OPEN:
         assert m.retry_after == 1.0, "a stale failure re-opened it with a fresh opened_at"
-
-
-def _raise_failure():
-    raise Failure()
 
 
 def test_stale_permit_across_two_million_transitions_changes_nothing():

@@ -9,43 +9,12 @@ import math
 import threading
 
 import pytest
-from helpers import run_threads
+from helpers import Boom, ClientError, fail_with, open_then_half_open, raiser, run_threads
 from panelboard import ManualClock, Registry, State
-
-
-class Boom(Exception):
-    pass
-
-
-class ClientError(Exception):
-    pass
 
 
 class NotFound(ClientError):
     pass
-
-
-def raiser(exc):
-    def f():
-        raise exc
-
-    return f
-
-
-def fail_with(b, exc, times=1):
-    for _ in range(times):
-        with pytest.raises(type(exc)):
-            b.call(raiser(exc))
-
-
-def open_then_half_open(b, clock, timeout):
-    for _ in range(100):
-        if b.state is not State.CLOSED:
-            break
-        fail_with(b, Boom())
-    assert b.state is State.OPEN
-    clock.advance(timeout)
-    assert b.state is State.HALF_OPEN
 
 
 # --- success_threshold ----------------------------------------------------------------------------

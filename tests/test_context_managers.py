@@ -7,20 +7,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from helpers import run_threads
+from helpers import Boom, ClientError, CustomBase, run_threads
 from panelboard import CircuitOpenError, State
-
-
-class Boom(Exception):
-    pass
-
-
-class ClientError(Exception):
-    pass
-
-
-class Interrupt(BaseException):
-    pass
 
 
 def test_with_returns_the_breaker_and_counts_success(registry):
@@ -54,9 +42,9 @@ def test_exit_classifies_with_failure_on_and_ignore(registry):
     with pytest.raises(KeyError):
         with b:
             raise KeyError()  # not in failure_on: ignored
-    with pytest.raises(Interrupt):
+    with pytest.raises(CustomBase):
         with b:
-            raise Interrupt()  # a BaseException that is not an Exception: ignored
+            raise CustomBase()  # a BaseException that is not an Exception: ignored
     assert b.state is State.CLOSED
     assert b.metrics().ignored == 3
     with pytest.raises(Boom):

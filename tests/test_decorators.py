@@ -11,12 +11,8 @@ import inspect
 import threading
 
 import pytest
-from helpers import run_threads
+from helpers import Boom, run_threads
 from panelboard import Breaker, CircuitOpenError, State
-
-
-class Boom(Exception):
-    pass
 
 
 @pytest.fixture

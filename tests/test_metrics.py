@@ -8,7 +8,7 @@ import threading
 
 import panelboard
 import pytest
-from helpers import run_threads
+from helpers import Boom, raiser, run_threads
 from panelboard import Metrics, Registry, State
 
 FIELDS = (
@@ -24,19 +24,8 @@ FIELDS = (
 )
 
 
-class Boom(Exception):
-    pass
-
-
 class Skip(Exception):
     pass
-
-
-def raiser(exc):
-    def f():
-        raise exc
-
-    return f
 
 
 def as_dict(m: Metrics) -> dict:

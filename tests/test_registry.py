@@ -10,44 +10,14 @@ import threading
 
 import panelboard
 import pytest
+from helpers import Boom, CustomBase, assert_half_opens_after, fail, fail_n, join, names_of, ok
 from panelboard import CircuitOpenError, ManualClock, Registry, State
-
-
-class Boom(Exception):
-    """The failure the guarded functions raise."""
-
-
-class CustomBase(BaseException):
-    """A BaseException that is not an Exception."""
-
-
-def fail():
-    raise Boom("down")
-
-
-def ok():
-    return "ok"
-
-
-def names_of(api):
-    return {n for n, _ in api.list()}
 
 
 def listed_state(api, name):
     found = [s for n, s in api.list() if n == name]
     assert len(found) == 1, f"{name!r} listed {len(found)} times"
     return found[0]
-
-
-def fail_n(api, name, n, **options):
-    for _ in range(n):
-        with pytest.raises(Boom):
-            api.call(name, fail, **options)
-
-
-def join(thread, timeout=10.0):
-    thread.join(timeout)
-    assert not thread.is_alive(), "thread did not finish (deadlock?)"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -446,17 +416,6 @@ def test_success_resets_consecutive_failures(api, name):
     assert api.state(name) is State.CLOSED
     fail_n(api, name, 1)
     assert api.state(name) is State.OPEN
-
-
-def assert_half_opens_after(registry, clock, seconds):
-    """`svc` is open now, reports `seconds` as retry_after, and goes half-open exactly then."""
-    with pytest.raises(CircuitOpenError) as info:
-        registry.call("svc", ok)
-    assert info.value.retry_after == seconds
-    clock.advance(seconds - 0.001)
-    assert registry.state("svc") is State.OPEN
-    clock.advance(0.001)
-    assert registry.state("svc") is State.HALF_OPEN
 
 
 def test_opens_at_threshold_with_opened_at_now(registry, clock):

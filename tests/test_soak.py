@@ -29,6 +29,7 @@ import weakref
 from collections import Counter
 
 import pytest
+from helpers import Boom, CustomBase
 from panelboard import CircuitOpenError, ManualClock, Registry, State
 
 SOAK_SECONDS = float(os.environ.get("PANELBOARD_SOAK_SECONDS", "3"))
@@ -66,14 +67,6 @@ def quiet_panelboard_logger():
         logger.removeFilter(drop)
 
 
-class Failure(Exception):
-    pass
-
-
-class Interrupted(BaseException):
-    pass
-
-
 class PredicateError(Exception):
     pass
 
@@ -89,8 +82,8 @@ class Soak:
         self.result = object()  # returned by the healthy function
         self.bad = object()  # returned, but the success predicate says failure
         self.explode = object()  # returned, and the success predicate raises
-        self.failures = [Failure(f"t{t}") for t in range(THREADS)]
-        self.interrupts = [Interrupted(f"t{t}") for t in range(THREADS)]
+        self.failures = [Boom(f"t{t}") for t in range(THREADS)]
+        self.interrupts = [CustomBase(f"t{t}") for t in range(THREADS)]
 
         result, bad, explode = self.result, self.bad, self.explode
 
@@ -307,9 +300,9 @@ class Soak:
                 value = self.registry.call(name, fn, failure_threshold=2, reset_timeout=RESET_TIMEOUT)
         except CircuitOpenError:
             return "R"
-        except (Failure, PredicateError):
+        except (Boom, PredicateError):
             return "F"
-        except Interrupted:
+        except CustomBase:
             return "I"
         assert value is (self.result if kind == "S" else self.bad)
         return "S" if kind == "S" else "F"
@@ -325,9 +318,9 @@ class Soak:
                     raise self.interrupts[t].with_traceback(None)
         except CircuitOpenError:
             return "R"
-        except Failure:
+        except Boom:
             return "F"
-        except Interrupted:
+        except CustomBase:
             return "I"
         return "S"
 

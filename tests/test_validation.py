@@ -6,24 +6,8 @@ import math
 
 import panelboard
 import pytest
+from helpers import Boom, fail, names_of, ok
 from panelboard import ManualClock, Registry, State
-
-
-class Boom(Exception):
-    pass
-
-
-def fail():
-    raise Boom()
-
-
-def ok():
-    return "ok"
-
-
-def names_of(api):
-    return {n for n, _ in api.list()}
-
 
 BAD_NAMES = [None, 1, 1.5, b"svc", bytearray(b"svc"), ("svc",), ["svc"], object()]
 
