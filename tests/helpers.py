@@ -5,12 +5,14 @@
   ``Exception``: an ignored outcome).
 - Guarded functions: ``fail`` / ``afail`` (raise ``Boom``), ``ok`` (returns ``"ok"``),
   ``raiser(exc)`` (a function raising ``exc``); ``names_of(api)`` (the names ``list()`` reports).
-- Tripping a breaker: ``trip(b, times)``, ``atrip(b)``, ``fail_with(b, exc, times)``,
+- Tripping a breaker: ``trip(b, times)``, ``atrip(b)``, ``fail_with(b, *excs, times)``,
+  ``raise_in_block(b, exc)`` (a ``with b:`` block that raises),
   ``fail_n(api, name, n, **options)``, ``open_with_permits(b)``, ``open_then_half_open(b, clock,
   timeout)``, ``half_open(registry, clock, name, probes, **options)`` and
   ``assert_half_opens_after(registry, clock, seconds)``.
-- Threads: ``run_threads(target, n)``, ``in_thread(target, *args)`` (returns a joiner),
-  ``join(thread)``; every wait has a timeout, so a deadlock fails the test instead of hanging it.
+- asyncio: ``cancel_while_running(start, started)``.
+- Threads: ``run_threads(target, n)``, ``in_thread(target, *args, **kwargs)`` (returns a
+  joiner), ``hold_in_call(call, *args, result)`` (a call held inside its function); every wait has a timeout, so a deadlock fails the test instead of hanging it.
   The ``frequent_switches`` fixture (``conftest.py``) makes GIL builds interleave threads often.
 - Processes: ``fork_and_check(child_checks)`` and ``run_python(*args)``.
 """
@@ -95,11 +97,21 @@ async def atrip(b: Any) -> None:
             await b.acall(afail)
 
 
-def fail_with(b: Any, exc: BaseException, times: int = 1) -> None:
-    """``times`` calls through ``b`` that raise ``exc`` (counted or not, as ``b`` is configured)."""
-    for _ in range(times):
-        with pytest.raises(type(exc)):
-            b.call(raiser(exc))
+def fail_with(b: Any, *excs: BaseException, times: int = 1) -> None:
+    """Calls through ``b`` that raise each of ``excs`` in turn, ``times`` times each (a failure or
+    not, as ``b`` is configured); checks that each exception propagates."""
+    for exc in excs:
+        for _ in range(times):
+            with pytest.raises(type(exc)):
+                b.call(raiser(exc))
+
+
+def raise_in_block(b: Any, exc: BaseException | None = None) -> None:
+    """Leaves a ``with b:`` block by raising ``exc`` (a ``Boom`` by default); checks it propagates."""
+    exc = Boom() if exc is None else exc
+    with pytest.raises(type(exc)):
+        with b:
+            raise exc
 
 
 def fail_n(api: Any, name: str, n: int, **options: Any) -> None:
@@ -151,6 +163,18 @@ def assert_half_opens_after(registry: Any, clock: Any, seconds: float, name: str
     assert registry.state(name) is State.HALF_OPEN
 
 
+async def cancel_while_running(start: Callable[[], Any], started: asyncio.Event, times: int = 3) -> None:
+    """``times`` times: runs the coroutine ``start()`` returns as a task, waits until it sets
+    ``started``, cancels it, and checks that the ``CancelledError`` propagates."""
+    for _ in range(times):
+        task = asyncio.create_task(start())
+        await started.wait()
+        started.clear()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 # --------------------------------------------------------------------------------------------------
 # Threads
 
@@ -177,14 +201,14 @@ def run_threads(target: Callable[[int], object], n: int = 16, timeout: float = 6
         raise errors[0]
 
 
-def in_thread(target: Callable[..., Any], *args: Any) -> Callable[..., Any]:
-    """Starts target(*args) on a daemon thread; returns a joiner, ``join(timeout, what)``, that
-    returns its result, re-raises its error, and fails if it did not finish in time."""
+def in_thread(target: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[..., Any]:
+    """Starts target(*args, **kwargs) on a daemon thread; returns a joiner, ``join(timeout, what)``,
+    that returns its result, re-raises its error, and fails if it did not finish in time."""
     box: dict = {}
 
     def run() -> None:
         try:
-            box["value"] = target(*args)
+            box["value"] = target(*args, **kwargs)
         except BaseException as err:  # noqa: BLE001 - handed to the joiner
             box["error"] = err
 
@@ -203,9 +227,32 @@ def in_thread(target: Callable[..., Any], *args: Any) -> Callable[..., Any]:
     return join
 
 
-def join(thread: threading.Thread, timeout: float = TIMEOUT) -> None:
-    thread.join(timeout)
-    assert not thread.is_alive(), "thread did not finish (deadlock?)"
+def hold_in_call(
+    call: Callable[..., Any], *args: Any, result: Any = None, **options: Any
+) -> Callable[[], Any]:
+    """Starts ``call(*args, fn, **options)`` on another thread, with ``fn`` waiting inside the call
+    until the test finishes it; returns once ``fn`` is running. The returned ``finish()`` lets ``fn``
+    return ``result`` (or raise it, if it is an exception), joins the thread, and returns what the
+    call returned or re-raises what it raised."""
+    inside, release = threading.Event(), threading.Event()
+
+    def fn() -> Any:
+        inside.set()
+        assert release.wait(TIMEOUT), "the held call was never finished"
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    join = in_thread(call, *args, fn, **options)
+
+    def finish() -> Any:
+        release.set()
+        return join()
+
+    if not inside.wait(TIMEOUT):
+        finish()  # re-raises the reason the call never got to fn, if there is one
+        raise AssertionError("the held call never ran its function")
+    return finish
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from helpers import Boom, ClientError, atrip
+from helpers import Boom, ClientError, atrip, cancel_while_running
 from panelboard import CircuitOpenError, State
 
 
@@ -118,13 +118,7 @@ async def test_acall_cancellation_is_ignored_never_a_failure(registry):
         started.set()
         await asyncio.Event().wait()
 
-    for _ in range(3):
-        task = asyncio.create_task(b.acall(hang))
-        await started.wait()
-        started.clear()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    await cancel_while_running(lambda: b.acall(hang), started)
     assert b.state is State.CLOSED
     m = b.metrics()
     assert (m.failures, m.ignored, m.calls) == (0, 3, 3)

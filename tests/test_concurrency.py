@@ -10,7 +10,7 @@ import threading
 
 import panelboard
 import pytest
-from helpers import TIMEOUT, Boom, CustomBase, fail, ok, run_threads
+from helpers import TIMEOUT, Boom, CustomBase, fail, fail_n, ok, run_threads
 from panelboard import CircuitOpenError, State
 
 pytestmark = pytest.mark.usefixtures("frequent_switches")
@@ -47,30 +47,27 @@ def test_n_concurrent_failures_against_threshold_n_always_open(api, name, repeat
         api.call(name, ok)
 
 
-@pytest.mark.parametrize("repeat", range(3))
-def test_concurrent_failures_without_rendezvous_always_open(registry, repeat):
-    registry.call("svc", ok, failure_threshold=THREADS, reset_timeout=1000)
+def fail_at_once(registry):
+    """THREADS threads, released together, each fail one call to "svc"."""
     start = threading.Barrier(THREADS, timeout=TIMEOUT)
 
     def worker(i):
         start.wait()
-        with pytest.raises(Boom):
-            registry.call("svc", fail)
+        fail_n(registry, "svc", 1)
 
     run_threads(worker)
+
+
+@pytest.mark.parametrize("repeat", range(3))
+def test_concurrent_failures_without_rendezvous_always_open(registry, repeat):
+    registry.call("svc", ok, failure_threshold=THREADS, reset_timeout=1000)
+    fail_at_once(registry)
     assert registry.state("svc") is State.OPEN
 
 
 def test_concurrent_failures_one_short_of_threshold_stay_closed(registry):
     registry.call("svc", ok, failure_threshold=THREADS + 1, reset_timeout=1000)
-    start = threading.Barrier(THREADS, timeout=TIMEOUT)
-
-    def worker(i):
-        start.wait()
-        with pytest.raises(Boom):
-            registry.call("svc", fail)
-
-    run_threads(worker)
+    fail_at_once(registry)
     assert registry.state("svc") is State.CLOSED
     with pytest.raises(Boom):
         registry.call("svc", fail)

@@ -81,9 +81,7 @@ def test_failure_on_counts_only_matching_exceptions(registry):
 
 def test_failure_on_tuple(registry):
     b = registry.breaker("f", failure_threshold=3, failure_on=(ConnectionError, TimeoutError))
-    fail_with(b, ConnectionError())
-    fail_with(b, KeyError())
-    fail_with(b, TimeoutError())
+    fail_with(b, ConnectionError(), KeyError(), TimeoutError())
     assert b.metrics().consecutive_failures == 2
     fail_with(b, TimeoutError())
     assert b.state is State.OPEN
@@ -91,8 +89,7 @@ def test_failure_on_tuple(registry):
 
 def test_ignored_exceptions_do_not_reset_the_failure_count(registry):
     b = registry.breaker("f", failure_threshold=2, failure_on=Boom)
-    fail_with(b, Boom())
-    fail_with(b, KeyError())
+    fail_with(b, Boom(), KeyError())
     assert b.metrics().consecutive_failures == 1
     fail_with(b, Boom())
     assert b.state is State.OPEN

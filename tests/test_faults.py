@@ -21,7 +21,17 @@ import time
 
 import panelboard
 import pytest
-from helpers import TIMEOUT, Boom, fail, fork_and_check, half_open, in_thread, run_python
+from helpers import (
+    TIMEOUT,
+    Boom,
+    fail,
+    fork_and_check,
+    half_open,
+    hold_in_call,
+    in_thread,
+    run_python,
+    run_threads,
+)
 from panelboard import CircuitOpenError, State
 
 
@@ -214,15 +224,7 @@ def test_fn_blocked_in_a_closed_breaker_blocks_nothing_else(registry):
 
 def test_blocked_probe_holds_only_its_own_slot(registry, clock):
     b = half_open(registry, clock, "probe")
-    inside, release = threading.Event(), threading.Event()
-
-    def probe():
-        inside.set()
-        assert release.wait(TIMEOUT)
-        return "recovered"
-
-    join_probe = in_thread(b.call, probe)
-    assert inside.wait(TIMEOUT)
+    finish_probe = hold_in_call(b.call, result="recovered")
 
     def meanwhile():
         seen = every_operation(registry, b, "probe", expect_admitted=False)
@@ -230,8 +232,7 @@ def test_blocked_probe_holds_only_its_own_slot(registry, clock):
         return True
 
     assert in_thread(meanwhile)()
-    release.set()
-    assert join_probe() == "recovered"
+    assert finish_probe() == "recovered"
     assert b.state == State.CLOSED
 
 
@@ -499,26 +500,16 @@ def _child_checks(registry, clock):
     assert b.state == State.HALF_OPEN
     registry.delete("child-new")
     assert "child-new" not in registry
+
     # Threads in the child (no lock inherited in a held state).
-    errors = []
-
     def hammer(i):
-        try:
-            for k in range(300):
-                registry.call(f"child-{i}-{k % 7}", lambda: k)
-                registry.reset(f"child-{i}-{k % 7}")
-                if k % 50 == 0:
-                    registry.list()
-        except BaseException as err:  # noqa: BLE001
-            errors.append(err)
+        for k in range(300):
+            registry.call(f"child-{i}-{k % 7}", lambda: k)
+            registry.reset(f"child-{i}-{k % 7}")
+            if k % 50 == 0:
+                registry.list()
 
-    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(TIMEOUT)
-        assert not t.is_alive(), "a thread hung in the child"
-    assert not errors, errors
+    run_threads(hammer, 4, timeout=TIMEOUT)
     # The default registry too.
     assert panelboard.call("test-faults-child", lambda: 3) == 3
     panelboard.delete("test-faults-child")

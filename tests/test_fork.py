@@ -15,7 +15,7 @@ import threading
 
 import panelboard
 import pytest
-from helpers import Boom, fail, fork_and_check
+from helpers import Boom, fail, fork_and_check, run_threads
 from panelboard import CircuitOpenError, Registry, State
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is not available here")
@@ -200,23 +200,13 @@ def test_fork_while_other_threads_are_mid_call(clock):
                 registry.delete(f"child-{k}")
             assert set(registry.snapshot()) == {"probe"}
             registry.on_state_change(lambda n, o, w: None)
+
             # Threads of the child's own work too.
-            child_errors = []
-
             def child_worker(i):
-                try:
-                    for j in range(200):
-                        registry.call(f"c-{i}-{j % 10}", lambda: None)
-                except BaseException as exc:
-                    child_errors.append(exc)
+                for j in range(200):
+                    registry.call(f"c-{i}-{j % 10}", lambda: None)
 
-            workers = [threading.Thread(target=child_worker, args=(i,)) for i in range(4)]
-            for w in workers:
-                w.start()
-            for w in workers:
-                w.join(30)
-                assert not w.is_alive()
-            assert child_errors == []
+            run_threads(child_worker, 4, timeout=30)
             assert len(registry) == 41
             assert panelboard.call("fork-default-mid-call", lambda: 1) == 1
 

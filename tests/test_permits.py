@@ -204,12 +204,7 @@ def test_16_threads_racing_to_settle_one_permit_exactly_one_wins(registry):
             except RuntimeError:
                 lost.append(i)
 
-        threads = [threading.Thread(target=settle, args=(i,)) for i in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(10)
-            assert not t.is_alive()
+        run_threads(settle, 16, timeout=10)
         assert (len(won), len(lost)) == (1, 15)
         assert b.metrics().calls == 1
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import threading
 
 import panelboard
 import pytest
-from helpers import Boom, CustomBase, assert_half_opens_after, fail, fail_n, join, names_of, ok
+from helpers import Boom, CustomBase, assert_half_opens_after, fail, fail_n, hold_in_call, names_of, ok
 from panelboard import CircuitOpenError, ManualClock, Registry, State
 
 
@@ -529,57 +528,28 @@ def test_stale_probe_outcome_after_reopen_is_dropped(registry, clock):
 
 
 def test_stale_success_from_slow_thread_does_not_close(registry, clock):
-    started, release = threading.Event(), threading.Event()
-    results = []
-
-    def slow():
-        started.set()
-        assert release.wait(10)
-        return "late"
-
-    t = threading.Thread(
-        target=lambda: results.append(registry.call("svc", slow, failure_threshold=2, reset_timeout=1))
-    )
-    t.start()
+    finish_slow = hold_in_call(registry.call, "svc", result="late", failure_threshold=2, reset_timeout=1)
     try:
-        assert started.wait(10)
         fail_n(registry, "svc", 2)
         assert registry.state("svc") is State.OPEN
         clock.advance(1)
         assert registry.state("svc") is State.HALF_OPEN
     finally:
-        release.set()
-        join(t)
-    assert results == ["late"]
+        assert finish_slow() == "late"
     assert registry.state("svc") is State.HALF_OPEN
 
 
 def test_stale_failure_from_slow_thread_after_reset_is_dropped(registry, clock):
-    started, release = threading.Event(), threading.Event()
-    errors = []
-
-    def slow():
-        started.set()
-        assert release.wait(10)
-        raise Boom("late")
-
-    def run():
-        try:
-            registry.call("svc", slow, failure_threshold=2, reset_timeout=1)
-        except Boom as err:
-            errors.append(err)
-
-    t = threading.Thread(target=run)
-    t.start()
+    finish_slow = hold_in_call(
+        registry.call, "svc", result=Boom("late"), failure_threshold=2, reset_timeout=1
+    )
     try:
-        assert started.wait(10)
         fail_n(registry, "svc", 1)
         registry.reset("svc")
         fail_n(registry, "svc", 1)
     finally:
-        release.set()
-        join(t)
-    assert len(errors) == 1
+        with pytest.raises(Boom, match="late"):
+            finish_slow()
     assert registry.state("svc") is State.CLOSED
     fail_n(registry, "svc", 1)
     assert registry.state("svc") is State.OPEN
@@ -780,30 +750,13 @@ def test_in_flight_outcome_after_delete_does_not_touch_new_breaker(api, name):
 
 
 def test_delete_from_another_thread_while_in_flight(registry):
-    started, release = threading.Event(), threading.Event()
-    results = []
-
-    def slow():
-        started.set()
-        assert release.wait(10)
-        raise Boom("late")
-
-    def run():
-        try:
-            registry.call("svc", slow, failure_threshold=1)
-        except Boom as err:
-            results.append(err)
-
-    t = threading.Thread(target=run)
-    t.start()
+    finish_slow = hold_in_call(registry.call, "svc", result=Boom("late"), failure_threshold=1)
     try:
-        assert started.wait(10)
         registry.delete("svc")
         assert registry.list() == []
     finally:
-        release.set()
-        join(t)
-    assert len(results) == 1
+        with pytest.raises(Boom, match="late"):
+            finish_slow()
     assert registry.list() == []
     assert registry.state("svc") is State.CLOSED
 
