@@ -12,8 +12,10 @@
   ``assert_half_opens_after(registry, clock, seconds)``.
 - asyncio: ``cancel_while_running(start, started)``.
 - Threads: ``run_threads(target, n)``, ``in_thread(target, *args, **kwargs)`` (returns a
-  joiner), ``hold_in_call(call, *args, result)`` (a call held inside its function); every wait has a timeout, so a deadlock fails the test instead of hanging it.
-  The ``frequent_switches`` fixture (``conftest.py``) makes GIL builds interleave threads often.
+  joiner), ``hold_in_call(call, *args, result)`` (a call held inside its function on another
+  thread until the test finishes it). Every wait has a timeout, so a deadlock fails the test
+  instead of hanging it. The ``frequent_switches`` fixture (``conftest.py``) makes GIL builds
+  interleave threads often.
 - Processes: ``fork_and_check(child_checks)`` and ``run_python(*args)``.
 """
 
