@@ -14,8 +14,9 @@ Afterwards:
 - **Linearizability**: a memoised depth-first search looks for one sequential order of the logged
   steps (admit, record, reset, clock advance, observe) that keeps each thread's program order and
   real time (a step that ended before another began comes first), under which the reference model
-  of the breaker (``tests/model.py``, shared with ``tests/test_stateful.py``) reproduces every admission and rejection, every state a thread
-  saw, and the final state, consecutive-failure count and ``times_opened``. A ``call`` is two
+  of the breaker (``tests/model.py``, shared with ``tests/test_stateful.py``) reproduces every
+  admission and rejection, every state a thread saw, and the final state, consecutive-failure
+  count and ``times_opened``. A ``call`` is two
   steps (admit, then record once ``fn`` returned), exactly as the engine performs it. Where the
   search would exceed its budget the example is counted as inconclusive (hypothesis statistics).
 - **Necessary invariants** (every schedule): counters equal what the threads counted
