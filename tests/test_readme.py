@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_python
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
@@ -29,9 +28,5 @@ def test_readme_examples_type_check(tmp_path: Path) -> None:
         path = tmp_path / f"readme_{index}.py"
         path.write_text(block)
         files.append(str(path))
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", *files],
-        capture_output=True,
-        text=True,
-    )
+    result = run_python("-m", "mypy", "--strict", "--no-incremental", *files, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
