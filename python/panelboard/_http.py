@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ._core import Registry
+from ._core import Permit, Registry
 
 #: Statuses counted as failures by default: the server or something in front of it is in trouble.
 #: The response is still returned to the caller unchanged; only the breaker counts it.
@@ -60,3 +60,33 @@ def check_options(options: Mapping[str, Any] | None, registry: Registry) -> dict
         raise TypeError(f"options must be a mapping of breaker options, not {type(options).__name__}")
     Registry().breaker("panelboard.options-check", **options)
     return dict(options)
+
+
+class Outcome:
+    """The permit of one request until its response body is done; settles it exactly once.
+
+    ``done()``: the body was read to the end or closed without an error, so the status decides.
+    ``error(exc)``: the body failed; ``settle_error(permit, exc)`` classifies the exception.
+    """
+
+    __slots__ = ("failed_status", "permit", "settle_error")
+
+    def __init__(
+        self, permit: Permit, failed_status: bool, settle_error: Callable[[Permit, BaseException], None]
+    ) -> None:
+        self.permit: Permit | None = permit
+        self.failed_status = failed_status
+        self.settle_error = settle_error
+
+    def done(self) -> None:
+        permit, self.permit = self.permit, None
+        if permit is not None:
+            if self.failed_status:
+                permit.failure()
+            else:
+                permit.success()
+
+    def error(self, exc: BaseException) -> None:
+        permit, self.permit = self.permit, None
+        if permit is not None:
+            self.settle_error(permit, exc)

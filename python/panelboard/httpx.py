@@ -19,7 +19,15 @@ from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._core import CircuitOpenError, Permit, Registry
-from ._http import FAILURE_STATUSES, check_name, check_options, check_statuses, origin, resolve_registry
+from ._http import (
+    FAILURE_STATUSES,
+    Outcome,
+    check_name,
+    check_options,
+    check_statuses,
+    origin,
+    resolve_registry,
+)
 
 if TYPE_CHECKING:  # typed as httpx transports, so that `httpx.Client(transport=...)` type-checks
     import httpx
@@ -125,33 +133,9 @@ def _rebuild_open_error(root: str, name: str, retry_after: float, request: Any) 
     return _library(root).open_error(name, retry_after, request=request)  # type: ignore[call-arg]
 
 
-class _Outcome:
-    """The permit of one request until its response body is done; settles it exactly once."""
-
-    __slots__ = ("failed_status", "library", "permit")
-
-    def __init__(self, permit: Permit, failed_status: bool, library: _Library) -> None:
-        self.permit: Permit | None = permit
-        self.failed_status = failed_status
-        self.library = library
-
-    def done(self) -> None:
-        permit, self.permit = self.permit, None
-        if permit is not None:
-            if self.failed_status:
-                permit.failure()
-            else:
-                permit.success()
-
-    def error(self, exc: BaseException) -> None:
-        permit, self.permit = self.permit, None
-        if permit is not None:
-            self.library.settle_error(permit, exc)
-
-
 def _sync_stream_type(base: type) -> type:
     class BreakerStream(base):  # type: ignore[misc,valid-type]
-        def __init__(self, stream: Iterable[bytes], outcome: _Outcome) -> None:
+        def __init__(self, stream: Iterable[bytes], outcome: Outcome) -> None:
             self._stream = stream
             self._outcome = outcome
 
@@ -181,7 +165,7 @@ def _sync_stream_type(base: type) -> type:
 
 def _async_stream_type(base: type) -> type:
     class AsyncBreakerStream(base):  # type: ignore[misc,valid-type]
-        def __init__(self, stream: Any, outcome: _Outcome) -> None:
+        def __init__(self, stream: Any, outcome: Outcome) -> None:
             self._stream = stream
             self._outcome = outcome
 
@@ -278,7 +262,7 @@ class BreakerTransport(_Common, _SyncBase):
             library.settle_error(permit, exc)
             raise
         failed = response.status_code in self._failure_statuses
-        response.stream = library.sync_stream(response.stream, _Outcome(permit, failed, library))
+        response.stream = library.sync_stream(response.stream, Outcome(permit, failed, library.settle_error))
         return response
 
     def close(self) -> None:
@@ -325,7 +309,7 @@ class AsyncBreakerTransport(_Common, _AsyncBase):
             library.settle_error(permit, exc)
             raise
         failed = response.status_code in self._failure_statuses
-        response.stream = library.async_stream(response.stream, _Outcome(permit, failed, library))
+        response.stream = library.async_stream(response.stream, Outcome(permit, failed, library.settle_error))
         return response
 
     async def aclose(self) -> None:
