@@ -9,7 +9,7 @@ import socket
 
 import panelboard
 import pytest
-from panelboard import CircuitOpenError, ManualClock, Registry, State
+from panelboard import CircuitOpenError, Registry, State
 from panelboard._flaky_server import FlakyServer
 
 LIBRARIES = ["httpx", "httpx2"]
@@ -275,3 +275,15 @@ async def test_async_read_timeout_is_a_failure(lib, pb_httpx, registry, server):
         with pytest.raises(lib.ReadTimeout):
             await c.get(server.url + "/stall/3")
     assert metrics(registry, server).failures == 1
+
+
+def test_a_response_already_read_by_the_inner_transport_counts_at_once(lib, pb_httpx, registry):
+    def service(request):
+        return lib.Response(503 if request.url.path == "/down" else 200, text="in memory")
+
+    transport = pb_httpx.BreakerTransport(lib.MockTransport(service), registry=registry)
+    with lib.Client(transport=transport) as c:
+        assert c.get("http://mock.test/ok").text == "in memory"
+        c.get("http://mock.test/down")
+    m = registry.snapshot()["http://mock.test:80"]
+    assert (m.successes, m.failures) == (1, 1)

@@ -7,7 +7,6 @@ import sys
 import uuid
 
 import panelboard
-import pytest
 from panelboard import Registry, State
 
 

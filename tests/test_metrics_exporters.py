@@ -48,7 +48,10 @@ def test_prometheus_scrape_shows_state_calls_openings_and_retry_after(breakers):
     assert 'panelboard_circuit_breaker_state{breaker="api",state="closed"} 0.0' in lines
     assert 'panelboard_circuit_breaker_state{breaker="db",state="closed"} 1.0' in lines
     for outcome, value in (("success", 1), ("failure", 2), ("ignored", 0), ("rejected", 1)):
-        assert f'panelboard_circuit_breaker_calls_total{{breaker="api",outcome="{outcome}"}} {value:.1f}' in lines
+        assert (
+            f'panelboard_circuit_breaker_calls_total{{breaker="api",outcome="{outcome}"}} {value:.1f}'
+            in lines
+        )
     assert 'panelboard_circuit_breaker_calls_total{breaker="db",outcome="ignored"} 1.0' in lines
     assert 'panelboard_circuit_breaker_opened_total{breaker="api"} 1.0' in lines
     assert 'panelboard_circuit_breaker_retry_after_seconds{breaker="api"} 3.0' in lines

@@ -12,6 +12,7 @@ Standard library only (``http.server.ThreadingHTTPServer`` on loopback, an ephem
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -72,6 +73,12 @@ def _handler(server: FlakyServer) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: object) -> None:  # quiet
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            # Headers and body go out as separate writes: without this, Nagle's algorithm and the
+            # client's delayed ACK hold every response back for tens of milliseconds.
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]

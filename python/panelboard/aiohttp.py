@@ -60,7 +60,11 @@ class _Aiohttp:
         self.watched_reader = _watched_reader_type(aiohttp.StreamReader)
 
     def settle_error(self, permit: Permit, exc: BaseException) -> None:
-        if isinstance(exc, Exception) and not isinstance(exc, self.ignored) and isinstance(exc, self.failures):
+        if (
+            isinstance(exc, Exception)
+            and not isinstance(exc, self.ignored)
+            and isinstance(exc, self.failures)
+        ):
             permit.failure()
         else:
             permit.ignore()

@@ -57,7 +57,9 @@ class _Policy:
             if isinstance(code, str) and isinstance(getattr(grpc.StatusCode, code, None), grpc.StatusCode):
                 code = getattr(grpc.StatusCode, code)
             if not isinstance(code, grpc.StatusCode):
-                raise ValueError(f"failure_codes must hold grpc.StatusCode members or their names, got {code!r}")
+                raise ValueError(
+                    f"failure_codes must hold grpc.StatusCode members or their names, got {code!r}"
+                )
             codes.add(code)
         self.failure_codes = frozenset(codes)
         self.options = check_options(options, self.registry)

@@ -29,11 +29,15 @@ from ._http import (
     resolve_registry,
 )
 
-if TYPE_CHECKING:  # typed as httpx transports, so that `httpx.Client(transport=...)` type-checks
+if TYPE_CHECKING:
+    # Typed as transports of both libraries, so that `httpx.Client(transport=...)` and
+    # `httpx2.Client(transport=...)` type-check; at runtime neither is imported here.
     import httpx
+    import httpx2
 
-    _SyncBase = httpx.BaseTransport
-    _AsyncBase = httpx.AsyncBaseTransport
+    class _SyncBase(httpx.BaseTransport, httpx2.BaseTransport): ...
+
+    class _AsyncBase(httpx.AsyncBaseTransport, httpx2.AsyncBaseTransport): ...
 else:
     _SyncBase = object
     _AsyncBase = object
@@ -67,7 +71,11 @@ class _Library:
         self.async_stream = _async_stream_type(module.AsyncByteStream)
 
     def settle_error(self, permit: Permit, exc: BaseException) -> None:
-        if isinstance(exc, Exception) and not isinstance(exc, self.ignored) and isinstance(exc, self.failures):
+        if (
+            isinstance(exc, Exception)
+            and not isinstance(exc, self.ignored)
+            and isinstance(exc, self.failures)
+        ):
             permit.failure()
         else:  # cancellation, KeyboardInterrupt, caller bugs, errors of other code
             permit.ignore()
@@ -261,8 +269,11 @@ class BreakerTransport(_Common, _SyncBase):
         except BaseException as exc:
             library.settle_error(permit, exc)
             raise
-        failed = response.status_code in self._failure_statuses
-        response.stream = library.sync_stream(response.stream, Outcome(permit, failed, library.settle_error))
+        outcome = Outcome(permit, response.status_code in self._failure_statuses, library.settle_error)
+        if response.is_closed:  # a body already in memory (a mock, a cache): done now
+            outcome.done()
+        else:
+            response.stream = library.sync_stream(response.stream, outcome)
         return response
 
     def close(self) -> None:
@@ -308,8 +319,11 @@ class AsyncBreakerTransport(_Common, _AsyncBase):
         except BaseException as exc:
             library.settle_error(permit, exc)
             raise
-        failed = response.status_code in self._failure_statuses
-        response.stream = library.async_stream(response.stream, Outcome(permit, failed, library.settle_error))
+        outcome = Outcome(permit, response.status_code in self._failure_statuses, library.settle_error)
+        if response.is_closed:  # a body already in memory (a mock, a cache): done now
+            outcome.done()
+        else:
+            response.stream = library.async_stream(response.stream, outcome)
         return response
 
     async def aclose(self) -> None:

@@ -62,7 +62,10 @@ def instrument(registry: Registry | None = None, meter_provider: Any = None) -> 
 
     return [
         meter.create_observable_gauge(
-            "circuitbreaker.state", [states], unit="1", description="1 for the breaker's state, 0 for the others"
+            "circuitbreaker.state",
+            [states],
+            unit="1",
+            description="1 for the breaker's state, 0 for the others",
         ),
         meter.create_observable_counter(
             "circuitbreaker.calls", [calls], unit="{call}", description="Calls through the breaker by outcome"

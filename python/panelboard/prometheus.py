@@ -45,7 +45,9 @@ class BreakerCollector:
         prefix = self._prefix
         snapshot = sorted(self._registry.snapshot().items())
         state = GaugeMetricFamily(
-            f"{prefix}_state", "1 for the breaker's current state, 0 for the others", labels=["breaker", "state"]
+            f"{prefix}_state",
+            "1 for the breaker's current state, 0 for the others",
+            labels=["breaker", "state"],
         )
         calls = CounterMetricFamily(
             f"{prefix}_calls", "Calls through the breaker by outcome", labels=["breaker", "outcome"]

@@ -224,7 +224,11 @@ impl BreakerCore {
 /// One record per transition on the `panelboard` logger, `extra={"breaker", "old", "new"}`: WARNING
 /// when the breaker starts rejecting calls (open, forced open), INFO otherwise. `isEnabledFor` is
 /// asked first, so a silenced logger costs no record. Logging errors go to `sys.unraisablehook`.
-fn log_transition(py: Python<'_>, [name, old, new]: &[Bound<'_, PyAny>; 3], transition: Transition) {
+fn log_transition(
+    py: Python<'_>,
+    [name, old, new]: &[Bound<'_, PyAny>; 3],
+    transition: Transition,
+) {
     let level: i32 = match transition.to {
         Mode::Open | Mode::ForcedOpen => 30,
         _ => 20,
