@@ -106,7 +106,7 @@ async def test_a_probe_holds_its_slot_until_the_body_is_done(middleware, clock, 
             async with s.get(server.url + "/status/502"):
                 pass
         clock.advance(5.0)
-        async with s.get(server.url + "/chunks/4") as probe:
+        async with s.get(server.url + "/hold/0.3") as probe:
             assert registry.state(server.url) is State.HALF_OPEN
             with pytest.raises(CircuitOpenError):
                 await s.get(server.url + "/ok")

@@ -154,7 +154,7 @@ def test_a_half_open_probe_settles_when_its_body_is_done(lib, pb_httpx, clock, r
         for _ in range(2):
             c.get(server.url + "/status/500")
         clock.advance(5.0)
-        with c.stream("GET", server.url + "/chunks/4") as probe:
+        with c.stream("GET", server.url + "/hold/0.3") as probe:
             assert registry.state(server.url) is State.HALF_OPEN
             with pytest.raises(CircuitOpenError):  # the one probe slot is taken until the body is done
                 c.get(server.url + "/ok")

@@ -7,6 +7,7 @@ Standard library only (``http.server.ThreadingHTTPServer`` on loopback, an ephem
 - ``/stall/<seconds>``: answers 200 after that long (or as soon as the server stops)
 - ``/cut``: announces a 100 kB body, sends 1 kB of it and closes the connection
 - ``/chunks/<n>``: a body of ``n`` 1 kB chunks, sent one by one
+- ``/hold/<seconds>``: a 2 kB body whose second half comes after that long (or when the server stops)
 - anything else: the status that ``behaviour(path)`` returns (200 when there is none)
 """
 
@@ -26,7 +27,7 @@ class FlakyServer:
         self.hits: Counter[str] = Counter()
         self._hits_lock = threading.Lock()
         self._stopping = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._httpd = _QuietServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -67,6 +68,15 @@ class FlakyServer:
         self.stop()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that hangs up (a cut body, a timeout, a stream closed early) is part of the plan.
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 def _handler(server: FlakyServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -98,6 +108,14 @@ def _handler(server: FlakyServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(b"x" * 1024)
                 self.wfile.flush()
                 self.close_connection = True
+            elif parts[0] == "hold" and len(parts) == 2:
+                self.send_response(200)
+                self.send_header("Content-Length", "2048")
+                self.end_headers()
+                self.wfile.write(b"z" * 1024)
+                self.wfile.flush()
+                server._stopping.wait(float(parts[1]))
+                self.wfile.write(b"z" * 1024)
             elif parts[0] == "chunks" and len(parts) == 2:
                 n = int(parts[1])
                 self.send_response(200)

@@ -80,13 +80,19 @@ class Outcome:
 
     def done(self) -> None:
         permit, self.permit = self.permit, None
-        if permit is not None:
-            if self.failed_status:
-                permit.failure()
-            else:
-                permit.success()
+        if permit is not None and not permit.settled:
+            try:
+                if self.failed_status:
+                    permit.failure()
+                else:
+                    permit.success()
+            except RuntimeError:
+                pass  # another thread closing the same response settled it first: it counts once
 
     def error(self, exc: BaseException) -> None:
         permit, self.permit = self.permit, None
-        if permit is not None:
-            self.settle_error(permit, exc)
+        if permit is not None and not permit.settled:
+            try:
+                self.settle_error(permit, exc)
+            except RuntimeError:
+                pass
