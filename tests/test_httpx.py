@@ -287,3 +287,25 @@ def test_a_response_already_read_by_the_inner_transport_counts_at_once(lib, pb_h
         c.get("http://mock.test/down")
     m = registry.snapshot()["http://mock.test:80"]
     assert (m.successes, m.failures) == (1, 1)
+
+
+def test_threads_sharing_one_client_count_every_response_once(lib, pb_httpx, server):
+    from threads import run_threads
+
+    registry = Registry(failure_threshold=10_000)  # stays closed: every request is sent and counted
+    per_thread = 25
+    with client(lib, pb_httpx, registry) as c:
+
+        def work(i: int) -> None:
+            for k in range(per_thread):
+                path = "/status/503" if (i + k) % 5 == 0 else "/ok"
+                if k % 2:
+                    with c.stream("GET", server.url + path) as response:
+                        response.read()
+                else:
+                    c.get(server.url + path)
+
+        run_threads(work, n=8, timeout=60)
+    m = registry.snapshot()[server.url]
+    assert m.calls == 8 * per_thread
+    assert m.failures == server.hits["/status/503"] and m.successes == server.hits["/ok"]

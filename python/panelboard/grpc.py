@@ -313,7 +313,12 @@ def _aio_interceptor_types() -> tuple[type, ...]:
                 policy = self._policy
                 policy.settle_code(permit, code)
 
-            task = asyncio.ensure_future(settle())
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not called on the channel's loop: the code cannot be read
+                permit.ignore()
+                return
+            task = loop.create_task(settle())
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
