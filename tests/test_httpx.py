@@ -225,6 +225,8 @@ def test_bad_arguments_are_rejected(pb_httpx):
         pb_httpx.AsyncBreakerTransport(name="origin")
     with pytest.raises(ValueError, match="failure_threshold"):
         pb_httpx.BreakerTransport(options={"failure_threshold": 0})
+    with pytest.raises(TypeError, match="not an httpx or httpx2 request"):
+        pb_httpx.BreakerTransport().handle_request(object())
 
 
 def test_open_error_type_is_cached_per_library_and_pickles(lib, pb_httpx):

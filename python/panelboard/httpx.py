@@ -85,12 +85,22 @@ _libraries: dict[str, _Library] = {}
 _libraries_lock = threading.Lock()
 
 
+_by_request_type: dict[type, _Library] = {}
+
+
 def _library_of(request: Any) -> _Library:
-    for cls in type(request).__mro__:
-        root = cls.__module__.partition(".")[0]
-        if root in _LIBRARIES:
-            return _library(root)
-    raise TypeError(f"not an httpx or httpx2 request: {type(request).__name__}")
+    """The library a request belongs to: the first httpx/httpx2 class in its type's MRO."""
+    kind = type(request)
+    library = _by_request_type.get(kind)
+    if library is None:
+        for cls in kind.__mro__:
+            root = cls.__module__.partition(".")[0]
+            if root in _LIBRARIES:
+                library = _by_request_type.setdefault(kind, _library(root))
+                break
+        else:
+            raise TypeError(f"not an httpx or httpx2 request: {kind.__name__}")
+    return library
 
 
 def _library(root: str) -> _Library:
