@@ -109,9 +109,11 @@ def auditwheel_policy(wheel: Path) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "auditwheel", "show", str(wheel)], capture_output=True, text=True
     )
-    match = re.search(r'consistent with the following platform tag:\s*"([^"]+)"', result.stdout)
+    # auditwheel wraps its text at any space, so the phrase is matched across line breaks.
+    phrase = r"consistent\s+with\s+the\s+following\s+platform\s+tag:\s*"
+    match = re.search(phrase + r'"([^"]+)"', result.stdout)
     if result.returncode != 0 or match is None:
-        return f"auditwheel failed: {result.stdout}{result.stderr}".strip()
+        return "auditwheel failed: " + " ".join(f"{result.stdout} {result.stderr}".split())[-300:]
     return match.group(1)
 
 
@@ -122,8 +124,9 @@ def check_wheel(wheel: Path, version: str) -> tuple[str, str, Problems]:
     if len(parts) != 5:
         problems.append(f"unexpected wheel file name {wheel.name}")
         return "?", "?", problems
-    _, _, python_tag, abi_tag, platforms = parts
+    _, file_version, python_tag, abi_tag, platforms = parts
     tag = f"{python_tag}-{abi_tag}"
+    problems.check(file_version == version, f"file name version {file_version} is not Cargo's {version}")
     problems.check(re.fullmatch(r"cp3\d+", python_tag) is not None, f"python tag {python_tag}")
     problems.check(abi_tag in (python_tag, python_tag + "t"), f"abi tag {abi_tag} for {python_tag}")
     glibc = [int(m) for m in re.findall(r"manylinux_2_(\d+)_x86_64", platforms)]
@@ -163,6 +166,7 @@ def check_wheel(wheel: Path, version: str) -> tuple[str, str, Problems]:
 def check_sdist(sdist: Path, version: str) -> Problems:
     problems = Problems()
     top = f"panelboard-{version}"
+    problems.check(sdist.name == f"{top}.tar.gz", f"{sdist.name} is not {top}.tar.gz (Cargo's version)")
     with tarfile.open(sdist) as archive:
         names = set(archive.getnames())
         for member in SDIST_MEMBERS:
