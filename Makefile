@@ -2,12 +2,17 @@
 #   make test                     build, then cargo test + pytest (PYTHON=python3 by default)
 #   make test-ft PYTHON=/path/3.13t   the same pytest suite on free-threaded CPython
 #   make demo | bench | loom | soak | stubtest | typecheck
+#   make wheels                   manylinux_2_17 wheels for $(WHEELS) + the sdist into dist/, checked
+#   make test-wheels              each wheel installed without Rust, whole pytest suite (RELEASING.md)
+#   make test-sdist               the sdist built from source by pip, then a smoke test
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 SOAK_SECONDS ?= 60
-TEST_DEPS := maturin pytest pytest-asyncio hypothesis==6.150.0
+# What the pytest suite needs; the development venv adds maturin to build the extension.
+SUITE_DEPS := pytest pytest-asyncio hypothesis==6.150.0
+TEST_DEPS := maturin $(SUITE_DEPS)
 # mypy's newest releases build a PyO3 0.29 part that refuses free-threaded 3.13, so the typing
 # checks (make stubtest, make typecheck, tests/test_typing.py) run on the GIL build only.
 TYPING_DEPS := mypy
@@ -16,8 +21,16 @@ TYPING_DEPS := mypy
 # (grpcio on free-threaded 3.13t) is skipped here and its tests skip with the reason.
 INTEGRATION_DEPS := httpx httpx2 aiohttp grpcio prometheus_client opentelemetry-api opentelemetry-sdk
 BENCH_DEPS := pybreaker circuitbreaker aiobreaker purgatory matplotlib
+# Release artifacts: one wheel per interpreter tag (release/python-for finds each interpreter).
+WHEELS ?= cp311 cp312 cp313 cp313t
+DIST ?= dist
+TOOLS_VENV ?= .venv-tools
+# Pinned, so that a release is built and checked by known versions (maturin's zig support follows
+# zig's releases; maturin >= 1.9 writes PEP 639 license metadata, twine >= 6.1 reads it).
+RELEASE_TOOLS := maturin==1.16.0 ziglang==0.17.1 auditwheel==6.8.2 twine==7.0.0 trove-classifiers
 
-.PHONY: all venv build test test-rust test-python test-ft demo bench bench-rust loom soak stubtest typecheck clean
+.PHONY: all venv build test test-rust test-python test-ft demo bench bench-rust loom soak stubtest typecheck \
+	wheels test-wheels test-sdist clean
 
 all: test
 
@@ -81,5 +94,21 @@ stubtest: build
 typecheck: build
 	$(PY) -m mypy --strict tests/typing_examples.py
 
+$(TOOLS_VENV)/.tools:
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TOOLS_VENV)/bin/python -m pip install -q $(RELEASE_TOOLS)
+	touch $@
+
+wheels: $(TOOLS_VENV)/.tools
+	TOOLS=$(TOOLS_VENV) DIST=$(DIST) release/build-wheels $(WHEELS)
+
+test-wheels:
+	DIST=$(DIST) SUITE_DEPS="$(SUITE_DEPS)" TYPING_DEPS="$(TYPING_DEPS)" PYTEST_ARGS="$(PYTEST_ARGS)" \
+		release/test-wheels $(WHEELS)
+
+test-sdist:
+	DIST=$(DIST) PYTHON=$(PYTHON) release/test-sdist
+
 clean:
-	rm -rf target .venv .venv-ft python/panelboard/_core.*.so
+	rm -rf target dist .venv .venv-ft $(TOOLS_VENV) python/panelboard/_core.*.so

@@ -32,10 +32,21 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from panelboard import CircuitOpenError, State
+
+# Where the tests run: beside the source tree, or as a copy of tests/ against an installed wheel
+# (`make test-wheels` copies tests/ and pyproject.toml into a temporary directory). Only the few tests
+# that read the repository's own files (the source stub, README.md) use these, and fall back or skip
+# when the source tree is not there.
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+IN_SOURCE_TREE = (ROOT / "Cargo.toml").is_file() and (
+    ROOT / "python" / "panelboard" / "__init__.py"
+).is_file()
 
 TIMEOUT = 30.0  # seconds before a thread that has not finished counts as hung
 
