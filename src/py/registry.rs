@@ -224,6 +224,8 @@ impl Registry {
             return Err(not_callable("listener", &listener));
         }
         let py = listener.py();
+        // The update runs no Python code (it only takes references), so its retries can only be
+        // caused by other threads changing the list, never by itself: no livelock.
         self.hub.listeners.rcu(|current| {
             let mut next: Vec<Py<PyAny>> = current.iter().map(|l| l.clone_ref(py)).collect();
             next.push(listener.clone().unbind());
@@ -236,30 +238,37 @@ impl Registry {
     /// can be removed with a fresh `obj.method`); `ValueError` if it is not registered.
     fn remove_listener(&self, listener: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = listener.py();
-        loop {
-            // The comparison may run Python code, so it runs on a snapshot, outside any lock;
-            // the swap only succeeds if nobody changed the list meanwhile.
-            let current = self.hub.listeners.load_full();
-            let mut position = None;
-            for (i, registered) in current.iter().enumerate() {
-                if upcall::equal(registered.bind(py), listener)? {
-                    position = Some(i);
-                    break;
-                }
+        // `==` runs Python code, which may change the list (a hostile `__eq__` that registers a
+        // listener made every compare-and-swap fail, and the retry ran `__eq__` again, forever).
+        // So the comparison runs exactly once, on a snapshot, outside any lock, and picks the
+        // registered object to remove; the swap below finds that object by identity, which runs
+        // no Python code, and only retries when another thread changed the list meanwhile.
+        let listeners = &self.hub.listeners;
+        let snapshot = listeners.load_full();
+        let mut matched = None;
+        for registered in snapshot.iter() {
+            if upcall::equal(registered.bind(py), listener)? {
+                matched = Some(registered.clone_ref(py));
+                break;
             }
-            let Some(position) = position else {
-                return Err(PyValueError::new_err("listener is not registered"));
-            };
+        }
+        drop(snapshot);
+        let not_registered = || PyValueError::new_err("listener is not registered");
+        let matched = matched.ok_or_else(not_registered)?;
+        loop {
+            let current = listeners.load_full();
+            // Gone already (removed by `__eq__` or by another thread): not registered any more.
+            let position = current
+                .iter()
+                .position(|l| l.is(&matched))
+                .ok_or_else(not_registered)?;
             let next: Vec<Py<PyAny>> = current
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| *i != position)
                 .map(|(_, l)| l.clone_ref(py))
                 .collect();
-            let previous = self
-                .hub
-                .listeners
-                .compare_and_swap(&current, Arc::new(next));
+            let previous = listeners.compare_and_swap(&current, Arc::new(next));
             if Arc::ptr_eq(&previous, &current) {
                 return Ok(());
             }
