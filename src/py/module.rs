@@ -1,6 +1,8 @@
 //! The module definition of `panelboard._core`, written out by hand (raw CPython API, fenced here)
 //! so that it can declare what `#[pymodule]` cannot: that the module does not support a second
-//! interpreter.
+//! interpreter. (PyO3 0.28's `#[pymodule]` does not refuse subinterpreters: it uses multi-phase
+//! initialisation without a `Py_mod_multiple_interpreters` slot, which CPython reads as
+//! "supported", and its own interpreter check only runs for submodules.)
 //!
 //! The bindings keep process-wide state: PyO3's type objects, the Python objects in `pyrefs`, the
 //! fast entry points. All of them belong to the interpreter that created them, so a module
