@@ -53,6 +53,7 @@ use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
+use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -121,7 +122,26 @@ impl BreakerCore {
 
 /// A strong reference to a breaker, as the handles and the registry's map hold it (one reference
 /// each, reported by each to the garbage collector).
-pub struct CoreRef(Py<BreakerCore>);
+///
+/// Every owner is a Python object or code called from Python (a method, a fast entry point), so a
+/// `CoreRef` is only ever dropped by a thread attached to the interpreter: never move one into
+/// `Python::detach` or another thread of Rust's own. Its drop releases the reference at once, as
+/// a `Bound` does, instead of asking PyO3 whether the thread is attached: that check is a
+/// thread-local lookup on every dropped permit, and in the fast entry points (which PyO3 does not
+/// count as attached) it would queue the release instead.
+pub struct CoreRef(ManuallyDrop<Py<BreakerCore>>);
+
+impl Drop for CoreRef {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: the thread is attached (see above), and the reference is taken exactly once,
+        // here, and not used again.
+        unsafe {
+            let py = Python::assume_attached();
+            drop(ManuallyDrop::take(&mut self.0).into_bound(py));
+        }
+    }
+}
 
 impl std::ops::Deref for CoreRef {
     type Target = BreakerCore;
@@ -133,11 +153,11 @@ impl std::ops::Deref for CoreRef {
 
 impl CoreRef {
     pub fn new(py: Python<'_>, core: BreakerCore) -> PyResult<CoreRef> {
-        Ok(CoreRef(Py::new(py, core)?))
+        Ok(CoreRef(ManuallyDrop::new(Py::new(py, core)?)))
     }
 
     pub fn clone_ref(&self, py: Python<'_>) -> CoreRef {
-        CoreRef(self.0.clone_ref(py))
+        CoreRef(ManuallyDrop::new(self.0.clone_ref(py)))
     }
 
     /// The reference itself, for `__traverse__`.
@@ -147,13 +167,7 @@ impl CoreRef {
 
     /// The same breaker?
     pub fn same(&self, other: &CoreRef) -> bool {
-        self.0.is(&other.0)
-    }
-
-    /// As a `Bound`, whose drop releases the reference at once even where PyO3 does not count the
-    /// thread as attached (the fast entry points).
-    pub fn into_bound(self, py: Python<'_>) -> Bound<'_, BreakerCore> {
-        self.0.into_bound(py)
+        self.0.is(&*other.0)
     }
 }
 

@@ -36,6 +36,9 @@ pub struct Registry {
 }
 
 impl Registry {
+    // The one caller of the map's lookup, which is inlined here (a second caller would make the
+    // compiler keep it apart, a call more on `call`'s fast path); `find` itself stays apart.
+    #[inline(never)]
     fn find(&self, py: Python<'_>, key: &[u8]) -> Option<CoreRef> {
         // Taking a reference never blocks, so it may happen under the guard.
         self.breakers
@@ -289,7 +292,7 @@ impl Registry {
     }
 
     fn __contains__(&self, name: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Ok(self.breakers.contains_key(&*pyrefs::name_key(name)?))
+        Ok(self.find(name.py(), &pyrefs::name_key(name)?).is_some())
     }
 
     fn __repr__(&self) -> String {
@@ -326,11 +329,8 @@ impl Registry {
                 })?,
             })
         })?;
-        // A `Bound`: its drop releases the reference at once (PyO3 does not count this fast entry
-        // point as attached, and would queue the release of a `Py`).
-        let core = core.into_bound(py);
         // SAFETY: no arguments.
-        guarded(core.get(), py, || unsafe {
+        guarded(&core, py, || unsafe {
             upcall::vectorcall(func, std::ptr::null(), 0, std::ptr::null_mut())
         })
     }
