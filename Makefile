@@ -11,6 +11,10 @@ TEST_DEPS := maturin pytest pytest-asyncio hypothesis==6.150.0
 # mypy's newest releases build a PyO3 0.29 part that refuses free-threaded 3.13, so the typing
 # checks (make stubtest, make typecheck, tests/test_typing.py) run on the GIL build only.
 TYPING_DEPS := mypy
+# The optional integrations' libraries, for their tests (panelboard.httpx, .aiohttp, .grpc, .prometheus,
+# .opentelemetry). Each is installed from a wheel on its own: one without a wheel for this interpreter
+# (grpcio on free-threaded 3.13t) is skipped here and its tests skip with the reason.
+INTEGRATION_DEPS := httpx httpx2 aiohttp grpcio prometheus_client opentelemetry-api opentelemetry-sdk
 BENCH_DEPS := pybreaker circuitbreaker aiobreaker purgatory matplotlib
 
 .PHONY: all venv build test test-rust test-python test-ft demo bench bench-rust loom soak stubtest typecheck clean
@@ -25,7 +29,14 @@ $(VENV)/.deps:
 		&& $(PY) -m pip install -q $(TYPING_DEPS) || echo "free-threaded interpreter: typing checks skipped"
 	touch $@
 
-venv: $(VENV)/.deps
+$(VENV)/.integration-deps: $(VENV)/.deps
+	@for dep in $(INTEGRATION_DEPS); do \
+		$(PY) -m pip install -q --only-binary=:all: $$dep \
+			|| echo "$$dep: no wheel for this interpreter; its integration tests will skip"; \
+	done
+	touch $@
+
+venv: $(VENV)/.deps $(VENV)/.integration-deps
 
 # Editable install of the release build (maturin puts _core.*.so next to the Python sources).
 build: venv
@@ -43,7 +54,9 @@ test-python: build
 test-ft:
 	$(MAKE) test-python VENV=.venv-ft PYTHON=$(PYTHON)
 
+# A real httpx client through panelboard.httpx against local flaky HTTP services (httpx is pure Python).
 demo: build
+	$(PY) -c 'import httpx' 2>/dev/null || $(PY) -m pip install -q httpx
 	$(PY) -m panelboard demo
 
 $(VENV)/.bench-deps: venv

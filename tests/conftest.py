@@ -3,6 +3,8 @@
 - ``clock``: a fresh ``ManualClock`` at 0.0.
 - ``registry``: an isolated ``Registry`` driven by ``clock``.
 - ``name``: a unique breaker name; deleted from the default registry after the test.
+- ``frequent_switches``: on GIL builds, threads switch every few microseconds, so that schedules
+  really interleave (``pytestmark = pytest.mark.usefixtures("frequent_switches")``).
 - ``api``: parametrised over the module-level functions (default registry, with ``name`` cleaned
   up) and an isolated ``Registry``; both offer ``call``, ``state``, ``reset``, ``delete``, ``list``.
   The default registry reads the monotonic clock, so tests using ``api`` must not depend on time
@@ -11,11 +13,16 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 
 import panelboard
 import pytest
 from hypothesis import HealthCheck, settings
+
+# Plain `assert`s in the shared helpers and the reference model explain their failures too (they
+# are imported by the test modules, after this file).
+pytest.register_assert_rewrite("helpers", "model")
 
 # CI machines are small and busy: a slow example is not a failure. Tests that set their own
 # `settings` keep these for whatever they leave out.
@@ -38,6 +45,17 @@ def name():
     value = f"test-{uuid.uuid4().hex}"
     yield value
     panelboard.delete(value)
+
+
+@pytest.fixture
+def frequent_switches():
+    """With a GIL, switch threads every few microseconds, so that operations really interleave."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
 
 
 @pytest.fixture(params=["default", "instance"])

@@ -9,31 +9,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from helpers import Boom, ClientError, atrip, cancel_while_running
 from panelboard import CircuitOpenError, State
-
-
-class Boom(Exception):
-    pass
-
-
-class ClientError(Exception):
-    pass
 
 
 async def echo(*args, **kwargs):
     await asyncio.sleep(0)
     return args, kwargs
-
-
-async def fail(*args, **kwargs):
-    await asyncio.sleep(0)
-    raise Boom()
-
-
-async def open_breaker(b) -> None:
-    while b.state is not State.OPEN:
-        with pytest.raises(Boom):
-            await b.acall(fail)
 
 
 # --- acall ----------------------------------------------------------------------------------------
@@ -84,7 +66,7 @@ async def test_acall_failure_is_counted_and_the_same_exception_propagates(regist
 
 async def test_acall_rejects_while_open_without_calling(registry, clock):
     b = registry.breaker("svc", failure_threshold=1, reset_timeout=10.0)
-    await open_breaker(b)
+    await atrip(b)
     clock.advance(4.0)
     called = []
 
@@ -136,13 +118,7 @@ async def test_acall_cancellation_is_ignored_never_a_failure(registry):
         started.set()
         await asyncio.Event().wait()
 
-    for _ in range(3):
-        task = asyncio.create_task(b.acall(hang))
-        await started.wait()
-        started.clear()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    await cancel_while_running(lambda: b.acall(hang), started)
     assert b.state is State.CLOSED
     m = b.metrics()
     assert (m.failures, m.ignored, m.calls) == (0, 3, 3)
@@ -150,7 +126,7 @@ async def test_acall_cancellation_is_ignored_never_a_failure(registry):
 
 async def test_acall_cancellation_releases_the_half_open_permit(registry, clock):
     b = registry.breaker("svc", failure_threshold=1, reset_timeout=1.0, half_open_max_calls=1)
-    await open_breaker(b)
+    await atrip(b)
     clock.advance(1.0)
     started = asyncio.Event()
 
@@ -186,7 +162,7 @@ async def test_timeout_inside_the_guarded_function_is_a_failure(registry):
 
 async def test_concurrent_acalls_in_half_open_admit_exactly_max_calls(registry, clock):
     b = registry.breaker("svc", failure_threshold=1, reset_timeout=1.0, half_open_max_calls=2)
-    await open_breaker(b)
+    await atrip(b)
     clock.advance(1.0)
     gate = asyncio.Event()
 
@@ -244,7 +220,7 @@ async def test_async_with_classifies_with_ignore_and_failure_on(registry):
 
 async def test_async_with_cancellation_is_ignored_and_releases_the_probe(registry, clock):
     b = registry.breaker("svc", failure_threshold=1, reset_timeout=1.0)
-    await open_breaker(b)
+    await atrip(b)
     clock.advance(1.0)
     started = asyncio.Event()
 

@@ -6,37 +6,16 @@ Every thread is joined with a timeout, so a deadlock fails the test instead of h
 from __future__ import annotations
 
 import random
-import sys
 import threading
 
 import panelboard
 import pytest
+from helpers import TIMEOUT, Boom, CustomBase, fail, fail_n, ok, run_threads
 from panelboard import CircuitOpenError, State
-from threads import run_threads
+
+pytestmark = pytest.mark.usefixtures("frequent_switches")
 
 THREADS = 16
-TIMEOUT = 30.0
-
-
-class Boom(Exception):
-    pass
-
-
-class CustomBase(BaseException):
-    pass
-
-
-def ok():
-    return "ok"
-
-
-@pytest.fixture(autouse=True)
-def frequent_switches():
-    """With a GIL, switch threads often so that the operations really interleave."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    yield
-    sys.setswitchinterval(old)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -68,37 +47,30 @@ def test_n_concurrent_failures_against_threshold_n_always_open(api, name, repeat
         api.call(name, ok)
 
 
-@pytest.mark.parametrize("repeat", range(3))
-def test_concurrent_failures_without_rendezvous_always_open(registry, repeat):
-    registry.call("svc", ok, failure_threshold=THREADS, reset_timeout=1000)
+def fail_at_once(registry):
+    """THREADS threads, released together, each fail one call to "svc"."""
     start = threading.Barrier(THREADS, timeout=TIMEOUT)
 
     def worker(i):
         start.wait()
-        with pytest.raises(Boom):
-            registry.call("svc", _raise_boom)
+        fail_n(registry, "svc", 1)
 
     run_threads(worker)
+
+
+@pytest.mark.parametrize("repeat", range(3))
+def test_concurrent_failures_without_rendezvous_always_open(registry, repeat):
+    registry.call("svc", ok, failure_threshold=THREADS, reset_timeout=1000)
+    fail_at_once(registry)
     assert registry.state("svc") is State.OPEN
-
-
-def _raise_boom():
-    raise Boom()
 
 
 def test_concurrent_failures_one_short_of_threshold_stay_closed(registry):
     registry.call("svc", ok, failure_threshold=THREADS + 1, reset_timeout=1000)
-    start = threading.Barrier(THREADS, timeout=TIMEOUT)
-
-    def worker(i):
-        start.wait()
-        with pytest.raises(Boom):
-            registry.call("svc", _raise_boom)
-
-    run_threads(worker)
+    fail_at_once(registry)
     assert registry.state("svc") is State.CLOSED
     with pytest.raises(Boom):
-        registry.call("svc", _raise_boom)
+        registry.call("svc", fail)
     assert registry.state("svc") is State.OPEN
 
 
@@ -143,7 +115,7 @@ def _storm(api, name, max_calls):
 @pytest.mark.parametrize("max_calls", [1, 3, 8])
 def test_half_open_storm_admits_exactly_max_calls(registry, clock, max_calls):
     with pytest.raises(Boom):
-        registry.call("svc", _raise_boom, failure_threshold=1, reset_timeout=5, half_open_max_calls=max_calls)
+        registry.call("svc", fail, failure_threshold=1, reset_timeout=5, half_open_max_calls=max_calls)
     clock.advance(5)  # the storm arrives the moment the timeout runs out (state not read yet)
     admitted, rejections = _storm(registry, "svc", max_calls)
     assert admitted == max_calls
@@ -155,7 +127,7 @@ def test_half_open_storm_admits_exactly_max_calls(registry, clock, max_calls):
 @pytest.mark.parametrize("repeat", range(3))
 def test_half_open_storm_default_registry(api, name, repeat):
     with pytest.raises(Boom):
-        api.call(name, _raise_boom, failure_threshold=1, reset_timeout=0, half_open_max_calls=2)
+        api.call(name, fail, failure_threshold=1, reset_timeout=0, half_open_max_calls=2)
     admitted, rejections = _storm(api, name, 2)
     assert admitted == 2
     assert len(rejections) == THREADS - 2
@@ -164,7 +136,7 @@ def test_half_open_storm_default_registry(api, name, repeat):
 
 def test_half_open_storm_of_failing_probes_reopens_once(registry, clock):
     with pytest.raises(Boom):
-        registry.call("svc", _raise_boom, failure_threshold=1, reset_timeout=5, half_open_max_calls=4)
+        registry.call("svc", fail, failure_threshold=1, reset_timeout=5, half_open_max_calls=4)
     clock.advance(5)
     start = threading.Barrier(THREADS, timeout=TIMEOUT)
     admitted = []
@@ -277,7 +249,7 @@ def test_concurrent_create_of_one_name_makes_one_breaker(registry):
     failures = 0
     while registry.state("svc") is State.CLOSED:
         with pytest.raises(Boom):
-            registry.call("svc", _raise_boom)
+            registry.call("svc", fail)
         failures += 1
         assert failures <= THREADS
     assert 1 <= failures <= THREADS

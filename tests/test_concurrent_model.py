@@ -13,9 +13,10 @@ Afterwards:
 
 - **Linearizability**: a memoised depth-first search looks for one sequential order of the logged
   steps (admit, record, reset, clock advance, observe) that keeps each thread's program order and
-  real time (a step that ended before another began comes first), under which a small pure-Python
-  reference model of the breaker reproduces every admission and rejection, every state a thread
-  saw, and the final state, consecutive-failure count and ``times_opened``. A ``call`` is two
+  real time (a step that ended before another began comes first), under which the reference model
+  of the breaker (``tests/model.py``, shared with ``tests/test_stateful.py``) reproduces every
+  admission and rejection, every state a thread saw, and the final state, consecutive-failure
+  count and ``times_opened``. A ``call`` is two
   steps (admit, then record once ``fn`` returned), exactly as the engine performs it. Where the
   search would exceed its budget the example is counted as inconclusive (hypothesis statistics).
 - **Necessary invariants** (every schedule): counters equal what the threads counted
@@ -39,23 +40,21 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+import model
 import pytest
+from helpers import Boom, CustomBase, fail
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
+from model import Limits
 from panelboard import CircuitOpenError, ManualClock, Registry, State
+
+pytestmark = pytest.mark.usefixtures("frequent_switches")
 
 JOIN_TIMEOUT = 30.0
 NAMES = ("m0", "m1")
 TIMEOUT_MS = 10_000
-C, O, H = "closed", "open", "half_open"
-
-
-class Failure(Exception):
-    pass
-
-
-class Interrupted(BaseException):
-    """An outcome that must be ignored (not an ``Exception``, like ``KeyboardInterrupt``)."""
+C, O, H = model.CLOSED, model.OPEN, model.HALF_OPEN
+OUTCOME = {"S": model.SUCCESS, "F": model.FAILURE, "I": model.IGNORED}  # as the logs spell them
 
 
 GOOD = object()
@@ -66,32 +65,18 @@ def predicate(result):
     return result is not BAD
 
 
-@pytest.fixture(autouse=True)
-def _interleave_often():
-    """On GIL builds make threads switch every few microseconds, so schedules really interleave."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
-
-
 # --------------------------------------------------------------------------------------------------
 # Schedules
 
 
-@dataclass(frozen=True)
-class Config:
-    threshold: int
-    max_probes: int
-    timeout_ms: int = TIMEOUT_MS
+def config(threshold: int, max_probes: int) -> Limits:
+    return Limits(failure_threshold=threshold, reset_timeout_ms=TIMEOUT_MS, half_open_max_calls=max_probes)
 
 
 @st.composite
 def schedules(draw, min_threads=4, max_threads=8, max_ops=12, resets=None, advances=None):
     """(config, flags, per-thread op lists)."""
-    cfg = Config(threshold=draw(st.integers(1, 3)), max_probes=draw(st.integers(1, 2)))
+    cfg = config(threshold=draw(st.integers(1, 3)), max_probes=draw(st.integers(1, 2)))
     allow_reset = draw(st.booleans()) if resets is None else resets
     allow_advance = draw(st.booleans()) if advances is None else advances
     kinds = ["call", "call", "acquire", "resolve", "state"]
@@ -126,7 +111,7 @@ def schedules(draw, min_threads=4, max_threads=8, max_ops=12, resets=None, advan
 
 @dataclass
 class Run:
-    cfg: Config
+    cfg: Limits
     clock: ManualClock
     registry: Registry
     handles: list
@@ -138,15 +123,15 @@ class Run:
     times: list | None = None
 
 
-def run_schedule(cfg: Config, threads: list, lockstep: bool = False) -> Run:
+def run_schedule(cfg: Limits, threads: list, lockstep: bool = False) -> Run:
     clock = ManualClock()
     registry = Registry(clock=clock)
     handles = [
         registry.breaker(
             n,
-            failure_threshold=cfg.threshold,
-            reset_timeout=cfg.timeout_ms / 1000,
-            half_open_max_calls=cfg.max_probes,
+            failure_threshold=cfg.failure_threshold,
+            reset_timeout=cfg.reset_timeout_ms / 1000,
+            half_open_max_calls=cfg.half_open_max_calls,
             success=predicate,
         )
         for n in NAMES
@@ -171,8 +156,8 @@ def run_schedule(cfg: Config, threads: list, lockstep: bool = False) -> Run:
             if outcome == "P":
                 return BAD
             if outcome == "F":
-                raise Failure()
-            raise Interrupted()
+                raise Boom()
+            raise CustomBase()
 
         start = now()
         try:
@@ -184,7 +169,7 @@ def run_schedule(cfg: Config, threads: list, lockstep: bool = False) -> Run:
         except CircuitOpenError as err:
             assert err.name == NAMES[n]
             admitted = False
-        except (Failure, Interrupted):
+        except (Boom, CustomBase):
             admitted = True
         end = now()
         assert len(ran) == 2 * int(admitted), (
@@ -339,21 +324,21 @@ def check_invariants(run: Run, flags: dict) -> None:
         assert m.times_opened <= m.failures, "every opening needs a failure"
 
         if final == C:
-            assert 0 <= m.consecutive_failures < cfg.threshold
+            assert 0 <= m.consecutive_failures < cfg.failure_threshold
         if final == O:
-            assert 0 < m.retry_after <= cfg.timeout_ms / 1000
+            assert 0 < m.retry_after <= cfg.reset_timeout_ms / 1000
         if not flags["advance"]:
             assert H not in {s for pair in mine for s in pair}, "half-open without time passing"
             if final == O:
-                assert m.retry_after == cfg.timeout_ms / 1000
+                assert m.retry_after == cfg.reset_timeout_ms / 1000
 
         if not flags["reset"] and not flags["advance"]:
             # One closed period, at most one opening; no outcome was ever stale before it.
             per_thread = thread_outcomes(run, n)
             assert m.times_opened == (1 if final == O else 0), name
             if final == O:
-                assert m.failures >= cfg.threshold
-                assert sum(map(max_failure_run, per_thread)) >= cfg.threshold, (
+                assert m.failures >= cfg.failure_threshold
+                assert sum(map(max_failure_run, per_thread)) >= cfg.failure_threshold, (
                     "OPEN although no ordering has `threshold` consecutive failures"
                 )
             else:
@@ -362,16 +347,16 @@ def check_invariants(run: Run, flags: dict) -> None:
                 with_success = [tr for tr, o in zip(trailing, per_thread) if "S" in o]
                 if not with_success:
                     # Only failures and ignores: no failure may be lost.
-                    assert c == m.failures < cfg.threshold, (name, c, m.failures)
+                    assert c == m.failures < cfg.failure_threshold, (name, c, m.failures)
                 else:
                     assert min(with_success) <= c <= sum(trailing), (name, c, trailing, per_thread)
 
 
 def check_permits_balanced(run: Run) -> None:
     """With every permit resolved, a half-open breaker has all its slots free again."""
-    k = run.cfg.max_probes
+    k = run.cfg.half_open_max_calls
     if any(h.state == State.OPEN for h in run.handles):
-        run.clock.advance(run.cfg.timeout_ms / 1000)
+        run.clock.advance(run.cfg.reset_timeout_ms / 1000)
     for h in run.handles:
         for _ in range(2):  # twice: releasing the probe permits must free the slots again
             state = h.state
@@ -388,50 +373,6 @@ def check_permits_balanced(run: Run) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Linearizability search against the reference model
-
-
-def m_admit(cfg, word, now):
-    """-> (word, ticket generation, or None when rejected). Open past its timeout turns half-open
-    and hands out the first permit in the same step, as the engine's CAS does."""
-    mode, gen, a = word
-    if mode == C:
-        return word, gen
-    if mode == O:
-        if now - a < cfg.timeout_ms:
-            return word, None
-        return (H, gen + 1, 1), gen + 1
-    if a < cfg.max_probes:
-        return (H, gen, a + 1), gen
-    return word, None
-
-
-def m_record(cfg, word, ticket, outcome, opened_at_choices):
-    """-> list of possible (word, opened) results (several when the clock read is not pinned down)."""
-    mode, gen, a = word
-    if ticket != gen:
-        return [(word, 0)]  # stale
-    if mode == C:
-        if outcome == "S":
-            return [((C, gen, 0), 0)]
-        if outcome == "F":
-            if a + 1 >= cfg.threshold:
-                return [((O, gen + 1, t), 1) for t in opened_at_choices]
-            return [((C, gen, a + 1), 0)]
-        return [(word, 0)]
-    if mode == H:
-        if outcome == "S":
-            return [((C, gen + 1, 0), 0)]
-        if outcome == "F":
-            return [((O, gen + 1, t), 1) for t in opened_at_choices]
-        return [((H, gen, max(a - 1, 0)), 0)]
-    return [(word, 0)]
-
-
-def m_observe(cfg, word, now):
-    mode, gen, a = word
-    if mode == O and now - a >= cfg.timeout_ms:
-        return (H, gen + 1, 0)
-    return word
 
 
 class Inconclusive(Exception):
@@ -456,11 +397,11 @@ def linearizable(run: Run, budget: int = 150_000) -> bool:
 
     def final_ok(words, opened, clock):
         for n in range(len(NAMES)):
-            mode, _, a = m_observe(cfg, words[n], clock)
+            word = model.observe(cfg, words[n], clock)
             want_mode, want_failures, want_opened = final[n]
-            if mode != want_mode or opened[n] != want_opened:
+            if word.mode != want_mode or opened[n] != want_opened:
                 return False
-            if mode == C and a != want_failures:
+            if word.mode == C and word.failures != want_failures:
                 return False
         return True
 
@@ -473,7 +414,7 @@ def linearizable(run: Run, budget: int = 150_000) -> bool:
         here = set_at(windows, t, frozenset((clock,)))
         if kind in ("admit_call", "acquire"):
             n, admitted = ev[1], ev[2]
-            word, ticket = m_admit(cfg, words[n], clock)
+            word, ticket = model.admit(cfg, words[n], clock)
             if (ticket is not None) != admitted:
                 return
             words2 = set_at(words, n, word)
@@ -495,20 +436,24 @@ def linearizable(run: Run, budget: int = 150_000) -> bool:
                 held2 = set_at(held, t, held[t][1:])
                 pending2 = pending
             assert n == ev[1]
-            for word, o in m_record(cfg, words[n], ticket, ev[2], sorted(windows[t])):
-                yield set_at(words, n, word), set_at(opened, n, opened[n] + o), clock, here, held2, pending2
+            # The clock read that stamps an opening is not pinned down: any time this thread could
+            # have seen since its last step.
+            before = words[n]
+            afters = [model.record(cfg, before, ticket, OUTCOME[ev[2]], at) for at in sorted(windows[t])]
+            for word in dict.fromkeys(afters):
+                trips = opened[n] + model.opened(before, word)
+                yield set_at(words, n, word), set_at(opened, n, trips), clock, here, held2, pending2
         elif kind == "reset":
             n = ev[1]
-            _, gen, _ = words[n]
-            yield set_at(words, n, (C, gen + 1, 0)), opened, clock, here, held, pending
+            yield set_at(words, n, model.set_mode(words[n], C)), opened, clock, here, held, pending
         elif kind == "advance":
             now = clock + ev[1]
             windows2 = tuple(w | {now} for w in windows)
             yield words, opened, now, set_at(windows2, t, frozenset((now,))), held, pending
         elif kind == "observe":
             n = ev[1]
-            word = m_observe(cfg, words[n], clock)
-            if word[0] == ev[2]:
+            word = model.observe(cfg, words[n], clock)
+            if word.mode == ev[2]:
                 yield set_at(words, n, word), opened, clock, here, held, pending
         else:  # pragma: no cover
             raise AssertionError(ev)
@@ -544,7 +489,7 @@ def linearizable(run: Run, budget: int = 150_000) -> bool:
 
     start = (
         (0,) * nthreads,
-        ((C, 0, 0),) * len(NAMES),
+        (model.INITIAL,) * len(NAMES),
         (0,) * len(NAMES),
         0,
         (frozenset((0,)),) * nthreads,
@@ -636,8 +581,8 @@ def test_half_open_storm_admits_exactly_max_probes(max_probes, nthreads, attempt
     clock = ManualClock()
     registry = Registry(clock=clock)
     b = registry.breaker("storm", failure_threshold=1, reset_timeout=1.0, half_open_max_calls=max_probes)
-    with pytest.raises(Failure):
-        b.call(_raise_failure)
+    with pytest.raises(Boom):
+        b.call(fail)
     clock.advance(1.0)
     barrier = threading.Barrier(nthreads)
     release = threading.Event()
@@ -656,7 +601,7 @@ def test_half_open_storm_admits_exactly_max_probes(max_probes, nthreads, attempt
     def probe():
         settle_one(1)
         assert release.wait(JOIN_TIMEOUT)
-        raise Interrupted()  # ignored: frees the slot without closing the breaker
+        raise CustomBase()  # ignored: frees the slot without closing the breaker
 
     tries = attempts if via == "permit" else 1  # a thread admitted into fn stays there
 
@@ -675,7 +620,7 @@ def test_half_open_storm_admits_exactly_max_probes(max_probes, nthreads, attempt
                         b.call(probe)  # counted once inside fn, holding its permit
                     except CircuitOpenError:
                         settle_one(0)
-                    except Interrupted:
+                    except CustomBase:
                         pass
         except BaseException as err:  # noqa: BLE001
             errors.append(err)
@@ -719,8 +664,8 @@ def test_outcomes_admitted_before_a_transition_change_nothing(nthreads, transiti
         "gen", failure_threshold=1, reset_timeout=1.0, half_open_max_calls=nthreads + 1 if probing else 1
     )
     if probing:
-        with pytest.raises(Failure):
-            b.call(_raise_failure)
+        with pytest.raises(Boom):
+            b.call(fail)
         clock.advance(1.0)
     barrier = threading.Barrier(nthreads + 1)
     errors = []
@@ -748,8 +693,8 @@ def test_outcomes_admitted_before_a_transition_change_nothing(nthreads, transiti
         registry.reset("gen")
         expected, opened = State.CLOSED, 0
     elif transition == "trip":
-        with pytest.raises(Failure):
-            b.call(_raise_failure)
+        with pytest.raises(Boom):
+            b.call(fail)
         expected, opened = State.OPEN, 1
     elif transition == "force_open_and_reset":
         registry.force_open("gen")
@@ -776,10 +721,6 @@ def test_outcomes_admitted_before_a_transition_change_nothing(nthreads, transiti
         assert m.consecutive_failures == 0, "a stale failure counted toward the new closed period"
     if expected == State.OPEN:
         assert m.retry_after == 1.0, "a stale failure re-opened it with a fresh opened_at"
-
-
-def _raise_failure():
-    raise Failure()
 
 
 def test_stale_permit_across_two_million_transitions_changes_nothing():
@@ -809,7 +750,7 @@ def _fake_run(cfg, logs, finals, times=None):
 
 def test_linearizability_checker_rejects_impossible_histories():
     """The search must be able to fail: histories no sequential order explains are rejected."""
-    cfg = Config(threshold=1, max_probes=1)
+    cfg = config(threshold=1, max_probes=1)
     closed = (C, 0, 0)
     one_failure = [("admit_call", 0, True), ("record_call", 0, "F")]
     # Possible: the failure opened m0, a later call was rejected.

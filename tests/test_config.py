@@ -9,43 +9,12 @@ import math
 import threading
 
 import pytest
+from helpers import Boom, ClientError, fail_with, open_then_half_open, raiser, run_threads
 from panelboard import ManualClock, Registry, State
-from threads import run_threads
-
-
-class Boom(Exception):
-    pass
-
-
-class ClientError(Exception):
-    pass
 
 
 class NotFound(ClientError):
     pass
-
-
-def raiser(exc):
-    def f():
-        raise exc
-
-    return f
-
-
-def fail_with(b, exc, times=1):
-    for _ in range(times):
-        with pytest.raises(type(exc)):
-            b.call(raiser(exc))
-
-
-def open_then_half_open(b, clock, timeout):
-    for _ in range(100):
-        if b.state is not State.CLOSED:
-            break
-        fail_with(b, Boom())
-    assert b.state is State.OPEN
-    clock.advance(timeout)
-    assert b.state is State.HALF_OPEN
 
 
 # --- success_threshold ----------------------------------------------------------------------------
@@ -112,9 +81,7 @@ def test_failure_on_counts_only_matching_exceptions(registry):
 
 def test_failure_on_tuple(registry):
     b = registry.breaker("f", failure_threshold=3, failure_on=(ConnectionError, TimeoutError))
-    fail_with(b, ConnectionError())
-    fail_with(b, KeyError())
-    fail_with(b, TimeoutError())
+    fail_with(b, ConnectionError(), KeyError(), TimeoutError())
     assert b.metrics().consecutive_failures == 2
     fail_with(b, TimeoutError())
     assert b.state is State.OPEN
@@ -122,8 +89,7 @@ def test_failure_on_tuple(registry):
 
 def test_ignored_exceptions_do_not_reset_the_failure_count(registry):
     b = registry.breaker("f", failure_threshold=2, failure_on=Boom)
-    fail_with(b, Boom())
-    fail_with(b, KeyError())
+    fail_with(b, Boom(), KeyError())
     assert b.metrics().consecutive_failures == 1
     fail_with(b, Boom())
     assert b.state is State.OPEN

@@ -7,20 +7,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+from helpers import Boom, ClientError, CustomBase, raise_in_block, run_threads
 from panelboard import CircuitOpenError, State
-from threads import run_threads
-
-
-class Boom(Exception):
-    pass
-
-
-class ClientError(Exception):
-    pass
-
-
-class Interrupt(BaseException):
-    pass
 
 
 def test_with_returns_the_breaker_and_counts_success(registry):
@@ -39,9 +27,7 @@ def test_exception_in_block_is_a_failure_and_propagates(registry):
             raise err
     assert info.value is err, "never suppressed, never replaced"
     assert b.state is State.CLOSED
-    with pytest.raises(Boom):
-        with b:
-            raise Boom()
+    raise_in_block(b)
     assert b.state is State.OPEN
     assert b.metrics().failures == 2
 
@@ -54,14 +40,12 @@ def test_exit_classifies_with_failure_on_and_ignore(registry):
     with pytest.raises(KeyError):
         with b:
             raise KeyError()  # not in failure_on: ignored
-    with pytest.raises(Interrupt):
+    with pytest.raises(CustomBase):
         with b:
-            raise Interrupt()  # a BaseException that is not an Exception: ignored
+            raise CustomBase()  # a BaseException that is not an Exception: ignored
     assert b.state is State.CLOSED
     assert b.metrics().ignored == 3
-    with pytest.raises(Boom):
-        with b:
-            raise Boom()
+    raise_in_block(b)
     assert b.state is State.OPEN
 
 
@@ -75,9 +59,7 @@ def test_success_predicate_does_not_apply_to_blocks(registry):
 
 def test_entry_is_rejected_while_open_and_the_block_does_not_run(registry, clock):
     b = registry.breaker("db", failure_threshold=1, reset_timeout=5.0)
-    with pytest.raises(Boom):
-        with b:
-            raise Boom()
+    raise_in_block(b)
     clock.advance(2.0)
     ran = []
     with pytest.raises(CircuitOpenError) as info:
@@ -91,9 +73,7 @@ def test_entry_is_rejected_while_open_and_the_block_does_not_run(registry, clock
 
 def test_half_open_block_holds_the_probe_permit(registry, clock):
     b = registry.breaker("db", failure_threshold=1, reset_timeout=1.0, half_open_max_calls=1)
-    with pytest.raises(Boom):
-        with b:
-            raise Boom()
+    raise_in_block(b)
     clock.advance(1.0)
     with b:
         assert b.state is State.HALF_OPEN
@@ -106,25 +86,17 @@ def test_half_open_block_holds_the_probe_permit(registry, clock):
 
 def test_half_open_block_failure_reopens(registry, clock):
     b = registry.breaker("db", failure_threshold=1, reset_timeout=1.0)
-    with pytest.raises(Boom):
-        with b:
-            raise Boom()
+    raise_in_block(b)
     clock.advance(1.0)
-    with pytest.raises(Boom):
-        with b:
-            raise Boom()
+    raise_in_block(b)
     assert b.state is State.OPEN
 
 
 def test_half_open_block_ignored_exception_releases_the_permit(registry, clock):
     b = registry.breaker("db", failure_threshold=1, reset_timeout=1.0, ignore=ClientError)
-    with pytest.raises(Boom):
-        with b:
-            raise Boom()
+    raise_in_block(b)
     clock.advance(1.0)
-    with pytest.raises(ClientError):
-        with b:
-            raise ClientError()
+    raise_in_block(b, ClientError())
     assert b.state is State.HALF_OPEN
     permit = b.try_acquire()
     assert permit is not None, "the ignored probe gave its slot back"
@@ -160,9 +132,7 @@ def test_nested_half_open_blocks_each_settle_their_own_permit(registry, clock):
     b = registry.breaker(
         "db", failure_threshold=1, reset_timeout=1.0, half_open_max_calls=2, success_threshold=2
     )
-    with pytest.raises(Boom):
-        with b:
-            raise Boom()
+    raise_in_block(b)
     clock.advance(1.0)
     with b:
         with b:
@@ -233,9 +203,7 @@ def test_blocks_from_16_threads_keep_their_own_permits(registry):
 
 def test_half_open_storm_through_with_admits_exactly_max_calls(registry, clock):
     b = registry.breaker("db", failure_threshold=1, reset_timeout=1.0, half_open_max_calls=3)
-    with pytest.raises(Boom):
-        with b:
-            raise Boom()
+    raise_in_block(b)
     clock.advance(1.0)
     start = threading.Barrier(16, timeout=10)
     tried = threading.Barrier(16, timeout=10)  # every thread has tried; the admitted ones still hold permits
@@ -251,12 +219,7 @@ def test_half_open_storm_through_with_admits_exactly_max_calls(registry, clock):
             rejected.append(1)
             tried.wait(10)
 
-    threads = [threading.Thread(target=work) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-        assert not t.is_alive()
+    run_threads(lambda i: work(), 16, timeout=30)
     assert (len(admitted), len(rejected)) == (3, 13)
     assert b.state is State.CLOSED
     m = b.metrics()

@@ -11,12 +11,8 @@ import inspect
 import threading
 
 import pytest
+from helpers import Boom, cancel_while_running, run_threads
 from panelboard import Breaker, CircuitOpenError, State
-from threads import run_threads
-
-
-class Boom(Exception):
-    pass
 
 
 @pytest.fixture
@@ -195,13 +191,7 @@ async def test_async_function_cancellation_is_ignored(b):
         started.set()
         await asyncio.Event().wait()
 
-    for _ in range(3):
-        task = asyncio.create_task(hang())
-        await started.wait()
-        started.clear()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    await cancel_while_running(hang, started)
     assert b.state is State.CLOSED
     m = b.metrics()
     assert (m.failures, m.ignored) == (0, 3)

@@ -13,25 +13,26 @@ import _thread
 import logging
 import os
 import random
-import select
 import signal
 import subprocess
-import sys
 import textwrap
 import threading
 import time
-import traceback
-import warnings
 
 import panelboard
 import pytest
-from panelboard import CircuitOpenError, ManualClock, Registry, State
-
-TIMEOUT = 30.0
-
-
-class Boom(Exception):
-    pass
+from helpers import (
+    TIMEOUT,
+    Boom,
+    fail,
+    fork_and_check,
+    half_open,
+    hold_in_call,
+    in_thread,
+    run_python,
+    run_threads,
+)
+from panelboard import CircuitOpenError, State
 
 
 class PredicateBoom(Exception):
@@ -40,58 +41,6 @@ class PredicateBoom(Exception):
 
 class Stop(BaseException):
     pass
-
-
-def in_thread(target, *args):
-    """Starts target(*args) on a daemon thread; returns a joiner that re-raises its error and fails
-    if it did not finish in time."""
-    box: dict = {}
-
-    def run():
-        try:
-            box["value"] = target(*args)
-        except BaseException as err:  # noqa: BLE001 - handed to the joiner
-            box["error"] = err
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-
-    def join(timeout=TIMEOUT):
-        t.join(timeout)
-        assert not t.is_alive(), f"{getattr(target, '__name__', target)} did not finish (blocked by a lock?)"
-        if "error" in box:
-            raise box["error"]
-        return box.get("value")
-
-    return join
-
-
-def trip(b, n=1):
-    for _ in range(n):
-        with pytest.raises(Boom):
-            b.call(_boom)
-
-
-def _boom():
-    raise Boom()
-
-
-def half_open(registry, clock, name, probes=1, **options):
-    b = registry.breaker(name, failure_threshold=1, reset_timeout=1.0, half_open_max_calls=probes, **options)
-    trip(b)
-    clock.advance(1.0)
-    assert b.state == State.HALF_OPEN
-    return b
-
-
-@pytest.fixture
-def clock():
-    return ManualClock()
-
-
-@pytest.fixture
-def registry(clock):
-    return Registry(clock=clock)
 
 
 def call_via(via, b, registry, fn):
@@ -200,7 +149,7 @@ def test_raising_listener_is_logged_and_the_call_and_other_listeners_are_unaffec
     b = registry.breaker("noisy", failure_threshold=1, reset_timeout=1.0)
     with caplog.at_level(logging.ERROR, logger="panelboard"):
         with pytest.raises(Boom):
-            b.call(_boom)  # closed -> open
+            b.call(fail)  # closed -> open
         clock.advance(1.0)
         permit = b.try_acquire()  # open -> half-open
         permit.success()  # half-open -> closed
@@ -275,15 +224,7 @@ def test_fn_blocked_in_a_closed_breaker_blocks_nothing_else(registry):
 
 def test_blocked_probe_holds_only_its_own_slot(registry, clock):
     b = half_open(registry, clock, "probe")
-    inside, release = threading.Event(), threading.Event()
-
-    def probe():
-        inside.set()
-        assert release.wait(TIMEOUT)
-        return "recovered"
-
-    join_probe = in_thread(b.call, probe)
-    assert inside.wait(TIMEOUT)
+    finish_probe = hold_in_call(b.call, result="recovered")
 
     def meanwhile():
         seen = every_operation(registry, b, "probe", expect_admitted=False)
@@ -291,8 +232,7 @@ def test_blocked_probe_holds_only_its_own_slot(registry, clock):
         return True
 
     assert in_thread(meanwhile)()
-    release.set()
-    assert join_probe() == "recovered"
+    assert finish_probe() == "recovered"
     assert b.state == State.CLOSED
 
 
@@ -338,7 +278,7 @@ def test_blocked_listener_blocks_nothing_else(registry, clock):
     def tripper():
         blocker[0] = threading.current_thread()
         with pytest.raises(Boom):
-            b.call(_boom)
+            b.call(fail)
         return "done"
 
     join_tripper = in_thread(tripper)
@@ -419,7 +359,7 @@ def test_listener_reacting_to_its_own_transition(registry):
 
     b = registry.breaker("heal", failure_threshold=1)
     with pytest.raises(Boom):
-        b.call(_boom)
+        b.call(fail)
     assert seen == [(State.CLOSED, State.OPEN), (State.OPEN, State.CLOSED)]
     assert b.state == State.CLOSED
     assert b.metrics().times_opened == 1
@@ -437,10 +377,10 @@ def test_listener_cascade_across_fifty_breakers(registry):
         i = names.index(name)
         if new == State.OPEN and i + 1 < len(names):
             with pytest.raises(Boom):
-                registry.call(names[i + 1], _boom)
+                registry.call(names[i + 1], fail)
 
     with pytest.raises(Boom):
-        registry.call(names[0], _boom)
+        registry.call(names[0], fail)
     assert seen == names
     assert all(state == State.OPEN for _, state in registry.list())
 
@@ -552,7 +492,7 @@ def _child_checks(registry, clock):
     registry.on_state_change(lambda *a: seen.append(a))
     b = registry.breaker("child-new", failure_threshold=1, reset_timeout=1.0)
     try:
-        b.call(_boom)
+        b.call(fail)
     except Boom:
         pass
     assert b.state == State.OPEN and seen == [("child-new", State.CLOSED, State.OPEN)]
@@ -560,73 +500,27 @@ def _child_checks(registry, clock):
     assert b.state == State.HALF_OPEN
     registry.delete("child-new")
     assert "child-new" not in registry
+
     # Threads in the child (no lock inherited in a held state).
-    errors = []
-
     def hammer(i):
-        try:
-            for k in range(300):
-                registry.call(f"child-{i}-{k % 7}", lambda: k)
-                registry.reset(f"child-{i}-{k % 7}")
-                if k % 50 == 0:
-                    registry.list()
-        except BaseException as err:  # noqa: BLE001
-            errors.append(err)
+        for k in range(300):
+            registry.call(f"child-{i}-{k % 7}", lambda: k)
+            registry.reset(f"child-{i}-{k % 7}")
+            if k % 50 == 0:
+                registry.list()
 
-    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(TIMEOUT)
-        assert not t.is_alive(), "a thread hung in the child"
-    assert not errors, errors
+    run_threads(hammer, 4, timeout=TIMEOUT)
     # The default registry too.
     assert panelboard.call("test-faults-child", lambda: 3) == 3
     panelboard.delete("test-faults-child")
 
 
-def _fork_and_check(registry, clock):
-    r, w = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded, fork() may deadlock"
-        pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        code = 1
-        try:
-            os.close(r)
-            _child_checks(registry, clock)
-            os.write(w, b"ok")
-            code = 0
-        except BaseException:  # noqa: BLE001
-            try:
-                os.write(w, traceback.format_exc().encode()[-4000:])
-            except BaseException:  # noqa: BLE001
-                pass
-        finally:
-            os._exit(code)
-    os.close(w)
-    try:
-        ready, _, _ = select.select([r], [], [], TIMEOUT)
-        if not ready:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung (deadlock on an inherited lock?)")
-        chunks = []
-        while True:
-            chunk = os.read(r, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        message = b"".join(chunks).decode(errors="replace")
-    finally:
-        os.close(r)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status), f"child died: status {status}: {message}"
-    assert os.WEXITSTATUS(status) == 0 and message == "ok", message
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_fork_while_other_threads_are_mid_call(registry, clock):
+def test_fork_while_other_threads_are_mid_call(registry, clock, caplog):
+    # The hammers' transitions are logged; a fork while one of them is inside a logging handler's
+    # stream write leaves that stream's (CPython) buffer lock held in the child. That hazard is the
+    # logging configuration's, not panelboard's, so the transitions are not logged here.
+    caplog.set_level(logging.CRITICAL, logger="panelboard")
     blocked_threads = 3
     release, stop = threading.Event(), threading.Event()
     inside = threading.Barrier(blocked_threads + 2)  # blocked callers + the probe + this thread
@@ -649,7 +543,7 @@ def test_fork_while_other_threads_are_mid_call(registry, clock):
         while not stop.is_set():
             name = f"hot-{rng.randrange(4)}"
             try:
-                registry.call(name, _boom if rng.random() < 0.3 else (lambda: None), failure_threshold=3)
+                registry.call(name, fail if rng.random() < 0.3 else (lambda: None), failure_threshold=3)
             except (Boom, CircuitOpenError):
                 pass
             p = registry.breaker(name).try_acquire()
@@ -674,7 +568,7 @@ def test_fork_while_other_threads_are_mid_call(registry, clock):
         assert w.wait(TIMEOUT)
     try:
         for _ in range(4):
-            _fork_and_check(registry, clock)
+            fork_and_check(lambda: _child_checks(registry, clock), timeout=TIMEOUT)
     finally:
         stop.set()
         release.set()
@@ -722,12 +616,7 @@ slow_finalization = SlowFinalization()
 def run_script(body: str, expect_rc: int = 0, runs: int = 1) -> subprocess.CompletedProcess:
     script = SHUTDOWN_PRELUDE + textwrap.dedent(body)
     for attempt in range(runs):
-        proc = subprocess.run(
-            [sys.executable, "-X", "faulthandler", "-c", script],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = run_python("-X", "faulthandler", "-c", script, timeout=120)
         report = (
             f"run {attempt}: rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}"
         )

@@ -11,76 +11,14 @@ from __future__ import annotations
 import os
 import random
 import select
-import signal
 import threading
-import time
-import traceback
-import warnings
 
 import panelboard
 import pytest
+from helpers import Boom, fail, fork_and_check, run_threads
 from panelboard import CircuitOpenError, Registry, State
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is not available here")
-
-CHILD_TIMEOUT = 60.0
-
-
-class Boom(Exception):
-    pass
-
-
-def fail():
-    raise Boom()
-
-
-def fork_and_check(child_checks, parent_after_fork=None) -> None:
-    """Forks; the child runs ``child_checks()`` and exits 0 if it passed, 1 with the traceback on
-    the pipe if it failed. The parent runs ``parent_after_fork()`` (if given), then fails the test if
-    the child fails or does not finish in time."""
-    read_fd, write_fd = os.pipe()
-    with warnings.catch_warnings():
-        # Python 3.12+ warns that forking a multi-threaded process may deadlock the child: that is
-        # exactly what this test checks does not happen.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        code, message = 1, b"child did not report"
-        try:
-            os.close(read_fd)
-            child_checks()
-            code, message = 0, b"ok"
-        except BaseException:
-            message = traceback.format_exc().encode()
-        finally:
-            try:
-                os.write(write_fd, message)
-            finally:
-                os._exit(code)
-    os.close(write_fd)
-    if parent_after_fork is not None:
-        parent_after_fork()
-    chunks = []
-    deadline = time.monotonic() + CHILD_TIMEOUT
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                pytest.fail(f"the forked child hung (deadlock?); it said: {b''.join(chunks).decode()!r}")
-            ready, _, _ = select.select([read_fd], [], [], remaining)
-            if ready:
-                chunk = os.read(read_fd, 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-    finally:
-        os.close(read_fd)
-    _, status = os.waitpid(pid, 0)
-    report = b"".join(chunks).decode(errors="replace")
-    assert os.waitstatus_to_exitcode(status) == 0, f"child failed:\n{report}"
-    assert report == "ok"
 
 
 def test_child_registry_is_a_working_copy(registry, clock):
@@ -262,23 +200,13 @@ def test_fork_while_other_threads_are_mid_call(clock):
                 registry.delete(f"child-{k}")
             assert set(registry.snapshot()) == {"probe"}
             registry.on_state_change(lambda n, o, w: None)
+
             # Threads of the child's own work too.
-            child_errors = []
-
             def child_worker(i):
-                try:
-                    for j in range(200):
-                        registry.call(f"c-{i}-{j % 10}", lambda: None)
-                except BaseException as exc:
-                    child_errors.append(exc)
+                for j in range(200):
+                    registry.call(f"c-{i}-{j % 10}", lambda: None)
 
-            workers = [threading.Thread(target=child_worker, args=(i,)) for i in range(4)]
-            for w in workers:
-                w.start()
-            for w in workers:
-                w.join(30)
-                assert not w.is_alive()
-            assert child_errors == []
+            run_threads(child_worker, 4, timeout=30)
             assert len(registry) == 41
             assert panelboard.call("fork-default-mid-call", lambda: 1) == 1
 

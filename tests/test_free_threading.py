@@ -12,6 +12,7 @@ import sys
 import sysconfig
 
 import pytest
+from helpers import run_python
 
 FREE_THREADED = sysconfig.get_config_var("Py_GIL_DISABLED") == 1
 
@@ -30,13 +31,7 @@ print("gil_enabled=" + str(sys._is_gil_enabled()))
 
 def run_check(extra: str = "") -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHON_GIL"}
-    return subprocess.run(
-        [sys.executable, "-c", CHECK.format(extra=extra)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_python("-c", CHECK.format(extra=extra), env=env, timeout=120)
 
 
 def test_import_leaves_gil_disabled():

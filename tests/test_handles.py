@@ -11,22 +11,8 @@ import threading
 
 import panelboard
 import pytest
+from helpers import Boom, fail, run_threads, trip
 from panelboard import Breaker, CircuitOpenError, Registry, State
-from threads import run_threads
-
-
-class Boom(Exception):
-    pass
-
-
-def fail(*args, **kwargs):
-    raise Boom("down")
-
-
-def trip(b: Breaker, times: int) -> None:
-    for _ in range(times):
-        with pytest.raises(Boom):
-            b.call(fail)
 
 
 def test_breaker_returns_a_handle_with_name_and_state(registry):

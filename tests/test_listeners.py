@@ -7,22 +7,12 @@ caller; the lazy open -> half-open change is reported when it is first observed.
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import textwrap
 import threading
 
 import pytest
+from helpers import Boom, fail, run_python, run_threads
 from panelboard import Registry, State
-from threads import run_threads
-
-
-class Boom(Exception):
-    pass
-
-
-def fail():
-    raise Boom()
 
 
 class Recorder:
@@ -436,6 +426,6 @@ def test_logging_configured_after_the_import_still_shows_listener_errors():
         registry.force_open("svc")
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    proc = run_python("-c", script, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "state-change listener" in proc.stdout and "listener bug" in proc.stdout, proc.stdout

@@ -10,16 +10,8 @@ import threading
 
 import panelboard
 import pytest
+from helpers import Boom, fail, run_threads
 from panelboard import CircuitOpenError, State
-from threads import run_threads
-
-
-class Boom(Exception):
-    pass
-
-
-def fail():
-    raise Boom()
 
 
 def test_state_enum_has_the_manual_states():

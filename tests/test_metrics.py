@@ -8,8 +8,8 @@ import threading
 
 import panelboard
 import pytest
+from helpers import Boom, raiser, run_threads
 from panelboard import Metrics, Registry, State
-from threads import run_threads
 
 FIELDS = (
     "state",
@@ -24,19 +24,8 @@ FIELDS = (
 )
 
 
-class Boom(Exception):
-    pass
-
-
 class Skip(Exception):
     pass
-
-
-def raiser(exc):
-    def f():
-        raise exc
-
-    return f
 
 
 def as_dict(m: Metrics) -> dict:

@@ -16,41 +16,10 @@ import random
 import threading
 
 import pytest
+from helpers import TIMEOUT, Boom, fail, in_thread
 from panelboard import CircuitOpenError, ManualClock, Registry, State
 
-TIMEOUT = 30.0
 ALL_NAMES = [f"n{i}" for i in range(1024)]
-
-
-class Boom(Exception):
-    pass
-
-
-def _boom():
-    raise Boom()
-
-
-def run_in_thread(target, *args, timeout=TIMEOUT):
-    box: dict = {}
-
-    def run():
-        try:
-            box["value"] = target(*args)
-        except BaseException as err:  # noqa: BLE001 - re-raised below
-            box["error"] = err
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, box
-
-
-def finish(thread_and_box, what, timeout=TIMEOUT):
-    t, box = thread_and_box
-    t.join(timeout)
-    assert not t.is_alive(), f"{what} did not finish: a lock is held while Python code runs"
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 def touch_every_shard(registry, names=ALL_NAMES):
@@ -103,7 +72,7 @@ def _block_in_predicate(registry, b, gate):
 
 def _block_in_listener(registry, b, gate):
     with pytest.raises(Boom):
-        b.call(_boom)  # trips it: the listener runs on this thread and blocks
+        b.call(fail)  # trips it: the listener runs on this thread and blocks
     return "value"
 
 
@@ -154,16 +123,16 @@ def test_every_operation_on_every_shard_completes_while_user_code_blocks(place):
         blocker[0] = threading.current_thread()
         return PLACES[place](registry, b, gate)
 
-    blocked = run_in_thread(blocked_call)
+    join_blocked = in_thread(blocked_call)
     assert inside.wait(TIMEOUT), "the user code never started"
     try:
-        other = run_in_thread(touch_every_shard, registry)
-        assert finish(other, f"touching every shard while user code blocks in the {place}")
+        join_other = in_thread(touch_every_shard, registry)
+        assert join_other(what=f"touching every shard while user code blocks in the {place}")
         # A second registry and the default one are independent of it, but check them too.
-        assert finish(run_in_thread(touch_every_shard, Registry(), ALL_NAMES[:64]), "another registry")
+        assert in_thread(touch_every_shard, Registry(), ALL_NAMES[:64])(what="another registry")
     finally:
         release.set()
-    assert finish(blocked, "the blocked call") == "value"
+    assert join_blocked(what="the blocked call") == "value"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,9 +245,9 @@ def test_fifteen_threads_hammer_breakers_whose_callbacks_rearrange_the_registry(
                 pass
         return True
 
-    workers = [run_in_thread(hammer, i) for i in range(THREADS)]
-    for w in workers:
-        assert finish(w, "a hammering thread", timeout=120)
+    workers = [in_thread(hammer, i) for i in range(THREADS)]
+    for join_worker in workers:
+        assert join_worker(120, what="a hammering thread")
     assert not chaos.unexpected, chaos.unexpected[:3]
     # The registry is still consistent and usable (with the chaotic callbacks taken out).
     registry.remove_listener(chaos.listener)
@@ -377,7 +346,7 @@ def test_del_of_a_user_object_dropped_by_the_library_may_use_the_registry(drop):
         gc.collect()
         return True
 
-    assert finish(run_in_thread(scenario), f"dropping a user object ({drop.__name__})")
+    assert in_thread(scenario)(what=f"dropping a user object ({drop.__name__})")
     gc.collect()
     assert ran, "__del__ never ran: the library kept the object alive"
     assert ALL_NAMES[0] not in registry

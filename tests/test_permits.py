@@ -10,21 +10,10 @@ import random
 import threading
 
 import pytest
+from helpers import open_with_permits, run_threads
 from panelboard import Permit, State
-from threads import run_threads
 
 OUTCOMES = ("success", "failure", "ignore")
-
-
-def open_it(b) -> None:
-    """Fails permits until the breaker is open (closed or half-open to start with)."""
-    for _ in range(100):
-        if b.state is State.OPEN:
-            return
-        p = b.try_acquire()
-        assert p is not None
-        p.failure()
-    raise AssertionError(f"breaker did not open: {b.metrics()}")
 
 
 def test_try_acquire_on_a_closed_breaker_gives_a_permit(registry):
@@ -39,7 +28,7 @@ def test_try_acquire_on_a_closed_breaker_gives_a_permit(registry):
 
 def test_try_acquire_returns_none_while_open_and_counts_a_rejection(registry, clock):
     b = registry.breaker("rpc", failure_threshold=1, reset_timeout=5.0)
-    open_it(b)
+    open_with_permits(b)
     for _ in range(3):
         assert b.try_acquire() is None  # no exception
     clock.advance(4.999)
@@ -86,7 +75,7 @@ def test_outcomes_drive_the_breaker(registry):
 
 def test_half_open_probe_permit_success_closes_and_failure_reopens(registry, clock):
     b = registry.breaker("rpc", failure_threshold=1, reset_timeout=1.0)
-    open_it(b)
+    open_with_permits(b)
     clock.advance(1.0)
     p = b.try_acquire()
     assert p is not None
@@ -100,7 +89,7 @@ def test_half_open_probe_permit_success_closes_and_failure_reopens(registry, clo
 
 def test_ignored_probe_gives_its_slot_back(registry, clock):
     b = registry.breaker("rpc", failure_threshold=1, reset_timeout=1.0)
-    open_it(b)
+    open_with_permits(b)
     clock.advance(1.0)
     b.try_acquire().ignore()
     assert b.state is State.HALF_OPEN
@@ -120,7 +109,7 @@ def test_dropped_permit_counts_as_ignored_while_closed(registry):
 
 def test_dropped_probe_permit_releases_the_half_open_slot(registry, clock):
     b = registry.breaker("rpc", failure_threshold=1, reset_timeout=1.0, half_open_max_calls=2)
-    open_it(b)
+    open_with_permits(b)
     clock.advance(1.0)
     keep = b.try_acquire()
     dropped = b.try_acquire()
@@ -154,7 +143,7 @@ def test_stale_permit_outcome_is_dropped(registry, clock):
     slow.failure()
     assert b.state is State.CLOSED
     # A probe taken before the breaker reopened cannot close it.
-    open_it(b)
+    open_with_permits(b)
     clock.advance(1.0)
     probe = b.try_acquire()
     registry.force_open("rpc")
@@ -215,12 +204,7 @@ def test_16_threads_racing_to_settle_one_permit_exactly_one_wins(registry):
             except RuntimeError:
                 lost.append(i)
 
-        threads = [threading.Thread(target=settle, args=(i,)) for i in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(10)
-            assert not t.is_alive()
+        run_threads(settle, 16, timeout=10)
         assert (len(won), len(lost)) == (1, 15)
         assert b.metrics().calls == 1
 
@@ -237,7 +221,7 @@ def test_permits_never_leak_under_random_outcomes_from_16_threads(registry, cloc
         half_open_max_calls=max_calls,
         success_threshold=65535,  # stays half-open: every slot must come back
     )
-    open_it(b)
+    open_with_permits(b)
     clock.advance(1.0)
     assert b.state is State.HALF_OPEN
     barrier = threading.Barrier(16, timeout=10)
@@ -332,7 +316,7 @@ def test_permits_never_leak_with_failures_and_reopening(registry, clock):
     m = b.metrics()
     assert m.calls == sum(granted)
     assert m.times_opened > 1
-    open_it(b)
+    open_with_permits(b)
     clock.advance(1.0)
     p1, p2 = b.try_acquire(), b.try_acquire()
     assert p1 is not None and p2 is not None

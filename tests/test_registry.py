@@ -6,48 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import threading
 
 import panelboard
 import pytest
+from helpers import Boom, CustomBase, assert_half_opens_after, fail, fail_n, hold_in_call, names_of, ok
 from panelboard import CircuitOpenError, ManualClock, Registry, State
-
-
-class Boom(Exception):
-    """The failure the guarded functions raise."""
-
-
-class CustomBase(BaseException):
-    """A BaseException that is not an Exception."""
-
-
-def fail():
-    raise Boom("down")
-
-
-def ok():
-    return "ok"
-
-
-def names_of(api):
-    return {n for n, _ in api.list()}
 
 
 def listed_state(api, name):
     found = [s for n, s in api.list() if n == name]
     assert len(found) == 1, f"{name!r} listed {len(found)} times"
     return found[0]
-
-
-def fail_n(api, name, n, **options):
-    for _ in range(n):
-        with pytest.raises(Boom):
-            api.call(name, fail, **options)
-
-
-def join(thread, timeout=10.0):
-    thread.join(timeout)
-    assert not thread.is_alive(), "thread did not finish (deadlock?)"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -448,17 +417,6 @@ def test_success_resets_consecutive_failures(api, name):
     assert api.state(name) is State.OPEN
 
 
-def assert_half_opens_after(registry, clock, seconds):
-    """`svc` is open now, reports `seconds` as retry_after, and goes half-open exactly then."""
-    with pytest.raises(CircuitOpenError) as info:
-        registry.call("svc", ok)
-    assert info.value.retry_after == seconds
-    clock.advance(seconds - 0.001)
-    assert registry.state("svc") is State.OPEN
-    clock.advance(0.001)
-    assert registry.state("svc") is State.HALF_OPEN
-
-
 def test_opens_at_threshold_with_opened_at_now(registry, clock):
     opts = dict(failure_threshold=3, reset_timeout=10)
     fail_n(registry, "svc", 1, **opts)
@@ -570,57 +528,28 @@ def test_stale_probe_outcome_after_reopen_is_dropped(registry, clock):
 
 
 def test_stale_success_from_slow_thread_does_not_close(registry, clock):
-    started, release = threading.Event(), threading.Event()
-    results = []
-
-    def slow():
-        started.set()
-        assert release.wait(10)
-        return "late"
-
-    t = threading.Thread(
-        target=lambda: results.append(registry.call("svc", slow, failure_threshold=2, reset_timeout=1))
-    )
-    t.start()
+    finish_slow = hold_in_call(registry.call, "svc", result="late", failure_threshold=2, reset_timeout=1)
     try:
-        assert started.wait(10)
         fail_n(registry, "svc", 2)
         assert registry.state("svc") is State.OPEN
         clock.advance(1)
         assert registry.state("svc") is State.HALF_OPEN
     finally:
-        release.set()
-        join(t)
-    assert results == ["late"]
+        assert finish_slow() == "late"
     assert registry.state("svc") is State.HALF_OPEN
 
 
 def test_stale_failure_from_slow_thread_after_reset_is_dropped(registry, clock):
-    started, release = threading.Event(), threading.Event()
-    errors = []
-
-    def slow():
-        started.set()
-        assert release.wait(10)
-        raise Boom("late")
-
-    def run():
-        try:
-            registry.call("svc", slow, failure_threshold=2, reset_timeout=1)
-        except Boom as err:
-            errors.append(err)
-
-    t = threading.Thread(target=run)
-    t.start()
+    finish_slow = hold_in_call(
+        registry.call, "svc", result=Boom("late"), failure_threshold=2, reset_timeout=1
+    )
     try:
-        assert started.wait(10)
         fail_n(registry, "svc", 1)
         registry.reset("svc")
         fail_n(registry, "svc", 1)
     finally:
-        release.set()
-        join(t)
-    assert len(errors) == 1
+        with pytest.raises(Boom, match="late"):
+            finish_slow()
     assert registry.state("svc") is State.CLOSED
     fail_n(registry, "svc", 1)
     assert registry.state("svc") is State.OPEN
@@ -821,30 +750,13 @@ def test_in_flight_outcome_after_delete_does_not_touch_new_breaker(api, name):
 
 
 def test_delete_from_another_thread_while_in_flight(registry):
-    started, release = threading.Event(), threading.Event()
-    results = []
-
-    def slow():
-        started.set()
-        assert release.wait(10)
-        raise Boom("late")
-
-    def run():
-        try:
-            registry.call("svc", slow, failure_threshold=1)
-        except Boom as err:
-            results.append(err)
-
-    t = threading.Thread(target=run)
-    t.start()
+    finish_slow = hold_in_call(registry.call, "svc", result=Boom("late"), failure_threshold=1)
     try:
-        assert started.wait(10)
         registry.delete("svc")
         assert registry.list() == []
     finally:
-        release.set()
-        join(t)
-    assert len(results) == 1
+        with pytest.raises(Boom, match="late"):
+            finish_slow()
     assert registry.list() == []
     assert registry.state("svc") is State.CLOSED
 

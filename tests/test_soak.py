@@ -29,6 +29,7 @@ import weakref
 from collections import Counter
 
 import pytest
+from helpers import Boom, CustomBase
 from panelboard import CircuitOpenError, ManualClock, Registry, State
 
 SOAK_SECONDS = float(os.environ.get("PANELBOARD_SOAK_SECONDS", "3"))
@@ -66,14 +67,6 @@ def quiet_panelboard_logger():
         logger.removeFilter(drop)
 
 
-class Failure(Exception):
-    pass
-
-
-class Interrupted(BaseException):
-    pass
-
-
 class PredicateError(Exception):
     pass
 
@@ -89,8 +82,8 @@ class Soak:
         self.result = object()  # returned by the healthy function
         self.bad = object()  # returned, but the success predicate says failure
         self.explode = object()  # returned, and the success predicate raises
-        self.failures = [Failure(f"t{t}") for t in range(THREADS)]
-        self.interrupts = [Interrupted(f"t{t}") for t in range(THREADS)]
+        self.failures = [Boom(f"t{t}") for t in range(THREADS)]
+        self.interrupts = [CustomBase(f"t{t}") for t in range(THREADS)]
 
         result, bad, explode = self.result, self.bad, self.explode
 
@@ -307,9 +300,9 @@ class Soak:
                 value = self.registry.call(name, fn, failure_threshold=2, reset_timeout=RESET_TIMEOUT)
         except CircuitOpenError:
             return "R"
-        except (Failure, PredicateError):
+        except (Boom, PredicateError):
             return "F"
-        except Interrupted:
+        except CustomBase:
             return "I"
         assert value is (self.result if kind == "S" else self.bad)
         return "S" if kind == "S" else "F"
@@ -325,9 +318,9 @@ class Soak:
                     raise self.interrupts[t].with_traceback(None)
         except CircuitOpenError:
             return "R"
-        except Failure:
+        except Boom:
             return "F"
-        except Interrupted:
+        except CustomBase:
             return "I"
         return "S"
 
@@ -557,6 +550,13 @@ class _Predicate:
         return True
 
 
+def _breaker_with_own_predicate(registry, name):
+    """A new breaker whose config holds the only reference to its success predicate; returns the
+    handle and a weak reference to the predicate."""
+    pred = _Predicate()
+    return registry.breaker(name, success=pred), weakref.ref(pred)
+
+
 def _drop_ignored_options(registry):
     """Options of a call on an existing breaker are ignored: the objects in them are dropped."""
     registry.breaker("existing")
@@ -568,31 +568,29 @@ def _drop_ignored_options(registry):
 
 def _drop_breaker_deleted_by_its_own_call(registry):
     """fn deletes its breaker: the call held the last reference, and its config goes with it."""
-    pred = _Predicate()
-    ref = weakref.ref(pred)
-    registry.breaker("doomed", success=pred)
-    del pred
+    _, ref = _breaker_with_own_predicate(registry, "doomed")
     registry.call("doomed", lambda: registry.delete("doomed"))
     return ref
 
 
 def _drop_config_replaced_during_a_decorated_call(registry):
     """fn reconfigures its breaker: the running call held the last reference to the old config."""
-    pred = _Predicate()
-    ref = weakref.ref(pred)
-    b = registry.breaker("reconfigured", success=pred)
-    del pred
+    b, ref = _breaker_with_own_predicate(registry, "reconfigured")
     b(lambda: registry.configure("reconfigured", success=None))()
     return ref
 
 
 def _drop_config_replaced_during_a_handle_call(registry):
-    pred = _Predicate()
-    ref = weakref.ref(pred)
-    b = registry.breaker("reconfigured2", success=pred)
-    del pred
+    b, ref = _breaker_with_own_predicate(registry, "reconfigured2")
     b.call(registry.configure, "reconfigured2", success=None)
     return ref
+
+
+def assert_released(drop, message):
+    """``drop(registry)`` returns a weak reference to an object the library held: it must be gone."""
+    registry = Registry(clock=ManualClock())
+    ref = drop(registry)
+    assert ref() is None, message
 
 
 @pytest.mark.parametrize(
@@ -601,9 +599,7 @@ def _drop_config_replaced_during_a_handle_call(registry):
     ids=lambda f: f.__name__[1:],
 )
 def test_config_replaced_during_a_call_is_released_when_it_returns(drop):
-    registry = Registry(clock=ManualClock())
-    ref = drop(registry)
-    assert ref() is None, "still alive after the call returned"
+    assert_released(drop, "still alive after the call returned")
 
 
 @pytest.mark.parametrize(
@@ -612,6 +608,4 @@ def test_config_replaced_during_a_call_is_released_when_it_returns(drop):
     ids=lambda f: f.__name__[1:],
 )
 def test_objects_dropped_inside_a_fast_call_are_released_when_it_returns(drop):
-    registry = Registry(clock=ManualClock())
-    ref = drop(registry)
-    assert ref() is None, "still alive after the call returned (its release was deferred)"
+    assert_released(drop, "still alive after the call returned (its release was deferred)")

@@ -70,7 +70,9 @@ def check_main_interpreter_works():
     except ZeroDivisionError:
         pass
     assert registry.state("x") is State.OPEN
-    assert [r.exc_info[1].args for r in records] == [("listener failed",)], records
+    # (Transitions are logged there too: only the listener's error carries an exception.)
+    errors = [r.exc_info[1].args for r in records if r.exc_info]
+    assert errors == [("listener failed",)], records
 '''
 
 CONFIGS = ["legacy", "isolated"] if sys.version_info >= (3, 13) else ["default"]

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import importlib.util
 import subprocess
-import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
+from helpers import run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "tests" / "typing_examples.py"
@@ -25,13 +25,7 @@ FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 
 def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_python(*args, cwd=ROOT, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -6,24 +6,8 @@ import math
 
 import panelboard
 import pytest
+from helpers import Boom, fail, fail_n, names_of, ok
 from panelboard import ManualClock, Registry, State
-
-
-class Boom(Exception):
-    pass
-
-
-def fail():
-    raise Boom()
-
-
-def ok():
-    return "ok"
-
-
-def names_of(api):
-    return {n for n, _ in api.list()}
-
 
 BAD_NAMES = [None, 1, 1.5, b"svc", bytearray(b"svc"), ("svc",), ["svc"], object()]
 
@@ -120,8 +104,7 @@ def test_bad_option_names_argument_and_creates_nothing(api, name, option):
 @pytest.mark.parametrize("option", BAD_OPTIONS, ids=option_id)
 def test_bad_option_leaves_existing_breaker_unchanged(registry, clock, option):
     arg, value = option
-    with pytest.raises(Boom):
-        registry.call("svc", fail, failure_threshold=2, reset_timeout=10, half_open_max_calls=1)
+    fail_n(registry, "svc", 1, failure_threshold=2, reset_timeout=10, half_open_max_calls=1)
     runs = []
     with pytest.raises((TypeError, ValueError)) as info:
         registry.call("svc", lambda: runs.append(1), **{arg: value})
@@ -129,8 +112,7 @@ def test_bad_option_leaves_existing_breaker_unchanged(registry, clock, option):
     assert runs == []
     # Same breaker, same count (1 of 2), same options.
     assert registry.state("svc") is State.CLOSED
-    with pytest.raises(Boom):
-        registry.call("svc", fail)
+    fail_n(registry, "svc", 1)
     assert registry.state("svc") is State.OPEN
     with pytest.raises(panelboard.CircuitOpenError) as err:
         registry.call("svc", ok)
@@ -166,11 +148,9 @@ def test_int_subclass_threshold_accepted(registry):
     class N(enum.IntEnum):
         TWO = 2
 
-    with pytest.raises(Boom):
-        registry.call("svc", fail, failure_threshold=N.TWO)
+    fail_n(registry, "svc", 1, failure_threshold=N.TWO)
     assert registry.state("svc") is State.CLOSED
-    with pytest.raises(Boom):
-        registry.call("svc", fail)
+    fail_n(registry, "svc", 1)
     assert registry.state("svc") is State.OPEN
 
 
@@ -229,15 +209,13 @@ def test_registry_clock_none_is_the_default():
 def test_registry_defaults_apply_to_new_breakers():
     clock = ManualClock()
     r = Registry(clock=clock, failure_threshold=1, reset_timeout=4)
-    with pytest.raises(Boom):
-        r.call("svc", fail)
+    fail_n(r, "svc", 1)
     assert r.state("svc") is State.OPEN
     with pytest.raises(panelboard.CircuitOpenError) as info:
         r.call("svc", ok)
     assert info.value.retry_after == 4.0
     # Options of the creating call override the defaults.
-    with pytest.raises(Boom):
-        r.call("other", fail, failure_threshold=2)
+    fail_n(r, "other", 1, failure_threshold=2)
     assert r.state("other") is State.CLOSED
 
 

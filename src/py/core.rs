@@ -295,15 +295,12 @@ impl BreakerCore {
         (word, retry_after)
     }
 
-    /// Calls every listener with `(name, old, new)`, on this thread, after the transition and with
-    /// no lock held. A listener's exception is logged, never raised.
+    /// Logs the transition on the `panelboard` logger, then calls every listener with
+    /// `(name, old, new)`, on this thread, after the transition and with no lock held. A listener's
+    /// exception is logged, never raised. Only transitions come here, never plain calls.
     #[cold]
     pub fn announce(&self, py: Python<'_>, transition: Option<Transition>) {
         let Some(transition) = transition else { return };
-        let listeners = self.hub.get().listeners.load_full();
-        if listeners.is_empty() {
-            return;
-        }
         let args = (|| -> PyResult<_> {
             Ok([
                 self.py_name(py)?,
@@ -315,6 +312,8 @@ impl BreakerCore {
             Ok(args) => args,
             Err(err) => return log_error(py, "could not build state-change event", None, err),
         };
+        log_transition(py, &args, transition);
+        let listeners = self.hub.get().listeners.load_full();
         for listener in listeners.iter() {
             let [name, old, new] = &args;
             if let Err(err) = upcall::call(listener.bind(py), [name, old, new]) {
@@ -326,6 +325,48 @@ impl BreakerCore {
                 );
             }
         }
+    }
+}
+
+/// One record per transition on the `panelboard` logger, `extra={"breaker", "old", "new"}`: WARNING
+/// when the breaker starts rejecting calls (open, forced open), INFO otherwise. `isEnabledFor` is
+/// asked first, so a silenced logger costs no record. Logging errors go to `sys.unraisablehook`.
+fn log_transition(
+    py: Python<'_>,
+    [name, old, new]: &[Bound<'_, PyAny>; 3],
+    transition: Transition,
+) {
+    let level: i32 = match transition.to {
+        Mode::Open | Mode::ForcedOpen => 30,
+        _ => 20,
+    };
+    let logged = (|| -> PyResult<()> {
+        let logger_name = PyString::new(py, "panelboard").into_any();
+        let logger = upcall::call(pyrefs::refs(py)?.get_logger.bind(py), [&logger_name])?;
+        let level = level.into_pyobject(py)?.into_any();
+        let enabled = upcall::call(&upcall::getattr(&logger, "isEnabledFor")?, [&level])?;
+        if !upcall::truthy(&enabled)? {
+            return Ok(());
+        }
+        let extra = PyDict::new(py);
+        extra.set_item("breaker", name)?;
+        extra.set_item("old", old)?;
+        extra.set_item("new", new)?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("extra", extra)?;
+        let args = (
+            level,
+            "circuit breaker %r: %s -> %s",
+            name,
+            pyrefs::state_value(transition.from),
+            pyrefs::state_value(transition.to),
+        )
+            .into_pyobject(py)?;
+        upcall::call_with(&upcall::getattr(&logger, "log")?, &args, Some(&kwargs))?;
+        Ok(())
+    })();
+    if let Err(e) = logged {
+        upcall::write_unraisable(py, e);
     }
 }
 

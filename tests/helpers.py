@@ -1,0 +1,320 @@
+"""Helpers shared by the tests: import them from here rather than copying them into a test file.
+
+- Exceptions: ``Boom`` (the failure guarded functions raise), ``ClientError`` (one a test
+  configures as ignored, say a 4xx), ``CustomBase`` (a ``BaseException`` that is not an
+  ``Exception``: an ignored outcome).
+- Guarded functions: ``fail`` / ``afail`` (raise ``Boom``), ``ok`` (returns ``"ok"``),
+  ``raiser(exc)`` (a function raising ``exc``); ``names_of(api)`` (the names ``list()`` reports).
+- Tripping a breaker: ``trip(b, times)``, ``atrip(b)``, ``fail_with(b, *excs, times)``,
+  ``raise_in_block(b, exc)`` (a ``with b:`` block that raises),
+  ``fail_n(api, name, n, **options)``, ``open_with_permits(b)``, ``open_then_half_open(b, clock,
+  timeout)``, ``half_open(registry, clock, name, probes, **options)`` and
+  ``assert_half_opens_after(registry, clock, seconds)``.
+- asyncio: ``cancel_while_running(start, started)``.
+- Threads: ``run_threads(target, n)``, ``in_thread(target, *args, **kwargs)`` (returns a
+  joiner), ``hold_in_call(call, *args, result)`` (a call held inside its function on another
+  thread until the test finishes it). Every wait has a timeout, so a deadlock fails the test
+  instead of hanging it. The ``frequent_switches`` fixture (``conftest.py``) makes GIL builds
+  interleave threads often.
+- Processes: ``fork_and_check(child_checks)`` and ``run_python(*args)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from panelboard import CircuitOpenError, State
+
+TIMEOUT = 30.0  # seconds before a thread that has not finished counts as hung
+
+
+# --------------------------------------------------------------------------------------------------
+# Exceptions and guarded functions
+
+
+class Boom(Exception):
+    """The failure the guarded functions raise."""
+
+
+class ClientError(Exception):
+    """An error a breaker can be told to ignore (say, a 4xx)."""
+
+
+class CustomBase(BaseException):
+    """A BaseException that is not an Exception: an ignored outcome."""
+
+
+def fail(*args: Any, **kwargs: Any) -> Any:
+    raise Boom("down")
+
+
+async def afail(*args: Any, **kwargs: Any) -> Any:
+    await asyncio.sleep(0)
+    raise Boom()
+
+
+def ok(*args: Any, **kwargs: Any) -> str:
+    return "ok"
+
+
+def raiser(exc: BaseException) -> Callable[[], Any]:
+    def f() -> Any:
+        raise exc
+
+    return f
+
+
+def names_of(api: Any) -> set[str]:
+    """The names ``api.list()`` reports (module or ``Registry``)."""
+    return {n for n, _ in api.list()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Tripping a breaker
+
+
+def trip(b: Any, times: int = 1) -> None:
+    """``times`` failed calls through the handle ``b``."""
+    for _ in range(times):
+        with pytest.raises(Boom):
+            b.call(fail)
+
+
+async def atrip(b: Any) -> None:
+    """Failed ``acall``s until ``b`` is open."""
+    while b.state is not State.OPEN:
+        with pytest.raises(Boom):
+            await b.acall(afail)
+
+
+def fail_with(b: Any, *excs: BaseException, times: int = 1) -> None:
+    """Calls through ``b`` that raise each of ``excs`` in turn, ``times`` times each (a failure or
+    not, as ``b`` is configured); checks that each exception propagates."""
+    for exc in excs:
+        for _ in range(times):
+            with pytest.raises(type(exc)):
+                b.call(raiser(exc))
+
+
+def raise_in_block(b: Any, exc: BaseException | None = None) -> None:
+    """Leaves a ``with b:`` block by raising ``exc`` (a ``Boom`` by default); checks it propagates."""
+    exc = Boom() if exc is None else exc
+    with pytest.raises(type(exc)):
+        with b:
+            raise exc
+
+
+def fail_n(api: Any, name: str, n: int, **options: Any) -> None:
+    """``n`` failed calls by name, through the module or a ``Registry``."""
+    for _ in range(n):
+        with pytest.raises(Boom):
+            api.call(name, fail, **options)
+
+
+def open_with_permits(b: Any) -> None:
+    """Fails permits until the breaker is open (closed or half-open to start with)."""
+    for _ in range(100):
+        if b.state is State.OPEN:
+            return
+        p = b.try_acquire()
+        assert p is not None
+        p.failure()
+    raise AssertionError(f"breaker did not open: {b.metrics()}")
+
+
+def open_then_half_open(b: Any, clock: Any, timeout: float) -> None:
+    """Fails calls until the closed breaker ``b`` opens, then moves ``clock`` by its reset timeout."""
+    for _ in range(100):
+        if b.state is not State.CLOSED:
+            break
+        fail_with(b, Boom())
+    assert b.state is State.OPEN
+    clock.advance(timeout)
+    assert b.state is State.HALF_OPEN
+
+
+def half_open(registry: Any, clock: Any, name: str, probes: int = 1, **options: Any) -> Any:
+    """A new breaker ``name`` that is half-open now, with ``probes`` slots; returns its handle."""
+    b = registry.breaker(name, failure_threshold=1, reset_timeout=1.0, half_open_max_calls=probes, **options)
+    trip(b)
+    clock.advance(1.0)
+    assert b.state == State.HALF_OPEN
+    return b
+
+
+def assert_half_opens_after(registry: Any, clock: Any, seconds: float, name: str = "svc") -> None:
+    """``name`` is open now, reports ``seconds`` as retry_after, and goes half-open exactly then."""
+    with pytest.raises(CircuitOpenError) as info:
+        registry.call(name, ok)
+    assert info.value.retry_after == seconds
+    clock.advance(seconds - 0.001)
+    assert registry.state(name) is State.OPEN
+    clock.advance(0.001)
+    assert registry.state(name) is State.HALF_OPEN
+
+
+async def cancel_while_running(start: Callable[[], Any], started: asyncio.Event, times: int = 3) -> None:
+    """``times`` times: runs the coroutine ``start()`` returns as a task, waits until it sets
+    ``started``, cancels it, and checks that the ``CancelledError`` propagates."""
+    for _ in range(times):
+        task = asyncio.create_task(start())
+        await started.wait()
+        started.clear()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+# --------------------------------------------------------------------------------------------------
+# Threads
+
+
+def run_threads(target: Callable[[int], object], n: int = 16, timeout: float = 60.0) -> None:
+    """Runs target(i) on n threads; re-raises the first error; fails if any thread hangs."""
+    errors: list[BaseException] = []
+
+    def wrap(i: int) -> None:
+        try:
+            target(i)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=wrap, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    hung = sum(t.is_alive() for t in threads)
+    assert hung == 0, f"{hung} threads still running after {timeout}s (deadlock?)"
+    if errors:
+        raise errors[0]
+
+
+def in_thread(target: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[..., Any]:
+    """Starts target(*args, **kwargs) on a daemon thread; returns a joiner, ``join(timeout, what)``,
+    that returns its result, re-raises its error, and fails if it did not finish in time."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = target(*args, **kwargs)
+        except BaseException as err:  # noqa: BLE001 - handed to the joiner
+            box["error"] = err
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+
+    def join(timeout: float = TIMEOUT, what: str | None = None) -> Any:
+        t.join(timeout)
+        if what is None:
+            what = getattr(target, "__name__", repr(target))
+        assert not t.is_alive(), f"{what} did not finish (blocked by a lock held while Python code runs?)"
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+    return join
+
+
+def hold_in_call(
+    call: Callable[..., Any], *args: Any, result: Any = None, **options: Any
+) -> Callable[[], Any]:
+    """Starts ``call(*args, fn, **options)`` on another thread, with ``fn`` waiting inside the call
+    until the test finishes it; returns once ``fn`` is running. The returned ``finish()`` lets ``fn``
+    return ``result`` (or raise it, if it is an exception), joins the thread, and returns what the
+    call returned or re-raises what it raised."""
+    inside, release = threading.Event(), threading.Event()
+
+    def fn() -> Any:
+        inside.set()
+        assert release.wait(TIMEOUT), "the held call was never finished"
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    join = in_thread(call, *args, fn, **options)
+
+    def finish() -> Any:
+        release.set()
+        return join()
+
+    if not inside.wait(TIMEOUT):
+        finish()  # re-raises the reason the call never got to fn, if there is one
+        raise AssertionError("the held call never ran its function")
+    return finish
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes
+
+
+def fork_and_check(
+    child_checks: Callable[[], object],
+    parent_after_fork: Callable[[], object] | None = None,
+    timeout: float = 60.0,
+) -> None:
+    """Forks; the child runs ``child_checks()`` and exits 0 if it passed, 1 with the traceback on
+    the pipe if it failed. The parent runs ``parent_after_fork()`` (if given), then fails the test if
+    the child fails or does not finish within ``timeout`` seconds."""
+    read_fd, write_fd = os.pipe()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns that forking a multi-threaded process may deadlock the child: that is
+        # exactly what the fork tests check does not happen.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code, message = 1, b"child did not report"
+        try:
+            os.close(read_fd)
+            child_checks()
+            code, message = 0, b"ok"
+        except BaseException:
+            message = traceback.format_exc().encode()
+        finally:
+            try:
+                os.write(write_fd, message)
+            finally:
+                os._exit(code)
+    os.close(write_fd)
+    if parent_after_fork is not None:
+        parent_after_fork()
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail(f"the forked child hung (deadlock?); it said: {b''.join(chunks).decode()!r}")
+            ready, _, _ = select.select([read_fd], [], [], remaining)
+            if ready:
+                chunk = os.read(read_fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+    _, status = os.waitpid(pid, 0)
+    report = b"".join(chunks).decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, f"child failed:\n{report}"
+    assert report == "ok"
+
+
+def run_python(*args: str, timeout: float = 120, **options: Any) -> subprocess.CompletedProcess[str]:
+    """Runs this interpreter with ``args`` (``"-c", script`` or ``"-m", module, ...``), capturing
+    its output as text; ``options`` go to ``subprocess.run`` (``env``, ``cwd``)."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, **options)
