@@ -305,12 +305,17 @@ pub fn finite_seconds(value: &Bound<'_, PyAny>, arg: &str, min: f64) -> PyResult
 
 /// Seconds and the whole milliseconds the engine uses (rounded to nearest). `reset_timeout` may be
 /// 0; `probe_timeout` must be positive.
+///
+/// A positive duration is at least 1 ms: rounded to 0 it would mean "at once", and a
+/// `probe_timeout` of 0 ms lets every caller reclaim the half-open slot (unlimited probes).
 fn duration(value: &Bound<'_, PyAny>, arg: &str, zero_ok: bool) -> PyResult<(f64, u64)> {
     let seconds = finite_seconds(value, arg, 0.0)?;
     if !zero_ok && seconds == 0.0 {
         return Err(PyValueError::new_err(format!("{arg} must be > 0")));
     }
-    let ms = (seconds * 1000.0).round();
+    let ms = (seconds * 1000.0)
+        .round()
+        .max(if seconds > 0.0 { 1.0 } else { 0.0 });
     if ms > MAX_DURATION_MS as f64 {
         return Err(PyValueError::new_err(format!(
             "{arg} must be at most {} seconds",

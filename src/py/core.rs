@@ -1,14 +1,59 @@
 //! One breaker as the bindings hold it, and the guarded call: admit, run, classify, record.
 //!
-//! Nothing here holds a lock while Python runs: a breaker is reached through an `Arc` cloned out of
-//! the registry's map (the map guard is already dropped), its state is one atomic word, and
+//! Nothing here holds a lock while Python runs: a breaker is reached through a reference cloned out
+//! of the registry's map (the map guard is already dropped), its state is one atomic word, and
 //! listeners are called from a snapshot of the listener list.
+//!
+//! # Ownership, as the garbage collector sees it
+//!
+//! The Python objects the bindings hold (listeners, and each configuration's `success`,
+//! `failure_on` and `ignore`) are used by the registry, by every handle on a breaker (`Breaker`,
+//! a decorated function, a `Permit`) and by calls in flight, so they live in holders that all of
+//! those share: the registry's `Hub` (clock and listeners) and each breaker's `BreakerCore`.
+//! CPython's collector finds garbage by subtracting, from each object's reference count, the
+//! references that the objects it tracks report from `tp_traverse`; whatever is left is held from
+//! outside and keeps everything it reaches alive. That is only right if an object reports exactly
+//! the references that it alone holds and that go away with it. When these holders were `Arc`s
+//! inside the registry, the registry reported objects that every handle also used: a registry in
+//! a cycle (a listener closing over it) made the collector clear a listener or predicate that a
+//! live handle then called, and the process crashed (issue 8).
+//!
+//! So the shared holders are themselves Python objects, tracked by the collector, and every owner
+//! holds its own strong reference to them (one `Py_INCREF` each, not a shared `Arc`):
+//! - `Registry` reports its `Hub`, each `BreakerCore` in its map (one reference per map entry) and
+//!   the objects of its default configuration (a `Config` of its own, never shared);
+//! - `Breaker`, `Guarded` report their `BreakerCore` (and `Guarded` its function and `__dict__`);
+//! - `BreakerCore` reports its `Hub` and the objects of its current configuration; each breaker has
+//!   a configuration of its own (breakers created with the defaults get a copy), so no two
+//!   breakers, and not the registry, report the same object;
+//! - `Hub` reports the listeners in its current list.
+//!
+//! Each reported edge is then one strong reference owned by the reporter alone, and the collector
+//! sees the true graph: it frees a listener or predicate only when every owner is garbage too, and
+//! a cycle (registry + listener closing over it, with no handle left) is still collected. No
+//! reference count is consulted, so nothing depends on counts that other threads change.
+//!
+//! The `Arc`s that remain are shared only with calls in flight, which hold them briefly: a
+//! configuration loaded by a running call, and a snapshot of the listener list being announced.
+//! Such a call reached the breaker through a reference held from outside the collector's graph
+//! (the caller's `self` or argument, or a strong reference cloned out of the map), so while it
+//! runs the `BreakerCore` and `Hub` reporting those objects are reachable and nothing they report
+//! can be freed. A configuration or list replaced while a call uses it is reported by nobody, so
+//! it counts as held from outside until the call drops it. Nothing is ever reported twice, which
+//! is the one mistake that frees a live object; leaving something unreported can only keep a cycle
+//! alive.
+//!
+//! `Permit`s report nothing (they are not tracked, so that `try_acquire` costs no collector work):
+//! a cycle through a permit (a listener whose closure holds one) is never collected. None of these
+//! holders has `__clear__`: a cycle is broken by the user's objects in it (functions, instances
+//! and dicts clear themselves), and nothing is dropped behind a running call's back.
 
 use arc_swap::ArcSwap;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
+use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,27 +66,113 @@ use super::upcall;
 use crate::engine::{Admission, Mode, Outcome, Slots, Ticket, Transition, Word};
 use crate::metrics::{Counter, Counters};
 
-/// What the breakers of one registry share: its clock and its state-change listeners.
+/// What the breakers of one registry share: its clock and its state-change listeners. Owned by the
+/// registry and by each of its breakers (see the module documentation).
+#[pyclass(frozen, module = "panelboard._core", name = "_Hub")]
 pub struct Hub {
     pub clock: Clock,
     pub listeners: ArcSwap<Vec<Py<PyAny>>>,
 }
 
+impl Hub {
+    pub fn new(clock: Clock) -> Hub {
+        Hub {
+            clock,
+            listeners: ArcSwap::from_pointee(Vec::new()),
+        }
+    }
+}
+
+#[pymethods]
+impl Hub {
+    /// The listeners of the current list: each reference is held by that list alone (a snapshot
+    /// taken by a running announcement shares the list, and keeps this hub reachable).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for listener in self.listeners.load().iter() {
+            visit.call(listener)?;
+        }
+        Ok(())
+    }
+}
+
+/// One breaker: its state word, counters and configuration. Owned by the registry's map and by
+/// every handle on it (see the module documentation).
+#[pyclass(frozen, module = "panelboard._core", name = "_BreakerCore")]
 pub struct BreakerCore {
-    pub name: Box<[u8]>,
+    pub name: Arc<[u8]>,
     pub slots: Slots,
     pub counters: Counters,
     pub times_opened: AtomicU64,
+    /// This breaker's own configuration (never shared with another breaker or the registry).
     pub config: ArcSwap<Config>,
     /// `Config::predicate_flag` of the configuration: its low bit (is there a `success`
     /// predicate?) lets the closed fast path skip loading the configuration at all. Written after
     /// the configuration it describes, and only ever raised (see `reconfigure`).
     predicate_flag: AtomicU64,
-    pub hub: Arc<Hub>,
+    pub hub: Py<Hub>,
+}
+
+#[pymethods]
+impl BreakerCore {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.hub)?;
+        self.config.load().traverse(&visit)
+    }
+}
+
+/// A strong reference to a breaker, as the handles and the registry's map hold it (one reference
+/// each, reported by each to the garbage collector).
+///
+/// Every owner is a Python object or code called from Python (a method, a fast entry point), so a
+/// `CoreRef` is only ever dropped by a thread attached to the interpreter: never move one into
+/// `Python::detach` or another thread of Rust's own. Its drop releases the reference at once, as
+/// a `Bound` does, instead of asking PyO3 whether the thread is attached: that check is a
+/// thread-local lookup on every dropped permit, and in the fast entry points (which PyO3 does not
+/// count as attached) it would queue the release instead.
+pub struct CoreRef(ManuallyDrop<Py<BreakerCore>>);
+
+impl Drop for CoreRef {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: the thread is attached (see above), and the reference is taken exactly once,
+        // here, and not used again.
+        unsafe {
+            let py = Python::assume_attached();
+            drop(ManuallyDrop::take(&mut self.0).into_bound(py));
+        }
+    }
+}
+
+impl std::ops::Deref for CoreRef {
+    type Target = BreakerCore;
+    #[inline]
+    fn deref(&self) -> &BreakerCore {
+        self.0.get()
+    }
+}
+
+impl CoreRef {
+    pub fn new(py: Python<'_>, core: BreakerCore) -> PyResult<CoreRef> {
+        Ok(CoreRef(ManuallyDrop::new(Py::new(py, core)?)))
+    }
+
+    pub fn clone_ref(&self, py: Python<'_>) -> CoreRef {
+        CoreRef(ManuallyDrop::new(self.0.clone_ref(py)))
+    }
+
+    /// The reference itself, for `__traverse__`.
+    pub fn as_py(&self) -> &Py<BreakerCore> {
+        &self.0
+    }
+
+    /// The same breaker?
+    pub fn same(&self, other: &CoreRef) -> bool {
+        self.0.is(&*other.0)
+    }
 }
 
 impl BreakerCore {
-    pub fn new(name: Box<[u8]>, config: Arc<Config>, hub: Arc<Hub>) -> Self {
+    pub fn new(name: Arc<[u8]>, config: Arc<Config>, hub: Py<Hub>) -> Self {
         BreakerCore {
             name,
             slots: Slots::new(),
@@ -54,36 +185,12 @@ impl BreakerCore {
     }
 
     /// A breaker that belongs to no registry (used only to probe object layout).
-    pub fn detached(py: Python<'_>) -> Self {
-        let hub = Hub {
-            clock: Clock::Monotonic(std::time::Instant::now()),
-            listeners: ArcSwap::from_pointee(Vec::new()),
-        };
-        BreakerCore::new(
-            Box::default(),
-            Arc::new(Config::defaults(py)),
-            Arc::new(hub),
+    pub fn detached(py: Python<'_>) -> PyResult<CoreRef> {
+        let hub = Py::new(py, Hub::new(Clock::Monotonic(std::time::Instant::now())))?;
+        CoreRef::new(
+            py,
+            BreakerCore::new(Arc::from(&[][..]), Arc::new(Config::defaults(py)), hub),
         )
-    }
-
-    /// Garbage-collector support for a handle (`Breaker`, `Guarded`) on this breaker. The Python
-    /// objects in its configuration are reported only when the handle is the one owner of both the
-    /// breaker and its configuration: an object must never be reported by two owners (the
-    /// collector would free it while it is still in use), while not reporting one only risks
-    /// leaking a cycle. A breaker still in a registry is reported by the registry instead.
-    pub fn traverse_if_sole_owner(
-        core: &Arc<BreakerCore>,
-        visit: &PyVisit<'_>,
-    ) -> Result<(), PyTraverseError> {
-        if Arc::strong_count(core) != 1 {
-            return Ok(());
-        }
-        let config = core.config.load_full();
-        // 2: the breaker's own reference plus the one just loaded.
-        if Arc::strong_count(&config) == 2 {
-            config.traverse(visit)?;
-        }
-        Ok(())
     }
 
     /// Atomically applies `patch` to the configuration (`Registry.configure`).
@@ -113,7 +220,7 @@ impl BreakerCore {
     /// Takes a ticket, or counts a rejection and returns `None`.
     #[inline]
     pub fn try_admit(&self, py: Python<'_>, config: &Config) -> Option<Ticket> {
-        let clock = &self.hub.clock;
+        let clock = &self.hub.get().clock;
         match self.slots.machine(&config.limits).admit(|| clock.now_ms()) {
             Admission::Admitted { ticket, transition } => {
                 if transition.is_some() {
@@ -130,7 +237,7 @@ impl BreakerCore {
 
     fn open_error(&self, py: Python<'_>, config: &Config) -> PyErr {
         let machine = self.slots.machine(&config.limits);
-        let clock = &self.hub.clock;
+        let clock = &self.hub.get().clock;
         let retry_after = machine.retry_after_ms(machine.load(), || clock.now_ms()) as f64 / 1000.0;
         match self.py_name(py) {
             Ok(name) => CircuitOpenError::new_err(py, name, retry_after),
@@ -147,7 +254,7 @@ impl BreakerCore {
             Outcome::Failure => Counter::Failures,
             Outcome::Ignored => Counter::Ignored,
         });
-        let clock = &self.hub.clock;
+        let clock = &self.hub.get().clock;
         let transition = self
             .slots
             .machine(&config.limits)
@@ -181,7 +288,7 @@ impl BreakerCore {
     pub fn observe(&self, py: Python<'_>) -> (crate::engine::Word, f64) {
         let config = self.config.load();
         let machine = self.slots.machine(&config.limits);
-        let clock = &self.hub.clock;
+        let clock = &self.hub.get().clock;
         let (word, transition) = machine.observe(|| clock.now_ms());
         self.announce(py, transition);
         let retry_after = machine.retry_after_ms(word, || clock.now_ms()) as f64 / 1000.0;
@@ -206,7 +313,7 @@ impl BreakerCore {
             Err(err) => return log_error(py, "could not build state-change event", None, err),
         };
         log_transition(py, &args, transition);
-        let listeners = self.hub.listeners.load_full();
+        let listeners = self.hub.get().listeners.load_full();
         for listener in listeners.iter() {
             let [name, old, new] = &args;
             if let Err(err) = upcall::call(listener.bind(py), [name, old, new]) {

@@ -296,7 +296,7 @@ pub fn guarded_dict(slot: &VectorcallSlot) -> Option<&Py<PyAny>> {
 
 /// Points `Guarded`'s `tp_vectorcall_offset` at each instance's `vectorcall` field.
 fn install_guarded_vectorcall(py: Python<'_>) -> PyResult<()> {
-    let probe = Bound::new(py, Guarded::probe(py))?;
+    let probe = Bound::new(py, Guarded::probe(py)?)?;
     let base = probe.as_ptr() as usize;
     let field = &probe.get().vectorcall as *const VectorcallSlot as usize;
     let offset = field

@@ -5,9 +5,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use super::core::{guarded, BreakerCore};
+use super::core::{guarded, BreakerCore, CoreRef};
 use super::fastcall;
 use super::pyrefs;
 use super::upcall;
@@ -17,7 +16,7 @@ use crate::engine::{Mode, Outcome, Ticket};
 /// breaker after that breaker is deleted from the registry.
 #[pyclass(frozen, module = "panelboard", weakref)]
 pub struct Breaker {
-    pub(crate) core: Arc<BreakerCore>,
+    pub(crate) core: CoreRef,
 }
 
 #[pymethods]
@@ -75,7 +74,7 @@ impl Breaker {
         }
         let guarded = Bound::new(
             py,
-            Guarded::new(slf.get().core.clone(), func.clone().unbind()),
+            Guarded::new(slf.get().core.clone_ref(py), func.clone().unbind()),
         )?;
         upcall::call(refs.update_wrapper.bind(py), [guarded.as_any(), func])?;
         Ok(guarded.into_any())
@@ -87,14 +86,14 @@ impl Breaker {
         let config = self.core.config.load();
         self.core
             .try_admit(py, &config)
-            .map(|ticket| Permit::new(self.core.clone(), ticket))
+            .map(|ticket| Permit::new(self.core.clone_ref(py), ticket))
     }
 
     /// A permit, or `CircuitOpenError` (used by the async helpers).
     fn _acquire(&self, py: Python<'_>) -> PyResult<Permit> {
         let config = self.core.config.load();
         let ticket = self.core.admit(py, &config)?;
-        Ok(Permit::new(self.core.clone(), ticket))
+        Ok(Permit::new(self.core.clone_ref(py), ticket))
     }
 
     fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Self>> {
@@ -143,7 +142,7 @@ impl Breaker {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        BreakerCore::traverse_if_sole_owner(&self.core, &visit)
+        visit.call(self.core.as_py())
     }
 
     /// Counters and state of this breaker, as an immutable snapshot.
@@ -168,7 +167,7 @@ impl Breaker {
         let mut node = pyrefs::permit_stack_get(py)?;
         while !node.is_none() {
             let (permit, below): (Bound<'py, Permit>, Bound<'py, PyAny>) = node.extract()?;
-            if Arc::ptr_eq(&permit.get().core, &self.core) {
+            if permit.get().core.same(&self.core) {
                 let mut rebuilt = below;
                 for other in skipped.into_iter().rev() {
                     rebuilt = PyTuple::new(py, [other, rebuilt])?.into_any();
@@ -197,12 +196,12 @@ pub fn not_callable(what: &str, value: &Bound<'_, PyAny>) -> PyErr {
 #[pyclass(frozen, dict, weakref, module = "panelboard")]
 pub struct Guarded {
     pub(crate) vectorcall: fastcall::VectorcallSlot,
-    pub(crate) core: Arc<BreakerCore>,
+    pub(crate) core: CoreRef,
     pub(crate) func: Py<PyAny>,
 }
 
 impl Guarded {
-    pub(crate) fn new(core: Arc<BreakerCore>, func: Py<PyAny>) -> Guarded {
+    pub(crate) fn new(core: CoreRef, func: Py<PyAny>) -> Guarded {
         Guarded {
             vectorcall: fastcall::VectorcallSlot::GUARDED,
             core,
@@ -211,8 +210,8 @@ impl Guarded {
     }
 
     /// A throwaway instance, used once to find where the vectorcall field sits in the object.
-    pub(crate) fn probe(py: Python<'_>) -> Guarded {
-        Guarded::new(Arc::new(BreakerCore::detached(py)), py.None())
+    pub(crate) fn probe(py: Python<'_>) -> PyResult<Guarded> {
+        Ok(Guarded::new(BreakerCore::detached(py)?, py.None()))
     }
 }
 
@@ -249,7 +248,7 @@ impl Guarded {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.func)?;
         visit.call(fastcall::guarded_dict(&self.vectorcall))?;
-        BreakerCore::traverse_if_sole_owner(&self.core, &visit)
+        visit.call(self.core.as_py())
     }
 
     /// `Guarded[P, T]` in annotations evaluated at runtime (the stub makes it generic).
@@ -262,9 +261,9 @@ impl Guarded {
     }
 
     #[getter]
-    fn breaker(&self) -> Breaker {
+    fn breaker(&self, py: Python<'_>) -> Breaker {
         Breaker {
-            core: self.core.clone(),
+            core: self.core.clone_ref(py),
         }
     }
 
@@ -277,13 +276,13 @@ impl Guarded {
 /// counts as ignored, which releases its half-open slot.
 #[pyclass(frozen, module = "panelboard")]
 pub struct Permit {
-    core: Arc<BreakerCore>,
+    core: CoreRef,
     ticket: Ticket,
     settled: AtomicBool,
 }
 
 impl Permit {
-    fn new(core: Arc<BreakerCore>, ticket: Ticket) -> Permit {
+    fn new(core: CoreRef, ticket: Ticket) -> Permit {
         Permit {
             core,
             ticket,

@@ -6,15 +6,16 @@ mod core;
 mod errors;
 mod fastcall;
 mod handle;
+mod module;
 mod pyrefs;
 mod registry;
 mod upcall;
 
 use pyo3::prelude::*;
 
-/// The native part of panelboard; import `panelboard` instead.
-#[pymodule(gil_used = false)]
-fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+/// Fills in the module `panelboard._core` (defined in `module`, which runs this in the main
+/// interpreter only).
+fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<registry::Registry>()?;
     m.add_class::<handle::Breaker>()?;
     m.add_class::<handle::Guarded>()?;

@@ -1,66 +1,54 @@
 //! The registry: named breakers in a concurrent map.
 //!
-//! The map is only ever touched by short Rust sections that clone an `Arc` out (or put one in) and
-//! drop the shard guard before any Python code runs; values removed from it are dropped after the
-//! guard is released, so not even a `__del__` can run under it.
+//! The map is only ever touched by short Rust sections that clone a reference out (or put one in)
+//! and drop the shard guard before any Python code runs; values removed from it are dropped after
+//! the guard is released, so not even a `__del__` can run under it. No reference to a Python
+//! object is released under a guard either (on free-threaded CPython a release may block, and a
+//! thread blocked there could be stopped for a garbage collection that then traverses this map):
+//! the keys are plain name bytes.
 
-use arc_swap::ArcSwap;
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use pyo3::{PyTraverseError, PyVisit};
-use std::borrow::Borrow;
-use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::clock::{Clock, ManualClock};
 use super::config::{Config, Patch};
-use super::core::{guarded, shield, BreakerCore, Hub};
+use super::core::{guarded, shield, BreakerCore, CoreRef, Hub};
 use super::handle::{not_callable, Breaker, Metrics};
 use super::pyrefs;
 use super::upcall;
 use crate::engine::Mode;
 
-/// A map key that is the breaker itself, hashed and compared by name: the name is stored once.
-struct Named(Arc<BreakerCore>);
-
-impl Hash for Named {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.name.hash(state)
-    }
-}
-impl PartialEq for Named {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.name == other.0.name
-    }
-}
-impl Eq for Named {}
-impl Borrow<[u8]> for Named {
-    fn borrow(&self) -> &[u8] {
-        &self.0.name
-    }
-}
-
 /// Named circuit breakers; `call` creates a breaker on first use of a name.
 #[pyclass(frozen, module = "panelboard")]
 pub struct Registry {
-    breakers: DashMap<Named, (), foldhash::fast::RandomState>,
-    hub: Arc<Hub>,
-    defaults: Arc<Config>,
+    /// Name bytes (shared with the breaker, which keeps its name) to breaker.
+    breakers: DashMap<Arc<[u8]>, CoreRef, foldhash::fast::RandomState>,
+    hub: Py<Hub>,
+    /// The registry's own configuration for new breakers, each of which gets a copy: no Python
+    /// object in it is shared with a breaker (see `core` on ownership).
+    defaults: Config,
 }
 
 impl Registry {
-    fn find(&self, key: &[u8]) -> Option<Arc<BreakerCore>> {
-        self.breakers.get(key).map(|entry| entry.key().0.clone())
+    // The one caller of the map's lookup, which is inlined here (a second caller would make the
+    // compiler keep it apart, a call more on `call`'s fast path); `find` itself stays apart.
+    #[inline(never)]
+    fn find(&self, py: Python<'_>, key: &[u8]) -> Option<CoreRef> {
+        // Taking a reference never blocks, so it may happen under the guard.
+        self.breakers
+            .get(key)
+            .map(|entry| entry.value().clone_ref(py))
     }
 
     /// The breaker named `key`, created with the registry defaults plus `patch` if it is new.
-    fn get_or_create(&self, py: Python<'_>, key: &[u8], patch: &Patch) -> Arc<BreakerCore> {
-        self.find_or_create(py, key, patch).0
+    fn get_or_create(&self, py: Python<'_>, key: &[u8], patch: &Patch) -> PyResult<CoreRef> {
+        Ok(self.find_or_create(py, key, patch)?.0)
     }
 
     /// Like `get_or_create`, and tells whether the breaker returned was created with `patch`.
@@ -69,25 +57,29 @@ impl Registry {
         py: Python<'_>,
         key: &[u8],
         patch: &Patch,
-    ) -> (Arc<BreakerCore>, bool) {
-        if let Some(core) = self.find(key) {
-            return (core, false);
+    ) -> PyResult<(CoreRef, bool)> {
+        if let Some(core) = self.find(py, key) {
+            return Ok((core, false));
         }
-        let config = if patch.is_empty() {
-            self.defaults.clone()
-        } else {
-            Arc::new(self.defaults.with(py, patch))
-        };
-        let fresh = Arc::new(BreakerCore::new(key.into(), config, self.hub.clone()));
-        // `fresh` outlives the guard, so losing a creation race drops nothing under it.
-        let winner = match self.breakers.entry(Named(fresh.clone())) {
-            MapEntry::Occupied(existing) => (existing.key().0.clone(), false),
+        let config = Arc::new(self.defaults.with(py, patch));
+        let name: Arc<[u8]> = Arc::from(key);
+        let fresh = CoreRef::new(
+            py,
+            BreakerCore::new(name.clone(), config, self.hub.clone_ref(py)),
+        )?;
+        // `fresh` is moved into the map only if the name is still free; otherwise it is dropped
+        // after the guard (only the name bytes are dropped under it).
+        let existing = match self.breakers.entry(name) {
+            MapEntry::Occupied(existing) => Some(existing.get().clone_ref(py)),
             MapEntry::Vacant(slot) => {
-                slot.insert(());
-                (fresh.clone(), true)
+                slot.insert(fresh.clone_ref(py));
+                None
             }
         };
-        winner
+        Ok(match existing {
+            Some(winner) => (winner, false),
+            None => (fresh, true),
+        })
     }
 
     fn handle(
@@ -95,10 +87,10 @@ impl Registry {
         py: Python<'_>,
         name: &Bound<'_, PyAny>,
         options: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Arc<BreakerCore>> {
+    ) -> PyResult<CoreRef> {
         let key = pyrefs::name_key(name)?;
         let patch = Patch::parse(options)?;
-        Ok(self.get_or_create(py, &key, &patch))
+        self.get_or_create(py, &key, &patch)
     }
 }
 
@@ -127,11 +119,8 @@ impl Registry {
         let patch = Patch::parse(defaults)?;
         Ok(Registry {
             breakers: DashMap::with_hasher(foldhash::fast::RandomState::default()),
-            hub: Arc::new(Hub {
-                clock,
-                listeners: ArcSwap::from_pointee(Vec::new()),
-            }),
-            defaults: Arc::new(Config::defaults(py).with(py, &patch)),
+            hub: Py::new(py, Hub::new(clock))?,
+            defaults: Config::defaults(py).with(py, &patch),
         })
     }
 
@@ -161,7 +150,7 @@ impl Registry {
     ) -> PyResult<Breaker> {
         let key = pyrefs::name_key(name)?;
         let patch = Patch::parse(options)?;
-        let (core, created) = self.find_or_create(py, &key, &patch);
+        let (core, created) = self.find_or_create(py, &key, &patch)?;
         if !created {
             // Existing, or created by another thread since the lookup: change it.
             core.reconfigure(py, &patch);
@@ -172,7 +161,7 @@ impl Registry {
     /// The state of `name`; `State.CLOSED` for an unknown name (which is not created).
     fn state<'py>(&self, py: Python<'py>, name: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let key = pyrefs::name_key(name)?;
-        let mode = match self.find(&key) {
+        let mode = match self.find(py, &key) {
             Some(core) => core.observe(py).0.mode(),
             None => Mode::Closed,
         };
@@ -182,7 +171,7 @@ impl Registry {
     /// Closes `name`: count 0, permits dropped, new generation. Unknown names are not created.
     fn reset(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<()> {
         let key = pyrefs::name_key(name)?;
-        if let Some(core) = self.find(&key) {
+        if let Some(core) = self.find(py, &key) {
             core.set_mode(py, Mode::Closed);
         }
         Ok(())
@@ -199,7 +188,7 @@ impl Registry {
     /// Every breaker with its state, as `(name, State)` pairs.
     fn list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let list = PyList::empty(py);
-        for core in self.cores() {
+        for core in self.cores(py) {
             let mode = core.observe(py).0.mode();
             list.append((core.py_name(py)?, pyrefs::state(py, mode)?))?;
         }
@@ -224,7 +213,9 @@ impl Registry {
             return Err(not_callable("listener", &listener));
         }
         let py = listener.py();
-        self.hub.listeners.rcu(|current| {
+        // The update runs no Python code (it only takes references), so its retries can only be
+        // caused by other threads changing the list, never by itself: no livelock.
+        self.hub.get().listeners.rcu(|current| {
             let mut next: Vec<Py<PyAny>> = current.iter().map(|l| l.clone_ref(py)).collect();
             next.push(listener.clone().unbind());
             next
@@ -236,30 +227,37 @@ impl Registry {
     /// can be removed with a fresh `obj.method`); `ValueError` if it is not registered.
     fn remove_listener(&self, listener: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = listener.py();
-        loop {
-            // The comparison may run Python code, so it runs on a snapshot, outside any lock;
-            // the swap only succeeds if nobody changed the list meanwhile.
-            let current = self.hub.listeners.load_full();
-            let mut position = None;
-            for (i, registered) in current.iter().enumerate() {
-                if upcall::equal(registered.bind(py), listener)? {
-                    position = Some(i);
-                    break;
-                }
+        // `==` runs Python code, which may change the list (a hostile `__eq__` that registers a
+        // listener made every compare-and-swap fail, and the retry ran `__eq__` again, forever).
+        // So the comparison runs exactly once, on a snapshot, outside any lock, and picks the
+        // registered object to remove; the swap below finds that object by identity, which runs
+        // no Python code, and only retries when another thread changed the list meanwhile.
+        let listeners = &self.hub.get().listeners;
+        let snapshot = listeners.load_full();
+        let mut matched = None;
+        for registered in snapshot.iter() {
+            if upcall::equal(registered.bind(py), listener)? {
+                matched = Some(registered.clone_ref(py));
+                break;
             }
-            let Some(position) = position else {
-                return Err(PyValueError::new_err("listener is not registered"));
-            };
+        }
+        drop(snapshot);
+        let not_registered = || PyValueError::new_err("listener is not registered");
+        let matched = matched.ok_or_else(not_registered)?;
+        loop {
+            let current = listeners.load_full();
+            // Gone already (removed by `__eq__` or by another thread): not registered any more.
+            let position = current
+                .iter()
+                .position(|l| l.is(&matched))
+                .ok_or_else(not_registered)?;
             let next: Vec<Py<PyAny>> = current
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| *i != position)
                 .map(|(_, l)| l.clone_ref(py))
                 .collect();
-            let previous = self
-                .hub
-                .listeners
-                .compare_and_swap(&current, Arc::new(next));
+            let previous = listeners.compare_and_swap(&current, Arc::new(next));
             if Arc::ptr_eq(&previous, &current) {
                 return Ok(());
             }
@@ -269,29 +267,22 @@ impl Registry {
     /// `{name: Metrics}` for every breaker.
     fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let dict = PyDict::new(py);
-        for core in self.cores() {
+        for core in self.cores(py) {
             dict.set_item(core.py_name(py)?, Metrics::of(py, &core)?)?;
         }
         Ok(dict)
     }
 
-    /// Reports to the garbage collector the listeners and every configuration of the breakers in
-    /// this registry (each configuration once: breakers created with the defaults share them).
+    /// Reports to the garbage collector what the registry alone holds: its hub, its own default
+    /// configuration and one reference to each breaker in its map (see `core` on ownership).
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for listener in self.hub.listeners.load().iter() {
-            visit.call(listener)?;
-        }
+        visit.call(&self.hub)?;
         self.defaults.traverse(&visit)?;
-        let mut seen: HashSet<*const Config> = HashSet::new();
-        seen.insert(Arc::as_ptr(&self.defaults));
         // The collector runs with every other thread stopped at a safe point (or, with the GIL,
-        // not running), and no thread is ever stopped inside a map operation, so these read
-        // guards never wait.
+        // not running); no thread is ever stopped inside a map operation (nothing under a guard
+        // runs Python code or releases a reference), so these read guards never wait.
         for entry in self.breakers.iter() {
-            let config = entry.key().0.config.load();
-            if seen.insert(Arc::as_ptr(&config)) {
-                config.traverse(&visit)?;
-            }
+            visit.call(entry.value().as_py())?;
         }
         Ok(())
     }
@@ -301,7 +292,7 @@ impl Registry {
     }
 
     fn __contains__(&self, name: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Ok(self.find(&pyrefs::name_key(name)?).is_some())
+        Ok(self.find(name.py(), &pyrefs::name_key(name)?).is_some())
     }
 
     fn __repr__(&self) -> String {
@@ -325,14 +316,16 @@ impl Registry {
                 return Err(not_callable("fn", func));
             }
             Ok(match options {
-                None => match self.find(&key) {
+                None => match self.find(py, &key) {
                     Some(core) => core,
-                    None => self.get_or_create(py, &key, &Patch::default()),
+                    // Creating may drop references (a breaker that lost a creation race): attach
+                    // properly so PyO3 releases them at once, not at its next call.
+                    None => Python::attach(|py| self.get_or_create(py, &key, &Patch::default()))?,
                 },
                 // The options' objects may be dropped here (they are ignored for an existing
-                // breaker): attach properly so PyO3 releases them at once, not at its next call.
+                // breaker): attach properly, as above.
                 Some(options) => Python::attach(|py| -> PyResult<_> {
-                    Ok(self.get_or_create(py, &key, &Patch::parse(Some(options))?))
+                    self.get_or_create(py, &key, &Patch::parse(Some(options))?)
                 })?,
             })
         })?;
@@ -343,10 +336,10 @@ impl Registry {
     }
 
     /// The breakers, cloned out of the map (whose guards are released before this returns).
-    fn cores(&self) -> Vec<Arc<BreakerCore>> {
+    fn cores(&self, py: Python<'_>) -> Vec<CoreRef> {
         self.breakers
             .iter()
-            .map(|entry| entry.key().0.clone())
+            .map(|entry| entry.value().clone_ref(py))
             .collect()
     }
 }
