@@ -2,6 +2,7 @@
 #   make test                     build, then cargo test + pytest (PYTHON=python3 by default)
 #   make test-ft PYTHON=/path/3.13t   the same pytest suite on free-threaded CPython
 #   make demo | bench | loom | soak | stubtest | typecheck
+#   make lint                     cargo fmt/clippy, ruff check/format, stubtest, mypy --strict
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,8 +13,10 @@ TEST_DEPS := maturin pytest pytest-asyncio hypothesis==6.150.0
 # checks (make stubtest, make typecheck, tests/test_typing.py) run on the GIL build only.
 TYPING_DEPS := mypy
 BENCH_DEPS := pybreaker circuitbreaker aiobreaker purgatory matplotlib
+# Pinned: a new ruff release may format differently, and `make lint` must not change verdict by itself.
+LINT_DEPS := ruff==0.17.6
 
-.PHONY: all venv build test test-rust test-python test-ft demo bench bench-rust loom soak stubtest typecheck clean
+.PHONY: all venv build test test-rust test-python test-ft demo bench bench-rust loom soak stubtest typecheck lint clean
 
 all: test
 
@@ -33,8 +36,9 @@ build: venv
 
 test: test-rust test-python
 
+# The engine crate's unit tests (the extension crate is a cdylib with no Rust tests of its own).
 test-rust:
-	cargo test --quiet
+	cargo test --workspace --quiet
 
 test-python: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -54,10 +58,10 @@ bench: build $(VENV)/.bench-deps
 	$(PY) benches/bench.py
 
 bench-rust:
-	cargo bench --bench engine
+	cargo bench -p panelboard-engine --bench engine
 
 loom:
-	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --test loom
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -p panelboard-engine --test loom
 
 soak: build
 	PANELBOARD_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q tests/test_soak.py
@@ -67,6 +71,17 @@ stubtest: build
 
 typecheck: build
 	$(PY) -m mypy --strict tests/typing_examples.py
+
+$(VENV)/.lint-deps: venv
+	$(PY) -m pip install -q $(LINT_DEPS)
+	touch $@
+
+# Formatting and lints of both languages, and the typing checks (GIL build: see TYPING_DEPS).
+lint: $(VENV)/.lint-deps stubtest typecheck
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf target .venv .venv-ft python/panelboard/_core.*.so
