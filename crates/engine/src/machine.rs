@@ -99,7 +99,6 @@ impl Word {
     pub const INITIAL: Word = Word(0); // closed, generation 0, no failures
 
     /// The raw 64 bits (for logs and comparisons; see the layout above).
-    #[inline]
     pub fn bits(self) -> u64 {
         self.0
     }
@@ -112,23 +111,19 @@ impl Word {
         )
     }
 
-    #[inline]
     pub fn mode(self) -> Mode {
         Mode::from_bits(self.0 >> MODE_SHIFT)
     }
 
-    #[inline]
     pub fn generation(self) -> u32 {
         ((self.0 >> PAYLOAD_BITS) & GENERATION_MASK) as u32
     }
 
-    #[inline]
     fn payload(self) -> u64 {
         self.0 & PAYLOAD_MASK
     }
 
     /// Consecutive failures; meaningful while closed.
-    #[inline]
     pub fn failures(self) -> u64 {
         self.payload()
     }
@@ -211,7 +206,6 @@ pub struct Ticket {
 
 impl Ticket {
     /// A call admitted into a closed (or disabled) breaker: no permit held.
-    #[inline]
     pub(crate) fn unpermitted(generation: u32) -> Ticket {
         Ticket {
             generation,
@@ -220,13 +214,11 @@ impl Ticket {
     }
 
     /// The generation the call was admitted under.
-    #[inline]
     pub fn generation(self) -> u32 {
         self.generation
     }
 
     /// Whether the call holds one of the half-open permits.
-    #[inline]
     pub fn is_probe(self) -> bool {
         self.probe
     }
@@ -267,7 +259,6 @@ impl Slots {
         Word(self.word.load(Ordering::Acquire))
     }
 
-    #[inline]
     pub fn machine<'a>(&'a self, limits: &'a Limits) -> Machine<'a> {
         Machine::new(&self.word, &self.probe_stamp, limits)
     }
