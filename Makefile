@@ -5,6 +5,7 @@
 #   make wheels                   manylinux_2_17 wheels for $(WHEELS) + the sdist into dist/, checked
 #   make test-wheels              each wheel installed without Rust, whole pytest suite (RELEASING.md)
 #   make test-sdist               the sdist built from source by pip, then a smoke test
+#   make lint                     cargo fmt/clippy, ruff check/format, stubtest, mypy --strict
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -29,8 +30,11 @@ TOOLS_VENV ?= .venv-tools
 # zig's releases; maturin >= 1.9 writes PEP 639 license metadata, twine >= 6.1 reads it).
 RELEASE_TOOLS := maturin==1.16.0 ziglang==0.17.1 auditwheel==6.8.2 twine==7.0.0 trove-classifiers
 
+# Pinned: a new ruff release may format differently, and `make lint` must not change verdict by itself.
+LINT_DEPS := ruff==0.17.6
+
 .PHONY: all venv build test test-rust test-python test-ft demo bench bench-rust loom soak stubtest typecheck \
-	wheels test-wheels test-sdist clean
+	wheels test-wheels test-sdist lint clean
 
 all: test
 
@@ -57,8 +61,9 @@ build: venv
 
 test: test-rust test-python
 
+# The engine crate's unit tests (the extension crate is a cdylib with no Rust tests of its own).
 test-rust:
-	cargo test --quiet
+	cargo test --workspace --quiet
 
 test-python: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -80,10 +85,10 @@ bench: build $(VENV)/.bench-deps
 	$(PY) benches/bench.py
 
 bench-rust:
-	cargo bench --bench engine
+	cargo bench -p panelboard-engine --bench engine
 
 loom:
-	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --test loom
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -p panelboard-engine --test loom
 
 soak: build
 	PANELBOARD_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q tests/test_soak.py
@@ -109,6 +114,17 @@ test-wheels:
 
 test-sdist:
 	DIST=$(DIST) PYTHON=$(PYTHON) release/test-sdist
+
+$(VENV)/.lint-deps: venv
+	$(PY) -m pip install -q $(LINT_DEPS)
+	touch $@
+
+# Formatting and lints of both languages, and the typing checks (GIL build: see TYPING_DEPS).
+lint: $(VENV)/.lint-deps stubtest typecheck
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf target dist .venv .venv-ft $(TOOLS_VENV) python/panelboard/_core.*.so

@@ -1,6 +1,4 @@
 fn main() {
-    // Exposes cfgs such as Py_GIL_DISABLED to the bindings (pydantic-core does the same). Only the
-    // Python build needs an interpreter; `cargo test` of the engine does not.
-    #[cfg(feature = "python")]
+    // Exposes cfgs such as Py_GIL_DISABLED to the bindings (pydantic-core does the same).
     pyo3_build_config::use_pyo3_cfgs();
 }

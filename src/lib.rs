@@ -1,12 +1,13 @@
-//! panelboard: a lock-free circuit-breaker registry.
+//! panelboard's Python extension module (`panelboard._core`): the thin PyO3 layer over the engine
+//! crate (`crates/engine`, plain Rust with no PyO3), which holds the state machine and counters.
 //!
-//! - [`engine`]: the state machine, plain Rust over borrowed atomic words (no PyO3).
-//! - [`metrics`]: striped per-breaker counters (no PyO3).
-//! - `py` (feature `python`): the thin PyO3 layer that maturin builds into `panelboard._core`.
+//! Raw CPython API is used here (vectorcall entry points, calls into Python): every unsafe
+//! operation sits in an `unsafe` block that says why it is sound.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod engine;
-pub mod metrics;
-mod sync;
+// The bindings name the engine's items `crate::engine::...` and `crate::metrics::...`.
+use panelboard_engine as engine;
+use panelboard_engine::metrics;
 
-#[cfg(feature = "python")]
 mod py;

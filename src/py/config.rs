@@ -52,9 +52,10 @@ impl Config {
         }
     }
 
-    /// `version << 1 | has a success predicate`: what a breaker caches for its fast path.
-    pub fn predicate_flag(&self) -> u64 {
-        self.version << 1 | u64::from(self.objects.success.is_some())
+    /// Whether there is a `success` predicate: what a breaker caches for its fast path
+    /// (`PredicateFlag`, with `version`).
+    pub fn has_predicate(&self) -> bool {
+        self.objects.success.is_some()
     }
 
     /// Reports the Python objects this configuration holds to the garbage collector.

@@ -63,7 +63,9 @@ use super::config::Config;
 use super::errors::CircuitOpenError;
 use super::pyrefs;
 use super::upcall;
-use crate::engine::{Admission, Mode, Outcome, Slots, Ticket, Transition, Word};
+use crate::engine::{
+    Admission, FastTicket, Mode, Outcome, PredicateFlag, Slots, Ticket, Transition,
+};
 use crate::metrics::{Counter, Counters};
 
 /// What the breakers of one registry share: its clock and its state-change listeners. Owned by the
@@ -105,10 +107,9 @@ pub struct BreakerCore {
     pub times_opened: AtomicU64,
     /// This breaker's own configuration (never shared with another breaker or the registry).
     pub config: ArcSwap<Config>,
-    /// `Config::predicate_flag` of the configuration: its low bit (is there a `success`
-    /// predicate?) lets the closed fast path skip loading the configuration at all. Written after
-    /// the configuration it describes, and only ever raised (see `reconfigure`).
-    predicate_flag: AtomicU64,
+    /// Whether the configuration has a `success` predicate, so that the closed fast path can skip
+    /// loading the configuration at all. Published after the configuration it describes.
+    predicate_flag: PredicateFlag,
     pub hub: Py<Hub>,
 }
 
@@ -178,7 +179,7 @@ impl BreakerCore {
             slots: Slots::new(),
             counters: Counters::new(),
             times_opened: AtomicU64::new(0),
-            predicate_flag: AtomicU64::new(config.predicate_flag()),
+            predicate_flag: PredicateFlag::new(config.version, config.has_predicate()),
             config: ArcSwap::new(config),
             hub,
         }
@@ -197,12 +198,11 @@ impl BreakerCore {
     pub fn reconfigure(&self, py: Python<'_>, patch: &super::config::Patch) {
         let previous = self.config.rcu(|current| Config::with(current, py, patch));
         drop(previous);
-        // Concurrent `configure` calls may publish their flags in any order, so the flag carries
-        // the configuration's version and only ever grows: a late publisher of an older
-        // configuration changes nothing. Each call publishes the configuration current after its
-        // own was installed, so once it returns the flag describes that one or a newer one.
-        let flag = self.config.load().predicate_flag();
-        self.predicate_flag.fetch_max(flag, Ordering::SeqCst);
+        // Each call publishes the configuration current after its own was installed, so once it
+        // returns the flag describes that one or a newer one (the flag ignores older versions).
+        let current = self.config.load();
+        self.predicate_flag
+            .publish(current.version, current.has_predicate());
     }
 
     pub fn py_name<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -405,7 +405,7 @@ pub fn shield<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
 /// How a call was admitted: on the fast path (closed, no result predicate: no configuration
 /// needed) or with the configuration it was admitted under.
 enum Admitted {
-    Fast(Word),
+    Fast(FastTicket),
     Configured(arc_swap::Guard<Arc<Config>>, Ticket),
 }
 
@@ -424,9 +424,8 @@ pub fn guarded<'py>(
     let admitted = shield(|| {
         // Fast path: a closed breaker without a result predicate needs no configuration to admit
         // a call or to record its success: one atomic load now, one after the call, no write.
-        let word = core.slots.machine_word();
-        if word.mode() == Mode::Closed && core.predicate_flag.load(Ordering::Acquire) & 1 == 0 {
-            return Ok(Admitted::Fast(word));
+        if let Some(fast) = core.slots.admit_fast(&core.predicate_flag) {
+            return Ok(Admitted::Fast(fast));
         }
         let config = core.config.load();
         let ticket = core.admit(py, &config)?;
@@ -435,17 +434,13 @@ pub fn guarded<'py>(
     let result = invoke();
     shield(move || {
         let (config, ticket, fast) = match admitted {
-            Admitted::Fast(word) => {
-                if result.is_ok() && word.failures() == 0 && core.slots.machine_word() == word {
+            Admitted::Fast(fast) => {
+                if result.is_ok() && core.slots.record_fast_success(fast) {
                     // Healthy and unchanged: a success has nothing to record but its count.
                     core.counters.add(Counter::Successes);
                     return result;
                 }
-                let ticket = Ticket {
-                    generation: word.generation(),
-                    probe: false,
-                };
-                (core.config.load(), ticket, true)
+                (core.config.load(), fast.ticket(), true)
             }
             Admitted::Configured(config, ticket) => (config, ticket, false),
         };

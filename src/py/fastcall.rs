@@ -49,6 +49,10 @@ fn entry_point(
 }
 
 /// `Breaker.call(fn, /, *args, **kwargs)`.
+///
+/// Safety (of this and the other bodies): called by CPython as a `METH_FASTCALL | METH_KEYWORDS`
+/// method or a vectorcall, with the thread attached: `slf` is a live object, and `args` holds
+/// `nargs` positional arguments followed by one value per name in `kwnames` (a tuple, or null).
 unsafe fn breaker_call(
     py: Python<'_>,
     slf: *mut ffi::PyObject,
@@ -56,7 +60,9 @@ unsafe fn breaker_call(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<*mut ffi::PyObject> {
-    {
+    // SAFETY: the arguments are as CPython passed them (see above); `args[0]` exists once
+    // `nargs >= 1` is checked, and `args.add(1)` holds the remaining `nargs - 1` plus keywords.
+    unsafe {
         let slf = Borrowed::from_ptr(py, slf);
         let breaker = shield(|| Ok(slf.cast::<Breaker>()?))?;
         if nargs < 1 {
@@ -89,7 +95,8 @@ unsafe fn registry_call(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<*mut ffi::PyObject> {
-    let slf = Borrowed::from_ptr(py, slf);
+    // SAFETY: `slf` is the live object the method was called on.
+    let slf = unsafe { Borrowed::from_ptr(py, slf) };
     let (registry, name, func, options) = shield(|| {
         let registry = slf.cast::<Registry>()?;
         if nargs > 2 {
@@ -97,14 +104,21 @@ unsafe fn registry_call(
                 "Registry.call() takes 2 positional arguments (name, fn) but {nargs} were given"
             )));
         }
-        let positional =
-            |i: ffi::Py_ssize_t| (i < nargs).then(|| Borrowed::from_ptr(py, *args.offset(i)));
+        let positional = |i: ffi::Py_ssize_t| {
+            (i < nargs).then(|| {
+                // SAFETY: `args` holds `nargs` positional arguments, each a live object.
+                unsafe { Borrowed::from_ptr(py, *args.offset(i)) }
+            })
+        };
         let (mut name, mut func) = (positional(0), positional(1));
         let mut options = None;
         if !kwnames.is_null() {
-            let names = Borrowed::from_ptr(py, kwnames).cast::<PyTuple>()?;
+            // SAFETY: a non-null `kwnames` is a live tuple of the keyword names.
+            let names = unsafe { Borrowed::from_ptr(py, kwnames) }.cast::<PyTuple>()?;
             for (i, key) in names.iter().enumerate() {
-                let value = Borrowed::from_ptr(py, *args.offset(nargs + i as ffi::Py_ssize_t));
+                // SAFETY: the value of keyword `i` follows the `nargs` positional arguments.
+                let value =
+                    unsafe { Borrowed::from_ptr(py, *args.offset(nargs + i as ffi::Py_ssize_t)) };
                 let slot = match key.cast::<PyString>()?.to_str().ok() {
                     Some("name") => &mut name,
                     Some("fn") => &mut func,
@@ -144,12 +158,14 @@ unsafe fn guarded_call(
     nargsf: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<*mut ffi::PyObject> {
-    let callable = Borrowed::from_ptr(py, callable);
+    // SAFETY: `callable` is the live object being called.
+    let callable = unsafe { Borrowed::from_ptr(py, callable) };
     let guarded_fn = shield(|| Ok(callable.cast::<Guarded>()?))?;
     let guarded_fn = guarded_fn.get();
     let func = guarded_fn.func.bind(py);
     guarded(&guarded_fn.core, py, || {
-        vectorcall(func, args, nargsf as usize, kwnames)
+        // SAFETY: the caller's arguments, handed on exactly as CPython passed them.
+        unsafe { vectorcall(func, args, nargsf as usize, kwnames) }
     })
     .map(Bound::into_ptr)
 }
@@ -165,6 +181,7 @@ macro_rules! entry_point {
             nargs: ffi::Py_ssize_t,
             kwnames: *mut ffi::PyObject,
         ) -> *mut ffi::PyObject {
+            // SAFETY: CPython calls the entry point with the arguments the body expects.
             entry_point(|py| unsafe { $body(py, slf, args, nargs, kwnames) })
         }
     };
@@ -180,7 +197,8 @@ unsafe extern "C-unwind" fn guarded_vectorcall(
     nargsf: usize,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    guarded_call_entry(callable, args, nargsf as ffi::Py_ssize_t, kwnames)
+    // SAFETY: a vectorcall's arguments are a fastcall's (`nargsf` carries the flag bit unchanged).
+    unsafe { guarded_call_entry(callable, args, nargsf as ffi::Py_ssize_t, kwnames) }
 }
 
 /// The per-instance vectorcall pointer CPython finds through the type's `tp_vectorcall_offset`.

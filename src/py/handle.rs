@@ -349,7 +349,11 @@ impl Permit {
     fn __repr__(&self) -> String {
         format!(
             "<Permit {}{}>",
-            if self.ticket.probe { "probe" } else { "call" },
+            if self.ticket.is_probe() {
+                "probe"
+            } else {
+                "call"
+            },
             if self.settled() { ", settled" } else { "" }
         )
     }

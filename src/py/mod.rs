@@ -1,4 +1,4 @@
-//! The PyO3 bindings: a thin layer over the engine. Built only with the `python` feature.
+//! The PyO3 bindings: a thin layer over the engine.
 
 mod clock;
 mod config;

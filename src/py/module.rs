@@ -26,8 +26,10 @@ struct Slots(UnsafeCell<[ffi::PyModuleDef_Slot; 4]>);
 /// The module definition CPython keeps a pointer to (and initialises in place).
 struct Definition(UnsafeCell<ffi::PyModuleDef>);
 
-// SAFETY: both are only handed to CPython, which reads and writes them with the interpreter held.
+// SAFETY: only handed to CPython, which reads it with the interpreter held; Rust never touches it.
 unsafe impl Sync for Slots {}
+// SAFETY: only handed to CPython, which initialises it in place and reads it with the interpreter
+// held; Rust never touches it after building it.
 unsafe impl Sync for Definition {}
 
 // `next` is only advanced on the versions that have the optional slots.

@@ -127,9 +127,12 @@ pub unsafe fn vectorcall<'py>(
     nargsf: usize,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let result =
-        parked_on_exit(|| PyObject_Vectorcall_unwinding(func.as_ptr(), args, nargsf, kwnames));
-    Bound::from_owned_ptr_or_err(func.py(), result)
+    // SAFETY: `func` is borrowed for the call; the arguments are as the caller promised (above).
+    let result = parked_on_exit(|| unsafe {
+        PyObject_Vectorcall_unwinding(func.as_ptr(), args, nargsf, kwnames)
+    });
+    // SAFETY: a new reference, or null with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(func.py(), result) }
 }
 
 /// `func(*args)`.

@@ -1,8 +1,8 @@
 //! Criterion benches of the plain-Rust state machine: admit + record, uncontended and contended,
 //! and what counting each outcome for `metrics()` adds to it.
 use criterion::{criterion_group, criterion_main, Criterion};
-use panelboard::engine::{Admission, Limits, Outcome, Slots};
-use panelboard::metrics::{Counter, Counters};
+use panelboard_engine::metrics::{Counter, Counters};
+use panelboard_engine::{Admission, Limits, Outcome, Slots};
 use std::hint::black_box;
 use std::sync::Arc;
 

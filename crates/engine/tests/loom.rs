@@ -1,11 +1,11 @@
-//! Model checks of the breaker state machine (`src/engine.rs`) with loom: 2-3 threads, every
+//! Model checks of the breaker state machine (`crates/engine/src/machine.rs`) with loom: 2-3 threads, every
 //! interleaving for the 2-thread models, all with at most 2 or 3 preemptions for the 3-thread ones
 //! (loom also lets loads return stale values wherever the memory model allows).
 //!
 //! Run with:
 //!
 //! ```text
-//! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --test loom
+//! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -p panelboard-engine --test loom
 //! ```
 //!
 //! Without `--cfg loom` this file compiles to an empty test binary.
@@ -24,10 +24,11 @@
 //! its doc and docs/reliability.md).
 #![cfg(loom)]
 
+use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::sync::Arc;
 use loom::thread;
-use panelboard::engine::{
-    Admission, Limits, Machine, Mode, Outcome, Slots, Ticket, Transition, Word,
+use panelboard_engine::{
+    Admission, Limits, Machine, Mode, Outcome, PredicateFlag, Slots, Ticket, Transition, Word,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -133,7 +134,7 @@ impl Log {
                         }
                     );
                     assert!(
-                        ticket.probe,
+                        ticket.is_probe(),
                         "the admission that opened half-open holds a permit"
                     );
                     self.transitions.push(t);
@@ -175,6 +176,39 @@ impl Log {
         tr
     }
 
+    /// One guarded call as the bindings make it (`src/py/core.rs` `guarded`): the fast admission
+    /// when the word and the predicate flag allow it, the configured one otherwise; a fast-path
+    /// success recorded without a write when nothing changed, through the machine otherwise.
+    fn guarded_call(
+        &mut self,
+        slots: &Slots,
+        flag: &PredicateFlag,
+        lim: &Limits,
+        outcome: Outcome,
+        now: u64,
+    ) -> Path {
+        let m = slots.machine(lim);
+        let Some(fast) = slots.admit_fast(flag) else {
+            return match self.admit(&m, lim, now) {
+                Some(t) => {
+                    self.record(&m, lim, t, outcome, now);
+                    Path::Configured
+                }
+                None => Path::Rejected,
+            };
+        };
+        let ticket = fast.ticket();
+        assert!(!ticket.is_probe(), "a fast admission holds no permit");
+        self.tickets.push(ticket);
+        step(&m, lim);
+        if outcome == Outcome::Success && slots.record_fast_success(fast) {
+            step(&m, lim);
+            return Path::FastNoWrite;
+        }
+        self.record(&m, lim, ticket, outcome, now);
+        Path::Fast
+    }
+
     fn observe(&mut self, m: &Machine<'_>, lim: &Limits, now: u64) -> Word {
         let (w, tr) = m.observe(|| now);
         check_word(w, lim);
@@ -192,6 +226,18 @@ impl Log {
         step(m, lim);
         w
     }
+}
+
+/// How a [`Log::guarded_call`] went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// Fast admission; a success that wrote nothing.
+    FastNoWrite,
+    /// Fast admission; the outcome recorded through the machine.
+    Fast,
+    /// Admitted by `Machine::admit`.
+    Configured,
+    Rejected,
 }
 
 /// Each change of mode is reported to exactly one thread, and nothing else moves the generation:
@@ -240,17 +286,17 @@ fn check_probe_tickets(logs: &[Log], lim: &Limits) {
     let probes: Vec<Ticket> = logs
         .iter()
         .flat_map(|l| l.tickets.iter().copied())
-        .filter(|t| t.probe)
+        .filter(|t| t.is_probe())
         .collect();
     for t in &probes {
         let same = probes
             .iter()
-            .filter(|u| u.generation == t.generation)
+            .filter(|u| u.generation() == t.generation())
             .count() as u64;
         assert!(
             same <= lim.half_open_max_calls,
             "{same} probes admitted in generation {}, max {}",
-            t.generation,
+            t.generation(),
             lim.half_open_max_calls
         );
     }
@@ -293,13 +339,7 @@ fn failure_race(threads: u64, threshold: u64) {
                 let t = log
                     .admit(&m, &lim, now)
                     .expect("closed breaker rejected a call");
-                assert_eq!(
-                    t,
-                    Ticket {
-                        generation: 0,
-                        probe: false
-                    }
-                );
+                assert_eq!((t.generation(), t.is_probe()), (0, false));
                 log.record(&m, &lim, t, Outcome::Failure, now);
                 log
             })
@@ -398,11 +438,8 @@ fn half_open_storm(max: u64) {
     for l in &logs {
         for t in &l.tickets {
             assert_eq!(
-                *t,
-                Ticket {
-                    generation: initial.generation() + 1,
-                    probe: true
-                }
+                (t.generation(), t.is_probe()),
+                (initial.generation() + 1, true)
             );
         }
     }
@@ -486,7 +523,7 @@ fn stale_failure_after_reset_does_not_count() {
         check_ledger(Word::INITIAL, fin, &logs, 0);
 
         let tickets: Vec<Ticket> = [&logs[0], &logs[2]].iter().map(|l| l.tickets[0]).collect();
-        let before_reset = tickets.iter().filter(|t| t.generation == 0).count() as u64;
+        let before_reset = tickets.iter().filter(|t| t.generation() == 0).count() as u64;
         let after_reset = tickets.len() as u64 - before_reset;
         if before_reset == 2 && logs[1].transitions.len() == 1 {
             // Both pre-reset failures landed before the reset and tripped it; the reset closed it.
@@ -520,13 +557,7 @@ fn stale_success_cannot_close_half_open() {
         let lim = limits(1, 100, 1, 1, None);
         let slots = Arc::new(Slots::new());
         let old = expect_ticket(slots.machine(&lim).admit(|| 0));
-        assert_eq!(
-            old,
-            Ticket {
-                generation: 0,
-                probe: false
-            }
-        );
+        assert_eq!((old.generation(), old.is_probe()), (0, false));
         let late = {
             let slots = slots.clone();
             thread::spawn(move || {
@@ -554,7 +585,7 @@ fn stale_success_cannot_close_half_open() {
                 let p = log
                     .admit(&m, &lim, 100)
                     .expect("expired open breaker rejected the probe");
-                assert!(p.probe);
+                assert!(p.is_probe());
                 log
             })
         };
@@ -584,7 +615,7 @@ fn stale_probe_failure_after_reset() {
         let m0 = slots.machine(&lim);
         trip(&m0, &lim, 0);
         let probe = expect_ticket(m0.admit(|| 10));
-        assert!(probe.probe);
+        assert!(probe.is_probe());
         let initial = m0.load();
         assert_eq!((initial.mode(), initial.generation()), (Mode::HalfOpen, 2));
 
@@ -607,7 +638,7 @@ fn stale_probe_failure_after_reset() {
                     .expect("reset from a non-closed mode");
                 assert!(tr.from == Mode::HalfOpen || tr.from == Mode::Open);
                 let t = log.admit(&m, &lim, 30).expect("closed after reset");
-                assert!(!t.probe);
+                assert!(!t.is_probe());
                 assert_eq!(log.record(&m, &lim, t, Outcome::Failure, 30), None);
                 log
             })
@@ -662,7 +693,7 @@ fn half_open_outcomes(outcomes: [Outcome; 3]) {
                     log.observe(&m, &lim, now);
                 }
                 if let Some(t) = log.admit(&m, &lim, now) {
-                    let counted = t.probe && t.generation == half_open_gen;
+                    let counted = t.is_probe() && t.generation() == half_open_gen;
                     if counted {
                         let held = holders.fetch_add(1, SeqCst) + 1;
                         assert!(
@@ -702,7 +733,7 @@ fn half_open_outcomes(outcomes: [Outcome; 3]) {
         .filter(|(l, _)| {
             l.tickets
                 .first()
-                .is_some_and(|t| t.probe && t.generation == half_open_gen)
+                .is_some_and(|t| t.is_probe() && t.generation() == half_open_gen)
         })
         .map(|(_, o)| o)
         .collect();
@@ -792,7 +823,7 @@ fn reset_races_half_open_probes() {
                     let now = 20 + i as u64;
                     if let Some(t) = log.admit(&m, &lim, now) {
                         let tr = log.record(&m, &lim, t, outcome, now);
-                        if !t.probe {
+                        if !t.is_probe() {
                             // Admitted after the reset: a closed-period call never changes mode
                             // below threshold 2 with a single failure.
                             assert_eq!(tr, None);
@@ -819,7 +850,7 @@ fn reset_races_half_open_probes() {
         let post_reset: Vec<Ticket> = logs[..2]
             .iter()
             .flat_map(|l| l.tickets.iter().copied())
-            .filter(|t| !t.probe && t.generation > initial.generation())
+            .filter(|t| !t.is_probe() && t.generation() > initial.generation())
             .collect();
         if post_reset.is_empty() {
             assert_eq!(fin.mode(), Mode::Closed);
@@ -852,13 +883,7 @@ fn reclaim_race(late: Outcome) {
     let m0 = slots.machine(&lim);
     trip(&m0, &lim, 0);
     let hung = expect_ticket(m0.admit(|| 10));
-    assert_eq!(
-        hung,
-        Ticket {
-            generation: 2,
-            probe: true
-        }
-    );
+    assert_eq!((hung.generation(), hung.is_probe()), (2, true));
     let initial = m0.load();
 
     let late_thread = {
@@ -891,7 +916,7 @@ fn reclaim_race(late: Outcome) {
     let reclaims: Vec<Ticket> = logs[1..]
         .iter()
         .flat_map(|l| l.tickets.iter().copied())
-        .filter(|t| t.probe && t.generation == initial.generation() + 1)
+        .filter(|t| t.is_probe() && t.generation() == initial.generation() + 1)
         .collect();
     assert!(
         reclaims.len() <= 1,
@@ -900,7 +925,7 @@ fn reclaim_race(late: Outcome) {
     let probes: Vec<Ticket> = logs[1..]
         .iter()
         .flat_map(|l| l.tickets.iter().copied())
-        .filter(|t| t.probe)
+        .filter(|t| t.is_probe())
         .collect();
     assert!(
         probes.len() <= 1,
@@ -945,13 +970,12 @@ fn reclaim_race(late: Outcome) {
                 assert_eq!(fin.mode(), Mode::Closed);
                 assert_eq!(fin.generation(), 3);
                 for l in &logs[1..] {
-                    assert_eq!(
-                        l.tickets,
-                        vec![Ticket {
-                            generation: 3,
-                            probe: false
-                        }]
-                    );
+                    let tickets: Vec<_> = l
+                        .tickets
+                        .iter()
+                        .map(|t| (t.generation(), t.is_probe()))
+                        .collect();
+                    assert_eq!(tickets, vec![(3, false)]);
                 }
             }
             Outcome::Ignored => unreachable!(),
@@ -959,7 +983,7 @@ fn reclaim_race(late: Outcome) {
     } else {
         // A reclaim won: the late outcome is stale and the reclaimer owns the only permit.
         assert_eq!(logs[0].transitions, vec![]);
-        let reclaimer_recorded = logs[1].tickets.first().is_some_and(|t| t.probe);
+        let reclaimer_recorded = logs[1].tickets.first().is_some_and(|t| t.is_probe());
         if reclaimer_recorded {
             assert_eq!(
                 fin.mode(),
@@ -1048,5 +1072,217 @@ fn fresh_permit_is_not_reclaimed() {
             1,
             "two probes admitted at the same instant with half_open_max_calls = 1: {admitted:?}"
         );
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The closed fast path (crates/engine/src/fast_path.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// A success on the fast path races a failure that trips the breaker. The breaker has
+/// `initial_failures` failures and trips on the next one; both threads go through
+/// [`Log::guarded_call`] (no predicate, so both may take the fast path). The failure is never
+/// lost: either it trips the breaker (and a success admitted before the trip goes stale), or the
+/// success landed first, which only happens when there were failures to clear (a healthy success
+/// writes nothing), and the failure is then counted in the closed period.
+fn fast_success_races_a_failure(initial_failures: u64) {
+    let lim = limits(initial_failures + 1, 100, 1, 1, None);
+    let slots = Arc::new(Slots::new());
+    let flag = Arc::new(PredicateFlag::new(0, false));
+    let m0 = slots.machine(&lim);
+    for _ in 0..initial_failures {
+        let t = expect_ticket(m0.admit(|| 0));
+        m0.record(t, Outcome::Failure, || 0);
+    }
+    let initial = m0.load();
+    let caller = |outcome: Outcome, now: u64| {
+        let (slots, flag) = (slots.clone(), flag.clone());
+        thread::spawn(move || {
+            let mut log = Log::default();
+            let path = log.guarded_call(&slots, &flag, &lim, outcome, now);
+            (log, path)
+        })
+    };
+    let success = caller(Outcome::Success, 10);
+    let failure = caller(Outcome::Failure, 20);
+    let (success_log, success_path) = success.join().unwrap();
+    let (failure_log, failure_path) = failure.join().unwrap();
+    let fin = slots.machine(&lim).load();
+    let logs = [success_log, failure_log];
+    check_ledger(initial, fin, &logs, 0);
+    assert_ne!(
+        failure_path,
+        Path::Rejected,
+        "nothing trips before the failure"
+    );
+    assert!(
+        logs[0].transitions.is_empty(),
+        "a closed success changes no mode"
+    );
+    if fin.mode() == Mode::Open {
+        assert_eq!((fin.generation(), fin.opened_at()), (1, 20));
+        assert_eq!(
+            logs[1].transitions,
+            vec![Transition {
+                from: Mode::Closed,
+                to: Mode::Open
+            }]
+        );
+    } else {
+        // The success cleared the failures before the failure landed.
+        assert!(
+            initial_failures > 0,
+            "a healthy success hid a trip: {logs:?}"
+        );
+        assert_eq!(
+            success_path,
+            Path::Fast,
+            "the success had failures to clear"
+        );
+        assert_eq!(
+            (fin.mode(), fin.generation(), fin.failures()),
+            (Mode::Closed, 0, 1)
+        );
+    }
+    if initial_failures > 0 {
+        assert_ne!(
+            success_path,
+            Path::FastNoWrite,
+            "failures to clear: a write was due"
+        );
+    }
+}
+
+#[test]
+fn fast_success_races_a_trip_of_a_healthy_breaker() {
+    model(None, || fast_success_races_a_failure(0));
+}
+
+#[test]
+fn fast_success_races_a_failure_that_trips_unless_cleared_first() {
+    model(None, || fast_success_races_a_failure(1));
+}
+
+/// Two successes on the fast path race a force-open followed by a reset. A success admitted before
+/// the force-open goes stale (reports and writes nothing); calls meanwhile are rejected; a healthy
+/// success never writes the word, so the end state is exactly the reset's: closed, two generations
+/// on, no failures.
+#[test]
+fn fast_success_races_force_open_and_reset() {
+    model(Some(3), || {
+        let lim = limits(1, 100, 1, 1, None);
+        let slots = Arc::new(Slots::new());
+        let flag = Arc::new(PredicateFlag::new(0, false));
+        let caller = {
+            let (slots, flag) = (slots.clone(), flag.clone());
+            thread::spawn(move || {
+                let mut log = Log::default();
+                // A call may also see the breaker forced open, then closed by `Machine::admit`.
+                log.guarded_call(&slots, &flag, &lim, Outcome::Success, 10);
+                log.guarded_call(&slots, &flag, &lim, Outcome::Success, 10);
+                log
+            })
+        };
+        let operator = {
+            let slots = slots.clone();
+            thread::spawn(move || {
+                let m = slots.machine(&lim);
+                let mut log = Log::default();
+                log.set_mode(&m, &lim, Mode::ForcedOpen);
+                log.set_mode(&m, &lim, Mode::Closed);
+                log
+            })
+        };
+        let logs = join_all(vec![caller, operator]);
+        let fin = slots.machine(&lim).load();
+        check_ledger(Word::INITIAL, fin, &logs, 0);
+        assert!(logs[0].transitions.is_empty());
+        assert_eq!(
+            (fin.mode(), fin.generation(), fin.failures()),
+            (Mode::Closed, 2, 0)
+        );
+    });
+}
+
+/// Bug 13: two reconfigurations publish their predicate flags out of order. Each installs its
+/// configuration (a CAS of `config`, standing for the bindings' `ArcSwap::rcu`: `version << 1 |
+/// has a predicate`), then publishes the configuration current at that moment, as
+/// `BreakerCore::reconfigure` does. One configuration has a predicate, the other none, and either
+/// may be installed first.
+///
+/// - Once a publish has returned, the flag describes that configuration or a newer one: a reader
+///   that knows the predicate configuration was published never sees an older flag, and never
+///   takes the fast path unless a newer configuration without a predicate was installed.
+/// - Once both have returned, the flag describes the newest configuration.
+#[test]
+fn predicate_flags_published_out_of_order() {
+    model(Some(3), || {
+        let config = Arc::new(AtomicU64::new(0)); // version 0, no predicate
+        let flag = Arc::new(PredicateFlag::new(0, false));
+        let slots = Arc::new(Slots::new());
+        // The version of the predicate configuration, plus one, once its publish has returned.
+        let published = Arc::new(AtomicU64::new(0));
+        let reconfigure = |has_predicate: bool| {
+            let (config, flag, published) = (config.clone(), flag.clone(), published.clone());
+            thread::spawn(move || {
+                let mut current = config.load(Ordering::Acquire);
+                let installed = loop {
+                    let next = ((current >> 1) + 1) << 1 | u64::from(has_predicate);
+                    match config.compare_exchange(
+                        current,
+                        next,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => break next >> 1,
+                        Err(actual) => current = actual,
+                    }
+                };
+                let newest = config.load(Ordering::Acquire);
+                flag.publish(newest >> 1, newest & 1 == 1);
+                let (version, _) = flag.published();
+                assert!(version >= installed, "the flag went back past {installed}");
+                if has_predicate {
+                    published.store(installed + 1, Ordering::Release);
+                }
+            })
+        };
+        let with_predicate = reconfigure(true);
+        let without = reconfigure(false);
+        let reader = {
+            let (config, flag, slots, published) = (
+                config.clone(),
+                flag.clone(),
+                slots.clone(),
+                published.clone(),
+            );
+            thread::spawn(move || {
+                let Some(v1) = published.load(Ordering::Acquire).checked_sub(1) else {
+                    return;
+                };
+                let (version, has_predicate) = flag.published();
+                assert!(
+                    version >= v1,
+                    "flag of version {version} after {v1} was published"
+                );
+                assert!(
+                    has_predicate || version > v1,
+                    "no predicate read for the predicate configuration {v1}"
+                );
+                if slots.admit_fast(&flag).is_some() {
+                    let newest = config.load(Ordering::Acquire);
+                    assert!(
+                        newest >> 1 > v1 && newest & 1 == 0,
+                        "fast path taken under the predicate configuration {v1}"
+                    );
+                }
+            })
+        };
+        with_predicate.join().unwrap();
+        without.join().unwrap();
+        reader.join().unwrap();
+        let newest = config.load(Ordering::Acquire);
+        assert_eq!(newest >> 1, 2);
+        assert_eq!(flag.published(), (newest >> 1, newest & 1 == 1));
     });
 }

@@ -91,12 +91,17 @@ impl Mode {
     }
 }
 
-/// One decoded state word.
+/// One decoded state word. Only the machine makes words; others read them through the accessors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Word(pub u64);
+pub struct Word(u64);
 
 impl Word {
     pub const INITIAL: Word = Word(0); // closed, generation 0, no failures
+
+    /// The raw 64 bits (for logs and comparisons; see the layout above).
+    pub fn bits(self) -> u64 {
+        self.0
+    }
 
     fn pack(mode: Mode, generation: u32, payload: u64) -> Word {
         Word(
@@ -191,11 +196,32 @@ pub struct Transition {
 }
 
 /// Proof of admission: the generation the call was admitted under, and whether it holds one of the
-/// half-open permits.
+/// half-open permits. Only the machine hands tickets out (`Machine::admit`, `FastTicket::ticket`),
+/// so an outcome can only be recorded for a call that was admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ticket {
-    pub generation: u32,
-    pub probe: bool,
+    generation: u32,
+    probe: bool,
+}
+
+impl Ticket {
+    /// A call admitted into a closed (or disabled) breaker: no permit held.
+    pub(crate) fn unpermitted(generation: u32) -> Ticket {
+        Ticket {
+            generation,
+            probe: false,
+        }
+    }
+
+    /// The generation the call was admitted under.
+    pub fn generation(self) -> u32 {
+        self.generation
+    }
+
+    /// Whether the call holds one of the half-open permits.
+    pub fn is_probe(self) -> bool {
+        self.probe
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,10 +239,10 @@ pub enum Admission {
 /// Python extension; shared memory later); the machine only borrows them.
 #[derive(Debug)]
 pub struct Slots {
-    pub word: AtomicU64,
+    word: AtomicU64,
     /// When the newest half-open permit was handed out: `generation << 36 | ms`. It only decides
     /// *when* hung probes are reclaimed; the reclaim itself is a CAS of `word`.
-    pub probe_stamp: AtomicU64,
+    probe_stamp: AtomicU64,
 }
 
 impl Slots {
@@ -302,10 +328,7 @@ impl<'a> Machine<'a> {
                 // The fast path: a read, no write.
                 Mode::Closed | Mode::Disabled => {
                     return Admission::Admitted {
-                        ticket: Ticket {
-                            generation: current.generation(),
-                            probe: false,
-                        },
+                        ticket: Ticket::unpermitted(current.generation()),
                         transition: None,
                     }
                 }
@@ -590,6 +613,61 @@ mod tests {
             Mode::Disabled,
         ] {
             assert_eq!(Word::pack(mode, 0, 0).mode(), mode);
+        }
+    }
+
+    /// The README's "How it works" diagram and table give the word's layout to maintainers: they
+    /// must say what the constants above say.
+    #[test]
+    fn readme_bit_layout_matches_the_word() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+        let readme = std::fs::read_to_string(path).expect("README.md at the repository root");
+        let section = readme
+            .split("## How it works")
+            .nth(1)
+            .expect("a \"How it works\" section");
+        let mode_bits = 64 - MODE_SHIFT;
+        // (name, highest bit, lowest bit), from the top of the word down.
+        let fields = [
+            ("mode", 63, MODE_SHIFT),
+            ("generation", MODE_SHIFT - 1, PAYLOAD_BITS),
+            ("payload", PAYLOAD_BITS - 1, 0),
+        ];
+        assert_eq!(mode_bits + GENERATION_BITS + PAYLOAD_BITS, 64);
+        assert!(Mode::Disabled.bits() < 1 << mode_bits, "every mode fits");
+
+        // The diagram: its first line numbers the field boundaries, and the widths are labelled.
+        let diagram = section
+            .split("```text\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a text diagram");
+        let boundaries: Vec<u32> = diagram
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .map(|n| n.parse().expect("bit numbers on the diagram's first line"))
+            .collect();
+        let expected: Vec<u32> = fields.iter().flat_map(|&(_, hi, lo)| [hi, lo]).collect();
+        assert_eq!(boundaries, expected, "README diagram:\n{diagram}");
+        assert!(diagram.contains(&format!("generation ({GENERATION_BITS})")));
+        assert!(diagram.contains(&format!("payload ({PAYLOAD_BITS},")));
+
+        // The table after the diagram: one row per field with its bits and width.
+        let after_diagram = section.split("```").nth(2).unwrap_or("");
+        for (name, hi, lo) in fields {
+            let row = after_diagram
+                .lines()
+                .find(|line| line.starts_with(&format!("| {name} ")))
+                .unwrap_or_else(|| panic!("no table row for {name}"));
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            assert_eq!(cells[2], format!("{hi}..{lo}"), "bits of {name}: {row}");
+            assert_eq!(
+                cells[3],
+                (hi - lo + 1).to_string(),
+                "width of {name}: {row}"
+            );
         }
     }
 

@@ -1,0 +1,17 @@
+//! The engine of panelboard: the circuit-breaker state machine and its counters, plain Rust with
+//! no PyO3 and no unsafe code, so that it is unit-tested, benchmarked and model-checked with loom
+//! on its own (`cargo test -p panelboard-engine`, `make loom`).
+//!
+//! - [`machine`] (re-exported at the crate root): the state machine over borrowed atomic words.
+//! - [`fast_path`] (re-exported too): admission into a closed breaker without a result predicate
+//!   and the healthy success that writes nothing, with the versioned predicate flag.
+//! - [`metrics`]: striped per-breaker counters.
+#![forbid(unsafe_code)]
+
+pub mod fast_path;
+pub mod machine;
+pub mod metrics;
+mod sync;
+
+pub use fast_path::{FastTicket, PredicateFlag};
+pub use machine::*;
