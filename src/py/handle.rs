@@ -2,11 +2,12 @@
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyTuple};
+use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::block;
 use super::core::{guarded, BreakerCore};
 use super::fastcall;
 use super::pyrefs;
@@ -97,49 +98,18 @@ impl Breaker {
         Ok(Permit::new(self.core.clone(), ticket))
     }
 
+    // `__exit__` and `__aexit__` are descriptors installed by `block::install`: every lookup
+    // returns the exit of one block, which the `__enter__` that follows fills with its permit.
+
     fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Self>> {
-        let py = slf.py();
-        let permit = Bound::new(py, slf.get()._acquire(py)?)?;
-        let below = pyrefs::permit_stack_get(py)?;
-        pyrefs::permit_stack_set(py, PyTuple::new(py, [permit.into_any(), below])?.as_any())?;
+        block::enter(slf, false)?;
         Ok(slf.clone())
     }
 
-    #[pyo3(signature = (_exc_type, exc, _traceback))]
-    fn __exit__(
-        &self,
-        py: Python<'_>,
-        _exc_type: &Bound<'_, PyAny>,
-        exc: &Bound<'_, PyAny>,
-        _traceback: &Bound<'_, PyAny>,
-    ) -> PyResult<bool> {
-        let permit = self.pop_permit(py)?;
-        let permit = permit.get();
-        if exc.is_none() {
-            permit.settle(py, Outcome::Success)?;
-        } else {
-            permit._settle_error(py, exc)?;
-        }
-        Ok(false)
-    }
-
     fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        let entered = Self::__enter__(slf)?;
+        block::enter(slf, true)?;
         let py = slf.py();
-        upcall::call(pyrefs::refs(py)?.aio_ready.bind(py), [entered.as_any()])
-    }
-
-    #[pyo3(signature = (exc_type, exc, traceback))]
-    fn __aexit__<'py>(
-        &self,
-        py: Python<'py>,
-        exc_type: &Bound<'py, PyAny>,
-        exc: &Bound<'py, PyAny>,
-        traceback: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let suppress = self.__exit__(py, exc_type, exc, traceback)?;
-        let suppress = PyBool::new(py, suppress).to_owned().into_any();
-        upcall::call(pyrefs::refs(py)?.aio_ready.bind(py), [&suppress])
+        upcall::call(pyrefs::refs(py)?.aio_ready.bind(py), [slf.as_any()])
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -157,30 +127,6 @@ impl Breaker {
             "<Breaker {} {}>",
             self.core.py_name(py)?.repr()?,
             pyrefs::state_value(mode)
-        ))
-    }
-}
-
-impl Breaker {
-    /// Takes this breaker's innermost permit off the `with` stack of the current thread or task.
-    fn pop_permit<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, Permit>> {
-        let mut skipped = Vec::new();
-        let mut node = pyrefs::permit_stack_get(py)?;
-        while !node.is_none() {
-            let (permit, below): (Bound<'py, Permit>, Bound<'py, PyAny>) = node.extract()?;
-            if Arc::ptr_eq(&permit.get().core, &self.core) {
-                let mut rebuilt = below;
-                for other in skipped.into_iter().rev() {
-                    rebuilt = PyTuple::new(py, [other, rebuilt])?.into_any();
-                }
-                pyrefs::permit_stack_set(py, &rebuilt)?;
-                return Ok(permit);
-            }
-            skipped.push(permit.into_any());
-            node = below;
-        }
-        Err(PyRuntimeError::new_err(
-            "__exit__ without a matching __enter__ on this breaker",
         ))
     }
 }
@@ -283,7 +229,7 @@ pub struct Permit {
 }
 
 impl Permit {
-    fn new(core: Arc<BreakerCore>, ticket: Ticket) -> Permit {
+    pub(crate) fn new(core: Arc<BreakerCore>, ticket: Ticket) -> Permit {
         Permit {
             core,
             ticket,
@@ -305,6 +251,19 @@ impl Permit {
         self.core
             .finish(py, &self.core.config.load(), self.ticket, outcome);
         Ok(())
+    }
+
+    pub(crate) fn is_for(&self, core: &Arc<BreakerCore>) -> bool {
+        Arc::ptr_eq(&self.core, core)
+    }
+
+    /// Settles a `with` block left with `exc` (`None`: left normally, a success).
+    pub(crate) fn settle_block(&self, py: Python<'_>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
+        if exc.is_none() {
+            self.settle(py, Outcome::Success)
+        } else {
+            self._settle_error(py, exc)
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The PyO3 bindings: a thin layer over the engine. Built only with the `python` feature.
 
+mod block;
 mod clock;
 mod config;
 mod core;
@@ -23,6 +24,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<clock::ManualClock>()?;
     m.add_class::<errors::CircuitOpenError>()?;
     fastcall::install(m.py())?;
+    block::install(m.py())?;
     pyrefs::init(m.py())?;
     Ok(())
 }
