@@ -286,9 +286,15 @@ pub fn guarded<'py>(
     })?;
     let result = invoke();
     shield(move || {
+        // A sync call that returned a coroutine did not run the work yet: it cannot be guarded.
+        let coroutine = matches!(&result, Ok(value) if is_coroutine(value));
         let (config, ticket, fast) = match admitted {
             Admitted::Fast(word) => {
-                if result.is_ok() && word.failures() == 0 && core.slots.machine_word() == word {
+                if !coroutine
+                    && result.is_ok()
+                    && word.failures() == 0
+                    && core.slots.machine_word() == word
+                {
                     // Healthy and unchanged: a success has nothing to record but its count.
                     core.counters.add(Counter::Successes);
                     return result;
@@ -301,6 +307,10 @@ pub fn guarded<'py>(
             }
             Admitted::Configured(config, ticket) => (config, ticket, false),
         };
+        if coroutine {
+            core.finish(py, &config, ticket, Outcome::Ignored);
+            return Err(refuse_coroutine(result?));
+        }
         match result {
             Ok(value) => {
                 // A call admitted on the fast path had no predicate to apply when it began.
@@ -318,4 +328,26 @@ pub fn guarded<'py>(
             }
         }
     })
+}
+
+fn is_coroutine(value: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: reads the type of a live object.
+    unsafe { pyo3::ffi::PyCoro_CheckExact(value.as_ptr()) != 0 }
+}
+
+/// The error for a sync call whose function returned a coroutine. The coroutine is closed (it has
+/// not started, so no code of it runs), which also spares the "never awaited" warning.
+#[cold]
+fn refuse_coroutine(coroutine: Bound<'_, PyAny>) -> PyErr {
+    let described =
+        upcall::repr(&coroutine).map_or_else(|_| "a coroutine".to_owned(), |r| r.to_string());
+    if let Err(err) =
+        upcall::getattr(&coroutine, "close").and_then(|close| upcall::call(&close, []))
+    {
+        return err;
+    }
+    pyo3::exceptions::PyTypeError::new_err(format!(
+        "the function called through the breaker returned {described}, which a sync call cannot \
+         guard: decorate the async def function itself, or use `await breaker.acall(fn)`"
+    ))
 }

@@ -1,6 +1,7 @@
 //! The Python-facing breaker handle, the decorated-function wrapper, permits and metrics.
 
 use pyo3::exceptions::PyRuntimeError;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
@@ -36,7 +37,9 @@ impl Breaker {
     // `call(fn, /, *args, **kwargs)` is installed by `fastcall::install` as a METH_FASTCALL method
     // that forwards its arguments to `fn` without building a tuple or dict.
 
-    /// Awaits `fn(*args, **kwargs)` through the breaker (returns a coroutine).
+    /// Awaits `fn(*args, **kwargs)` through the breaker (returns a coroutine). The keyword
+    /// `timeout` is the breaker's own: the call is cancelled after that many seconds, which raises
+    /// `TimeoutError` and counts as a failure.
     #[pyo3(signature = (r#fn, /, *args, **kwargs))]
     fn acall<'py>(
         slf: &Bound<'py, Self>,
@@ -45,40 +48,66 @@ impl Breaker {
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        if !r#fn.is_callable() {
-            return Err(not_callable("fn", r#fn));
-        }
         let kwargs = match kwargs {
             Some(k) => k.clone(),
             None => PyDict::new(py),
         };
+        let timeout = kwargs.get_item(intern!(py, "timeout"))?;
+        if timeout.is_some() {
+            kwargs.del_item(intern!(py, "timeout"))?;
+        }
+        if !r#fn.is_callable() {
+            return Err(not_callable("fn", r#fn));
+        }
+        let timeout = timeout_seconds(py, timeout.as_ref())?;
         let acall = pyrefs::refs(py)?.aio_acall.bind(py);
-        upcall::call(acall, [slf.as_any(), r#fn, args.as_any(), kwargs.as_any()])
+        upcall::call(
+            acall,
+            [slf.as_any(), r#fn, args.as_any(), kwargs.as_any(), &timeout],
+        )
     }
 
-    /// Decorates a function (sync or async) so that every call goes through the breaker.
+    /// Decorates a function so that every call goes through the breaker: `@breaker`, or
+    /// `@breaker(timeout=seconds)` for an async function. Generator and async-generator functions
+    /// are guarded over their whole iteration (see `_aio`).
+    #[pyo3(signature = (*func, timeout=None))]
     fn __call__<'py>(
         slf: &Bound<'py, Self>,
-        func: &Bound<'py, PyAny>,
+        func: &Bound<'py, PyTuple>,
+        timeout: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        if !func.is_callable() {
-            return Err(not_callable("the decorated object", func));
+        let timeout = timeout_seconds(py, timeout)?;
+        let func = match func.len() {
+            0 => None,
+            1 => Some(func.get_item(0)?),
+            n => {
+                return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                    "a breaker decorates one function, {n} were given"
+                )))
+            }
+        };
+        if let Some(func) = &func {
+            if !func.is_callable() {
+                return Err(not_callable("the decorated object", func));
+            }
         }
         let refs = pyrefs::refs(py)?;
-        let is_async = |f: &Bound<'py, PyAny>| -> PyResult<bool> {
-            upcall::truthy(&upcall::call(refs.iscoroutinefunction.bind(py), [f])?)
+        let none = py.None().into_bound(py);
+        let decorated = upcall::call(
+            refs.aio_decorate.bind(py),
+            [slf.as_any(), func.as_ref().unwrap_or(&none), &timeout],
+        )?;
+        // `None`: a plain sync function, which gets the native wrapper (and `decorate` never
+        // answers `None` without a function).
+        let (true, Some(func)) = (decorated.is_none(), func) else {
+            return Ok(decorated);
         };
-        // An object whose `__call__` is `async def` is an async function too.
-        let call_method = upcall::getattr(func, "__call__")?;
-        if is_async(func)? || is_async(&call_method)? {
-            return upcall::call(refs.aio_decorate.bind(py), [slf.as_any(), func]);
-        }
         let guarded = Bound::new(
             py,
             Guarded::new(slf.get().core.clone(), func.clone().unbind()),
         )?;
-        upcall::call(refs.update_wrapper.bind(py), [guarded.as_any(), func])?;
+        upcall::call(refs.update_wrapper.bind(py), [guarded.as_any(), &func])?;
         Ok(guarded.into_any())
     }
 
@@ -131,6 +160,26 @@ impl Breaker {
     }
 }
 
+/// `timeout=` of `acall` and of async decoration: `None`, or a positive, finite number of seconds
+/// (as a `float` for the helpers).
+fn timeout_seconds<'py>(
+    py: Python<'py>,
+    value: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match value {
+        Some(value) if !value.is_none() => {
+            let seconds = super::config::finite_seconds(value, "timeout", 0.0)?;
+            if seconds == 0.0 {
+                return Err(pyo3::exceptions::PyValueError::new_err(
+                    "timeout must be > 0 (None: no timeout)",
+                ));
+            }
+            Ok(pyo3::types::PyFloat::new(py, seconds).into_any())
+        }
+        _ => Ok(py.None().into_bound(py)),
+    }
+}
+
 pub fn not_callable(what: &str, value: &Bound<'_, PyAny>) -> PyErr {
     pyo3::exceptions::PyTypeError::new_err(format!(
         "{what} must be callable, not {}",
@@ -174,6 +223,20 @@ impl Guarded {
     ) -> PyResult<Bound<'py, PyAny>> {
         let func = self.func.bind(py);
         guarded(&self.core, py, || upcall::call_with(func, args, kwargs))
+    }
+
+    /// Pickled (and copied) by reference, as functions are: by the name it has in its module,
+    /// `__module__` + `__qualname__` (set by `functools.update_wrapper`). Copying returns the
+    /// same object.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        upcall::getattr(slf.as_any(), "__qualname__").map_err(|_| {
+            pyo3::exceptions::PyTypeError::new_err(format!(
+                "cannot pickle {}: a decorated function is pickled by its module-level name, and \
+                 this one has no __qualname__",
+                slf.repr()
+                    .map_or_else(|_| "it".to_owned(), |r| r.to_string())
+            ))
+        })
     }
 
     /// Binds like a function, so decorated methods receive `self`.
