@@ -286,12 +286,9 @@ pub fn guarded<'py>(
     })?;
     let result = invoke();
     shield(move || {
-        // A sync call that returned a coroutine did not run the work yet: it cannot be guarded.
-        let coroutine = matches!(&result, Ok(value) if is_coroutine(value));
         let (config, ticket, fast) = match admitted {
             Admitted::Fast(word) => {
-                if !coroutine
-                    && result.is_ok()
+                if matches!(&result, Ok(value) if !is_coroutine(value))
                     && word.failures() == 0
                     && core.slots.machine_word() == word
                 {
@@ -307,7 +304,8 @@ pub fn guarded<'py>(
             }
             Admitted::Configured(config, ticket) => (config, ticket, false),
         };
-        if coroutine {
+        // A sync call that returned a coroutine did not run the work yet: it cannot be guarded.
+        if matches!(&result, Ok(value) if is_coroutine(value)) {
             core.finish(py, &config, ticket, Outcome::Ignored);
             return Err(refuse_coroutine(result?));
         }
@@ -330,9 +328,12 @@ pub fn guarded<'py>(
     })
 }
 
+/// Whether `value` is exactly a coroutine object: one pointer comparison (pyo3-ffi's
+/// `PyCoro_CheckExact` is a subtype check, a function call for every other result).
+#[inline]
 fn is_coroutine(value: &Bound<'_, PyAny>) -> bool {
-    // SAFETY: reads the type of a live object.
-    unsafe { pyo3::ffi::PyCoro_CheckExact(value.as_ptr()) != 0 }
+    // SAFETY: reads the type pointer of a live object, and the address of a static type object.
+    unsafe { pyo3::ffi::Py_TYPE(value.as_ptr()) == std::ptr::addr_of_mut!(pyo3::ffi::PyCoro_Type) }
 }
 
 /// The error for a sync call whose function returned a coroutine. The coroutine is closed (it has
