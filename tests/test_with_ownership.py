@@ -368,3 +368,24 @@ def test_rejected_entry_leaves_nothing_to_settle(registry, clock):
     with pytest.raises(StopIteration):
         next(g)
     assert b.state is State.CLOSED
+
+
+def test_exit_objects_misused_raise_clear_errors_and_leak_nothing(registry, clock):
+    b = registry.breaker("db", failure_threshold=1, reset_timeout=1.0)
+    trip_to_half_open(b, clock)
+    descriptor = type(b).__dict__["__exit__"]
+    with pytest.raises(TypeError):
+        descriptor.__get__(42, type(b))  # only a Breaker has this __exit__
+    with pytest.raises(TypeError):
+        b.__exit__(None, None)  # wrong number of arguments
+    with pytest.raises(TypeError):
+        type(b).__exit__(42, None, None, None)  # an unbound exit needs the breaker first
+    with pytest.raises(RuntimeError):
+        b.__exit__(None, None, None)  # never entered
+    leave = b.__exit__
+    b.__enter__()  # takes the probe into `leave`'s block
+    assert not slot_is_free(b)
+    del leave  # the block can no longer be left: its permit is released as ignored
+    assert slot_is_free(b)
+    assert b.state is State.HALF_OPEN
+    assert "exit" in repr(b.__exit__)
