@@ -109,11 +109,11 @@ pub struct ExitDescriptor {
 
 #[pymethods]
 impl ExitDescriptor {
-    fn __get__(
+    fn __get__<'py>(
         &self,
-        instance: &Bound<'_, PyAny>,
-        _owner: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<BlockExit> {
+        instance: &Bound<'py, PyAny>,
+        _owner: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, BlockExit>> {
         let (breaker, unbound) = if instance.is_none() {
             (OnceLock::new(), true)
         } else {
@@ -132,8 +132,11 @@ impl ExitDescriptor {
             ticket: OnceLock::new(),
             settled: AtomicBool::new(false),
         });
-        set_pending(&block);
-        Ok(BlockExit { block })
+        // Made pending only once allocated: an allocation may run a garbage collection, and the
+        // finalizers it runs may enter blocks of their own.
+        let exit = Bound::new(instance.py(), BlockExit { block })?;
+        set_pending(&exit.get().block);
+        Ok(exit)
     }
 }
 
