@@ -16,6 +16,7 @@ use std::sync::Arc;
 use super::clock::Clock;
 use super::config::Config;
 use super::errors::CircuitOpenError;
+use super::fastcall::is_coroutine;
 use super::pyrefs;
 use super::upcall;
 use crate::engine::{Admission, Mode, Outcome, Slots, Ticket, Transition, Word};
@@ -326,14 +327,6 @@ pub fn guarded<'py>(
             }
         }
     })
-}
-
-/// Whether `value` is exactly a coroutine object: one pointer comparison (pyo3-ffi's
-/// `PyCoro_CheckExact` is a subtype check, a function call for every other result).
-#[inline]
-fn is_coroutine(value: &Bound<'_, PyAny>) -> bool {
-    // SAFETY: reads the type pointer of a live object, and the address of a static type object.
-    unsafe { pyo3::ffi::Py_TYPE(value.as_ptr()) == std::ptr::addr_of_mut!(pyo3::ffi::PyCoro_Type) }
 }
 
 /// The error for a sync call whose function returned a coroutine. The coroutine is closed (it has

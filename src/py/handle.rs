@@ -233,8 +233,7 @@ impl Guarded {
             pyo3::exceptions::PyTypeError::new_err(format!(
                 "cannot pickle {}: a decorated function is pickled by its module-level name, and \
                  this one has no __qualname__",
-                slf.repr()
-                    .map_or_else(|_| "it".to_owned(), |r| r.to_string())
+                upcall::repr(slf.as_any()).map_or_else(|_| "it".to_owned(), |r| r.to_string())
             ))
         })
     }
