@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Coroutine
+from collections.abc import AsyncGenerator, Coroutine, Generator
 from typing import Any, assert_type
 
 import panelboard
@@ -210,6 +210,39 @@ def readme_asyncio(registry: Registry) -> None:
 
     assert asyncio.run(main())["id"] == "7"
 
+    @profiles(timeout=5.0)
+    async def fetch_with_deadline(user_id: int) -> dict[str, str]:
+        return await fetch_profile(user_id)
+
+    async def with_timeouts() -> None:
+        assert_type(await profiles.acall(fetch_profile, 7, timeout=5.0), dict[str, str])
+        assert_type(await fetch_with_deadline(7), dict[str, str])
+
+    asyncio.run(with_timeouts())
+
+
+# --- README: generators -----------------------------------------------------------------------------
+
+
+def readme_generators(registry: Registry) -> None:
+    feed = registry.breaker("feed")
+
+    @feed
+    def rows(n: int) -> Generator[int, None, None]:
+        yield from range(n)
+
+    @feed
+    async def arows(n: int) -> AsyncGenerator[int, None]:
+        for i in range(n):
+            yield i
+
+    assert_type(list(rows(3)), list[int])
+
+    async def consume() -> list[int]:
+        return [row async for row in arows(2)]
+
+    assert asyncio.run(consume()) == [0, 1]
+
 
 # --- README: two-step permits ---------------------------------------------------------------------
 
@@ -351,7 +384,7 @@ def _misuse(registry: Registry, b: Breaker, permit: Permit, m: Metrics) -> None:
     b.call(one_arg)  # type: ignore[call-arg]
     b.call(one_arg, 1, 2)  # type: ignore[call-arg]
     b.call(charge_card, "4242", 1, currency=1)  # type: ignore[arg-type]
-    b.acall(one_arg, 1)  # type: ignore[arg-type, unused-coroutine]
+    b.acall(one_arg, 1)  # type: ignore[call-overload]
     b.name = "other"  # type: ignore[misc]
     m.calls = 0  # type: ignore[misc]
     text: str = permit.success()  # type: ignore[func-returns-value, assignment]
@@ -368,9 +401,12 @@ def _misuse(registry: Registry, b: Breaker, permit: Permit, m: Metrics) -> None:
     async def aguarded(x: int) -> int:
         return x
 
+    b(timeout="1")  # type: ignore[call-overload]
+
     async def use() -> None:
         bad: str = await aguarded(1)  # type: ignore[assignment]
-        await b.acall(fetch_profile, "7")  # type: ignore[arg-type]
+        await b.acall(fetch_profile, 7, timeout="1")  # type: ignore[call-arg]
+        await b.acall(fetch_profile, "7")  # type: ignore[call-overload]
 
 
 def main() -> None:
@@ -380,6 +416,7 @@ def main() -> None:
     readme_decorators(registry)
     readme_context_managers(registry)
     readme_asyncio(registry)
+    readme_generators(registry)
     readme_permits(registry)
     readme_listeners_and_metrics(registry)
     error_type()

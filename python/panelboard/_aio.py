@@ -1,13 +1,15 @@
-"""Coroutine helpers for the async API.
+"""Python helpers for the async API and for decorating what is not a plain sync function.
 
 Admission and recording stay in Rust (``Breaker._acquire`` and the permit's ``_settle_*`` methods);
-only the ``await`` itself needs a Python coroutine frame.
+only the ``await`` (and a generator's ``yield``) needs a Python frame. ``asyncio`` is imported only
+when a ``timeout`` is used, so that ``import panelboard`` stays light.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -23,8 +25,11 @@ async def acall(
     fn: Callable[..., Awaitable[T]],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    timeout: float | None = None,
 ) -> T:
     permit = breaker._acquire()
+    if timeout is not None:
+        return await _acall_within(breaker, permit, timeout, fn, args, kwargs)
     try:
         result = await fn(*args, **kwargs)
     except BaseException as exc:
@@ -35,10 +40,125 @@ async def acall(
     return result
 
 
-def decorate(breaker: Any, func: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+async def _acall_within(
+    breaker: Any,
+    permit: Any,
+    timeout: float,
+    fn: Callable[..., Awaitable[T]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> T:
+    """``acall`` with ``timeout``: the call is cancelled after ``timeout`` seconds, which counts as
+    a failure (whatever ``failure_on``/``ignore`` say) and raises ``TimeoutError``."""
+    import asyncio
+
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            result = await fn(*args, **kwargs)
+    except BaseException as exc:
+        if isinstance(exc, TimeoutError) and deadline.expired():
+            permit.failure()
+            raise TimeoutError(f"breaker {breaker.name!r}: the call took longer than {timeout} s") from exc
+        permit._settle_error(exc)
+        raise
+    permit._settle_result(result)
+    return result
+
+
+def decorate(breaker: Any, func: Callable[..., Any] | None, timeout: float | None) -> Any:
+    """What ``breaker(func, timeout=...)`` returns unless ``func`` is a plain sync function (then
+    ``None``: the native ``Guarded`` wrapper is made instead). ``func`` is ``None`` for
+    ``@breaker(timeout=...)``, which returns the decorator. ``timeout`` is already validated."""
+    if func is None:
+        return functools.partial(breaker, timeout=timeout)
+    # An object whose `__call__` is `async def` (or a generator function) is one too.
+    call_method = getattr(func, "__call__", None)  # noqa: B004 - the method itself is inspected
+
+    def kind(check: Callable[[Any], bool]) -> bool:
+        return check(func) or (call_method is not None and check(call_method))
+
+    if kind(inspect.iscoroutinefunction):
+        return _decorate_async(breaker, func, timeout)
+    for check, guard in (
+        (inspect.isasyncgenfunction, _decorate_async_generator),
+        (inspect.isgeneratorfunction, _decorate_generator),
+    ):
+        if kind(check):
+            if timeout is not None:
+                raise TypeError(
+                    "timeout applies to async def functions (and acall) only, not to generator "
+                    f"functions such as {func!r}"
+                )
+            return guard(breaker, func)
+    if timeout is not None:
+        raise TypeError(
+            f"timeout applies to async def functions (and acall) only: a sync call such as {func!r} "
+            "cannot be cancelled"
+        )
+    return None
+
+
+def _decorate_async(
+    breaker: Any, func: Callable[..., Awaitable[T]], timeout: float | None
+) -> Callable[..., Awaitable[T]]:
     @functools.wraps(func)
     async def guarded(*args: Any, **kwargs: Any) -> T:
-        return await acall(breaker, func, args, kwargs)
+        return await acall(breaker, func, args, kwargs, timeout)
+
+    guarded.breaker = breaker  # type: ignore[attr-defined]
+    return guarded
+
+
+def _decorate_generator(
+    breaker: Any, func: Callable[..., Generator[Any, Any, T]]
+) -> Callable[..., Generator[Any, Any, T]]:
+    """Guards the whole iteration: admitted when the generator starts (first ``next``/``send``),
+    a success when it ends, its exception classified as usual. ``GeneratorExit`` (an early
+    ``close()``, or the generator collected unfinished) is ignored and releases the permit."""
+
+    @functools.wraps(func)
+    def guarded(*args: Any, **kwargs: Any) -> Generator[Any, Any, T]:
+        generator = func(*args, **kwargs)
+        permit = breaker._acquire()
+        try:
+            result = yield from generator
+        except BaseException as exc:
+            permit._settle_error(exc)
+            raise
+        permit.success()
+        return result
+
+    guarded.breaker = breaker  # type: ignore[attr-defined]
+    return guarded
+
+
+def _decorate_async_generator(
+    breaker: Any, func: Callable[..., AsyncGenerator[Any, Any]]
+) -> Callable[..., AsyncGenerator[Any, Any]]:
+    """``_decorate_generator`` for async generators (which have no ``yield from``)."""
+
+    @functools.wraps(func)
+    async def guarded(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        generator = func(*args, **kwargs)
+        permit = breaker._acquire()
+        try:
+            value = await generator.asend(None)
+            while True:
+                try:
+                    sent = yield value
+                except GeneratorExit:
+                    await generator.aclose()
+                    raise
+                except BaseException as exc:
+                    value = await generator.athrow(exc)
+                else:
+                    value = await generator.asend(sent)
+        except StopAsyncIteration:
+            permit.success()
+        except BaseException as exc:
+            permit._settle_error(exc)
+            raise
 
     guarded.breaker = breaker  # type: ignore[attr-defined]
     return guarded

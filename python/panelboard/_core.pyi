@@ -6,7 +6,7 @@ misspelt option is a type error.
 """
 
 import builtins
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
 from types import TracebackType
 from typing import Any, Concatenate, Generic, Literal, Protocol, Self, TypeVar, final, overload
 
@@ -27,6 +27,7 @@ __all__ = [
 _T = TypeVar("_T")
 _T_co = TypeVar("_T_co", covariant=True)
 _S = TypeVar("_S")
+_R = TypeVar("_R")
 _P = ParamSpec("_P")
 _Q = ParamSpec("_Q")
 
@@ -123,6 +124,25 @@ class Guarded(Generic[_P, _T_co]):
     ) -> Callable[_Q, _T]: ...
     @property
     def breaker(self) -> Breaker: ...
+    def __reduce__(self) -> str:
+        """Pickled and copied by reference to its module-level name, as functions are."""
+
+class _GeneratorGuarded(Protocol[_P, _T_co]):
+    """What decorating a generator or async-generator function returns: a function of the same kind
+    (made with ``functools.wraps``) with a ``breaker`` attribute, guarded over the whole iteration."""
+
+    @property
+    def __wrapped__(self) -> Callable[_P, _T_co]: ...
+    __name__: str
+    __qualname__: str
+    breaker: Breaker
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _T_co: ...
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None, /) -> Self: ...
+    @overload
+    def __get__(
+        self: _GeneratorGuarded[Concatenate[_S, _Q], _T], instance: _S, owner: type[Any] | None = None, /
+    ) -> Callable[_Q, _T]: ...
 
 class _AsyncGuarded(Protocol[_P, _T_co]):
     """What decorating an ``async def`` function returns: a coroutine function (a plain Python
@@ -153,15 +173,38 @@ class Breaker:
     def call(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Calls ``fn(*args, **kwargs)`` through the breaker."""
 
+    @overload
+    async def acall(
+        self, fn: Callable[..., Awaitable[_T]], /, *args: Any, timeout: float | None, **kwargs: Any
+    ) -> _T:
+        """Awaits ``fn(*args, **kwargs)`` through the breaker, cancelled after ``timeout`` seconds:
+        ``TimeoutError``, counted as a failure. ``timeout`` is the breaker's own keyword, never
+        passed to ``fn`` (a ``ParamSpec`` cannot express a keyword of its own next to ``fn``'s
+        arguments, so with ``timeout`` the arguments are not checked against ``fn``)."""
+
+    @overload
     async def acall(self, fn: Callable[_P, Awaitable[_T]], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Awaits ``fn(*args, **kwargs)`` through the breaker; ``CancelledError`` is ignored."""
 
     @overload
     def __call__(  # type: ignore[overload-overlap]
-        self, func: Callable[_P, Coroutine[Any, Any, _T]], /
+        self, func: Callable[_P, Coroutine[Any, Any, _T]], /, *, timeout: float | None = None
     ) -> _AsyncGuarded[_P, _T]: ...
     @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, func: Callable[_P, Generator[_T, _S, _R]], /
+    ) -> _GeneratorGuarded[_P, Generator[_T, _S, _R]]: ...
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, func: Callable[_P, AsyncGenerator[_T, _S]], /
+    ) -> _GeneratorGuarded[_P, AsyncGenerator[_T, _S]]: ...
+    @overload
     def __call__(self, func: Callable[_P, _T], /) -> Guarded[_P, _T]: ...
+    @overload
+    def __call__(
+        self, *, timeout: float | None = None
+    ) -> Callable[[Callable[_P, Coroutine[Any, Any, _T]]], _AsyncGuarded[_P, _T]]:
+        """``@breaker(timeout=seconds)``: the decorator for an ``async def`` function."""
     def try_acquire(self) -> Permit | None:
         """A permit, or ``None`` when the breaker rejects the call (never raises for an open breaker)."""
 

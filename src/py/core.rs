@@ -61,6 +61,7 @@ use std::sync::Arc;
 use super::clock::Clock;
 use super::config::Config;
 use super::errors::CircuitOpenError;
+use super::fastcall::is_coroutine;
 use super::pyrefs;
 use super::upcall;
 use crate::engine::{
@@ -435,7 +436,9 @@ pub fn guarded<'py>(
     shield(move || {
         let (config, ticket, fast) = match admitted {
             Admitted::Fast(fast) => {
-                if result.is_ok() && core.slots.record_fast_success(fast) {
+                if matches!(&result, Ok(value) if !is_coroutine(value))
+                    && core.slots.record_fast_success(fast)
+                {
                     // Healthy and unchanged: a success has nothing to record but its count.
                     core.counters.add(Counter::Successes);
                     return result;
@@ -444,6 +447,11 @@ pub fn guarded<'py>(
             }
             Admitted::Configured(config, ticket) => (config, ticket, false),
         };
+        // A sync call that returned a coroutine did not run the work yet: it cannot be guarded.
+        if matches!(&result, Ok(value) if is_coroutine(value)) {
+            core.finish(py, &config, ticket, Outcome::Ignored);
+            return Err(refuse_coroutine(result?));
+        }
         match result {
             Ok(value) => {
                 // A call admitted on the fast path had no predicate to apply when it began.
@@ -461,4 +469,21 @@ pub fn guarded<'py>(
             }
         }
     })
+}
+
+/// The error for a sync call whose function returned a coroutine. The coroutine is closed (it has
+/// not started, so no code of it runs), which also spares the "never awaited" warning.
+#[cold]
+fn refuse_coroutine(coroutine: Bound<'_, PyAny>) -> PyErr {
+    let described =
+        upcall::repr(&coroutine).map_or_else(|_| "a coroutine".to_owned(), |r| r.to_string());
+    if let Err(err) =
+        upcall::getattr(&coroutine, "close").and_then(|close| upcall::call(&close, []))
+    {
+        return err;
+    }
+    pyo3::exceptions::PyTypeError::new_err(format!(
+        "the function called through the breaker returned {described}, which a sync call cannot \
+         guard: decorate the async def function itself, or use `await breaker.acall(fn)`"
+    ))
 }

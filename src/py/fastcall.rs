@@ -4,7 +4,8 @@
 //! argument tuple (and slices it) on every call: more than the rest of the guarded call costs. So
 //! `Breaker.call`, `Registry.call` and calling a decorated function are `METH_FASTCALL` /
 //! vectorcall entry points that hand the caller's argument array straight to the user's function.
-//! Each one is still a single native call doing admit, call, classify and record (`core::guarded`).
+//! Each one is still a single native call doing admit, call, classify and record (`core::guarded`),
+//! which looks at its result's type with raw API too (`is_coroutine`).
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
@@ -168,6 +169,14 @@ unsafe fn guarded_call(
         unsafe { vectorcall(func, args, nargsf as usize, kwnames) }
     })
     .map(Bound::into_ptr)
+}
+
+/// Whether `value` is exactly a coroutine object: one pointer comparison (pyo3-ffi's
+/// `PyCoro_CheckExact` is a subtype check, a function call for every other result).
+#[inline]
+pub fn is_coroutine(value: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: reads the type pointer of a live object, and the address of a static type object.
+    unsafe { pyo3::ffi::Py_TYPE(value.as_ptr()) == std::ptr::addr_of_mut!(pyo3::ffi::PyCoro_Type) }
 }
 
 /// The `extern "C"` function for a body.

@@ -1,11 +1,13 @@
 //! The Python-facing breaker handle, the decorated-function wrapper, permits and metrics.
 
 use pyo3::exceptions::PyRuntimeError;
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyTuple};
+use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::block;
 use super::core::{guarded, BreakerCore, CoreRef};
 use super::fastcall;
 use super::pyrefs;
@@ -34,7 +36,9 @@ impl Breaker {
     // `call(fn, /, *args, **kwargs)` is installed by `fastcall::install` as a METH_FASTCALL method
     // that forwards its arguments to `fn` without building a tuple or dict.
 
-    /// Awaits `fn(*args, **kwargs)` through the breaker (returns a coroutine).
+    /// Awaits `fn(*args, **kwargs)` through the breaker (returns a coroutine). The keyword
+    /// `timeout` is the breaker's own: the call is cancelled after that many seconds, which raises
+    /// `TimeoutError` and counts as a failure.
     #[pyo3(signature = (r#fn, /, *args, **kwargs))]
     fn acall<'py>(
         slf: &Bound<'py, Self>,
@@ -43,40 +47,66 @@ impl Breaker {
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        if !r#fn.is_callable() {
-            return Err(not_callable("fn", r#fn));
-        }
         let kwargs = match kwargs {
             Some(k) => k.clone(),
             None => PyDict::new(py),
         };
+        let timeout = kwargs.get_item(intern!(py, "timeout"))?;
+        if timeout.is_some() {
+            kwargs.del_item(intern!(py, "timeout"))?;
+        }
+        if !r#fn.is_callable() {
+            return Err(not_callable("fn", r#fn));
+        }
+        let timeout = timeout_seconds(py, timeout.as_ref())?;
         let acall = pyrefs::refs(py)?.aio_acall.bind(py);
-        upcall::call(acall, [slf.as_any(), r#fn, args.as_any(), kwargs.as_any()])
+        upcall::call(
+            acall,
+            [slf.as_any(), r#fn, args.as_any(), kwargs.as_any(), &timeout],
+        )
     }
 
-    /// Decorates a function (sync or async) so that every call goes through the breaker.
+    /// Decorates a function so that every call goes through the breaker: `@breaker`, or
+    /// `@breaker(timeout=seconds)` for an async function. Generator and async-generator functions
+    /// are guarded over their whole iteration (see `_aio`).
+    #[pyo3(signature = (*func, timeout=None))]
     fn __call__<'py>(
         slf: &Bound<'py, Self>,
-        func: &Bound<'py, PyAny>,
+        func: &Bound<'py, PyTuple>,
+        timeout: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        if !func.is_callable() {
-            return Err(not_callable("the decorated object", func));
+        let timeout = timeout_seconds(py, timeout)?;
+        let func = match func.len() {
+            0 => None,
+            1 => Some(func.get_item(0)?),
+            n => {
+                return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                    "a breaker decorates one function, {n} were given"
+                )))
+            }
+        };
+        if let Some(func) = &func {
+            if !func.is_callable() {
+                return Err(not_callable("the decorated object", func));
+            }
         }
         let refs = pyrefs::refs(py)?;
-        let is_async = |f: &Bound<'py, PyAny>| -> PyResult<bool> {
-            upcall::truthy(&upcall::call(refs.iscoroutinefunction.bind(py), [f])?)
+        let none = py.None().into_bound(py);
+        let decorated = upcall::call(
+            refs.aio_decorate.bind(py),
+            [slf.as_any(), func.as_ref().unwrap_or(&none), &timeout],
+        )?;
+        // `None`: a plain sync function, which gets the native wrapper (and `decorate` never
+        // answers `None` without a function).
+        let (true, Some(func)) = (decorated.is_none(), func) else {
+            return Ok(decorated);
         };
-        // An object whose `__call__` is `async def` is an async function too.
-        let call_method = upcall::getattr(func, "__call__")?;
-        if is_async(func)? || is_async(&call_method)? {
-            return upcall::call(refs.aio_decorate.bind(py), [slf.as_any(), func]);
-        }
         let guarded = Bound::new(
             py,
             Guarded::new(slf.get().core.clone_ref(py), func.clone().unbind()),
         )?;
-        upcall::call(refs.update_wrapper.bind(py), [guarded.as_any(), func])?;
+        upcall::call(refs.update_wrapper.bind(py), [guarded.as_any(), &func])?;
         Ok(guarded.into_any())
     }
 
@@ -96,49 +126,18 @@ impl Breaker {
         Ok(Permit::new(self.core.clone_ref(py), ticket))
     }
 
+    // `__exit__` and `__aexit__` are descriptors installed by `block::install`: every lookup
+    // returns the exit of one block, which the `__enter__` that follows fills with its permit.
+
     fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Self>> {
-        let py = slf.py();
-        let permit = Bound::new(py, slf.get()._acquire(py)?)?;
-        let below = pyrefs::permit_stack_get(py)?;
-        pyrefs::permit_stack_set(py, PyTuple::new(py, [permit.into_any(), below])?.as_any())?;
+        block::enter(slf, false)?;
         Ok(slf.clone())
     }
 
-    #[pyo3(signature = (_exc_type, exc, _traceback))]
-    fn __exit__(
-        &self,
-        py: Python<'_>,
-        _exc_type: &Bound<'_, PyAny>,
-        exc: &Bound<'_, PyAny>,
-        _traceback: &Bound<'_, PyAny>,
-    ) -> PyResult<bool> {
-        let permit = self.pop_permit(py)?;
-        let permit = permit.get();
-        if exc.is_none() {
-            permit.settle(py, Outcome::Success)?;
-        } else {
-            permit._settle_error(py, exc)?;
-        }
-        Ok(false)
-    }
-
     fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        let entered = Self::__enter__(slf)?;
+        block::enter(slf, true)?;
         let py = slf.py();
-        upcall::call(pyrefs::refs(py)?.aio_ready.bind(py), [entered.as_any()])
-    }
-
-    #[pyo3(signature = (exc_type, exc, traceback))]
-    fn __aexit__<'py>(
-        &self,
-        py: Python<'py>,
-        exc_type: &Bound<'py, PyAny>,
-        exc: &Bound<'py, PyAny>,
-        traceback: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let suppress = self.__exit__(py, exc_type, exc, traceback)?;
-        let suppress = PyBool::new(py, suppress).to_owned().into_any();
-        upcall::call(pyrefs::refs(py)?.aio_ready.bind(py), [&suppress])
+        upcall::call(pyrefs::refs(py)?.aio_ready.bind(py), [slf.as_any()])
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -160,27 +159,23 @@ impl Breaker {
     }
 }
 
-impl Breaker {
-    /// Takes this breaker's innermost permit off the `with` stack of the current thread or task.
-    fn pop_permit<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, Permit>> {
-        let mut skipped = Vec::new();
-        let mut node = pyrefs::permit_stack_get(py)?;
-        while !node.is_none() {
-            let (permit, below): (Bound<'py, Permit>, Bound<'py, PyAny>) = node.extract()?;
-            if permit.get().core.same(&self.core) {
-                let mut rebuilt = below;
-                for other in skipped.into_iter().rev() {
-                    rebuilt = PyTuple::new(py, [other, rebuilt])?.into_any();
-                }
-                pyrefs::permit_stack_set(py, &rebuilt)?;
-                return Ok(permit);
+/// `timeout=` of `acall` and of async decoration: `None`, or a positive, finite number of seconds
+/// (as a `float` for the helpers).
+fn timeout_seconds<'py>(
+    py: Python<'py>,
+    value: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match value {
+        Some(value) if !value.is_none() => {
+            let seconds = super::config::finite_seconds(value, "timeout", 0.0)?;
+            if seconds == 0.0 {
+                return Err(pyo3::exceptions::PyValueError::new_err(
+                    "timeout must be > 0 (None: no timeout)",
+                ));
             }
-            skipped.push(permit.into_any());
-            node = below;
+            Ok(pyo3::types::PyFloat::new(py, seconds).into_any())
         }
-        Err(PyRuntimeError::new_err(
-            "__exit__ without a matching __enter__ on this breaker",
-        ))
+        _ => Ok(py.None().into_bound(py)),
     }
 }
 
@@ -227,6 +222,19 @@ impl Guarded {
     ) -> PyResult<Bound<'py, PyAny>> {
         let func = self.func.bind(py);
         guarded(&self.core, py, || upcall::call_with(func, args, kwargs))
+    }
+
+    /// Pickled (and copied) by reference, as functions are: by the name it has in its module,
+    /// `__module__` + `__qualname__` (set by `functools.update_wrapper`). Copying returns the
+    /// same object.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        upcall::getattr(slf.as_any(), "__qualname__").map_err(|_| {
+            pyo3::exceptions::PyTypeError::new_err(format!(
+                "cannot pickle {}: a decorated function is pickled by its module-level name, and \
+                 this one has no __qualname__",
+                upcall::repr(slf.as_any()).map_or_else(|_| "it".to_owned(), |r| r.to_string())
+            ))
+        })
     }
 
     /// Binds like a function, so decorated methods receive `self`.
@@ -282,7 +290,7 @@ pub struct Permit {
 }
 
 impl Permit {
-    fn new(core: CoreRef, ticket: Ticket) -> Permit {
+    pub(crate) fn new(core: CoreRef, ticket: Ticket) -> Permit {
         Permit {
             core,
             ticket,
@@ -304,6 +312,19 @@ impl Permit {
         self.core
             .finish(py, &self.core.config.load(), self.ticket, outcome);
         Ok(())
+    }
+
+    pub(crate) fn is_for(&self, core: &CoreRef) -> bool {
+        self.core.same(core)
+    }
+
+    /// Settles a `with` block left with `exc` (`None`: left normally, a success).
+    pub(crate) fn settle_block(&self, py: Python<'_>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
+        if exc.is_none() {
+            self.settle(py, Outcome::Success)
+        } else {
+            self._settle_error(py, exc)
+        }
     }
 }
 

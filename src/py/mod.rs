@@ -1,5 +1,6 @@
 //! The PyO3 bindings: a thin layer over the engine.
 
+mod block;
 mod clock;
 mod config;
 mod core;
@@ -24,6 +25,7 @@ fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<clock::ManualClock>()?;
     m.add_class::<errors::CircuitOpenError>()?;
     fastcall::install(m.py())?;
+    block::install(m.py())?;
     pyrefs::init(m.py())?;
     Ok(())
 }

@@ -26,7 +26,6 @@ pub struct Refs {
     pub aio_ready: Py<PyAny>,
     pub aio_acall: Py<PyAny>,
     pub aio_decorate: Py<PyAny>,
-    pub iscoroutinefunction: Py<PyAny>,
     pub update_wrapper: Py<PyAny>,
     pub method_type: Py<PyAny>,
 }
@@ -56,7 +55,6 @@ impl Refs {
             aio_ready: attr("panelboard._aio", "ready")?,
             aio_acall: attr("panelboard._aio", "acall")?,
             aio_decorate: attr("panelboard._aio", "decorate")?,
-            iscoroutinefunction: attr("inspect", "iscoroutinefunction")?,
             update_wrapper: attr("functools", "update_wrapper")?,
             method_type: attr("types", "MethodType")?,
         })

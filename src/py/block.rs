@@ -1,0 +1,249 @@
+//! `with breaker:` and `async with breaker:`: each block settles exactly the permit its own
+//! `__enter__` took.
+//!
+//! `with b:` calls `__enter__` and `__exit__` on the same object `b`, which threads, tasks and
+//! generators share, so the permit cannot live on `b`, and a context variable is not enough either:
+//! a generator or coroutine suspended inside a block may be resumed, closed or collected in another
+//! context or on another thread, and inside another block on the same breaker.
+//!
+//! What identifies a block is the object its `__exit__` lookup returns: the `with` statement looks
+//! up `__enter__` and `__exit__`, keeps the `__exit__` object on the frame that runs the block, then
+//! calls `__enter__` (CPython 3.11 to 3.13 `BEFORE_WITH`/`BEFORE_ASYNC_WITH`; 3.14 looks `__exit__`
+//! up first). So `__exit__` and `__aexit__` are descriptors that return a fresh `BlockExit` for
+//! every lookup and remember it, weakly, as this thread's pending block; the `__enter__` that
+//! follows on the same thread stores its permit in that block. Leaving the block calls that very
+//! object, on whatever thread or context it happens; a block that is never left (its frame is
+//! dropped) releases the permit as ignored, like a dropped `Permit`.
+//!
+//! A manual `b.__enter__()` with no pending block of its own (a wrapper class's `__enter__`,
+//! `b.__enter__()` in a test) falls back to a stack of permits in a context variable, and an
+//! `__exit__` whose block holds no permit takes the innermost permit of this breaker from that
+//! stack: such pairs match within one thread or task, as they always did.
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyTuple};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+
+use super::handle::{Breaker, Permit};
+use super::pyrefs;
+use super::upcall;
+use crate::engine::{Outcome, Ticket};
+
+/// One `with` block: the breaker, and the ticket its `__enter__` took.
+struct Block {
+    asynchronous: bool,
+    /// Set by the lookup `b.__exit__`, or by `__enter__` for a lookup on the class
+    /// (`type(b).__exit__`, as `contextlib.ExitStack` does).
+    breaker: OnceLock<Py<Breaker>>,
+    /// The class-level lookup: called with the breaker as its first argument.
+    unbound: bool,
+    ticket: OnceLock<Ticket>,
+    settled: AtomicBool,
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        // A block whose frame went away without leaving it: ignored, which frees a half-open slot
+        // and never moves the breaker (so no listener has to run, and no Python is needed).
+        if let (Some(ticket), Some(breaker)) = (self.ticket.get(), self.breaker.get()) {
+            if !*self.settled.get_mut() {
+                let core = &breaker.get().core;
+                core.record(&core.config.load(), *ticket, Outcome::Ignored);
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The block whose `__exit__` was looked up last on this thread, until an `__enter__` takes it.
+    /// Weak: a lookup nobody keeps (`hasattr(b, "__exit__")`) leaves nothing to take.
+    static PENDING: Cell<Weak<Block>> = const { Cell::new(Weak::new()) };
+}
+
+fn set_pending(block: &Arc<Block>) {
+    // `try_with`: during thread teardown there is no pending block, never a panic.
+    let _ = PENDING.try_with(|pending| pending.set(Arc::downgrade(block)));
+}
+
+/// Takes this thread's pending block if it was looked up for an `__enter__` of this kind on
+/// `breaker` (or on the class) and is still alive and unused.
+fn take_pending(breaker: &Bound<'_, Breaker>, asynchronous: bool) -> Option<Arc<Block>> {
+    let block = PENDING.try_with(Cell::take).ok()?.upgrade()?;
+    let fits = block.asynchronous == asynchronous
+        && block.ticket.get().is_none()
+        && block
+            .breaker
+            .get()
+            .is_none_or(|own| own.as_ptr() == breaker.as_ptr());
+    fits.then_some(block)
+}
+
+/// `__enter__` / `__aenter__`: takes a permit (or raises `CircuitOpenError`) and gives it to the
+/// block being entered.
+pub fn enter(breaker: &Bound<'_, Breaker>, asynchronous: bool) -> PyResult<()> {
+    let py = breaker.py();
+    // Taken before admission: admission may run listeners, whose own blocks must not take it.
+    let block = take_pending(breaker, asynchronous);
+    let core = &breaker.get().core;
+    let ticket = core.admit(py, &core.config.load())?;
+    if let Some(block) = block {
+        // Set once: `take_pending` checked the block holds no ticket, and only this thread can
+        // take a pending block.
+        let _ = block.breaker.set(breaker.clone().unbind());
+        let _ = block.ticket.set(ticket);
+        return Ok(());
+    }
+    let permit = Bound::new(py, Permit::new(core.clone_ref(py), ticket))?;
+    let below = pyrefs::permit_stack_get(py)?;
+    pyrefs::permit_stack_set(py, PyTuple::new(py, [permit.into_any(), below])?.as_any())
+}
+
+/// The descriptor installed as `Breaker.__exit__` and `Breaker.__aexit__`.
+#[pyclass(frozen, module = "panelboard", name = "_BlockExitDescriptor")]
+pub struct ExitDescriptor {
+    asynchronous: bool,
+}
+
+#[pymethods]
+impl ExitDescriptor {
+    fn __get__<'py>(
+        &self,
+        instance: &Bound<'py, PyAny>,
+        _owner: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, BlockExit>> {
+        let (breaker, unbound) = if instance.is_none() {
+            (OnceLock::new(), true)
+        } else {
+            let breaker = instance.cast::<Breaker>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "__exit__ is a Breaker's, not {}'s",
+                    super::config::type_name(instance)
+                ))
+            })?;
+            (OnceLock::from(breaker.clone().unbind()), false)
+        };
+        let block = Arc::new(Block {
+            asynchronous: self.asynchronous,
+            breaker,
+            unbound,
+            ticket: OnceLock::new(),
+            settled: AtomicBool::new(false),
+        });
+        // Made pending only once allocated: an allocation may run a garbage collection, and the
+        // finalizers it runs may enter blocks of their own.
+        let exit = Bound::new(instance.py(), BlockExit { block })?;
+        set_pending(&exit.get().block);
+        Ok(exit)
+    }
+}
+
+/// What `b.__exit__` (or `__aexit__`) evaluates to: leaving one block. Called with
+/// `(exc_type, exc, traceback)`, or `(breaker, exc_type, exc, traceback)` when looked up on the
+/// class.
+#[pyclass(frozen, module = "panelboard", name = "_BlockExit")]
+pub struct BlockExit {
+    block: Arc<Block>,
+}
+
+#[pymethods]
+impl BlockExit {
+    #[pyo3(signature = (*args))]
+    fn __call__<'py>(&self, args: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAny>> {
+        let py = args.py();
+        let block = &self.block;
+        let expected = if block.unbound { 4 } else { 3 };
+        if args.len() != expected {
+            return Err(PyTypeError::new_err(format!(
+                "__exit__ takes {expected} positional arguments but {} were given",
+                args.len()
+            )));
+        }
+        let exc = args.get_item(expected - 2)?;
+        match (block.ticket.get(), block.breaker.get()) {
+            (Some(ticket), Some(breaker)) => {
+                if block.settled.swap(true, Ordering::AcqRel) {
+                    return Err(PyRuntimeError::new_err("this block was already left"));
+                }
+                let core = &breaker.get().core;
+                let config = core.config.load();
+                let outcome = if exc.is_none() {
+                    Outcome::Success
+                } else {
+                    config.classify_error(py, &PyErr::from_value(exc))
+                };
+                core.finish(py, &config, *ticket, outcome);
+            }
+            _ => {
+                // No permit of its own: a manual `__enter__` left by a manual `__exit__`.
+                let first = args.get_item(0)?;
+                let breaker = match block.breaker.get() {
+                    Some(breaker) => breaker.bind(py).clone(),
+                    None => first.cast::<Breaker>()?.clone(),
+                };
+                pop_permit(&breaker)?.get().settle_block(py, &exc)?;
+            }
+        }
+        let suppress = PyBool::new(py, false).to_owned().into_any();
+        if !block.asynchronous {
+            return Ok(suppress);
+        }
+        upcall::call(pyrefs::refs(py)?.aio_ready.bind(py), [&suppress])
+    }
+
+    fn __repr__(&self) -> String {
+        let state = match (
+            self.block.ticket.get(),
+            self.block.settled.load(Ordering::Acquire),
+        ) {
+            (None, _) => "not entered",
+            (Some(_), false) => "entered",
+            (Some(_), true) => "left",
+        };
+        format!("<exit of a breaker block, {state}>")
+    }
+}
+
+/// Takes this breaker's innermost permit off the `with` stack of the current thread or task.
+fn pop_permit<'py>(breaker: &Bound<'py, Breaker>) -> PyResult<Bound<'py, Permit>> {
+    let py = breaker.py();
+    let core = &breaker.get().core;
+    let mut skipped = Vec::new();
+    let mut node = pyrefs::permit_stack_get(py)?;
+    while !node.is_none() {
+        let (permit, below): (Bound<'py, Permit>, Bound<'py, PyAny>) = node.extract()?;
+        if permit.get().is_for(core) {
+            let mut rebuilt = below;
+            for other in skipped.into_iter().rev() {
+                rebuilt = PyTuple::new(py, [other, rebuilt])?.into_any();
+            }
+            pyrefs::permit_stack_set(py, &rebuilt)?;
+            return Ok(permit);
+        }
+        skipped.push(permit.into_any());
+        node = below;
+    }
+    Err(PyRuntimeError::new_err(
+        "__exit__ without a matching __enter__ on this breaker",
+    ))
+}
+
+/// Installs the `__exit__`/`__aexit__` descriptors on `Breaker`.
+pub fn install(py: Python<'_>) -> PyResult<()> {
+    let ty = py.get_type::<Breaker>();
+    ty.setattr(
+        "__exit__",
+        Bound::new(
+            py,
+            ExitDescriptor {
+                asynchronous: false,
+            },
+        )?,
+    )?;
+    ty.setattr(
+        "__aexit__",
+        Bound::new(py, ExitDescriptor { asynchronous: true })?,
+    )
+}
