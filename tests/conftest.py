@@ -3,6 +3,8 @@
 - ``clock``: a fresh ``ManualClock`` at 0.0.
 - ``registry``: an isolated ``Registry`` driven by ``clock``.
 - ``name``: a unique breaker name; deleted from the default registry after the test.
+- ``server``: a running ``panelboard._flaky_server.FlakyServer`` on loopback, stopped after
+  the test (the HTTP integrations' upstream).
 - ``frequent_switches``: on GIL builds, threads switch every few microseconds, so that schedules
   really interleave (``pytestmark = pytest.mark.usefixtures("frequent_switches")``).
 - ``api``: parametrised over the module-level functions (default registry, with ``name`` cleaned
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import sys
 import uuid
+from collections.abc import Iterator
 
 import panelboard
 import pytest
 from hypothesis import HealthCheck, settings
+from panelboard._flaky_server import FlakyServer
 
 # Plain `assert`s in the shared helpers and the reference model explain their failures too (they
 # are imported by the test modules, after this file).
@@ -38,6 +42,12 @@ def clock() -> panelboard.ManualClock:
 @pytest.fixture
 def registry(clock: panelboard.ManualClock) -> panelboard.Registry:
     return panelboard.Registry(clock=clock)
+
+
+@pytest.fixture
+def server() -> Iterator[FlakyServer]:
+    with FlakyServer() as server:
+        yield server
 
 
 @pytest.fixture

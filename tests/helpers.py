@@ -156,6 +156,23 @@ def open_then_half_open(b: Any, clock: Any, timeout: float) -> None:
     assert b.state is State.HALF_OPEN
 
 
+def trip_to_half_open(b: Any, clock: Any) -> None:
+    """Opens ``b`` (``failure_threshold=1``, ``reset_timeout=1.0``) with one failed permit and lets it
+    go half-open."""
+    b.try_acquire().failure()
+    clock.advance(1.0)
+    assert b.state is State.HALF_OPEN
+
+
+def probe_slot_is_free(b: Any) -> bool:
+    """Whether a half-open ``b`` can admit a probe now; gives the slot back."""
+    permit = b.try_acquire()
+    if permit is None:
+        return False
+    permit.ignore()
+    return True
+
+
 def half_open(registry: Any, clock: Any, name: str, probes: int = 1, **options: Any) -> Any:
     """A new breaker ``name`` that is half-open now, with ``probes`` slots; returns its handle."""
     b = registry.breaker(name, failure_threshold=1, reset_timeout=1.0, half_open_max_calls=probes, **options)

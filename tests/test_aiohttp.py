@@ -8,7 +8,6 @@ import socket
 
 import pytest
 from panelboard import CircuitOpenError, Registry, State
-from panelboard._flaky_server import FlakyServer
 
 aiohttp = pytest.importorskip("aiohttp", minversion="3.12", reason="aiohttp >= 3.12 is not installed here")
 
@@ -16,12 +15,6 @@ aiohttp = pytest.importorskip("aiohttp", minversion="3.12", reason="aiohttp >= 3
 @pytest.fixture
 def middleware():
     return importlib.import_module("panelboard.aiohttp").breaker_middleware
-
-
-@pytest.fixture
-def server():
-    with FlakyServer() as s:
-        yield s
 
 
 @pytest.fixture

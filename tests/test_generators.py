@@ -11,31 +11,8 @@ import gc
 import inspect
 
 import pytest
-from helpers import run_threads
+from helpers import Boom, ClientError, probe_slot_is_free, run_threads, trip_to_half_open
 from panelboard import CircuitOpenError, State
-
-
-class Boom(Exception):
-    pass
-
-
-class ClientError(Exception):
-    pass
-
-
-def trip_to_half_open(b, clock):
-    b.try_acquire().failure()
-    clock.advance(1.0)
-    assert b.state is State.HALF_OPEN
-
-
-def probe_slot_is_free(b) -> bool:
-    permit = b.try_acquire()
-    if permit is None:
-        return False
-    permit.ignore()
-    return True
-
 
 # --- generators --------------------------------------------------------------------------------
 

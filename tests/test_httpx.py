@@ -11,7 +11,6 @@ import sys
 import panelboard
 import pytest
 from panelboard import CircuitOpenError, Registry, State
-from panelboard._flaky_server import FlakyServer
 
 LIBRARIES = ["httpx", "httpx2"]
 
@@ -27,12 +26,6 @@ def pb_httpx():
 
 
 @pytest.fixture
-def server():
-    with FlakyServer() as s:
-        yield s
-
-
-@pytest.fixture
 def registry(clock):
     return Registry(clock=clock, failure_threshold=2, reset_timeout=5.0)
 
@@ -42,6 +35,14 @@ def client(lib, pb_httpx, registry, **kwargs):
     inner = kwargs.pop("inner", None)
     transport = pb_httpx.BreakerTransport(inner, registry=registry, **transport_options)
     return lib.Client(transport=transport, timeout=kwargs.pop("timeout", 2.0), **kwargs)
+
+
+def fail_then_wait(c, server, clock, *, status: int, seconds: float) -> None:
+    """Opens `server`'s breaker (failure_threshold=2) with two failed statuses through `c`, then
+    moves `clock` on by `seconds`."""
+    for _ in range(2):
+        c.get(f"{server.url}/status/{status}")
+    clock.advance(seconds)
 
 
 def metrics(registry, server):
@@ -152,9 +153,7 @@ def test_a_half_open_probe_settles_when_its_body_is_done(lib, pb_httpx, clock, r
     registry.force_open(server.url)
     registry.reset(server.url)
     with client(lib, pb_httpx, registry) as c:
-        for _ in range(2):
-            c.get(server.url + "/status/500")
-        clock.advance(5.0)
+        fail_then_wait(c, server, clock, status=500, seconds=5.0)
         with c.stream("GET", server.url + "/hold/0.3") as probe:
             assert registry.state(server.url) is State.HALF_OPEN
             with pytest.raises(CircuitOpenError):  # the one probe slot is taken until the body is done
@@ -183,9 +182,7 @@ def test_a_response_never_closed_releases_its_permit_as_ignored(lib, pb_httpx, c
     registry.force_open(server.url)
     registry.reset(server.url)
     with client(lib, pb_httpx, registry) as c:
-        for _ in range(2):
-            c.get(server.url + "/status/502")
-        clock.advance(1.0)
+        fail_then_wait(c, server, clock, status=502, seconds=1.0)
         response = c.send(c.build_request("GET", server.url + "/ok"), stream=True)
         assert registry.state(server.url) is State.HALF_OPEN
         del response

@@ -17,30 +17,8 @@ import logging
 import threading
 
 import pytest
-from helpers import run_threads
+from helpers import Boom, probe_slot_is_free, run_threads, trip_to_half_open
 from panelboard import CircuitOpenError, State
-
-
-class Boom(Exception):
-    pass
-
-
-def trip_to_half_open(b, clock):
-    """Opens `b` (failure_threshold=1, reset_timeout=1.0) and lets it go half-open."""
-    with pytest.raises(Boom):
-        with b:
-            raise Boom()
-    clock.advance(1.0)
-    assert b.state is State.HALF_OPEN
-
-
-def slot_is_free(b) -> bool:
-    """Whether a half-open `b` (one slot) can admit a probe now; gives the slot back."""
-    permit = b.try_acquire()
-    if permit is None:
-        return False
-    permit.ignore()
-    return True
 
 
 def in_thread(fn) -> None:
@@ -142,7 +120,7 @@ def test_generator_holding_the_only_probe_finished_from_another_thread(registry,
     trip_to_half_open(b, clock)
     g = block_generator(b)
     next(g)  # the generator's block holds the only probe
-    assert not slot_is_free(b)
+    assert not probe_slot_is_free(b)
     holder = [g]
     del g
 
@@ -164,7 +142,7 @@ def test_generator_holding_the_only_probe_finished_from_another_thread(registry,
     expected = {"close": State.HALF_OPEN, "del": State.HALF_OPEN, "throw": State.OPEN, "next": State.CLOSED}
     assert b.state is expected[finish]
     if expected[finish] is State.HALF_OPEN:
-        assert slot_is_free(b), "the generator's probe slot was leaked"
+        assert probe_slot_is_free(b), "the generator's probe slot was leaked"
 
 
 def test_generator_entered_on_one_thread_and_finished_on_another_counts_a_success(registry):
@@ -183,9 +161,9 @@ def test_generator_stepped_in_different_contexts(registry, clock):
     g = block_generator(b, steps=2)
     contextvars.copy_context().run(next, g)
     contextvars.copy_context().run(next, g)
-    assert not slot_is_free(b)
+    assert not probe_slot_is_free(b)
     contextvars.copy_context().run(g.close)
-    assert slot_is_free(b)
+    assert probe_slot_is_free(b)
 
 
 async def test_generator_stepped_through_to_thread(registry, clock):
@@ -194,7 +172,7 @@ async def test_generator_stepped_through_to_thread(registry, clock):
     g = block_generator(b, steps=2)
     await asyncio.to_thread(next, g)  # enters in one worker's copy of the context
     await asyncio.to_thread(next, g)
-    assert not slot_is_free(b)
+    assert not probe_slot_is_free(b)
     assert await asyncio.to_thread(next, g, "done") == "done"  # leaves in another copy
     assert b.state is State.CLOSED, "the probe's success was counted"
 
@@ -210,14 +188,14 @@ def test_async_generator_closed_by_asyncio_run_at_shutdown(registry, clock, capl
     async def main():
         g = agen()
         await g.__anext__()  # left suspended: asyncio.run closes it at shutdown
-        assert not slot_is_free(b)
+        assert not probe_slot_is_free(b)
         main.g = g  # kept alive until the loop's shutdown closes it
 
     with caplog.at_level(logging.ERROR):
         asyncio.run(main())
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert b.metrics().ignored == 1
-    assert slot_is_free(b)
+    assert probe_slot_is_free(b)
 
 
 def test_coroutine_suspended_in_async_with_finished_from_another_thread(registry, clock):
@@ -235,7 +213,7 @@ def test_coroutine_suspended_in_async_with_finished_from_another_thread(registry
 
     coro = probe()
     coro.send(None)  # suspended inside the block, holding the probe
-    assert not slot_is_free(b)
+    assert not probe_slot_is_free(b)
 
     def finish():
         with pytest.raises(StopIteration) as stop:
@@ -384,8 +362,8 @@ def test_exit_objects_misused_raise_clear_errors_and_leak_nothing(registry, cloc
         b.__exit__(None, None, None)  # never entered
     leave = b.__exit__
     b.__enter__()  # takes the probe into `leave`'s block
-    assert not slot_is_free(b)
+    assert not probe_slot_is_free(b)
     del leave  # the block can no longer be left: its permit is released as ignored
-    assert slot_is_free(b)
+    assert probe_slot_is_free(b)
     assert b.state is State.HALF_OPEN
     assert "exit" in repr(b.__exit__)
