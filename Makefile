@@ -2,6 +2,7 @@
 #   make test                     build, then cargo test + pytest (PYTHON=python3 by default)
 #   make test-ft PYTHON=/path/3.13t   the same pytest suite on free-threaded CPython
 #   make demo | bench | loom | soak | stubtest | typecheck
+#   make bench-insns | bench-insns-baseline | bench-insns-check   instruction counts (callgrind)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,6 +15,7 @@ TYPING_DEPS := mypy
 BENCH_DEPS := pybreaker circuitbreaker aiobreaker purgatory matplotlib
 
 .PHONY: all venv build test test-rust test-python test-ft demo bench bench-rust loom soak stubtest typecheck clean
+.PHONY: valgrind build-ft bench-insns bench-insns-baseline bench-insns-check
 
 all: test
 
@@ -52,6 +54,34 @@ $(VENV)/.bench-deps: venv
 
 bench: build $(VENV)/.bench-deps
 	$(PY) benches/bench.py
+
+# Instructions per call of every entry point under callgrind (benches/insns.py, issue 10):
+#   make bench-insns            3.11 and 3.13t, writes benches/insns.md (compared with the baseline)
+#   make bench-insns-baseline   the same, and rewrites benches/insns-baseline.json
+#   make bench-insns-check      CI: fewer iterations, fails when a count is >10% above the baseline
+# FT_PYTHON is evaluated only by the targets that use it; INSNS_JOBS runs valgrind in parallel.
+FT_PYTHON = $(shell ../shared/tools/cpython 3.13t)
+INSNS_JOBS ?= 1
+INSNS_CHECK_PYTHONS ?= $(PY)
+INSNS := benches/insns.py --jobs $(INSNS_JOBS)
+
+valgrind:
+	@command -v valgrind >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq valgrind; }
+
+build-ft:
+	$(MAKE) build VENV=.venv-ft PYTHON=$(FT_PYTHON)
+
+bench-insns: build build-ft valgrind
+	$(PY) $(INSNS) --python $(PY) --python .venv-ft/bin/python --md benches/insns.md --command "make bench-insns"
+
+bench-insns-baseline: build build-ft valgrind
+	$(PY) $(INSNS) --python $(PY) --python .venv-ft/bin/python --write-baseline \
+		--md benches/insns.md --command "make bench-insns-baseline"
+
+bench-insns-check: build valgrind
+	$(PY) $(INSNS) $(foreach p,$(INSNS_CHECK_PYTHONS),--python $(p)) --n1 200 --n2 600 --check
 
 bench-rust:
 	cargo bench --bench engine
