@@ -6,13 +6,16 @@ cancel out. Everything that could make an iteration's cost vary is kept out of t
 the entry point needs is imported (lazily), the garbage collector is off, and a warm-up runs the
 same loop first so that the interpreter has specialised its bytecode and the allocators have their
 pools before the counted iterations start. Every object the loop uses is a local variable of the
-loop function, so each loop body is exactly the user's code and nothing else.
+loop function, so each loop body is exactly the user's code and nothing else. The loops iterate
+over `itertools.repeat(None, n)`, not `range(n)`: `range` makes a new int object from 256 on but not
+below, which would make the cost per iteration depend on N.
 """
 
 from __future__ import annotations
 
 import gc
 import sys
+from itertools import repeat
 
 WARMUP = 300
 LONG = 3600.0  # seconds: an open breaker stays open for the whole run
@@ -51,7 +54,7 @@ def _open_breaker():
 
 def bare():
     def loop(n, f=f):
-        for _ in range(n):
+        for _ in repeat(None, n):
             f()
 
     return loop
@@ -61,7 +64,7 @@ def lock():
     import threading
 
     def loop(n, threading=threading):
-        for _ in range(n):
+        for _ in repeat(None, n):
             with threading.Lock():
                 pass
 
@@ -74,7 +77,7 @@ def lock_reused():
     lock = threading.Lock()
 
     def loop(n, lock=lock):
-        for _ in range(n):
+        for _ in repeat(None, n):
             with lock:
                 pass
 
@@ -83,7 +86,7 @@ def lock_reused():
 
 def raise_catch():
     def loop(n, E=RuntimeError):
-        for _ in range(n):
+        for _ in repeat(None, n):
             try:
                 raise E("open", 1.0)
             except E:
@@ -96,7 +99,7 @@ def cguard():
     from _insns_cguard import guard
 
     def loop(n, guard=guard, f=f):
-        for _ in range(n):
+        for _ in repeat(None, n):
             guard(f)
 
     return loop
@@ -106,7 +109,7 @@ def handle_call():
     b = _breaker()
 
     def loop(n, b=b, f=f):
-        for _ in range(n):
+        for _ in repeat(None, n):
             b.call(f)
 
     return loop
@@ -116,7 +119,7 @@ def decorated():
     g = _breaker()(f)
 
     def loop(n, g=g):
-        for _ in range(n):
+        for _ in repeat(None, n):
             g()
 
     return loop
@@ -128,7 +131,7 @@ def registry_call():
     registry = Registry()
 
     def loop(n, registry=registry, f=f):
-        for _ in range(n):
+        for _ in repeat(None, n):
             registry.call("insns", f)
 
     return loop
@@ -138,7 +141,7 @@ def module_call():
     import panelboard
 
     def loop(n, panelboard=panelboard, f=f):
-        for _ in range(n):
+        for _ in repeat(None, n):
             panelboard.call("insns", f)
 
     return loop
@@ -148,7 +151,7 @@ def with_block():
     b = _breaker()
 
     def loop(n, b=b):
-        for _ in range(n):
+        for _ in repeat(None, n):
             with b:
                 pass
 
@@ -159,7 +162,7 @@ def permit_success():
     b = _breaker()
 
     def loop(n, b=b):
-        for _ in range(n):
+        for _ in repeat(None, n):
             b.try_acquire().success()
 
     return loop
@@ -169,7 +172,7 @@ def try_acquire_reject():
     b = _open_breaker()
 
     def loop(n, b=b):
-        for _ in range(n):
+        for _ in repeat(None, n):
             b.try_acquire()
 
     return loop
@@ -181,7 +184,7 @@ def reject_exc():
     b = _open_breaker()
 
     def loop(n, b=b, f=f, E=CircuitOpenError):
-        for _ in range(n):
+        for _ in repeat(None, n):
             try:
                 b.call(f)
             except E:
@@ -196,7 +199,7 @@ def reject_exc():
 
 def bare_await():
     def loop(n, af=af, Stop=StopIteration):
-        for _ in range(n):
+        for _ in repeat(None, n):
             coro = af()
             try:
                 coro.send(None)
@@ -210,7 +213,7 @@ def acall():
     b = _breaker()
 
     def loop(n, b=b, af=af, Stop=StopIteration):
-        for _ in range(n):
+        for _ in repeat(None, n):
             coro = b.acall(af)
             try:
                 coro.send(None)
@@ -224,7 +227,7 @@ def decorated_async():
     ag = _breaker()(af)
 
     def loop(n, ag=ag, Stop=StopIteration):
-        for _ in range(n):
+        for _ in repeat(None, n):
             coro = ag()
             try:
                 coro.send(None)
@@ -242,7 +245,7 @@ def async_with():
             pass
 
     def loop(n, body=body, Stop=StopIteration):
-        for _ in range(n):
+        for _ in repeat(None, n):
             coro = body()
             try:
                 coro.send(None)
