@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::clock::Clock;
 use super::config::Config;
-use super::errors::CircuitOpenError;
+use super::errors::{CircuitOpenError, RejectionName};
 use super::pyrefs;
 use super::upcall;
 use crate::engine::{Admission, Mode, Outcome, Slots, Ticket, Transition, Word};
@@ -38,6 +38,7 @@ pub struct BreakerCore {
     /// the configuration it describes, and only ever raised (see `reconfigure`).
     predicate_flag: AtomicU64,
     pub hub: Arc<Hub>,
+    rejection_name: RejectionName,
 }
 
 impl BreakerCore {
@@ -50,6 +51,7 @@ impl BreakerCore {
             predicate_flag: AtomicU64::new(config.predicate_flag()),
             config: ArcSwap::new(config),
             hub,
+            rejection_name: RejectionName::default(),
         }
     }
 
@@ -140,7 +142,7 @@ impl BreakerCore {
     }
 
     fn open_error(&self, py: Python<'_>, retry_after_ms: u64) -> PyErr {
-        match self.py_name(py) {
+        match self.rejection_name.get(py, &self.name) {
             Ok(name) => CircuitOpenError::new_err(py, name, retry_after_ms as f64 / 1000.0),
             Err(err) => err,
         }
