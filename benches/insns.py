@@ -42,6 +42,8 @@ CGUARD_C = BENCHES / "cguard.c"
 DEFAULT_MD = BENCHES / "insns.md"
 DEFAULT_BASELINE = BENCHES / "insns-baseline.json"
 REGENERATE = "make bench-insns-baseline"
+# "Not more expensive than the baseline" allows this much, the run-to-run jitter of the counts.
+BASELINE_SLACK = 0.005
 
 # (entry, label, reference entry, how it is compared, the issue's target)
 #   comparisons: "ratio" = count / reference's count; "added" = what it adds over a bare call /
@@ -196,7 +198,9 @@ def target_text(target, value: float | None, entry: str, count: float, baseline:
     if target == "baseline":
         if not baseline or entry not in baseline:
             return "not above baseline", "?"
-        return f"≤ baseline {baseline[entry]:,.0f}", "yes" if count <= baseline[entry] else "**no**"
+        # Within the counts' own jitter (3.13t moves by a few tenths of a percent run to run).
+        met = count <= baseline[entry] * (1 + BASELINE_SLACK)
+        return f"≤ baseline {baseline[entry]:,.0f}", "yes" if met else "**no**"
     kind, limit = target
     if value is None:
         return "", "?"
@@ -267,7 +271,8 @@ def write_md(
         'load on the machine, but blind to cache misses and contention. "added" is the count minus the bare '
         "`f()` loop's.",
         "",
-        'Targets are issue 10\'s, stated for CPython 3.11 (shown for 3.13t for information). "baseline" is '
+        "Targets are issue 10's, stated for CPython 3.11 (shown for 3.13t for information); "
+        f'"≤ baseline" allows {BASELINE_SLACK:.1%}, the counts\' jitter. "baseline" is '
         f"`benches/insns-baseline.json` (regenerate with `{REGENERATE}`); CI (`make bench-insns-check`) fails "
         "when an entry point is more than 10% above it.",
         "",
