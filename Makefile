@@ -6,6 +6,7 @@
 #   make test-wheels              each wheel installed without Rust, whole pytest suite (RELEASING.md)
 #   make test-sdist               the sdist built from source by pip, then a smoke test
 #   make lint                     cargo fmt/clippy, ruff check/format, stubtest, mypy --strict
+#   make bench-insns | bench-insns-baseline | bench-insns-check   instruction counts (callgrind)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -35,6 +36,7 @@ LINT_DEPS := ruff==0.17.6
 
 .PHONY: all venv build test test-rust test-python test-ft demo bench bench-rust loom soak stubtest typecheck \
 	wheels test-wheels test-sdist lint clean
+.PHONY: valgrind build-ft bench-insns bench-insns-baseline bench-insns-check
 
 all: test
 
@@ -83,6 +85,34 @@ $(VENV)/.bench-deps: venv
 
 bench: build $(VENV)/.bench-deps
 	$(PY) benches/bench.py
+
+# Instructions per call of every entry point under callgrind (benches/insns.py, issue 10):
+#   make bench-insns            3.11 and 3.13t, writes benches/insns.md (compared with the baseline)
+#   make bench-insns-baseline   the same, and rewrites benches/insns-baseline.json
+#   make bench-insns-check      CI: fewer iterations, fails when a count is >10% above the baseline
+# FT_PYTHON is evaluated only by the targets that use it; INSNS_JOBS runs valgrind in parallel.
+FT_PYTHON = $(shell ../shared/tools/cpython 3.13t)
+INSNS_JOBS ?= 1
+INSNS_CHECK_PYTHONS ?= $(PY)
+INSNS := benches/insns.py --jobs $(INSNS_JOBS)
+
+valgrind:
+	@command -v valgrind >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq valgrind; }
+
+build-ft:
+	$(MAKE) build VENV=.venv-ft PYTHON=$(FT_PYTHON)
+
+bench-insns: build build-ft valgrind
+	$(PY) $(INSNS) --python $(PY) --python .venv-ft/bin/python --md benches/insns.md --command "make bench-insns"
+
+bench-insns-baseline: build build-ft valgrind
+	$(PY) $(INSNS) --python $(PY) --python .venv-ft/bin/python --write-baseline \
+		--md benches/insns.md --command "make bench-insns-baseline"
+
+bench-insns-check: build valgrind
+	$(PY) $(INSNS) $(foreach p,$(INSNS_CHECK_PYTHONS),--python $(p)) --n1 200 --n2 600 --check
 
 bench-rust:
 	cargo bench -p panelboard-engine --bench engine

@@ -60,7 +60,7 @@ use std::sync::Arc;
 
 use super::clock::Clock;
 use super::config::Config;
-use super::errors::CircuitOpenError;
+use super::errors::{CircuitOpenError, RejectionName};
 use super::fastcall::is_coroutine;
 use super::pyrefs;
 use super::upcall;
@@ -112,6 +112,7 @@ pub struct BreakerCore {
     /// loading the configuration at all. Published after the configuration it describes.
     predicate_flag: PredicateFlag,
     pub hub: Py<Hub>,
+    rejection_name: RejectionName,
 }
 
 #[pymethods]
@@ -183,6 +184,7 @@ impl BreakerCore {
             predicate_flag: PredicateFlag::new(config.version, config.has_predicate()),
             config: ArcSwap::new(config),
             hub,
+            rejection_name: RejectionName::default(),
         }
     }
 
@@ -210,11 +212,22 @@ impl BreakerCore {
         pyrefs::name_str(py, &self.name)
     }
 
-    /// Takes a ticket, or raises `CircuitOpenError`.
+    /// Takes a ticket, or raises `CircuitOpenError`. (The same admission as `try_admit`, written
+    /// out again so that each has the engine's admission inlined, and this one keeps the time
+    /// until half-open that the engine computed: one clock reading serves both.)
     pub fn admit(&self, py: Python<'_>, config: &Config) -> PyResult<Ticket> {
-        match self.try_admit(py, config) {
-            Some(ticket) => Ok(ticket),
-            None => Err(self.open_error(py, config)),
+        let clock = &self.hub.get().clock;
+        match self.slots.machine(&config.limits).admit(|| clock.now_ms()) {
+            Admission::Admitted { ticket, transition } => {
+                if transition.is_some() {
+                    self.announce(py, transition);
+                }
+                Ok(ticket)
+            }
+            Admission::Rejected { retry_after_ms } => {
+                self.counters.add(Counter::Rejected);
+                Err(self.open_error(py, retry_after_ms))
+            }
         }
     }
 
@@ -236,12 +249,9 @@ impl BreakerCore {
         }
     }
 
-    fn open_error(&self, py: Python<'_>, config: &Config) -> PyErr {
-        let machine = self.slots.machine(&config.limits);
-        let clock = &self.hub.get().clock;
-        let retry_after = machine.retry_after_ms(machine.load(), || clock.now_ms()) as f64 / 1000.0;
-        match self.py_name(py) {
-            Ok(name) => CircuitOpenError::new_err(py, name, retry_after),
+    fn open_error(&self, py: Python<'_>, retry_after_ms: u64) -> PyErr {
+        match self.rejection_name.get(py, &self.name) {
+            Ok(name) => CircuitOpenError::new_err(py, name, retry_after_ms as f64 / 1000.0),
             Err(err) => err,
         }
     }

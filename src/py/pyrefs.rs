@@ -17,8 +17,6 @@ pub struct Refs {
     /// import, so that a `logging.config.dictConfig()` run after the import (which disables the
     /// loggers that exist by then) does not silence it.
     pub get_logger: Py<PyAny>,
-    /// `"args"`, interned: `CircuitOpenError` sets it on every rejection.
-    pub args_name: Py<PyString>,
     /// `contextvars.ContextVar` holding the stack of permits taken by `with`/`async with` blocks
     /// in the current thread or task, as nested `(permit, rest)` tuples.
     permit_stack: Py<PyAny>,
@@ -46,7 +44,6 @@ impl Refs {
                 member("DISABLED")?,
             ],
             get_logger: attr("logging", "getLogger")?,
-            args_name: PyString::intern(py, "args").unbind(),
             permit_stack: py
                 .import("contextvars")?
                 .getattr("ContextVar")?
@@ -169,10 +166,17 @@ pub fn name_key<'a>(name: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
     }
 }
 
-/// The `str` for stored name bytes.
+/// The `str` for stored name bytes: one decoding pass, in which "surrogatepass" restores the lone
+/// surrogates `name_key` kept (it is only consulted for them).
 pub fn name_str<'py>(py: Python<'py>, key: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-    match std::str::from_utf8(key) {
-        Ok(s) => Ok(PyString::new(py, s).into_any()),
-        Err(_) => PyBytes::new(py, key).call_method1("decode", ("utf-8", "surrogatepass")),
+    let len = pyo3::ffi::Py_ssize_t::try_from(key.len())
+        .map_err(|_| PyRuntimeError::new_err("panelboard: name too long"))?;
+    // SAFETY: `key` is readable for `len` bytes and the errors handler is a C string; the result
+    // is a new reference, or NULL with an exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyUnicode_DecodeUTF8(key.as_ptr().cast(), len, c"surrogatepass".as_ptr()),
+        )
     }
 }
