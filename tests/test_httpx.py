@@ -318,3 +318,20 @@ def test_threads_sharing_one_client_count_every_response_once(lib, pb_httpx, ser
     m = registry.snapshot()[server.url]
     assert m.calls == 8 * per_thread
     assert m.failures == server.hits["/status/503"] and m.successes == server.hits["/ok"]
+
+
+def test_one_default_transport_serves_httpx_and_httpx2_clients_each_through_its_own_library(server):
+    httpx = pytest.importorskip("httpx", reason="httpx is not installed here")
+    httpx2 = pytest.importorskip("httpx2", reason="httpx2 is not installed here")
+    from panelboard.httpx import BreakerTransport
+
+    registry = Registry()
+    transport = BreakerTransport(registry=registry)
+    with (
+        httpx.Client(transport=transport, timeout=2.0) as c1,
+        httpx2.Client(transport=transport, timeout=2.0) as c2,
+    ):
+        for c, lib in ((c1, httpx), (c2, httpx2), (c1, httpx)):
+            response = c.get(server.url + "/ok")
+            assert response.status_code == 200 and isinstance(response, lib.Response)
+    assert registry.snapshot()[server.url].successes == 3

@@ -65,8 +65,14 @@ def test_prometheus_reads_live_state_at_each_scrape(breakers, clock):
     clock.advance(3.0)
     text = scrape(collector)
     assert 'svc_circuit_breaker_state{breaker="api",state="half_open"} 1.0' in text.splitlines()
-    with pytest.raises(ValueError, match="namespace"):
-        importlib.import_module("panelboard.prometheus").BreakerCollector(breakers, namespace="a-b")
+    collector_type = importlib.import_module("panelboard.prometheus").BreakerCollector
+    # Names prometheus_client would silently rewrite (a leading digit, non-ASCII letters or digits).
+    for bad in ("a-b", "1abc", "\u00e9", "\u0663x", "a b"):
+        with pytest.raises(ValueError, match="namespace"):
+            collector_type(breakers, namespace=bad)
+    with pytest.raises(TypeError, match="namespace"):
+        collector_type(breakers, namespace=b"svc")
+    assert collector_type(breakers, namespace="_ok9") is not None
 
 
 def points(reader):

@@ -226,6 +226,9 @@ class _Common:
         self._failure_statuses = check_statuses(failure_statuses)
         self._options = check_options(options, self._registry)
         self._inner = inner
+        # With no `inner`, each library gets its own default transport: one BreakerTransport may
+        # serve an httpx client and an httpx2 client, and each request goes out through its own.
+        self._default_inners: dict[str, Any] = {}
         self._inner_lock = threading.Lock()
 
     def _admit(self, request: Any) -> tuple[_Library, Permit]:
@@ -238,13 +241,23 @@ class _Common:
         return library, permit
 
     def _inner_for(self, library: _Library, kind: str) -> Any:
-        inner = self._inner
+        if self._inner is not None:
+            return self._inner
+        key = library.module.__name__
+        inner = self._default_inners.get(key)
         if inner is None:
             with self._inner_lock:
-                if self._inner is None:
-                    self._inner = getattr(library.module, kind)()
-                inner = self._inner
+                inner = self._default_inners.get(key)
+                if inner is None:
+                    inner = self._default_inners[key] = getattr(library.module, kind)()
         return inner
+
+    def _inners(self) -> list[Any]:
+        """The transports to close: the one given, or the defaults made so far."""
+        if self._inner is not None:
+            return [self._inner]
+        with self._inner_lock:
+            return list(self._default_inners.values())
 
 
 class BreakerTransport(_Common, _SyncBase):
@@ -287,8 +300,8 @@ class BreakerTransport(_Common, _SyncBase):
         return response
 
     def close(self) -> None:
-        if self._inner is not None:
-            self._inner.close()
+        for inner in self._inners():
+            inner.close()
 
     def __enter__(self) -> BreakerTransport:
         if self._inner is not None and hasattr(self._inner, "__enter__"):
@@ -301,7 +314,9 @@ class BreakerTransport(_Common, _SyncBase):
         exc_value: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> None:
-        if self._inner is not None and hasattr(self._inner, "__exit__"):
+        if self._inner is None:
+            self.close()  # the default transports: what their own __exit__ does
+        elif hasattr(self._inner, "__exit__"):
             self._inner.__exit__(exc_type, exc_value, traceback)
 
 
@@ -337,8 +352,8 @@ class AsyncBreakerTransport(_Common, _AsyncBase):
         return response
 
     async def aclose(self) -> None:
-        if self._inner is not None:
-            await self._inner.aclose()
+        for inner in self._inners():
+            await inner.aclose()
 
     async def __aenter__(self) -> AsyncBreakerTransport:
         if self._inner is not None and hasattr(self._inner, "__aenter__"):
@@ -351,5 +366,7 @@ class AsyncBreakerTransport(_Common, _AsyncBase):
         exc_value: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> None:
-        if self._inner is not None and hasattr(self._inner, "__aexit__"):
+        if self._inner is None:
+            await self.aclose()  # the default transports: what their own __aexit__ does
+        elif hasattr(self._inner, "__aexit__"):
             await self._inner.__aexit__(exc_type, exc_value, traceback)

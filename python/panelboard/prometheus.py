@@ -16,6 +16,7 @@ the default ``namespace="panelboard"``):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,14 +26,21 @@ from ._types import State
 
 __all__ = ["BreakerCollector"]
 
+_METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
 
 class BreakerCollector:
     """A custom collector (``collect()``) over the breakers of ``registry`` (default: the default one)."""
 
     def __init__(self, registry: Registry | None = None, *, namespace: str = "panelboard") -> None:
         self._registry = resolve_registry(registry)
-        if not isinstance(namespace, str) or not namespace.replace("_", "a").isalnum():
-            raise ValueError(f"namespace must be letters, digits and underscores, got {namespace!r}")
+        if not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a str, got {type(namespace).__name__}")
+        # Prometheus metric names are ASCII: prometheus_client would silently rewrite anything else.
+        if namespace and not _METRIC_NAME.fullmatch(namespace):
+            raise ValueError(
+                f"namespace must be an ASCII letter or '_' then letters, digits or '_' (or ''), got {namespace!r}"
+            )
         self._prefix = f"{namespace}_circuit_breaker" if namespace else "circuit_breaker"
 
     def describe(self) -> list[Any]:
