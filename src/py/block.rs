@@ -27,9 +27,9 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
+use super::ffi::upcall;
 use super::handle::{Breaker, Permit};
 use super::pyrefs;
-use super::upcall;
 use crate::engine::{Outcome, Ticket};
 
 /// One `with` block: the breaker, and the ticket its `__enter__` took.

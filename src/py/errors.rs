@@ -3,7 +3,8 @@
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
-use super::{pyrefs, upcall};
+use super::ffi::upcall;
+use super::pyrefs;
 
 /// Raised instead of calling the function while the breaker rejects calls.
 #[pyclass(extends = PyException, frozen, module = "panelboard", subclass)]

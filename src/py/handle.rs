@@ -4,14 +4,16 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use pyo3::{PyTraverseError, PyVisit};
+use pyo3::{Borrowed, PyTraverseError, PyVisit};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::block;
-use super::core::{guarded, BreakerCore, CoreRef};
-use super::fastcall;
+use super::core::{guarded, shield, BreakerCore, CoreRef};
+use super::ffi::entry::{
+    install_vectorcall_slot, instance_dict, FastArgs, FastMethod, VectorcallSlot,
+};
+use super::ffi::upcall;
 use super::pyrefs;
-use super::upcall;
 use crate::engine::{Mode, Outcome, Ticket};
 
 /// A handle on one breaker. Calling through it does no name lookup; it keeps working on its own
@@ -187,10 +189,10 @@ pub fn not_callable(what: &str, value: &Bound<'_, PyAny>) -> PyErr {
 }
 
 /// A function decorated with a breaker: calling it is one native call. Instances carry a
-/// vectorcall entry point (see `fastcall`), so arguments reach the function without a tuple.
+/// vectorcall entry point (`CallGuarded`), so arguments reach the function without a tuple.
 #[pyclass(frozen, dict, weakref, module = "panelboard")]
 pub struct Guarded {
-    pub(crate) vectorcall: fastcall::VectorcallSlot,
+    pub(crate) vectorcall: VectorcallSlot,
     pub(crate) core: CoreRef,
     pub(crate) func: Py<PyAny>,
 }
@@ -198,15 +200,34 @@ pub struct Guarded {
 impl Guarded {
     pub(crate) fn new(core: CoreRef, func: Py<PyAny>) -> Guarded {
         Guarded {
-            vectorcall: fastcall::VectorcallSlot::GUARDED,
+            vectorcall: VectorcallSlot::of::<CallGuarded>(),
             core,
             func,
         }
     }
 
-    /// A throwaway instance, used once to find where the vectorcall field sits in the object.
-    pub(crate) fn probe(py: Python<'_>) -> PyResult<Guarded> {
-        Ok(Guarded::new(BreakerCore::detached(py)?, py.None()))
+    /// Points the class at each instance's `vectorcall` field (found on a throwaway instance).
+    pub(crate) fn install_vectorcall(py: Python<'_>) -> PyResult<()> {
+        let probe = Bound::new(py, Guarded::new(BreakerCore::detached(py)?, py.None()))?;
+        install_vectorcall_slot(&probe, &probe.get().vectorcall)
+    }
+}
+
+/// Calling a decorated function: the vectorcall entry point of every `Guarded`, which hands the
+/// caller's arguments to the function unchanged.
+pub(crate) struct CallGuarded;
+
+impl FastMethod for CallGuarded {
+    #[inline]
+    fn call<'a, 'py>(
+        py: Python<'py>,
+        slf: Borrowed<'a, 'py, PyAny>,
+        args: FastArgs<'a, 'py>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let guarded_fn = shield(|| Ok(slf.cast::<Guarded>()?))?;
+        let guarded_fn = guarded_fn.get();
+        let func = guarded_fn.func.bind(py);
+        guarded(&guarded_fn.core, py, || args.forward(func))
     }
 }
 
@@ -255,7 +276,7 @@ impl Guarded {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.func)?;
-        visit.call(fastcall::guarded_dict(&self.vectorcall))?;
+        visit.call(instance_dict(&self.vectorcall))?;
         visit.call(self.core.as_py())
     }
 

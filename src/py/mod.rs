@@ -1,21 +1,53 @@
 //! The PyO3 bindings: a thin layer over the engine.
+//!
+//! # Layers
+//!
+//! Each module imports only from the layers below it, so the imports form no cycle:
+//!
+//! 1. `ffi`: every use of raw CPython API (`pyo3::ffi`) and every `unsafe` block, fenced behind
+//!    safe functions (calls into Python, the entry points' C side, context variables, references
+//!    released while attached, the module definition). It imports no other binding module, except
+//!    that `ffi::module_def`, CPython's way in, calls `init_module` below.
+//! 2. `errors`, `config`, `clock`, `pyrefs`: options and their validation, clocks, the Python
+//!    objects looked up once, `CircuitOpenError`.
+//! 3. `core`: one breaker as the bindings hold it, and `guarded` (admit, call, classify, record).
+//! 4. `handle` and `block`: the handle classes (`Breaker`, `Guarded` with its vectorcall entry
+//!    point, `Permit`, `Metrics`) and the `with breaker:` blocks, which are a part of `Breaker`
+//!    (its `__enter__` starts one; a block's exit object settles the permit of a `Breaker`).
+//! 5. `registry`: the `Registry` class.
+//! 6. `fastcall`: the `Breaker.call` and `Registry.call` fast entry points.
+//! 7. this module: `init_module`, which adds the classes and installs the entry points.
+//!
+//! `unsafe` is forbidden in every module but `ffi` (the crate denies it, `ffi` alone allows it,
+//! and each other module forbids it so that nothing inside can allow it again); `make lint` also
+//! checks that no module outside `ffi` names `pyo3::ffi` (`.ci/check-ffi-fence`).
 
+#[allow(unsafe_code)]
+mod ffi;
+
+#[forbid(unsafe_code)]
 mod block;
+#[forbid(unsafe_code)]
 mod clock;
+#[forbid(unsafe_code)]
 mod config;
+#[forbid(unsafe_code)]
 mod core;
+#[forbid(unsafe_code)]
 mod errors;
+#[forbid(unsafe_code)]
 mod fastcall;
+#[forbid(unsafe_code)]
 mod handle;
-mod module;
+#[forbid(unsafe_code)]
 mod pyrefs;
+#[forbid(unsafe_code)]
 mod registry;
-mod upcall;
 
 use pyo3::prelude::*;
 
-/// Fills in the module `panelboard._core` (defined in `module`, which runs this in the main
-/// interpreter only).
+/// Fills in the module `panelboard._core` (defined in `ffi::module_def`, which runs this in the
+/// main interpreter only).
 fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<registry::Registry>()?;
     m.add_class::<handle::Breaker>()?;
