@@ -27,8 +27,9 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
+use super::core::Breaker;
 use super::ffi::upcall;
-use super::handle::{Breaker, Permit};
+use super::permit::Permit;
 use super::pyrefs;
 use crate::engine::{Outcome, Ticket};
 

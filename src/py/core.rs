@@ -122,6 +122,14 @@ impl BreakerCore {
     }
 }
 
+/// A handle on one breaker (`panelboard.Breaker`). Calling through it does no name lookup; it keeps
+/// working on its own breaker after that breaker is deleted from the registry. Declared here, its
+/// methods in `handle`: the `with` blocks (`block`, which `handle` uses) need its type.
+#[pyclass(frozen, module = "panelboard", weakref)]
+pub struct Breaker {
+    pub(crate) core: CoreRef,
+}
+
 /// A strong reference to a breaker, as the handles and the registry's map hold it (one reference
 /// each, reported by each to the garbage collector).
 ///

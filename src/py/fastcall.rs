@@ -14,9 +14,10 @@ use pyo3::types::{PyDict, PyString};
 // (free-threaded CPython), which is all the read-only fast path is there to avoid.
 use pyo3::Borrowed;
 
+use super::core::Breaker;
 use super::core::{guarded, shield};
 use super::ffi::entry::{install_method, FastArgs, FastMethod};
-use super::handle::{not_callable, Breaker, Guarded};
+use super::handle::{not_callable, Guarded};
 use super::registry::Registry;
 
 /// `Breaker.call(fn, /, *args, **kwargs)`.

@@ -2,21 +2,23 @@
 //!
 //! # Layers
 //!
-//! Each module imports only from the layers below it, so the imports form no cycle:
+//! Each module imports only from the modules listed before it, so the imports form no cycle:
 //!
 //! 1. `ffi`: every use of raw CPython API (`pyo3::ffi`) and every `unsafe` block, fenced behind
 //!    safe functions (calls into Python, the entry points' C side, context variables, references
 //!    released while attached, the module definition). It imports no other binding module, except
-//!    that `ffi::module_def`, CPython's way in, calls `init_module` below.
-//! 2. `errors`, `config`, `clock`, `pyrefs`: options and their validation, clocks, the Python
-//!    objects looked up once, `CircuitOpenError`.
-//! 3. `core`: one breaker as the bindings hold it, and `guarded` (admit, call, classify, record).
-//! 4. `handle` and `block`: the handle classes (`Breaker`, `Guarded` with its vectorcall entry
-//!    point, `Permit`, `Metrics`) and the `with breaker:` blocks, which are a part of `Breaker`
-//!    (its `__enter__` starts one; a block's exit object settles the permit of a `Breaker`).
-//! 5. `registry`: the `Registry` class.
-//! 6. `fastcall`: the `Breaker.call` and `Registry.call` fast entry points.
-//! 7. this module: `init_module`, which adds the classes and installs the entry points.
+//!    that `ffi::module_def`, CPython's way in, calls `init_module` (this module, the top).
+//! 2. `config` (options, their validation, classification of outcomes), then `clock`, `pyrefs`
+//!    (the Python objects looked up once, name keys) and `errors` (`CircuitOpenError`).
+//! 3. `core`: one breaker as the bindings hold it (and the `Breaker` handle's type), and `guarded`
+//!    (admit, call, classify, record).
+//! 4. `permit`: the `Permit` class.
+//! 5. `block`: the `with breaker:` blocks (each settles its own permit).
+//! 6. `handle`: the methods of `Breaker` (its `__enter__` starts a block), `Guarded` with its
+//!    vectorcall entry point, `Metrics`.
+//! 7. `registry`: the `Registry` class.
+//! 8. `fastcall`: the `Breaker.call` and `Registry.call` fast entry points.
+//! 9. this module: `init_module`, which adds the classes and installs the entry points.
 //!
 //! `unsafe` is forbidden in every module but `ffi` (the crate denies it, `ffi` alone allows it,
 //! and each other module forbids it so that nothing inside can allow it again); `make lint` also
@@ -40,6 +42,8 @@ mod fastcall;
 #[forbid(unsafe_code)]
 mod handle;
 #[forbid(unsafe_code)]
+mod permit;
+#[forbid(unsafe_code)]
 mod pyrefs;
 #[forbid(unsafe_code)]
 mod registry;
@@ -50,9 +54,9 @@ use pyo3::prelude::*;
 /// main interpreter only).
 fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<registry::Registry>()?;
-    m.add_class::<handle::Breaker>()?;
+    m.add_class::<core::Breaker>()?;
     m.add_class::<handle::Guarded>()?;
-    m.add_class::<handle::Permit>()?;
+    m.add_class::<permit::Permit>()?;
     m.add_class::<handle::Metrics>()?;
     m.add_class::<clock::ManualClock>()?;
     m.add_class::<errors::CircuitOpenError>()?;

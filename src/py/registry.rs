@@ -18,9 +18,10 @@ use std::time::Instant;
 
 use super::clock::{Clock, ManualClock};
 use super::config::{Config, Patch};
+use super::core::Breaker;
 use super::core::{guarded, shield, BreakerCore, CoreRef, Hub};
 use super::ffi::upcall;
-use super::handle::{not_callable, Breaker, Metrics};
+use super::handle::{not_callable, Metrics};
 use super::pyrefs;
 use crate::engine::Mode;
 
