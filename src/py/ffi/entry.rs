@@ -155,18 +155,22 @@ impl<'a, 'py> FastArgs<'a, 'py> {
 /// dropped inside (PyO3 queues their release when it does not know the thread is attached). The
 /// hot path drops none; the paths that can (options given to `Registry.call`, a configuration
 /// replaced while a call was running) attach explicitly: see `Registry::call` and `refs`.
+///
+/// # Safety
+/// Called with the thread attached; `slf` is a live object, and `args` holds `nargs` live
+/// positional arguments followed by one live value per name in `kwnames` (a live tuple of `str`,
+/// or null); `nargsf` is `nargs`, or `nargs | PY_VECTORCALL_ARGUMENTS_OFFSET`.
 #[inline(always)]
-fn entry_point<M: FastMethod>(
+unsafe fn entry_point<M: FastMethod>(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargs: usize,
     nargsf: usize,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls these entry points with the calling thread attached.
+    // SAFETY: the thread is attached (the caller promised).
     let py = unsafe { Python::assume_attached() };
-    // SAFETY: `slf` is the live object the call is made on, and the arguments are as CPython
-    // passed them to the entry point (see `fastcall_entry` and `vectorcall_entry`).
+    // SAFETY: as this function's caller promised (above).
     let (slf, args) = unsafe {
         (
             Borrowed::from_ptr(py, slf),
@@ -195,8 +199,8 @@ unsafe extern "C-unwind" fn fastcall_entry<M: FastMethod>(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // A method's `nargs` carries no flag.
-    entry_point::<M>(slf, args, nargs as usize, nargs as usize, kwnames)
+    // SAFETY: CPython calls a method this way (see above); a method's `nargs` carries no flag.
+    unsafe { entry_point::<M>(slf, args, nargs as usize, nargs as usize, kwnames) }
 }
 
 /// The vectorcall function for `M` (`nargsf` carries `PY_VECTORCALL_ARGUMENTS_OFFSET`).
@@ -210,7 +214,9 @@ unsafe extern "C-unwind" fn vectorcall_entry<M: FastMethod>(
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     let nargs = nargsf & !ffi::PY_VECTORCALL_ARGUMENTS_OFFSET;
-    entry_point::<M>(callable, args, nargs, nargsf, kwnames)
+    // SAFETY: CPython calls a vectorcall this way, `PyVectorcall_NARGS(nargsf)` positional
+    // arguments first.
+    unsafe { entry_point::<M>(callable, args, nargs, nargsf, kwnames) }
 }
 
 type FastcallEntry = unsafe extern "C-unwind" fn(
@@ -293,13 +299,20 @@ pub fn install_vectorcall_slot<T: PyClass>(
     probe: &Bound<'_, T>,
     slot: &VectorcallSlot,
 ) -> PyResult<()> {
+    let ty = probe.py().get_type::<T>();
+    // SAFETY: reads a field of a live type object.
+    let object_size = unsafe { (*ty.as_type_ptr()).tp_basicsize } as usize;
     let base = probe.as_ptr() as usize;
     let field = slot as *const VectorcallSlot as usize;
+    // The slot must lie inside the probe object, so it is a field of `T`, at the same offset in
+    // every instance.
     let offset = field
         .checked_sub(base)
+        .filter(|&offset| {
+            offset > 0 && offset + std::mem::size_of::<VectorcallSlot>() <= object_size
+        })
         .ok_or_else(|| PyValueError::new_err("unexpected layout of a vectorcall class"))?;
     SLOT_OFFSET.store(offset, Ordering::Release);
-    let ty = probe.py().get_type::<T>();
     // SAFETY: set once, while the module initialises and before any instance is called; the field
     // lives inside every instance at the same offset and always holds a `vectorcall_entry`.
     unsafe {
@@ -321,7 +334,8 @@ pub fn install_vectorcall_slot<T: PyClass>(
 
 /// The instance `__dict__` of the object whose `VectorcallSlot` field is `slot` (PyO3 does not
 /// report a `#[pyclass(dict)]`'s dict to the garbage collector, and `functools.wraps` puts the
-/// wrapped function in it as `__wrapped__`).
+/// wrapped function in it as `__wrapped__`). `slot` must be the field of a live instance, as in
+/// that instance's `__traverse__` (the one use): a `VectorcallSlot` is only ever built to be one.
 pub fn instance_dict(slot: &VectorcallSlot) -> Option<&Py<PyAny>> {
     let offset = SLOT_OFFSET.load(Ordering::Acquire);
     if offset == 0 {
