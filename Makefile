@@ -5,7 +5,7 @@
 #   make wheels                   manylinux_2_17 wheels for $(WHEELS) + the sdist into dist/, checked
 #   make test-wheels              each wheel installed without Rust, whole pytest suite (RELEASING.md)
 #   make test-sdist               the sdist built from source by pip, then a smoke test
-#   make lint                     cargo fmt/clippy, ruff check/format, stubtest, mypy --strict
+#   make lint                     the FFI fence, cargo fmt/clippy, ruff check/format, stubtest, mypy --strict
 #   make bench-insns | bench-insns-baseline | bench-insns-check   instruction counts (callgrind)
 PYTHON ?= python3
 VENV ?= .venv
@@ -149,8 +149,10 @@ $(VENV)/.lint-deps: venv
 	$(PY) -m pip install -q $(LINT_DEPS)
 	touch $@
 
-# Formatting and lints of both languages, and the typing checks (GIL build: see TYPING_DEPS).
+# Formatting and lints of both languages, the FFI fence (raw CPython API and `unsafe` only in
+# src/py/ffi/), and the typing checks (GIL build: see TYPING_DEPS).
 lint: $(VENV)/.lint-deps stubtest typecheck
+	.ci/check-ffi-fence
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(VENV)/bin/ruff check .

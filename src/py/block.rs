@@ -27,9 +27,10 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
-use super::handle::{Breaker, Permit};
+use super::core::Breaker;
+use super::ffi::upcall;
+use super::permit::Permit;
 use super::pyrefs;
-use super::upcall;
 use crate::engine::{Outcome, Ticket};
 
 /// One `with` block: the breaker, and the ticket its `__enter__` took.

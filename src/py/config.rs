@@ -3,14 +3,13 @@
 //! Every option is validated before anything is created or changed, and each error names its
 //! argument.
 
+use super::ffi::refs::ReleasedAttached;
+use super::ffi::upcall;
+use crate::engine::{Limits, Outcome, MAX_DURATION_MS, MAX_FAILURE_THRESHOLD, MAX_PROBE_COUNT};
 use pyo3::exceptions::{PyBaseException, PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
-use std::mem::ManuallyDrop;
-
-use super::upcall;
-use crate::engine::{Limits, Outcome, MAX_DURATION_MS, MAX_FAILURE_THRESHOLD, MAX_PROBE_COUNT};
 
 pub struct PolicyObjects {
     /// Result predicate; `None` means every returned value is a success.
@@ -26,8 +25,9 @@ pub struct Config {
     pub limits: Limits,
     pub reset_timeout: f64,
     pub probe_timeout: Option<f64>,
-    /// The Python objects; released by `Drop` below.
-    pub objects: ManuallyDrop<PolicyObjects>,
+    /// The Python objects, released at once when the configuration is dropped (which can happen
+    /// inside the fast entry points: see `ReleasedAttached`).
+    pub objects: ReleasedAttached<PolicyObjects>,
     /// `failure_on=Exception` and no `ignore`: classification is one type check.
     default_exceptions: bool,
     /// One more than the configuration this one was made from: a breaker's configurations have
@@ -42,7 +42,7 @@ impl Config {
             limits,
             reset_timeout: limits.reset_timeout_ms as f64 / 1000.0,
             probe_timeout: None,
-            objects: ManuallyDrop::new(PolicyObjects {
+            objects: ReleasedAttached::new(PolicyObjects {
                 success: None,
                 failure_on: py.get_type::<PyException>().into_any().unbind(),
                 ignore: None,
@@ -139,7 +139,7 @@ impl Config {
             limits,
             reset_timeout,
             probe_timeout,
-            objects: ManuallyDrop::new(PolicyObjects {
+            objects: ReleasedAttached::new(PolicyObjects {
                 success,
                 failure_on,
                 ignore,
@@ -147,19 +147,6 @@ impl Config {
             default_exceptions,
             version: self.version + 1,
         }
-    }
-}
-
-impl Drop for Config {
-    /// Releases the Python objects at once. A configuration can be dropped inside the fast entry
-    /// points, where PyO3 does not count the thread as attached and would queue the release;
-    /// `try_attach` makes PyO3 count it (and does nothing at interpreter shutdown, where the
-    /// objects are queued as before).
-    fn drop(&mut self) {
-        // SAFETY: taken exactly once, here; the field is not used again.
-        let mut objects = Some(unsafe { ManuallyDrop::take(&mut self.objects) });
-        Python::try_attach(|_| drop(objects.take()));
-        drop(objects);
     }
 }
 

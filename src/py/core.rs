@@ -53,7 +53,6 @@ use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
-use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -61,9 +60,10 @@ use std::sync::Arc;
 use super::clock::Clock;
 use super::config::Config;
 use super::errors::{CircuitOpenError, RejectionName};
-use super::fastcall::is_coroutine;
+use super::ffi::objects::is_coroutine;
+use super::ffi::refs::AttachedRef;
+use super::ffi::upcall;
 use super::pyrefs;
-use super::upcall;
 use crate::engine::{
     Admission, FastTicket, Mode, Outcome, PredicateFlag, Slots, Ticket, Transition,
 };
@@ -123,56 +123,22 @@ impl BreakerCore {
     }
 }
 
+/// A handle on one breaker (`panelboard.Breaker`). Calling through it does no name lookup; it keeps
+/// working on its own breaker after that breaker is deleted from the registry. Declared here, its
+/// methods in `handle`: the `with` blocks (`block`, which `handle` uses) need its type.
+#[pyclass(frozen, module = "panelboard", weakref)]
+pub struct Breaker {
+    pub(crate) core: CoreRef,
+}
+
 /// A strong reference to a breaker, as the handles and the registry's map hold it (one reference
 /// each, reported by each to the garbage collector).
 ///
 /// Every owner is a Python object or code called from Python (a method, a fast entry point), so a
 /// `CoreRef` is only ever dropped by a thread attached to the interpreter: never move one into
-/// `Python::detach` or another thread of Rust's own. Its drop releases the reference at once, as
-/// a `Bound` does, instead of asking PyO3 whether the thread is attached: that check is a
-/// thread-local lookup on every dropped permit, and in the fast entry points (which PyO3 does not
-/// count as attached) it would queue the release instead.
-pub struct CoreRef(ManuallyDrop<Py<BreakerCore>>);
-
-impl Drop for CoreRef {
-    #[inline]
-    fn drop(&mut self) {
-        // SAFETY: the thread is attached (see above), and the reference is taken exactly once,
-        // here, and not used again.
-        unsafe {
-            let py = Python::assume_attached();
-            drop(ManuallyDrop::take(&mut self.0).into_bound(py));
-        }
-    }
-}
-
-impl std::ops::Deref for CoreRef {
-    type Target = BreakerCore;
-    #[inline]
-    fn deref(&self) -> &BreakerCore {
-        self.0.get()
-    }
-}
-
-impl CoreRef {
-    pub fn new(py: Python<'_>, core: BreakerCore) -> PyResult<CoreRef> {
-        Ok(CoreRef(ManuallyDrop::new(Py::new(py, core)?)))
-    }
-
-    pub fn clone_ref(&self, py: Python<'_>) -> CoreRef {
-        CoreRef(ManuallyDrop::new(self.0.clone_ref(py)))
-    }
-
-    /// The reference itself, for `__traverse__`.
-    pub fn as_py(&self) -> &Py<BreakerCore> {
-        &self.0
-    }
-
-    /// The same breaker?
-    pub fn same(&self, other: &CoreRef) -> bool {
-        self.0.is(&*other.0)
-    }
-}
+/// `Python::detach` or another thread of Rust's own. Its drop releases the reference at once (see
+/// `AttachedRef`).
+pub type CoreRef = AttachedRef<BreakerCore>;
 
 impl BreakerCore {
     pub fn new(name: Arc<[u8]>, config: Arc<Config>, hub: Py<Hub>) -> Self {

@@ -5,7 +5,8 @@ use pyo3::prelude::*;
 
 use pyo3::types::{PyFloat, PyTuple};
 
-use super::{pyrefs, upcall};
+use super::ffi::{objects, upcall};
+use super::pyrefs;
 
 /// Raised instead of calling the function while the breaker rejects calls.
 #[pyclass(extends = PyException, frozen, module = "panelboard", subclass)]
@@ -62,18 +63,7 @@ impl CircuitOpenError {
             Ok(err) => {
                 // `args` as if raised by hand, `CircuitOpenError(name, retry_after)`: that is also
                 // what pickling and copying (BaseException's `__reduce__`) rebuild it from.
-                // Written into the new object directly: `setattr` (a descriptor lookup, then
-                // BaseException's setter) was 8% of what a rejection cost (callgrind, 3.11).
-                // SAFETY: `err` was just created, so no other thread can see it yet; its type
-                // derives from BaseException, whose instances start with a PyBaseExceptionObject;
-                // its `args` holds a strong reference (BaseException.__new__ stores the empty
-                // tuple), released once replaced by the new tuple's reference.
-                unsafe {
-                    let raw = err.as_ptr().cast::<pyo3::ffi::PyBaseExceptionObject>();
-                    let previous =
-                        std::ptr::replace(std::ptr::addr_of_mut!((*raw).args), args.into_ptr());
-                    pyo3::ffi::Py_XDECREF(previous);
-                }
+                objects::set_new_exception_args(err.as_any(), args);
                 PyErr::from_value(err.into_any())
             }
             Err(err) => err,

@@ -1,25 +1,21 @@
-//! The Python-facing breaker handle, the decorated-function wrapper, permits and metrics.
+//! The Python-facing breaker handle's methods (`Breaker` itself is declared in `core`, below the
+//! `with` blocks that need its type), the decorated-function wrapper and metrics.
 
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use pyo3::{PyTraverseError, PyVisit};
-use std::sync::atomic::{AtomicBool, Ordering};
+use pyo3::{Borrowed, PyTraverseError, PyVisit};
+use std::sync::atomic::Ordering;
 
 use super::block;
-use super::core::{guarded, BreakerCore, CoreRef};
-use super::fastcall;
+use super::core::{guarded, shield, Breaker, BreakerCore, CoreRef};
+use super::ffi::entry::{
+    install_vectorcall_slot, instance_dict, FastArgs, FastMethod, VectorcallSlot,
+};
+use super::ffi::upcall;
+use super::permit::Permit;
 use super::pyrefs;
-use super::upcall;
-use crate::engine::{Mode, Outcome, Ticket};
-
-/// A handle on one breaker. Calling through it does no name lookup; it keeps working on its own
-/// breaker after that breaker is deleted from the registry.
-#[pyclass(frozen, module = "panelboard", weakref)]
-pub struct Breaker {
-    pub(crate) core: CoreRef,
-}
+use crate::engine::Mode;
 
 #[pymethods]
 impl Breaker {
@@ -187,10 +183,10 @@ pub fn not_callable(what: &str, value: &Bound<'_, PyAny>) -> PyErr {
 }
 
 /// A function decorated with a breaker: calling it is one native call. Instances carry a
-/// vectorcall entry point (see `fastcall`), so arguments reach the function without a tuple.
+/// vectorcall entry point (`CallGuarded`), so arguments reach the function without a tuple.
 #[pyclass(frozen, dict, weakref, module = "panelboard")]
 pub struct Guarded {
-    pub(crate) vectorcall: fastcall::VectorcallSlot,
+    pub(crate) vectorcall: VectorcallSlot,
     pub(crate) core: CoreRef,
     pub(crate) func: Py<PyAny>,
 }
@@ -198,15 +194,34 @@ pub struct Guarded {
 impl Guarded {
     pub(crate) fn new(core: CoreRef, func: Py<PyAny>) -> Guarded {
         Guarded {
-            vectorcall: fastcall::VectorcallSlot::GUARDED,
+            vectorcall: VectorcallSlot::of::<CallGuarded>(),
             core,
             func,
         }
     }
 
-    /// A throwaway instance, used once to find where the vectorcall field sits in the object.
-    pub(crate) fn probe(py: Python<'_>) -> PyResult<Guarded> {
-        Ok(Guarded::new(BreakerCore::detached(py)?, py.None()))
+    /// Points the class at each instance's `vectorcall` field (found on a throwaway instance).
+    pub(crate) fn install_vectorcall(py: Python<'_>) -> PyResult<()> {
+        let probe = Bound::new(py, Guarded::new(BreakerCore::detached(py)?, py.None()))?;
+        install_vectorcall_slot(&probe, &probe.get().vectorcall)
+    }
+}
+
+/// Calling a decorated function: the vectorcall entry point of every `Guarded`, which hands the
+/// caller's arguments to the function unchanged.
+pub(crate) struct CallGuarded;
+
+impl FastMethod for CallGuarded {
+    #[inline]
+    fn call<'a, 'py>(
+        py: Python<'py>,
+        slf: Borrowed<'a, 'py, PyAny>,
+        args: FastArgs<'a, 'py>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let guarded_fn = shield(|| Ok(slf.cast::<Guarded>()?))?;
+        let guarded_fn = guarded_fn.get();
+        let func = guarded_fn.func.bind(py);
+        guarded(&guarded_fn.core, py, || args.forward(func))
     }
 }
 
@@ -255,7 +270,7 @@ impl Guarded {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.func)?;
-        visit.call(fastcall::guarded_dict(&self.vectorcall))?;
+        visit.call(instance_dict(&self.vectorcall))?;
         visit.call(self.core.as_py())
     }
 
@@ -277,116 +292,6 @@ impl Guarded {
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!("<guarded {}>", upcall::repr(self.func.bind(py))?))
-    }
-}
-
-/// Permission for one call. Exactly one outcome may be reported; a permit dropped without one
-/// counts as ignored, which releases its half-open slot.
-#[pyclass(frozen, module = "panelboard")]
-pub struct Permit {
-    core: CoreRef,
-    ticket: Ticket,
-    settled: AtomicBool,
-}
-
-impl Permit {
-    pub(crate) fn new(core: CoreRef, ticket: Ticket) -> Permit {
-        Permit {
-            core,
-            ticket,
-            settled: AtomicBool::new(false),
-        }
-    }
-
-    fn claim(&self) -> PyResult<()> {
-        if self.settled.swap(true, Ordering::AcqRel) {
-            return Err(PyRuntimeError::new_err(
-                "this permit's outcome was already reported",
-            ));
-        }
-        Ok(())
-    }
-
-    fn settle(&self, py: Python<'_>, outcome: Outcome) -> PyResult<()> {
-        self.claim()?;
-        self.core
-            .finish(py, &self.core.config.load(), self.ticket, outcome);
-        Ok(())
-    }
-
-    pub(crate) fn is_for(&self, core: &CoreRef) -> bool {
-        self.core.same(core)
-    }
-
-    /// Settles a `with` block left with `exc` (`None`: left normally, a success).
-    pub(crate) fn settle_block(&self, py: Python<'_>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
-        if exc.is_none() {
-            self.settle(py, Outcome::Success)
-        } else {
-            self._settle_error(py, exc)
-        }
-    }
-}
-
-#[pymethods]
-impl Permit {
-    fn success(&self, py: Python<'_>) -> PyResult<()> {
-        self.settle(py, Outcome::Success)
-    }
-
-    fn failure(&self, py: Python<'_>) -> PyResult<()> {
-        self.settle(py, Outcome::Failure)
-    }
-
-    fn ignore(&self, py: Python<'_>) -> PyResult<()> {
-        self.settle(py, Outcome::Ignored)
-    }
-
-    /// Classifies a returned value with the breaker's `success` predicate and records it; raises the
-    /// predicate's exception if it raised.
-    fn _settle_result(&self, py: Python<'_>, result: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.claim()?;
-        let config = self.core.config.load();
-        let (outcome, predicate_error) = config.classify_result(result);
-        self.core.finish(py, &config, self.ticket, outcome);
-        predicate_error.map_or(Ok(()), Err)
-    }
-
-    /// Classifies a raised exception with the breaker's `failure_on`/`ignore` and records it.
-    fn _settle_error(&self, py: Python<'_>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.claim()?;
-        let config = self.core.config.load();
-        let outcome = config.classify_error(py, &PyErr::from_value(exc.clone()));
-        self.core.finish(py, &config, self.ticket, outcome);
-        Ok(())
-    }
-
-    /// True once an outcome has been reported.
-    #[getter]
-    fn settled(&self) -> bool {
-        self.settled.load(Ordering::Acquire)
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "<Permit {}{}>",
-            if self.ticket.is_probe() {
-                "probe"
-            } else {
-                "call"
-            },
-            if self.settled() { ", settled" } else { "" }
-        )
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        if !*self.settled.get_mut() {
-            // Ignored outcomes never change the mode, so no listener has to run here.
-            self.core
-                .record(&self.core.config.load(), self.ticket, Outcome::Ignored);
-        }
     }
 }
 

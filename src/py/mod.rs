@@ -1,26 +1,62 @@
 //! The PyO3 bindings: a thin layer over the engine.
+//!
+//! # Layers
+//!
+//! Each module imports only from the modules listed before it, so the imports form no cycle:
+//!
+//! 1. `ffi`: every use of raw CPython API (`pyo3::ffi`) and every `unsafe` block, fenced behind
+//!    safe functions (calls into Python, the entry points' C side, context variables, references
+//!    released while attached, the module definition). It imports no other binding module, except
+//!    that `ffi::module_def`, CPython's way in, calls `init_module` (this module, the top).
+//! 2. `config` (options, their validation, classification of outcomes), then `clock`, `pyrefs`
+//!    (the Python objects looked up once, name keys) and `errors` (`CircuitOpenError`).
+//! 3. `core`: one breaker as the bindings hold it (and the `Breaker` handle's type), and `guarded`
+//!    (admit, call, classify, record).
+//! 4. `permit`: the `Permit` class.
+//! 5. `block`: the `with breaker:` blocks (each settles its own permit).
+//! 6. `handle`: the methods of `Breaker` (its `__enter__` starts a block), `Guarded` with its
+//!    vectorcall entry point, `Metrics`.
+//! 7. `registry`: the `Registry` class.
+//! 8. `fastcall`: the `Breaker.call` and `Registry.call` fast entry points.
+//! 9. this module: `init_module`, which adds the classes and installs the entry points.
+//!
+//! `unsafe` is forbidden in every module but `ffi` (the crate denies it, `ffi` alone allows it,
+//! and each other module forbids it so that nothing inside can allow it again); `make lint` also
+//! checks that no module outside `ffi` names `pyo3::ffi` (`.ci/check-ffi-fence`).
 
+#[allow(unsafe_code)]
+mod ffi;
+
+#[forbid(unsafe_code)]
 mod block;
+#[forbid(unsafe_code)]
 mod clock;
+#[forbid(unsafe_code)]
 mod config;
+#[forbid(unsafe_code)]
 mod core;
+#[forbid(unsafe_code)]
 mod errors;
+#[forbid(unsafe_code)]
 mod fastcall;
+#[forbid(unsafe_code)]
 mod handle;
-mod module;
+#[forbid(unsafe_code)]
+mod permit;
+#[forbid(unsafe_code)]
 mod pyrefs;
+#[forbid(unsafe_code)]
 mod registry;
-mod upcall;
 
 use pyo3::prelude::*;
 
-/// Fills in the module `panelboard._core` (defined in `module`, which runs this in the main
-/// interpreter only).
+/// Fills in the module `panelboard._core` (defined in `ffi::module_def`, which runs this in the
+/// main interpreter only).
 fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<registry::Registry>()?;
-    m.add_class::<handle::Breaker>()?;
+    m.add_class::<core::Breaker>()?;
     m.add_class::<handle::Guarded>()?;
-    m.add_class::<handle::Permit>()?;
+    m.add_class::<permit::Permit>()?;
     m.add_class::<handle::Metrics>()?;
     m.add_class::<clock::ManualClock>()?;
     m.add_class::<errors::CircuitOpenError>()?;

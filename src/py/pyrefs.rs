@@ -3,10 +3,11 @@
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::PyString;
 use std::borrow::Cow;
 use std::sync::OnceLock;
 
+use super::ffi::{contextvar, objects};
 use crate::engine::Mode;
 
 /// The Python objects the bindings use, looked up when the module is imported.
@@ -111,29 +112,12 @@ fn permit_stack(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 
 /// The current thread's or task's permit stack (`None` when empty).
 pub fn permit_stack_get(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    let var = permit_stack(py)?;
-    let mut value: *mut pyo3::ffi::PyObject = std::ptr::null_mut();
-    // SAFETY: `var` is a ContextVar; on success `value` is a new reference (or NULL: no value).
-    let status =
-        unsafe { pyo3::ffi::PyContextVar_Get(var.as_ptr(), py.None().as_ptr(), &mut value) };
-    if status < 0 {
-        return Err(PyErr::fetch(py));
-    }
-    // SAFETY: with a default given, `value` is a new, non-NULL reference.
-    Ok(unsafe { Bound::from_owned_ptr(py, value) })
+    contextvar::get(permit_stack(py)?)
 }
 
 /// Replaces the current thread's or task's permit stack.
 pub fn permit_stack_set(py: Python<'_>, stack: &Bound<'_, PyAny>) -> PyResult<()> {
-    let var = permit_stack(py)?;
-    // SAFETY: `var` is a ContextVar; the returned token is a new reference we drop at once.
-    unsafe {
-        Bound::from_owned_ptr_or_err(
-            py,
-            pyo3::ffi::PyContextVar_Set(var.as_ptr(), stack.as_ptr()),
-        )?;
-    }
-    Ok(())
+    contextvar::set(permit_stack(py)?, stack)
 }
 
 /// Name keys are the name's UTF-8 bytes, borrowed from the `str`'s cached UTF-8 when it has one.
@@ -149,19 +133,8 @@ pub fn name_key<'a>(name: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
     match name.to_str() {
         Ok(s) => Ok(Cow::Borrowed(s.as_bytes())),
         Err(_) => {
-            // The C function, not `name.encode(...)`: a `str` subclass may override `encode`.
-            // SAFETY: a `str` and two C strings; the result is new bytes, or null with an error.
-            let bytes = unsafe {
-                Bound::from_owned_ptr_or_err(
-                    name.py(),
-                    pyo3::ffi::PyUnicode_AsEncodedString(
-                        name.as_ptr(),
-                        c"utf-8".as_ptr(),
-                        c"surrogatepass".as_ptr(),
-                    ),
-                )?
-            };
-            Ok(Cow::Owned(bytes.cast::<PyBytes>()?.as_bytes().to_vec()))
+            let bytes = objects::utf8_surrogatepass(name)?;
+            Ok(Cow::Owned(bytes.as_bytes().to_vec()))
         }
     }
 }
@@ -169,14 +142,5 @@ pub fn name_key<'a>(name: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
 /// The `str` for stored name bytes: one decoding pass, in which "surrogatepass" restores the lone
 /// surrogates `name_key` kept (it is only consulted for them).
 pub fn name_str<'py>(py: Python<'py>, key: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-    let len = pyo3::ffi::Py_ssize_t::try_from(key.len())
-        .map_err(|_| PyRuntimeError::new_err("panelboard: name too long"))?;
-    // SAFETY: `key` is readable for `len` bytes and the errors handler is a C string; the result
-    // is a new reference, or NULL with an exception set.
-    unsafe {
-        Bound::from_owned_ptr_or_err(
-            py,
-            pyo3::ffi::PyUnicode_DecodeUTF8(key.as_ptr().cast(), len, c"surrogatepass".as_ptr()),
-        )
-    }
+    objects::str_from_utf8_surrogatepass(py, key)
 }

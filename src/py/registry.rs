@@ -18,10 +18,11 @@ use std::time::Instant;
 
 use super::clock::{Clock, ManualClock};
 use super::config::{Config, Patch};
+use super::core::Breaker;
 use super::core::{guarded, shield, BreakerCore, CoreRef, Hub};
-use super::handle::{not_callable, Breaker, Metrics};
+use super::ffi::upcall;
+use super::handle::{not_callable, Metrics};
 use super::pyrefs;
-use super::upcall;
 use crate::engine::Mode;
 
 /// Named circuit breakers; `call` creates a breaker on first use of a name.
@@ -329,10 +330,7 @@ impl Registry {
                 })?,
             })
         })?;
-        // SAFETY: no arguments.
-        guarded(&core, py, || unsafe {
-            upcall::vectorcall(func, std::ptr::null(), 0, std::ptr::null_mut())
-        })
+        guarded(&core, py, || upcall::call(func, []))
     }
 
     /// The breakers, cloned out of the map (whose guards are released before this returns).

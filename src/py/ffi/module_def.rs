@@ -1,4 +1,4 @@
-//! The module definition of `panelboard._core`, written out by hand (raw CPython API, fenced here)
+//! The module definition of `panelboard._core`, written out by hand (raw CPython API)
 //! so that it can declare what `#[pymodule]` cannot: that the module does not support a second
 //! interpreter. (PyO3 0.28's `#[pymodule]` does not refuse subinterpreters: it uses multi-phase
 //! initialisation without a `Py_mod_multiple_interpreters` slot, which CPython reads as
@@ -109,5 +109,6 @@ unsafe extern "C" fn exec(module: *mut ffi::PyObject) -> c_int {
 }
 
 fn build(m: &Bound<'_, pyo3::types::PyModule>) -> PyResult<()> {
-    super::init_module(m)
+    // The one call from `ffi` up into the bindings: this is where CPython enters them.
+    super::super::init_module(m)
 }

@@ -121,7 +121,7 @@ fn parked_on_exit<R>(call: impl FnOnce() -> R) -> R {
 /// SAFETY: `args` holds `PyVectorcall_NARGS(nargsf)` positional arguments followed by one value per
 /// name in `kwnames` (a tuple of `str`, or null), as CPython hands them to a vectorcall entry point.
 #[inline(always)]
-pub unsafe fn vectorcall<'py>(
+pub(super) unsafe fn vectorcall<'py>(
     func: &Bound<'py, PyAny>,
     args: *const *mut ffi::PyObject,
     nargsf: usize,

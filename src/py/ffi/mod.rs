@@ -1,0 +1,24 @@
+//! The fence around raw CPython API: every use of `pyo3::ffi` and every `unsafe` block of the
+//! extension is in this module tree, each with a SAFETY comment saying why it is sound. What it
+//! exports is safe to call (or, for the few `unsafe fn`s, says what the caller promises), so the
+//! rest of the bindings are compiled with `unsafe_code` forbidden (see `py/mod.rs`).
+//!
+//! These modules import no other binding module (they are the bottom layer), with one exception:
+//! `module_def` is CPython's entry into the whole extension and calls `init_module` at the top.
+//!
+//! - `upcall`: every call from the bindings into Python code, declared `"C-unwind"`, parking a
+//!   thread that the interpreter ends at shutdown;
+//! - `entry`: the C side of the vectorcall / `METH_FASTCALL` entry points (`Breaker.call`,
+//!   `Registry.call`, calling a decorated function): the argument array as a safe `FastArgs`,
+//!   method definitions, and the per-instance vectorcall slot;
+//! - `refs`: references released with the thread counted as attached;
+//! - `objects`: small object-level helpers (`is_coroutine`, UTF-8 with surrogates);
+//! - `contextvar`: `ContextVar.get`/`set` through the C API (the permit stack);
+//! - `module_def`: the hand-written module definition that refuses subinterpreters.
+
+pub mod contextvar;
+pub mod entry;
+pub mod module_def;
+pub mod objects;
+pub mod refs;
+pub mod upcall;
