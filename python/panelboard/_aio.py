@@ -28,10 +28,11 @@ async def acall(
     timeout: float | None = None,
 ) -> T:
     permit = breaker._acquire()
+    awaitable = _start(permit, fn, args, kwargs)
     if timeout is not None:
-        return await _acall_within(breaker, permit, timeout, fn, args, kwargs)
+        return await _acall_within(breaker, permit, timeout, awaitable)
     try:
-        result = await fn(*args, **kwargs)
+        result = await awaitable
     except BaseException as exc:
         # CancelledError is a BaseException, not an Exception: classified as ignored.
         permit._settle_error(exc)
@@ -40,14 +41,27 @@ async def acall(
     return result
 
 
-async def _acall_within(
-    breaker: Any,
-    permit: Any,
-    timeout: float,
-    fn: Callable[..., Awaitable[T]],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> T:
+def _start(
+    permit: Any, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Awaitable[T]:
+    """Calls ``fn`` (for an ``async def`` function this runs none of its code yet). A result that
+    cannot be awaited is the caller's bug, not the dependency's: it is refused with ``TypeError``
+    and the call counts as ignored, as ``call(async_fn)`` does the other way round."""
+    try:
+        awaitable = fn(*args, **kwargs)
+    except BaseException as exc:
+        permit._settle_error(exc)
+        raise
+    if not inspect.isawaitable(awaitable):
+        permit.ignore()
+        raise TypeError(
+            f"acall needs a function that returns an awaitable (an async def function), but {fn!r} "
+            f"returned {type(awaitable).__name__!r}: use breaker.call(fn) for a sync function"
+        )
+    return awaitable
+
+
+async def _acall_within(breaker: Any, permit: Any, timeout: float, awaitable: Awaitable[T]) -> T:
     """``acall`` with ``timeout``: the call is cancelled after ``timeout`` seconds, which counts as
     a failure (whatever ``failure_on``/``ignore`` say) and raises ``TimeoutError``."""
     import asyncio
@@ -55,7 +69,7 @@ async def _acall_within(
     deadline = asyncio.timeout(timeout)
     try:
         async with deadline:
-            result = await fn(*args, **kwargs)
+            result = await awaitable
     except BaseException as exc:
         if isinstance(exc, TimeoutError) and deadline.expired():
             permit.failure()
