@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from helpers import Boom, ClientError, atrip, cancel_while_running
+from helpers import Boom, ClientError, atrip, cancel_while_running, probe_slot_is_free, trip_to_half_open
 from panelboard import CircuitOpenError, State
 
 
@@ -108,6 +108,35 @@ async def test_acall_with_a_non_callable_is_a_type_error(registry):
     with pytest.raises(TypeError):
         await b.acall(42)
     assert b.metrics().calls == 0
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+async def test_acall_of_a_sync_function_is_a_type_error_counted_as_ignored(registry, timeout):
+    # The mirror of call(async_fn) (docs/reliability.md bug 20): a caller bug, not the
+    # dependency's failure, so it never opens the breaker and gives its permit back.
+    b = registry.breaker("svc", failure_threshold=1)
+    calls = []
+
+    def sync_lookup():
+        calls.append(1)
+        return {"ok": True}
+
+    for _ in range(3):
+        with pytest.raises(TypeError, match="awaitable"):
+            await b.acall(sync_lookup, timeout=timeout)
+    assert b.state is State.CLOSED
+    m = b.metrics()
+    assert (m.calls, m.failures, m.ignored, len(calls)) == (3, 0, 3, 3)
+    assert await b.acall(echo, 1, timeout=timeout) == ((1,), {})
+
+
+async def test_acall_of_a_sync_function_gives_back_the_half_open_probe(registry, clock):
+    b = registry.breaker("svc", failure_threshold=1, reset_timeout=1)
+    trip_to_half_open(b, clock)
+    with pytest.raises(TypeError, match="awaitable"):
+        await b.acall(lambda: 1)
+    assert b.state is State.HALF_OPEN
+    assert probe_slot_is_free(b)
 
 
 async def test_acall_cancellation_is_ignored_never_a_failure(registry):

@@ -143,3 +143,12 @@ async def test_invalid_timeouts_are_rejected_naming_the_argument_and_count_nothi
     with pytest.raises(error, match="timeout"):
         b(timeout=value)
     assert b.metrics().calls == 0
+
+
+@pytest.mark.parametrize("value", [0, 0.0, -1, -1.0, -0.5, -(10**6)])
+async def test_every_rejected_timeout_says_it_must_be_positive(registry, value):
+    b = registry.breaker("db")
+    for attempt in (lambda: b.acall(echo, timeout=value), lambda: b(echo, timeout=value)):
+        with pytest.raises(ValueError, match=r"timeout must be > 0, got"):
+            attempt()
+    assert b.metrics().calls == 0

@@ -367,3 +367,113 @@ def test_exit_objects_misused_raise_clear_errors_and_leak_nothing(registry, cloc
     assert probe_slot_is_free(b)
     assert b.state is State.HALF_OPEN
     assert "exit" in repr(b.__exit__)
+
+
+# --- a kept `__exit__` lookup never takes another entry's permit ---------------------------------
+
+
+def half_open_pair(registry, clock):
+    """Two half-open breakers with one probe slot each."""
+    breakers = [registry.breaker(name, failure_threshold=1, reset_timeout=1.0) for name in ("one", "two")]
+    for b in breakers:
+        b.try_acquire().failure()
+    clock.advance(1.0)
+    assert all(b.state is State.HALF_OPEN for b in breakers)
+    return breakers
+
+
+def test_exit_stack_push_after_manual_enters(registry, clock):
+    # The pattern contextlib documents for ExitStack.push: push looks `__exit__` up on the class
+    # (in its own frame) and keeps it; the next manual `__enter__` must not give it its permit.
+    b1, b2 = half_open_pair(registry, clock)
+    with contextlib.ExitStack() as stack:
+        b1.__enter__()
+        stack.push(b1)
+        b2.__enter__()
+        stack.push(b2)
+    assert b1.state is State.CLOSED
+    assert b2.state is State.CLOSED
+    # One failure each: the one that opened it, none for the library's own error.
+    assert [(b.metrics().successes, b.metrics().failures) for b in (b1, b2)] == [(1, 1), (1, 1)]
+
+
+def test_exit_stack_push_after_manual_enter_counts_the_failure(registry, clock):
+    b1, b2 = half_open_pair(registry, clock)
+    with pytest.raises(Boom):
+        with contextlib.ExitStack() as stack:
+            b1.__enter__()
+            stack.push(b1)
+            b2.__enter__()
+            stack.push(b2)
+            raise Boom()
+    assert b1.state is State.OPEN
+    assert b2.state is State.OPEN
+
+
+def test_kept_exit_lookup_does_not_take_a_wrapper_class_entry(registry, clock):
+    (b, _) = half_open_pair(registry, clock)
+    kept = b.__exit__  # looked up here, entered nowhere
+
+    class Client:
+        def __enter__(self):
+            b.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return b.__exit__(*exc)
+
+    with Client():
+        assert not probe_slot_is_free(b)
+    assert b.state is State.CLOSED
+    assert b.try_acquire() is not None
+    assert "not entered" in repr(kept)
+
+
+def test_kept_exit_lookup_of_another_breaker_never_takes_the_permit(registry, clock):
+    b1, b2 = half_open_pair(registry, clock)
+    kept = b1.__exit__
+    b2.__enter__()  # same frame, another breaker: the permit goes on the stack
+    assert "not entered" in repr(kept)
+    assert b2.__exit__(None, None, None) is False
+    assert b2.state is State.CLOSED
+    assert b1.state is State.HALF_OPEN
+    assert probe_slot_is_free(b1)
+
+
+def test_exit_object_that_got_no_permit_leaves_the_manual_entry(registry, clock):
+    (b, _) = half_open_pair(registry, clock)
+    kept = b.__exit__
+
+    def enter_elsewhere():
+        b.__enter__()  # another frame: on this thread's stack, not in `kept`
+
+    enter_elsewhere()
+    assert "not entered" in repr(kept)
+    assert kept(Boom, Boom(), None) is False  # falls back to this breaker's innermost entry
+    assert b.state is State.OPEN
+    with pytest.raises(RuntimeError):
+        b.__exit__(None, None, None)  # nothing left to leave
+
+
+@pytest.mark.parametrize("enter", ["exit_stack", "unittest"])
+def test_enter_context_helpers_still_give_the_block_its_permit(registry, clock, enter):
+    # enter_context/enterContext look `__exit__` up and enter in one frame: the permit travels
+    # with the exit object, so leaving on another thread settles it.
+    import unittest
+
+    (b, _) = half_open_pair(registry, clock)
+    if enter == "exit_stack":
+        stack = contextlib.ExitStack()
+        stack.enter_context(b)
+        in_thread(stack.close)
+    else:
+
+        class Case(unittest.TestCase):
+            def runTest(self):
+                pass
+
+        case = Case()
+        case.enterContext(b)
+        in_thread(case.doCleanups)
+    assert b.state is State.CLOSED
+    assert b.metrics().successes == 1

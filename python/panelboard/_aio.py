@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from types import CoroutineType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -28,10 +29,20 @@ async def acall(
     timeout: float | None = None,
 ) -> T:
     permit = breaker._acquire()
-    if timeout is not None:
-        return await _acall_within(breaker, permit, timeout, fn, args, kwargs)
     try:
-        result = await fn(*args, **kwargs)
+        awaitable = fn(*args, **kwargs)  # for an `async def` function, none of its code runs yet
+    except BaseException as exc:
+        permit._settle_error(exc)
+        raise
+    # The type test first: an `async def` function's coroutine, by far the usual case, costs one
+    # comparison (`inspect.isawaitable` costs more than the rest of `acall` together).
+    if type(awaitable) is not CoroutineType and not inspect.isawaitable(awaitable):
+        permit.ignore()
+        raise _not_awaitable(fn, awaitable)
+    if timeout is not None:
+        return await _acall_within(breaker, permit, timeout, awaitable)
+    try:
+        result = await awaitable
     except BaseException as exc:
         # CancelledError is a BaseException, not an Exception: classified as ignored.
         permit._settle_error(exc)
@@ -40,14 +51,16 @@ async def acall(
     return result
 
 
-async def _acall_within(
-    breaker: Any,
-    permit: Any,
-    timeout: float,
-    fn: Callable[..., Awaitable[T]],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> T:
+def _not_awaitable(fn: Any, result: Any) -> TypeError:
+    """A result that cannot be awaited is the caller's bug, not the dependency's: refused, and
+    the call counts as ignored, as ``call(async_fn)`` does the other way round."""
+    return TypeError(
+        f"acall needs a function that returns an awaitable (an async def function), but {fn!r} "
+        f"returned {type(result).__name__!r}: use breaker.call(fn) for a sync function"
+    )
+
+
+async def _acall_within(breaker: Any, permit: Any, timeout: float, awaitable: Awaitable[T]) -> T:
     """``acall`` with ``timeout``: the call is cancelled after ``timeout`` seconds, which counts as
     a failure (whatever ``failure_on``/``ignore`` say) and raises ``TimeoutError``."""
     import asyncio
@@ -55,7 +68,7 @@ async def _acall_within(
     deadline = asyncio.timeout(timeout)
     try:
         async with deadline:
-            result = await fn(*args, **kwargs)
+            result = await awaitable
     except BaseException as exc:
         if isinstance(exc, TimeoutError) and deadline.expired():
             permit.failure()

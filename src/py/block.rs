@@ -10,8 +10,9 @@
 //! up `__enter__` and `__exit__`, keeps the `__exit__` object on the frame that runs the block, then
 //! calls `__enter__` (CPython 3.11 to 3.13 `BEFORE_WITH`/`BEFORE_ASYNC_WITH`; 3.14 looks `__exit__`
 //! up first). So `__exit__` and `__aexit__` are descriptors that return a fresh `BlockExit` for
-//! every lookup and remember it, weakly, as this thread's pending block; the `__enter__` that
-//! follows on the same thread stores its permit in that block. Leaving the block calls that very
+//! every lookup and remember it, weakly, as this thread's pending block, with the frame that
+//! looked it up; the `__enter__` that follows on the same thread, called from that same frame,
+//! stores its permit in that block. Leaving the block calls that very
 //! object, on whatever thread or context it happens; a block that is never left (its frame is
 //! dropped) releases the permit as ignored, like a dropped `Permit`.
 //!
@@ -43,6 +44,9 @@ struct Block {
     unbound: bool,
     ticket: OnceLock<Ticket>,
     settled: AtomicBool,
+    /// The frame that looked `__exit__` up (see `pyrefs::current_frame`): only an `__enter__`
+    /// called from that frame may give this block its permit.
+    lookup_frame: Option<(usize, Py<PyAny>)>,
 }
 
 impl Drop for Block {
@@ -70,7 +74,13 @@ fn set_pending(block: &Arc<Block>) {
 }
 
 /// Takes this thread's pending block if it was looked up for an `__enter__` of this kind on
-/// `breaker` (or on the class) and is still alive and unused.
+/// `breaker` (or on the class), by the frame calling `__enter__` now, and is still alive and
+/// unused.
+///
+/// The frame check is what keeps a kept lookup from taking a later manual `__enter__`'s permit:
+/// `with` (`BEFORE_WITH`), `ExitStack.enter_context` and `unittest`'s `enterContext` look up and
+/// enter in one frame; `ExitStack.push(b)` or a wrapper class's `__enter__` calling
+/// `b.__enter__()` do not, and their permits go on the context-variable stack.
 fn take_pending(breaker: &Bound<'_, Breaker>, asynchronous: bool) -> Option<Arc<Block>> {
     let block = PENDING.try_with(Cell::take).ok()?.upgrade()?;
     let fits = block.asynchronous == asynchronous
@@ -78,8 +88,20 @@ fn take_pending(breaker: &Bound<'_, Breaker>, asynchronous: bool) -> Option<Arc<
         && block
             .breaker
             .get()
-            .is_none_or(|own| own.as_ptr() == breaker.as_ptr());
+            .is_none_or(|own| own.as_ptr() == breaker.as_ptr())
+        && same_frame(breaker.py(), block.lookup_frame.as_ref());
     fits.then_some(block)
+}
+
+/// Whether the frame running now is `lookup` (`None`: looked up outside any Python frame, which
+/// matches nothing).
+fn same_frame(py: Python<'_>, lookup: Option<&(usize, Py<PyAny>)>) -> bool {
+    match (lookup, pyrefs::current_frame(py)) {
+        (Some((frame, code)), Some((now, now_code))) => {
+            *frame == now && code.as_ptr() == now_code.as_ptr()
+        }
+        _ => false,
+    }
 }
 
 /// `__enter__` / `__aenter__`: takes a permit (or raises `CircuitOpenError`) and gives it to the
@@ -132,6 +154,8 @@ impl ExitDescriptor {
             unbound,
             ticket: OnceLock::new(),
             settled: AtomicBool::new(false),
+            lookup_frame: pyrefs::current_frame(instance.py())
+                .map(|(frame, code)| (frame, code.unbind())),
         });
         // Made pending only once allocated: an allocation may run a garbage collection, and the
         // finalizers it runs may enter blocks of their own.

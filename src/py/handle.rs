@@ -163,11 +163,11 @@ fn timeout_seconds<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     match value {
         Some(value) if !value.is_none() => {
-            let seconds = super::config::finite_seconds(value, "timeout", 0.0)?;
-            if seconds == 0.0 {
-                return Err(pyo3::exceptions::PyValueError::new_err(
-                    "timeout must be > 0 (None: no timeout)",
-                ));
+            let seconds = super::config::finite_seconds(value, "timeout", f64::NEG_INFINITY)?;
+            if seconds <= 0.0 {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "timeout must be > 0, got {seconds} (None: no timeout)"
+                )));
             }
             Ok(pyo3::types::PyFloat::new(py, seconds).into_any())
         }
