@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use super::core::Breaker;
-use super::ffi::upcall;
+use super::ffi::{frame, upcall};
 use super::permit::Permit;
 use super::pyrefs;
 use crate::engine::{Outcome, Ticket};
@@ -44,7 +44,7 @@ struct Block {
     unbound: bool,
     ticket: OnceLock<Ticket>,
     settled: AtomicBool,
-    /// The frame that looked `__exit__` up (see `pyrefs::current_frame`): only an `__enter__`
+    /// The frame that looked `__exit__` up (see `frame::current_frame`): only an `__enter__`
     /// called from that frame may give this block its permit.
     lookup_frame: Option<(usize, Py<PyAny>)>,
 }
@@ -96,7 +96,7 @@ fn take_pending(breaker: &Bound<'_, Breaker>, asynchronous: bool) -> Option<Arc<
 /// Whether the frame running now is `lookup` (`None`: looked up outside any Python frame, which
 /// matches nothing).
 fn same_frame(py: Python<'_>, lookup: Option<&(usize, Py<PyAny>)>) -> bool {
-    match (lookup, pyrefs::current_frame(py)) {
+    match (lookup, frame::current_frame(py)) {
         (Some((frame, code)), Some((now, now_code))) => {
             *frame == now && code.as_ptr() == now_code.as_ptr()
         }
@@ -154,7 +154,7 @@ impl ExitDescriptor {
             unbound,
             ticket: OnceLock::new(),
             settled: AtomicBool::new(false),
-            lookup_frame: pyrefs::current_frame(instance.py())
+            lookup_frame: frame::current_frame(instance.py())
                 .map(|(frame, code)| (frame, code.unbind())),
         });
         // Made pending only once allocated: an allocation may run a garbage collection, and the

@@ -12,12 +12,14 @@
 //!   `Registry.call`, calling a decorated function): the argument array as a safe `FastArgs`,
 //!   method definitions, and the per-instance vectorcall slot;
 //! - `refs`: references released with the thread counted as attached;
-//! - `objects`: small object-level helpers (`is_coroutine`, UTF-8 with surrogates);
+//! - `objects`: small object-level helpers (`is_coroutine`, UTF-8 with surrogates, exception args);
+//! - `frame`: the frame running now (address and code object), for `with` blocks;
 //! - `contextvar`: `ContextVar.get`/`set` through the C API (the permit stack);
 //! - `module_def`: the hand-written module definition that refuses subinterpreters.
 
 pub mod contextvar;
 pub mod entry;
+pub mod frame;
 pub mod module_def;
 pub mod objects;
 pub mod refs;
