@@ -362,6 +362,9 @@ def main() -> None:
         results[label] = {"version": version, "insns": measure(python, args.n1, args.n2, entries, args.jobs)}
 
     baseline = json.loads(args.baseline.read_text()) if args.baseline.exists() else None
+    # The report compares with the baseline as it was before this run rewrote it, if it did: the
+    # "change" column then shows what moved since the last regeneration.
+    previous = baseline
     if args.write_baseline:
         merged = baseline if baseline else {}
         merged["comment"] = (
@@ -376,7 +379,15 @@ def main() -> None:
         log(f"[insns] wrote {args.baseline}")
         baseline = merged
     if args.md:
-        write_md(args.md, results, baseline, args.n1, args.n2, args.command or "benches/insns.py", source)
+        write_md(
+            args.md,
+            results,
+            previous or baseline,
+            args.n1,
+            args.n2,
+            args.command or "benches/insns.py",
+            source,
+        )
     if args.check:
         if baseline is None:
             sys.exit(f"insns: no baseline at {args.baseline}: run `{REGENERATE}`")
