@@ -189,6 +189,10 @@ def test_open_rejects_without_running_fn(registry, clock):
     assert err.retry_after == 7.5
     assert err.args == ("svc", 7.5), "args as if raised as CircuitOpenError(name, retry_after)"
     assert err.args == CircuitOpenError("svc", 7.5).args
+    again = eval(repr(err), {"CircuitOpenError": CircuitOpenError})  # repr reads back
+    assert (again.name, again.retry_after, again.args) == ("svc", 7.5, ("svc", 7.5))
+    with pytest.raises(TypeError):
+        CircuitOpenError("svc", retry_after=7.5)  # positional only, as the stub says
     clock.advance(7.499)
     with pytest.raises(CircuitOpenError) as info:
         registry.call("svc", lambda: runs.append(1))

@@ -361,11 +361,10 @@ def test_exit_objects_misused_raise_clear_errors_and_leak_nothing(registry, cloc
     with pytest.raises(RuntimeError):
         b.__exit__(None, None, None)  # never entered
     leave = b.__exit__
-    b.__enter__()  # takes the probe into `leave`'s block
+    b.__enter__()  # a manual entry (not the lookup's instruction): its permit goes on the stack
     assert not probe_slot_is_free(b)
-    del leave  # the block can no longer be left: its permit is released as ignored
-    assert probe_slot_is_free(b)
-    assert b.state is State.HALF_OPEN
+    assert not leave(None, None, None)  # an exit with no permit of its own settles the stack's
+    assert b.state is State.CLOSED
     assert "exit" in repr(b.__exit__)
 
 
@@ -427,6 +426,37 @@ def test_kept_exit_lookup_does_not_take_a_wrapper_class_entry(registry, clock):
     assert b.state is State.CLOSED
     assert b.try_acquire() is not None
     assert "not entered" in repr(kept)
+
+
+def test_kept_exit_lookup_in_the_same_frame_does_not_take_a_manual_entry(registry, clock):
+    (b, _) = half_open_pair(registry, clock)
+    kept = b.__exit__  # the same frame, another instruction than the manual entry below
+    b.__enter__()
+    b.__exit__(None, None, None)
+    assert b.state is State.CLOSED
+    assert "not entered" in repr(kept)
+
+
+def test_kept_exit_lookup_of_an_earlier_call_of_the_same_function_does_not_take_its_entry(registry, clock):
+    # On 3.11 a function's next call can run in the frame memory of its finished earlier call:
+    # the frame's address and code match, the instruction does not.
+    (b, _) = half_open_pair(registry, clock)
+    kept = []
+
+    def step(look: bool) -> str | None:
+        if look:
+            kept.append(b.__exit__)  # a lookup kept for later
+            return None
+        b.__enter__()
+        try:
+            return "work"
+        finally:
+            b.__exit__(None, None, None)
+
+    step(True)
+    assert step(False) == "work"
+    assert b.state is State.CLOSED
+    assert b.try_acquire() is not None
 
 
 def test_kept_exit_lookup_of_another_breaker_never_takes_the_permit(registry, clock):

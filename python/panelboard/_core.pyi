@@ -54,7 +54,7 @@ class ManualClock:
 class CircuitOpenError(Exception):
     """Raised instead of calling the function while the breaker rejects calls."""
 
-    def __new__(cls, name: str, retry_after: float = 0.0, *_args: object) -> Self: ...
+    def __new__(cls, name: str, retry_after: float = 0.0, /, *_args: object) -> Self: ...
     @property
     def name(self) -> str:
         """The breaker's name."""

@@ -44,9 +44,13 @@ struct Block {
     unbound: bool,
     ticket: OnceLock<Ticket>,
     settled: AtomicBool,
-    /// The frame that looked `__exit__` up (see `frame::current_frame`): only an `__enter__`
-    /// called from that frame may give this block its permit.
-    lookup_frame: Option<(usize, Py<PyAny>)>,
+    /// Where `__exit__` was looked up (see `frame::FrameMark`): only an `__enter__` called from
+    /// that frame may give this block its permit, and for a lookup on the instance (`with b:`)
+    /// only from that very instruction, so that a lookup kept for later (`kept = b.__exit__`)
+    /// never takes the permit of a manual `b.__enter__()`. A lookup on the class
+    /// (`ExitStack.enter_context`, `unittest`'s `enterContext`) is entered a few instructions
+    /// later, so the frame alone must match.
+    lookup_frame: Option<frame::FrameMark>,
 }
 
 impl Drop for Block {
@@ -89,17 +93,15 @@ fn take_pending(breaker: &Bound<'_, Breaker>, asynchronous: bool) -> Option<Arc<
             .breaker
             .get()
             .is_none_or(|own| own.as_ptr() == breaker.as_ptr())
-        && same_frame(breaker.py(), block.lookup_frame.as_ref());
+        && same_frame(breaker.py(), block.lookup_frame.as_ref(), !block.unbound);
     fits.then_some(block)
 }
 
-/// Whether the frame running now is `lookup` (`None`: looked up outside any Python frame, which
-/// matches nothing).
-fn same_frame(py: Python<'_>, lookup: Option<&(usize, Py<PyAny>)>) -> bool {
+/// Whether the frame running now (and, with `same_instruction`, its instruction) is `lookup`'s
+/// (`None`: looked up outside any Python frame, which matches nothing).
+fn same_frame(py: Python<'_>, lookup: Option<&frame::FrameMark>, same_instruction: bool) -> bool {
     match (lookup, frame::current_frame(py)) {
-        (Some((frame, code)), Some((now, now_code))) => {
-            *frame == now && code.as_ptr() == now_code.as_ptr()
-        }
+        (Some(lookup), Some(now)) => lookup.matches(&now, same_instruction),
         _ => false,
     }
 }
@@ -154,8 +156,7 @@ impl ExitDescriptor {
             unbound,
             ticket: OnceLock::new(),
             settled: AtomicBool::new(false),
-            lookup_frame: frame::current_frame(instance.py())
-                .map(|(frame, code)| (frame, code.unbind())),
+            lookup_frame: frame::current_frame(instance.py()),
         });
         // Made pending only once allocated: an allocation may run a garbage collection, and the
         // finalizers it runs may enter blocks of their own.

@@ -22,7 +22,8 @@ pub struct CircuitOpenError {
 #[pymethods]
 impl CircuitOpenError {
     #[new]
-    #[pyo3(signature = (name, retry_after = 0.0, *_args))]
+    // Positional only, as BaseException.__init__ (which also runs) takes no keywords.
+    #[pyo3(signature = (name, retry_after = 0.0, /, *_args))]
     fn new(name: Bound<'_, PyAny>, retry_after: f64, _args: &Bound<'_, PyTuple>) -> Self {
         CircuitOpenError {
             name: name.unbind(),
@@ -40,7 +41,7 @@ impl CircuitOpenError {
 
     fn __repr__(&self, py: Python<'_>) -> String {
         format!(
-            "CircuitOpenError({}, retry_after={})",
+            "CircuitOpenError({}, {:?})",
             upcall::repr(self.name.bind(py)).map_or_else(|_| "?".to_owned(), |r| r.to_string()),
             self.retry_after
         )
