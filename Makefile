@@ -139,8 +139,8 @@ wheels: $(TOOLS_VENV)/.tools
 	TOOLS=$(TOOLS_VENV) DIST=$(DIST) release/build-wheels $(WHEELS)
 
 test-wheels:
-	DIST=$(DIST) SUITE_DEPS="$(SUITE_DEPS)" TYPING_DEPS="$(TYPING_DEPS)" PYTEST_ARGS="$(PYTEST_ARGS)" \
-		release/test-wheels $(WHEELS)
+	DIST=$(DIST) SUITE_DEPS="$(SUITE_DEPS)" TYPING_DEPS="$(TYPING_DEPS)" INTEGRATION_DEPS="$(INTEGRATION_DEPS)" \
+		PYTEST_ARGS="$(PYTEST_ARGS)" release/test-wheels $(WHEELS)
 
 test-sdist:
 	DIST=$(DIST) PYTHON=$(PYTHON) release/test-sdist
