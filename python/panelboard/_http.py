@@ -62,6 +62,21 @@ def check_options(options: Mapping[str, Any] | None, registry: Registry) -> dict
     return dict(options)
 
 
+def settle_transport_error(
+    permit: Permit,
+    exc: BaseException,
+    failures: tuple[type[BaseException], ...],
+    ignored: tuple[type[BaseException], ...],
+) -> None:
+    """Settles `permit` for an exception from an HTTP client library: a failure when it is one of
+    the library's transport `failures` and not one of its `ignored` caller-side errors; otherwise
+    (cancellation, KeyboardInterrupt, caller bugs, errors of other code) ignored."""
+    if isinstance(exc, Exception) and not isinstance(exc, ignored) and isinstance(exc, failures):
+        permit.failure()
+    else:
+        permit.ignore()
+
+
 class Outcome:
     """The permit of one request until its response body is done; settles it exactly once.
 

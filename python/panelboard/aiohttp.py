@@ -24,6 +24,7 @@ from ._http import (
     check_statuses,
     origin,
     resolve_registry,
+    settle_transport_error,
 )
 
 __all__ = ["FAILURE_STATUSES", "breaker_middleware", "by_origin", "open_error_type"]
@@ -60,14 +61,7 @@ class _Aiohttp:
         self.watched_reader = _watched_reader_type(aiohttp.StreamReader)
 
     def settle_error(self, permit: Permit, exc: BaseException) -> None:
-        if (
-            isinstance(exc, Exception)
-            and not isinstance(exc, self.ignored)
-            and isinstance(exc, self.failures)
-        ):
-            permit.failure()
-        else:
-            permit.ignore()
+        settle_transport_error(permit, exc, self.failures, self.ignored)
 
     def watch(self, content: Any, outcome: Outcome) -> None:
         """Settles ``outcome`` when the body stream ``content`` reaches its end or fails."""

@@ -27,6 +27,7 @@ from ._http import (
     check_statuses,
     origin,
     resolve_registry,
+    settle_transport_error,
 )
 
 if TYPE_CHECKING:
@@ -71,14 +72,7 @@ class _Library:
         self.async_stream = _async_stream_type(module.AsyncByteStream)
 
     def settle_error(self, permit: Permit, exc: BaseException) -> None:
-        if (
-            isinstance(exc, Exception)
-            and not isinstance(exc, self.ignored)
-            and isinstance(exc, self.failures)
-        ):
-            permit.failure()
-        else:  # cancellation, KeyboardInterrupt, caller bugs, errors of other code
-            permit.ignore()
+        settle_transport_error(permit, exc, self.failures, self.ignored)
 
 
 _libraries: dict[str, _Library] = {}
