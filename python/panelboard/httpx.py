@@ -207,14 +207,21 @@ def _async_stream_type(base: type) -> type:
 
 
 class _Common:
+    # The inner transport's sending method, and what a wrong `inner` is told (set by each transport).
+    _SENDS: str
+    _INNER_KIND: str
+
     def __init__(
         self,
-        inner: Any,
-        registry: Registry | None,
-        name: Callable[[Any], str],
-        failure_statuses: Iterable[int],
-        options: Mapping[str, Any] | None,
+        inner: Any = None,
+        *,
+        registry: Registry | None = None,
+        name: Callable[[Any], str] = by_origin,
+        failure_statuses: Iterable[int] = FAILURE_STATUSES,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
+        if inner is not None and not callable(getattr(inner, self._SENDS, None)):
+            raise TypeError(f"inner must be {self._INNER_KIND} (with {self._SENDS})")
         self._registry = resolve_registry(registry)
         self._name = check_name(name)
         self._failure_statuses = check_statuses(failure_statuses)
@@ -266,18 +273,8 @@ class BreakerTransport(_Common, _SyncBase):
     ``panelboard.CircuitOpenError`` and the library's ``TransportError``.
     """
 
-    def __init__(
-        self,
-        inner: Any = None,
-        *,
-        registry: Registry | None = None,
-        name: Callable[[Any], str] = by_origin,
-        failure_statuses: Iterable[int] = FAILURE_STATUSES,
-        options: Mapping[str, Any] | None = None,
-    ) -> None:
-        if inner is not None and not callable(getattr(inner, "handle_request", None)):
-            raise TypeError("inner must be an httpx/httpx2 transport (with handle_request)")
-        super().__init__(inner, registry, name, failure_statuses, options)
+    _SENDS = "handle_request"
+    _INNER_KIND = "an httpx/httpx2 transport"
 
     def handle_request(self, request: Any) -> Any:
         library, permit = self._admit(request)
@@ -318,18 +315,8 @@ class AsyncBreakerTransport(_Common, _AsyncBase):
     """The asyncio twin of ``BreakerTransport``, for ``httpx.AsyncClient`` / ``httpx2.AsyncClient``
     (default inner transport: the library's ``AsyncHTTPTransport()``). Cancellation is ignored."""
 
-    def __init__(
-        self,
-        inner: Any = None,
-        *,
-        registry: Registry | None = None,
-        name: Callable[[Any], str] = by_origin,
-        failure_statuses: Iterable[int] = FAILURE_STATUSES,
-        options: Mapping[str, Any] | None = None,
-    ) -> None:
-        if inner is not None and not callable(getattr(inner, "handle_async_request", None)):
-            raise TypeError("inner must be an async httpx/httpx2 transport (with handle_async_request)")
-        super().__init__(inner, registry, name, failure_statuses, options)
+    _SENDS = "handle_async_request"
+    _INNER_KIND = "an async httpx/httpx2 transport"
 
     async def handle_async_request(self, request: Any) -> Any:
         library, permit = self._admit(request)
