@@ -305,8 +305,8 @@ async def test_interleaved_tasks_settle_their_own_blocks(registry):
     assert (m.successes, m.failures) == (3, 3)
 
 
-def test_exit_stack_and_wrapper_classes_pair_enter_and_exit(registry):
-    b = registry.breaker("db", failure_threshold=2)
+def wrapper_class(b):
+    """A client class whose own `__enter__`/`__exit__` call `b`'s by hand."""
 
     class Client:
         def __enter__(self):
@@ -315,6 +315,14 @@ def test_exit_stack_and_wrapper_classes_pair_enter_and_exit(registry):
 
         def __exit__(self, *exc):
             return b.__exit__(*exc)
+
+    return Client
+
+
+def test_exit_stack_and_wrapper_classes_pair_enter_and_exit(registry):
+    b = registry.breaker("db", failure_threshold=2)
+
+    Client = wrapper_class(b)
 
     with pytest.raises(Boom):
         with contextlib.ExitStack() as stack:
@@ -413,13 +421,7 @@ def test_kept_exit_lookup_does_not_take_a_wrapper_class_entry(registry, clock):
     (b, _) = half_open_pair(registry, clock)
     kept = b.__exit__  # looked up here, entered nowhere
 
-    class Client:
-        def __enter__(self):
-            b.__enter__()
-            return self
-
-        def __exit__(self, *exc):
-            return b.__exit__(*exc)
+    Client = wrapper_class(b)
 
     with Client():
         assert not probe_slot_is_free(b)
