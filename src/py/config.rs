@@ -62,11 +62,16 @@ impl Config {
     }
 
     /// Whether a call needs this configuration to be recorded: a `success` predicate to classify
-    /// it, a rate rule to count it in the window, or `slow_call_duration` to time it. What a breaker
-    /// caches for its closed fast path (`PredicateFlag`, with `version`), which only the breakers
-    /// with none of the three take.
+    /// it, or `slow_call_duration` to time it. What a breaker caches for its closed fast path
+    /// (`PredicateFlag`, with `version` and `counts_in_window`), which only the breakers with
+    /// neither take.
     pub fn has_predicate(&self) -> bool {
-        self.objects.success.is_some() || self.limits.rate.is_some() || self.slow_call_ns.is_some()
+        self.objects.success.is_some() || self.slow_call_ns.is_some()
+    }
+
+    /// Whether successes count in the breaker's window (a rate rule is configured).
+    pub fn counts_in_window(&self) -> bool {
+        self.limits.rate.is_some()
     }
 
     /// Reports the Python objects this configuration holds to the garbage collector.

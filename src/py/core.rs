@@ -146,8 +146,8 @@ pub type CoreRef = AttachedRef<BreakerCore>;
 impl BreakerCore {
     pub fn new(name: Arc<[u8]>, config: Arc<Config>, hub: Py<Hub>) -> Self {
         let window = OnceLock::new();
-        if config.limits.rate.is_some() {
-            let _ = window.set(Box::new(Window::new()));
+        if let Some(rate) = config.limits.rate {
+            let _ = window.set(Box::new(Window::new(rate.bucket_ms())));
         }
         BreakerCore {
             name,
@@ -155,7 +155,11 @@ impl BreakerCore {
             counters: Counters::new(),
             times_opened: AtomicU64::new(0),
             window,
-            predicate_flag: PredicateFlag::new(config.version, config.has_predicate()),
+            predicate_flag: PredicateFlag::with_window(
+                config.version,
+                config.has_predicate(),
+                config.counts_in_window(),
+            ),
             config: ArcSwap::new(config),
             hub,
             rejection_name: RejectionName::default(),
@@ -177,9 +181,12 @@ impl BreakerCore {
         // Validated against the current configuration first, so that a window is only made for a
         // configuration that will be installed.
         let candidate = Config::with(&self.config.load(), py, patch)?;
-        if candidate.limits.rate.is_some() {
-            // Before the configuration that needs it is published.
-            self.window.get_or_init(|| Box::new(Window::new()));
+        if let Some(rate) = candidate.limits.rate {
+            // Before the configuration that needs it is published. A new width forgets the old
+            // buckets (their tags mean other times).
+            self.window
+                .get_or_init(|| Box::new(Window::new(rate.bucket_ms())))
+                .set_bucket_ms(rate.bucket_ms());
         }
         drop(candidate);
         let mut error = None;
@@ -197,19 +204,15 @@ impl BreakerCore {
         if let Some(err) = error {
             return Err(err);
         }
-        let current = self.config.load();
-        let width = |config: &Config| config.limits.rate.map(|rate| rate.bucket_ms());
-        if width(&previous) != width(&current) {
-            // Buckets of another width: their tags mean other times.
-            if let Some(window) = self.window.get() {
-                window.clear();
-            }
-        }
         drop(previous);
         // Each call publishes the configuration current after its own was installed, so once it
         // returns the flag describes that one or a newer one (the flag ignores older versions).
-        self.predicate_flag
-            .publish(current.version, current.has_predicate());
+        let current = self.config.load();
+        self.predicate_flag.publish_with_window(
+            current.version,
+            current.has_predicate(),
+            current.counts_in_window(),
+        );
         Ok(())
     }
 
@@ -230,6 +233,29 @@ impl BreakerCore {
         config
             .slow_call_ns
             .map(|_| self.hub.get().clock.now_ns())
+    }
+
+    /// Counts the success of a call admitted on the fast path (`record_fast_success` accepted it) in
+    /// the window, when the configuration it was admitted under has a rate rule: a clock reading,
+    /// one CAS, one load; the window is judged only when it holds a failure or a slow call.
+    #[inline]
+    fn count_fast_success(&self, py: Python<'_>, fast: FastTicket) {
+        let Some(window) = self.window.get() else {
+            return;
+        };
+        let now_ms = self.hub.get().clock.now_ms();
+        let generation = fast.ticket().generation();
+        if window.record_success(generation, now_ms) {
+            self.judge_window(py, generation, now_ms);
+        }
+    }
+
+    #[cold]
+    fn judge_window(&self, py: Python<'_>, generation: u32, now_ms: u64) {
+        let config = self.config.load();
+        let transition = self.machine(&config).judge_window(generation, || now_ms);
+        self.count_opening(transition);
+        self.announce(py, transition);
     }
 
     /// Whether a call that started at `started` (see `start_timer`) was slow by `config`.
@@ -502,8 +528,12 @@ pub fn guarded<'py>(
                 if matches!(&result, Ok(value) if !is_coroutine(value))
                     && core.slots.record_fast_success(fast)
                 {
-                    // Healthy and unchanged: a success has nothing to record but its count.
+                    // Healthy and unchanged: a success has nothing to record but its count (and,
+                    // with a rate rule, its place in the window).
                     core.counters.add(Counter::Successes);
+                    if fast.counts_in_window() {
+                        core.count_fast_success(py, fast);
+                    }
                     return result;
                 }
                 (core.config.load(), fast.ticket(), true, None)

@@ -711,12 +711,33 @@ impl<'a> Machine<'a> {
         let generation = closed.generation();
         let now_ms = now.raw();
         let failure = outcome == Outcome::Failure;
-        if window.record(policy, generation, now_ms, failure, slow) == 0
-            || !window.trips(policy, generation, now_ms)
-        {
+        if window.record(generation, now_ms, failure, slow) == 0 {
             return None;
         }
-        let mut current = closed;
+        self.trip_if_window_trips(generation, window, policy, now)
+    }
+
+    /// Judges the window of `generation` (a closed generation a success was just counted in by
+    /// `Window::record_success`, on the closed fast path) and trips the breaker if a rate rule is
+    /// met, as `record` would have.
+    pub fn judge_window(&self, generation: u32, clock: impl Fn() -> u64) -> Option<Transition> {
+        let (Some(window), Some(policy)) = (self.window, self.limits.rate.as_ref()) else {
+            return None;
+        };
+        self.trip_if_window_trips(generation, window, policy, &mut LazyNow::new(clock))
+    }
+
+    fn trip_if_window_trips<F: Fn() -> u64>(
+        &self,
+        generation: u32,
+        window: &Window,
+        policy: &RatePolicy,
+        now: &mut LazyNow<F>,
+    ) -> Option<Transition> {
+        if !window.trips(policy, generation, now.raw()) {
+            return None;
+        }
+        let mut current = self.load();
         loop {
             if current.mode() != Mode::Closed || current.generation() != generation {
                 return None; // someone else changed the state first
@@ -733,9 +754,7 @@ impl<'a> Machine<'a> {
     pub fn window_counts(&self, clock: impl Fn() -> u64) -> crate::window::Counts {
         let current = self.load();
         match (self.window, self.limits.rate.as_ref(), current.mode()) {
-            (Some(window), Some(policy), Mode::Closed) => {
-                window.counts(policy, current.generation(), clock())
-            }
+            (Some(window), Some(_), Mode::Closed) => window.counts(current.generation(), clock()),
             _ => crate::window::Counts::default(),
         }
     }
