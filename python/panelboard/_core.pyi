@@ -87,6 +87,25 @@ class Metrics:
     def times_opened(self) -> int: ...
     @property
     def retry_after(self) -> float: ...
+    @property
+    def slow_calls(self) -> int:
+        """Calls that took longer than ``slow_call_duration`` (whatever their outcome), ever."""
+
+    @property
+    def window_calls(self) -> int:
+        """Calls (successes and failures) in the current window of the rate rules."""
+
+    @property
+    def window_failures(self) -> int: ...
+    @property
+    def window_slow(self) -> int: ...
+    @property
+    def failure_rate(self) -> float | None:
+        """``window_failures / window_calls``; ``None`` when the window holds no calls."""
+
+    @property
+    def slow_call_rate(self) -> float | None:
+        """``window_slow / window_calls``; ``None`` when the window holds no calls."""
 
 @final
 class Permit:
@@ -237,7 +256,7 @@ class Registry:
         cls,
         *,
         clock: ManualClock | None = None,
-        failure_threshold: int = ...,
+        failure_threshold: int | None = ...,
         reset_timeout: float = ...,
         half_open_max_calls: int = ...,
         success: Callable[[Any], object] | None = ...,
@@ -245,13 +264,21 @@ class Registry:
         failure_on: _ExceptionTypes = ...,
         ignore: _ExceptionTypes = ...,
         probe_timeout: float | None = ...,
+        failure_rate: float | None = ...,
+        slow_call_duration: float | None = ...,
+        slow_call_rate: float | None = ...,
+        window: float = ...,
+        min_calls: int = ...,
+        backoff: float = ...,
+        max_reset_timeout: float | None = ...,
+        jitter: float = ...,
     ) -> Self: ...
     def call(
         self,
         name: str,
         fn: Callable[[], _T],
         *,
-        failure_threshold: int = ...,
+        failure_threshold: int | None = ...,
         reset_timeout: float = ...,
         half_open_max_calls: int = ...,
         success: Callable[[Any], object] | None = ...,
@@ -259,6 +286,14 @@ class Registry:
         failure_on: _ExceptionTypes = ...,
         ignore: _ExceptionTypes = ...,
         probe_timeout: float | None = ...,
+        failure_rate: float | None = ...,
+        slow_call_duration: float | None = ...,
+        slow_call_rate: float | None = ...,
+        window: float = ...,
+        min_calls: int = ...,
+        backoff: float = ...,
+        max_reset_timeout: float | None = ...,
+        jitter: float = ...,
     ) -> _T:
         """Calls ``fn()`` through the breaker ``name``, creating it with the options if the name is new
         (options of later calls are validated but ignored)."""
@@ -268,7 +303,7 @@ class Registry:
         name: str,
         /,
         *,
-        failure_threshold: int = ...,
+        failure_threshold: int | None = ...,
         reset_timeout: float = ...,
         half_open_max_calls: int = ...,
         success: Callable[[Any], object] | None = ...,
@@ -276,6 +311,14 @@ class Registry:
         failure_on: _ExceptionTypes = ...,
         ignore: _ExceptionTypes = ...,
         probe_timeout: float | None = ...,
+        failure_rate: float | None = ...,
+        slow_call_duration: float | None = ...,
+        slow_call_rate: float | None = ...,
+        window: float = ...,
+        min_calls: int = ...,
+        backoff: float = ...,
+        max_reset_timeout: float | None = ...,
+        jitter: float = ...,
     ) -> Breaker:
         """A handle on the breaker ``name`` (created with the options if new)."""
 
@@ -284,7 +327,7 @@ class Registry:
         name: str,
         /,
         *,
-        failure_threshold: int = ...,
+        failure_threshold: int | None = ...,
         reset_timeout: float = ...,
         half_open_max_calls: int = ...,
         success: Callable[[Any], object] | None = ...,
@@ -292,6 +335,14 @@ class Registry:
         failure_on: _ExceptionTypes = ...,
         ignore: _ExceptionTypes = ...,
         probe_timeout: float | None = ...,
+        failure_rate: float | None = ...,
+        slow_call_duration: float | None = ...,
+        slow_call_rate: float | None = ...,
+        window: float = ...,
+        min_calls: int = ...,
+        backoff: float = ...,
+        max_reset_timeout: float | None = ...,
+        jitter: float = ...,
     ) -> Breaker:
         """Creates the breaker with the options, or atomically changes the given options of an
         existing one."""

@@ -42,7 +42,8 @@ struct Block {
     breaker: OnceLock<Py<Breaker>>,
     /// The class-level lookup: called with the breaker as its first argument.
     unbound: bool,
-    ticket: OnceLock<Ticket>,
+    /// The ticket, and when the call started if the breaker times calls.
+    ticket: OnceLock<(Ticket, Option<u64>)>,
     settled: AtomicBool,
     /// Where `__exit__` was looked up (see `frame::FrameMark`): only an `__enter__` called from
     /// that frame may give this block its permit, and for a lookup on the instance (`with b:`)
@@ -57,10 +58,10 @@ impl Drop for Block {
     fn drop(&mut self) {
         // A block whose frame went away without leaving it: ignored, which frees a half-open slot
         // and never moves the breaker (so no listener has to run, and no Python is needed).
-        if let (Some(ticket), Some(breaker)) = (self.ticket.get(), self.breaker.get()) {
+        if let (Some((ticket, _)), Some(breaker)) = (self.ticket.get(), self.breaker.get()) {
             if !*self.settled.get_mut() {
                 let core = &breaker.get().core;
-                core.record(&core.config.load(), *ticket, Outcome::Ignored);
+                core.record(&core.config.load(), *ticket, Outcome::Ignored, None);
             }
         }
     }
@@ -113,15 +114,17 @@ pub fn enter(breaker: &Bound<'_, Breaker>, asynchronous: bool) -> PyResult<()> {
     // Taken before admission: admission may run listeners, whose own blocks must not take it.
     let block = take_pending(breaker, asynchronous);
     let core = &breaker.get().core;
-    let ticket = core.admit(py, &core.config.load())?;
+    let config = core.config.load();
+    let ticket = core.admit(py, &config)?;
+    let started = core.start_timer(&config);
     if let Some(block) = block {
         // Set once: `take_pending` checked the block holds no ticket, and only this thread can
         // take a pending block.
         let _ = block.breaker.set(breaker.clone().unbind());
-        let _ = block.ticket.set(ticket);
+        let _ = block.ticket.set((ticket, started));
         return Ok(());
     }
-    let permit = Bound::new(py, Permit::new(core.clone_ref(py), ticket))?;
+    let permit = Bound::new(py, Permit::new(core.clone_ref(py), ticket, started))?;
     let below = pyrefs::permit_stack_get(py)?;
     pyrefs::permit_stack_set(py, PyTuple::new(py, [permit.into_any(), below])?.as_any())
 }
@@ -189,7 +192,7 @@ impl BlockExit {
         }
         let exc = args.get_item(expected - 2)?;
         match (block.ticket.get(), block.breaker.get()) {
-            (Some(ticket), Some(breaker)) => {
+            (Some((ticket, started)), Some(breaker)) => {
                 if block.settled.swap(true, Ordering::AcqRel) {
                     return Err(PyRuntimeError::new_err("this block was already left"));
                 }
@@ -200,7 +203,7 @@ impl BlockExit {
                 } else {
                     config.classify_error(py, &PyErr::from_value(exc))
                 };
-                core.finish(py, &config, *ticket, outcome);
+                core.finish(py, &config, *ticket, outcome, *started);
             }
             _ => {
                 // No permit of its own: a manual `__enter__` left by a manual `__exit__`.

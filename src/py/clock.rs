@@ -37,6 +37,14 @@ impl Clock {
             Clock::Manual(time) => time.elapsed_ns() / 1_000_000,
         }
     }
+
+    /// Nanoseconds since the clock's epoch: how calls are timed against `slow_call_duration`.
+    pub fn now_ns(&self) -> u64 {
+        match self {
+            Clock::Monotonic(epoch) => u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            Clock::Manual(time) => time.elapsed_ns(),
+        }
+    }
 }
 
 /// A clock that moves only when told to, shared by the registries given it.

@@ -5,7 +5,10 @@
 
 use super::ffi::refs::ReleasedAttached;
 use super::ffi::upcall;
-use crate::engine::{Limits, Outcome, MAX_DURATION_MS, MAX_FAILURE_THRESHOLD, MAX_PROBE_COUNT};
+use crate::engine::{
+    Limits, OpenTime, Outcome, RatePolicy, MAX_DURATION_MS, MAX_FAILURE_THRESHOLD, MAX_PROBE_COUNT,
+    NO_FAILURE_THRESHOLD,
+};
 use pyo3::exceptions::{PyBaseException, PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString, PyTuple, PyType};
@@ -25,6 +28,10 @@ pub struct Config {
     pub limits: Limits,
     pub reset_timeout: f64,
     pub probe_timeout: Option<f64>,
+    /// The trip-policy options as given (`limits.rate` and `limits.open_time` are derived from them).
+    pub policy: PolicyOptions,
+    /// `slow_call_duration` in nanoseconds: calls are timed only when it is set.
+    pub slow_call_ns: Option<u64>,
     /// The Python objects, released at once when the configuration is dropped (which can happen
     /// inside the fast entry points: see `ReleasedAttached`).
     pub objects: ReleasedAttached<PolicyObjects>,
@@ -42,6 +49,8 @@ impl Config {
             limits,
             reset_timeout: limits.reset_timeout_ms as f64 / 1000.0,
             probe_timeout: None,
+            policy: PolicyOptions::default(),
+            slow_call_ns: None,
             objects: ReleasedAttached::new(PolicyObjects {
                 success: None,
                 failure_on: py.get_type::<PyException>().into_any().unbind(),
@@ -52,10 +61,12 @@ impl Config {
         }
     }
 
-    /// Whether there is a `success` predicate: what a breaker caches for its fast path
-    /// (`PredicateFlag`, with `version`).
+    /// Whether a call needs this configuration to be recorded: a `success` predicate to classify
+    /// it, a rate rule to count it in the window, or `slow_call_duration` to time it. What a breaker
+    /// caches for its closed fast path (`PredicateFlag`, with `version`), which only the breakers
+    /// with none of the three take.
     pub fn has_predicate(&self) -> bool {
-        self.objects.success.is_some()
+        self.objects.success.is_some() || self.limits.rate.is_some() || self.slow_call_ns.is_some()
     }
 
     /// Reports the Python objects this configuration holds to the garbage collector.
@@ -100,11 +111,14 @@ impl Config {
         }
     }
 
-    /// This configuration with `patch` applied on top.
-    pub fn with(&self, py: Python<'_>, patch: &Patch) -> Config {
+    /// This configuration with `patch` applied on top, or a `ValueError` naming the option when the
+    /// options do not fit together.
+    pub fn with(&self, py: Python<'_>, patch: &Patch) -> PyResult<Config> {
         let mut limits = self.limits;
         let pick = |new: Option<u64>, old: u64| new.unwrap_or(old);
-        limits.failure_threshold = pick(patch.failure_threshold, limits.failure_threshold);
+        if let Some(threshold) = patch.failure_threshold {
+            limits.failure_threshold = threshold.unwrap_or(NO_FAILURE_THRESHOLD);
+        }
         limits.half_open_max_calls = pick(patch.half_open_max_calls, limits.half_open_max_calls);
         limits.success_threshold = pick(patch.success_threshold, limits.success_threshold);
         let mut reset_timeout = self.reset_timeout;
@@ -117,6 +131,10 @@ impl Config {
             probe_timeout = value.map(|(seconds, _)| seconds);
             limits.probe_timeout_ms = value.map(|(_, ms)| ms);
         }
+        let policy = self.policy.with(patch);
+        policy.check(limits, reset_timeout)?;
+        limits.rate = policy.rate();
+        limits.open_time = policy.open_time();
         let clone = |o: &Option<Py<PyAny>>| o.as_ref().map(|p| p.clone_ref(py));
         let success = match &patch.success {
             Some(new) => clone(new),
@@ -135,10 +153,12 @@ impl Config {
             && failure_on
                 .bind(py)
                 .is(py.get_type::<PyException>().as_any());
-        Config {
+        Ok(Config {
             limits,
             reset_timeout,
             probe_timeout,
+            slow_call_ns: policy.slow_call_duration.map(|(_, ns)| ns),
+            policy,
             objects: ReleasedAttached::new(PolicyObjects {
                 success,
                 failure_on,
@@ -146,6 +166,98 @@ impl Config {
             }),
             default_exceptions,
             version: self.version + 1,
+        })
+    }
+}
+
+/// The trip-policy options of a configuration, as given (seconds and ratios), with the whole
+/// units the engine uses next to the seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyOptions {
+    pub failure_rate: Option<f64>,
+    /// Seconds and nanoseconds.
+    pub slow_call_duration: Option<(f64, u64)>,
+    pub slow_call_rate: Option<f64>,
+    /// Seconds and milliseconds.
+    pub window: (f64, u64),
+    pub min_calls: u64,
+    pub backoff: f64,
+    /// Seconds and milliseconds.
+    pub max_reset_timeout: Option<(f64, u64)>,
+    pub jitter: f64,
+}
+
+impl Default for PolicyOptions {
+    fn default() -> Self {
+        PolicyOptions {
+            failure_rate: None,
+            slow_call_duration: None,
+            slow_call_rate: None,
+            window: (10.0, 10_000),
+            min_calls: 10,
+            backoff: 1.0,
+            max_reset_timeout: None,
+            jitter: 0.0,
+        }
+    }
+}
+
+impl PolicyOptions {
+    fn with(&self, patch: &Patch) -> PolicyOptions {
+        PolicyOptions {
+            failure_rate: patch.failure_rate.unwrap_or(self.failure_rate),
+            slow_call_duration: patch.slow_call_duration.unwrap_or(self.slow_call_duration),
+            slow_call_rate: patch.slow_call_rate.unwrap_or(self.slow_call_rate),
+            window: patch.window.unwrap_or(self.window),
+            min_calls: patch.min_calls.unwrap_or(self.min_calls),
+            backoff: patch.backoff.unwrap_or(self.backoff),
+            max_reset_timeout: patch.max_reset_timeout.unwrap_or(self.max_reset_timeout),
+            jitter: patch.jitter.unwrap_or(self.jitter),
+        }
+    }
+
+    /// The rules that only make sense together.
+    fn check(&self, limits: Limits, reset_timeout: f64) -> PyResult<()> {
+        if self.slow_call_rate.is_some() && self.slow_call_duration.is_none() {
+            return Err(PyValueError::new_err(
+                "slow_call_rate needs slow_call_duration (the time above which a call is slow)",
+            ));
+        }
+        if limits.failure_threshold == NO_FAILURE_THRESHOLD
+            && self.failure_rate.is_none()
+            && self.slow_call_rate.is_none()
+        {
+            // A TypeError, as `failure_threshold=None` always was before rate rules existed: None
+            // is only a value for it next to another rule.
+            return Err(PyTypeError::new_err(
+                "failure_threshold=None turns the consecutive-failure rule off, so failure_rate or \
+                 slow_call_rate must be set: a breaker needs at least one trip rule",
+            ));
+        }
+        if let Some((cap, cap_ms)) = self.max_reset_timeout {
+            if cap_ms < limits.reset_timeout_ms {
+                return Err(PyValueError::new_err(format!(
+                    "max_reset_timeout must be >= reset_timeout ({reset_timeout}), got {cap}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn rate(&self) -> Option<RatePolicy> {
+        (self.failure_rate.is_some() || self.slow_call_rate.is_some()).then_some(RatePolicy {
+            window_ms: self.window.1,
+            min_calls: self.min_calls,
+            failure_rate: self.failure_rate,
+            slow_call_rate: self.slow_call_rate,
+        })
+    }
+
+    fn open_time(&self) -> OpenTime {
+        OpenTime {
+            backoff: self.backoff,
+            max_ms: self.max_reset_timeout.map_or(MAX_DURATION_MS, |(_, ms)| ms),
+            jitter: self.jitter,
         }
     }
 }
@@ -153,7 +265,8 @@ impl Config {
 /// Validated options, each `None` when not given.
 #[derive(Default)]
 pub struct Patch {
-    failure_threshold: Option<u64>,
+    /// `Some(None)`: `failure_threshold=None`, the consecutive rule off.
+    failure_threshold: Option<Option<u64>>,
     half_open_max_calls: Option<u64>,
     success_threshold: Option<u64>,
     reset_timeout: Option<(f64, u64)>,
@@ -161,10 +274,19 @@ pub struct Patch {
     success: Option<Option<Py<PyAny>>>,
     failure_on: Option<Py<PyAny>>,
     ignore: Option<Option<Py<PyAny>>>,
+    failure_rate: Option<Option<f64>>,
+    slow_call_duration: Option<Option<(f64, u64)>>,
+    slow_call_rate: Option<Option<f64>>,
+    window: Option<(f64, u64)>,
+    min_calls: Option<u64>,
+    backoff: Option<f64>,
+    max_reset_timeout: Option<Option<(f64, u64)>>,
+    jitter: Option<f64>,
 }
 
 pub const OPTION_NAMES: &str = "failure_threshold, reset_timeout, half_open_max_calls, success, \
-success_threshold, failure_on, ignore, probe_timeout";
+success_threshold, failure_on, ignore, probe_timeout, failure_rate, slow_call_duration, \
+slow_call_rate, window, min_calls, backoff, max_reset_timeout, jitter";
 
 impl Patch {
     pub fn is_empty(&self) -> bool {
@@ -176,6 +298,14 @@ impl Patch {
             && self.success.is_none()
             && self.failure_on.is_none()
             && self.ignore.is_none()
+            && self.failure_rate.is_none()
+            && self.slow_call_duration.is_none()
+            && self.slow_call_rate.is_none()
+            && self.window.is_none()
+            && self.min_calls.is_none()
+            && self.backoff.is_none()
+            && self.max_reset_timeout.is_none()
+            && self.jitter.is_none()
     }
 
     /// Parses and validates keyword options; unknown names are a `TypeError`.
@@ -189,8 +319,64 @@ impl Patch {
             let name = key.cast::<PyString>()?.to_str().unwrap_or("");
             match name {
                 "failure_threshold" => {
-                    patch.failure_threshold =
+                    patch.failure_threshold = Some(if value.is_none() {
+                        None
+                    } else {
                         Some(count(&value, "failure_threshold", MAX_FAILURE_THRESHOLD)?)
+                    })
+                }
+                "failure_rate" => patch.failure_rate = Some(optional(&value, "failure_rate", ratio)?),
+                "slow_call_rate" => {
+                    patch.slow_call_rate = Some(optional(&value, "slow_call_rate", ratio)?)
+                }
+                "slow_call_duration" => {
+                    patch.slow_call_duration =
+                        Some(optional(&value, "slow_call_duration", |v, arg| {
+                            let seconds = finite_seconds(v, arg, 0.0)?;
+                            let ns = (seconds * 1e9).round();
+                            if ns > (MAX_DURATION_MS as f64) * 1e6 {
+                                return Err(PyValueError::new_err(format!(
+                                    "{arg} must be at most {} seconds",
+                                    MAX_DURATION_MS / 1000
+                                )));
+                            }
+                            Ok((seconds, ns as u64))
+                        })?)
+                }
+                "window" => {
+                    let (seconds, ms) = duration(&value, "window", false)?;
+                    if ms < 10 {
+                        return Err(PyValueError::new_err(format!(
+                            "window must be at least 0.01 seconds (ten 1 ms buckets), got {seconds}"
+                        )));
+                    }
+                    patch.window = Some((seconds, ms));
+                }
+                "min_calls" => {
+                    patch.min_calls = Some(count(&value, "min_calls", MAX_FAILURE_THRESHOLD)?)
+                }
+                "backoff" => {
+                    let factor = finite_number(&value, "backoff")?;
+                    if factor < 1.0 {
+                        return Err(PyValueError::new_err(format!(
+                            "backoff must be >= 1 (1: no backoff), got {factor}"
+                        )));
+                    }
+                    patch.backoff = Some(factor);
+                }
+                "max_reset_timeout" => {
+                    patch.max_reset_timeout = Some(optional(&value, "max_reset_timeout", |v, arg| {
+                        duration(v, arg, true)
+                    })?)
+                }
+                "jitter" => {
+                    let fraction = finite_number(&value, "jitter")?;
+                    if !(0.0..1.0).contains(&fraction) {
+                        return Err(PyValueError::new_err(format!(
+                            "jitter must be in [0, 1), got {fraction}"
+                        )));
+                    }
+                    patch.jitter = Some(fraction);
                 }
                 "half_open_max_calls" => {
                     patch.half_open_max_calls =
@@ -263,6 +449,51 @@ fn count(value: &Bound<'_, PyAny>, arg: &str, max: u64) -> PyResult<u64> {
             upcall::repr(value).map_or_else(|_| "?".to_owned(), |r| r.to_string())
         ))),
     }
+}
+
+/// `None`, or what `parse` makes of the value.
+fn optional<'py, T>(
+    value: &Bound<'py, PyAny>,
+    arg: &str,
+    parse: impl FnOnce(&Bound<'py, PyAny>, &str) -> PyResult<T>,
+) -> PyResult<Option<T>> {
+    if value.is_none() {
+        Ok(None)
+    } else {
+        parse(value, arg).map(Some)
+    }
+}
+
+/// A finite `int` or `float` (not a `bool`).
+fn finite_number(value: &Bound<'_, PyAny>, arg: &str) -> PyResult<f64> {
+    if value.is_instance_of::<PyBool>()
+        || !(value.is_instance_of::<PyFloat>() || value.is_instance_of::<PyInt>())
+    {
+        return Err(PyTypeError::new_err(format!(
+            "{arg} must be a number (int or float), not {}",
+            type_name(value)
+        )));
+    }
+    let number: f64 = value
+        .extract()
+        .map_err(|_| PyValueError::new_err(format!("{arg} is too large")))?;
+    if !number.is_finite() {
+        return Err(PyValueError::new_err(format!(
+            "{arg} must be finite, got {number}"
+        )));
+    }
+    Ok(number)
+}
+
+/// A ratio in (0, 1].
+fn ratio(value: &Bound<'_, PyAny>, arg: &str) -> PyResult<f64> {
+    let number = finite_number(value, arg)?;
+    if number <= 0.0 || number > 1.0 {
+        return Err(PyValueError::new_err(format!(
+            "{arg} must be a ratio in (0, 1], got {number}"
+        )));
+    }
+    Ok(number)
 }
 
 /// A finite `int` or `float` (not a `bool`) of seconds, at least `min`.

@@ -55,7 +55,7 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::clock::Clock;
 use super::config::Config;
@@ -65,7 +65,7 @@ use super::ffi::refs::AttachedRef;
 use super::ffi::upcall;
 use super::pyrefs;
 use crate::engine::{
-    Admission, FastTicket, Mode, Outcome, PredicateFlag, Slots, Ticket, Transition,
+    Admission, FastTicket, Machine, Mode, Outcome, PredicateFlag, Slots, Ticket, Transition, Window,
 };
 use crate::metrics::{Counter, Counters};
 
@@ -106,6 +106,9 @@ pub struct BreakerCore {
     pub slots: Slots,
     pub counters: Counters,
     pub times_opened: AtomicU64,
+    /// The sliding window of the rate rules, made when a configuration with a rate rule is first
+    /// installed (a breaker without one pays a null pointer).
+    window: OnceLock<Box<Window>>,
     /// This breaker's own configuration (never shared with another breaker or the registry).
     pub config: ArcSwap<Config>,
     /// Whether the configuration has a `success` predicate, so that the closed fast path can skip
@@ -142,11 +145,16 @@ pub type CoreRef = AttachedRef<BreakerCore>;
 
 impl BreakerCore {
     pub fn new(name: Arc<[u8]>, config: Arc<Config>, hub: Py<Hub>) -> Self {
+        let window = OnceLock::new();
+        if config.limits.rate.is_some() {
+            let _ = window.set(Box::new(Window::new()));
+        }
         BreakerCore {
             name,
             slots: Slots::new(),
             counters: Counters::new(),
             times_opened: AtomicU64::new(0),
+            window,
             predicate_flag: PredicateFlag::new(config.version, config.has_predicate()),
             config: ArcSwap::new(config),
             hub,
@@ -163,15 +171,75 @@ impl BreakerCore {
         )
     }
 
-    /// Atomically applies `patch` to the configuration (`Registry.configure`).
-    pub fn reconfigure(&self, py: Python<'_>, patch: &super::config::Patch) {
-        let previous = self.config.rcu(|current| Config::with(current, py, patch));
+    /// Atomically applies `patch` to the configuration (`Registry.configure`); options that do not
+    /// fit with the current ones are a `ValueError` that changes nothing.
+    pub fn reconfigure(&self, py: Python<'_>, patch: &super::config::Patch) -> PyResult<()> {
+        // Validated against the current configuration first, so that a window is only made for a
+        // configuration that will be installed.
+        let candidate = Config::with(&self.config.load(), py, patch)?;
+        if candidate.limits.rate.is_some() {
+            // Before the configuration that needs it is published.
+            self.window.get_or_init(|| Box::new(Window::new()));
+        }
+        drop(candidate);
+        let mut error = None;
+        let previous = self.config.rcu(|current| match Config::with(current, py, patch) {
+            Ok(config) => {
+                error = None;
+                Arc::new(config)
+            }
+            Err(err) => {
+                // A concurrent `configure` changed an option this one's check relied on.
+                error = Some(err);
+                Arc::clone(current)
+            }
+        });
+        if let Some(err) = error {
+            return Err(err);
+        }
+        let current = self.config.load();
+        let width = |config: &Config| config.limits.rate.map(|rate| rate.bucket_ms());
+        if width(&previous) != width(&current) {
+            // Buckets of another width: their tags mean other times.
+            if let Some(window) = self.window.get() {
+                window.clear();
+            }
+        }
         drop(previous);
         // Each call publishes the configuration current after its own was installed, so once it
         // returns the flag describes that one or a newer one (the flag ignores older versions).
-        let current = self.config.load();
         self.predicate_flag
             .publish(current.version, current.has_predicate());
+        Ok(())
+    }
+
+    /// The machine over this breaker's words, with the window when `config` has a rate rule.
+    #[inline]
+    pub fn machine<'a>(&'a self, config: &'a Config) -> Machine<'a> {
+        let machine = self.slots.machine(&config.limits);
+        match (config.limits.rate.is_some(), self.window.get()) {
+            (true, Some(window)) => machine.with_window(window),
+            _ => machine,
+        }
+    }
+
+    /// When a call admitted now started, if `config` times calls (`slow_call_duration`): no clock
+    /// is read otherwise.
+    #[inline]
+    pub fn start_timer(&self, config: &Config) -> Option<u64> {
+        config
+            .slow_call_ns
+            .map(|_| self.hub.get().clock.now_ns())
+    }
+
+    /// Whether a call that started at `started` (see `start_timer`) was slow by `config`.
+    fn was_slow(&self, config: &Config, started: Option<u64>) -> bool {
+        match (started, config.slow_call_ns) {
+            (Some(started), Some(limit)) => {
+                self.hub.get().clock.now_ns().saturating_sub(started) > limit
+            }
+            _ => false,
+        }
     }
 
     pub fn py_name<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -183,7 +251,7 @@ impl BreakerCore {
     /// until half-open that the engine computed: one clock reading serves both.)
     pub fn admit(&self, py: Python<'_>, config: &Config) -> PyResult<Ticket> {
         let clock = &self.hub.get().clock;
-        match self.slots.machine(&config.limits).admit(|| clock.now_ms()) {
+        match self.machine(config).admit(|| clock.now_ms()) {
             Admission::Admitted { ticket, transition } => {
                 if transition.is_some() {
                     self.announce(py, transition);
@@ -201,7 +269,7 @@ impl BreakerCore {
     #[inline]
     pub fn try_admit(&self, py: Python<'_>, config: &Config) -> Option<Ticket> {
         let clock = &self.hub.get().clock;
-        match self.slots.machine(&config.limits).admit(|| clock.now_ms()) {
+        match self.machine(config).admit(|| clock.now_ms()) {
             Admission::Admitted { ticket, transition } => {
                 if transition.is_some() {
                     self.announce(py, transition);
@@ -224,25 +292,43 @@ impl BreakerCore {
 
     /// Records an outcome and returns the transition it caused. Needs no Python, so a permit
     /// dropped without an answer can record itself as ignored (which never moves the breaker).
+    /// `started`: when the call started, if it was timed (`start_timer`).
     #[inline]
-    pub fn record(&self, config: &Config, ticket: Ticket, outcome: Outcome) -> Option<Transition> {
+    pub fn record(
+        &self,
+        config: &Config,
+        ticket: Ticket,
+        outcome: Outcome,
+        started: Option<u64>,
+    ) -> Option<Transition> {
         self.counters.add(match outcome {
             Outcome::Success => Counter::Successes,
             Outcome::Failure => Counter::Failures,
             Outcome::Ignored => Counter::Ignored,
         });
+        // Slow whatever the outcome; an ignored call does not count (neither in the window).
+        let slow = outcome != Outcome::Ignored && self.was_slow(config, started);
+        if slow {
+            self.counters.add(Counter::Slow);
+        }
         let clock = &self.hub.get().clock;
         let transition = self
-            .slots
-            .machine(&config.limits)
-            .record(ticket, outcome, || clock.now_ms());
+            .machine(config)
+            .record_call(ticket, outcome, slow, || clock.now_ms());
         self.count_opening(transition);
         transition
     }
 
     #[inline]
-    pub fn finish(&self, py: Python<'_>, config: &Config, ticket: Ticket, outcome: Outcome) {
-        let transition = self.record(config, ticket, outcome);
+    pub fn finish(
+        &self,
+        py: Python<'_>,
+        config: &Config,
+        ticket: Ticket,
+        outcome: Outcome,
+        started: Option<u64>,
+    ) {
+        let transition = self.record(config, ticket, outcome, started);
         if transition.is_some() {
             self.announce(py, transition);
         }
@@ -256,7 +342,7 @@ impl BreakerCore {
 
     pub fn set_mode(&self, py: Python<'_>, mode: Mode) {
         let config = self.config.load();
-        let transition = self.slots.machine(&config.limits).set_mode(mode);
+        let transition = self.machine(&config).set_mode(mode);
         self.count_opening(transition);
         self.announce(py, transition);
     }
@@ -264,7 +350,7 @@ impl BreakerCore {
     /// The mode now, turning an expired open breaker half-open (and reporting it) on first sight.
     pub fn observe(&self, py: Python<'_>) -> (crate::engine::Word, f64) {
         let config = self.config.load();
-        let machine = self.slots.machine(&config.limits);
+        let machine = self.machine(&config);
         let clock = &self.hub.get().clock;
         let (word, transition) = machine.observe(|| clock.now_ms());
         self.announce(py, transition);
@@ -383,7 +469,7 @@ pub fn shield<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
 /// needed) or with the configuration it was admitted under.
 enum Admitted {
     Fast(FastTicket),
-    Configured(arc_swap::Guard<Arc<Config>>, Ticket),
+    Configured(arc_swap::Guard<Arc<Config>>, Ticket, Option<u64>),
 }
 
 /// The guarded call, entirely in Rust: admit, run `invoke` (which calls the user's function),
@@ -406,11 +492,12 @@ pub fn guarded<'py>(
         }
         let config = core.config.load();
         let ticket = core.admit(py, &config)?;
-        Ok(Admitted::Configured(config, ticket))
+        let started = core.start_timer(&config);
+        Ok(Admitted::Configured(config, ticket, started))
     })?;
     let result = invoke();
     shield(move || {
-        let (config, ticket, fast) = match admitted {
+        let (config, ticket, fast, started) = match admitted {
             Admitted::Fast(fast) => {
                 if matches!(&result, Ok(value) if !is_coroutine(value))
                     && core.slots.record_fast_success(fast)
@@ -419,13 +506,13 @@ pub fn guarded<'py>(
                     core.counters.add(Counter::Successes);
                     return result;
                 }
-                (core.config.load(), fast.ticket(), true)
+                (core.config.load(), fast.ticket(), true, None)
             }
-            Admitted::Configured(config, ticket) => (config, ticket, false),
+            Admitted::Configured(config, ticket, started) => (config, ticket, false, started),
         };
         // A sync call that returned a coroutine did not run the work yet: it cannot be guarded.
         if matches!(&result, Ok(value) if is_coroutine(value)) {
-            core.finish(py, &config, ticket, Outcome::Ignored);
+            core.finish(py, &config, ticket, Outcome::Ignored, started);
             return Err(refuse_coroutine(result?));
         }
         match result {
@@ -436,11 +523,12 @@ pub fn guarded<'py>(
                 } else {
                     config.classify_result(&value)
                 };
-                core.finish(py, &config, ticket, outcome);
+                core.finish(py, &config, ticket, outcome, started);
                 predicate_error.map_or(Ok(value), Err)
             }
             Err(err) => {
-                core.finish(py, &config, ticket, config.classify_error(py, &err));
+                let outcome = config.classify_error(py, &err);
+                core.finish(py, &config, ticket, outcome, started);
                 Err(err)
             }
         }

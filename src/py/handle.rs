@@ -110,16 +110,18 @@ impl Breaker {
     /// breaker: rejection costs no exception.
     fn try_acquire(&self, py: Python<'_>) -> Option<Permit> {
         let config = self.core.config.load();
-        self.core
-            .try_admit(py, &config)
-            .map(|ticket| Permit::new(self.core.clone_ref(py), ticket))
+        self.core.try_admit(py, &config).map(|ticket| {
+            let started = self.core.start_timer(&config);
+            Permit::new(self.core.clone_ref(py), ticket, started)
+        })
     }
 
     /// A permit, or `CircuitOpenError` (used by the async helpers).
     fn _acquire(&self, py: Python<'_>) -> PyResult<Permit> {
         let config = self.core.config.load();
         let ticket = self.core.admit(py, &config)?;
-        Ok(Permit::new(self.core.clone_ref(py), ticket))
+        let started = self.core.start_timer(&config);
+        Ok(Permit::new(self.core.clone_ref(py), ticket, started))
     }
 
     // `__exit__` and `__aexit__` are descriptors installed by `block::install`: every lookup
@@ -307,12 +309,26 @@ pub struct Metrics {
     rejected: u64,
     times_opened: u64,
     retry_after: f64,
+    /// Calls that took longer than `slow_call_duration`, ever (whatever their outcome).
+    slow_calls: u64,
+    /// Calls (successes and failures) in the current window of the rate rules, and of them the
+    /// failures and the slow calls; `failure_rate` and `slow_call_rate` are their ratios, `None`
+    /// when the window holds no calls.
+    window_calls: u64,
+    window_failures: u64,
+    window_slow: u64,
+    failure_rate: Option<f64>,
+    slow_call_rate: Option<f64>,
 }
 
 impl Metrics {
     pub fn of(py: Python<'_>, core: &BreakerCore) -> PyResult<Metrics> {
         let (word, retry_after) = core.observe(py);
         let totals = core.counters.totals();
+        let config = core.config.load();
+        let clock = &core.hub.get().clock;
+        let window = core.machine(&config).window_counts(|| clock.now_ms());
+        let ratio = |count: u64| (window.calls > 0).then(|| count as f64 / window.calls as f64);
         Ok(Metrics {
             state: pyrefs::state(py, word.mode())?.unbind(),
             consecutive_failures: if word.mode() == Mode::Closed {
@@ -327,6 +343,12 @@ impl Metrics {
             rejected: totals.rejected,
             times_opened: core.times_opened.load(Ordering::Relaxed),
             retry_after,
+            slow_calls: totals.slow,
+            window_calls: window.calls,
+            window_failures: window.failures,
+            window_slow: window.slow,
+            failure_rate: ratio(window.failures),
+            slow_call_rate: ratio(window.slow),
         })
     }
 }
@@ -336,7 +358,9 @@ impl Metrics {
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!(
             "Metrics(state={}, consecutive_failures={}, calls={}, successes={}, failures={}, \
-             ignored={}, rejected={}, times_opened={}, retry_after={:?})",
+             ignored={}, rejected={}, times_opened={}, retry_after={:?}, slow_calls={}, \
+             window_calls={}, window_failures={}, window_slow={}, failure_rate={}, \
+             slow_call_rate={})",
             // `State` is a `str` enum: its text is its value, read without running `.value`.
             self.state
                 .bind(py)
@@ -349,7 +373,18 @@ impl Metrics {
             self.ignored,
             self.rejected,
             self.times_opened,
-            self.retry_after
+            self.retry_after,
+            self.slow_calls,
+            self.window_calls,
+            self.window_failures,
+            self.window_slow,
+            optional_repr(self.failure_rate),
+            optional_repr(self.slow_call_rate),
         ))
     }
+}
+
+/// A ratio as Python's `repr` would write it (`None` when absent).
+fn optional_repr(value: Option<f64>) -> String {
+    value.map_or_else(|| "None".to_owned(), |v| format!("{v:?}"))
 }

@@ -14,14 +14,17 @@ use crate::engine::{Outcome, Ticket};
 pub struct Permit {
     core: CoreRef,
     ticket: Ticket,
+    /// When the call started, if the breaker times calls (`slow_call_duration`).
+    started: Option<u64>,
     settled: AtomicBool,
 }
 
 impl Permit {
-    pub(crate) fn new(core: CoreRef, ticket: Ticket) -> Permit {
+    pub(crate) fn new(core: CoreRef, ticket: Ticket, started: Option<u64>) -> Permit {
         Permit {
             core,
             ticket,
+            started,
             settled: AtomicBool::new(false),
         }
     }
@@ -37,8 +40,13 @@ impl Permit {
 
     fn settle(&self, py: Python<'_>, outcome: Outcome) -> PyResult<()> {
         self.claim()?;
-        self.core
-            .finish(py, &self.core.config.load(), self.ticket, outcome);
+        self.core.finish(
+            py,
+            &self.core.config.load(),
+            self.ticket,
+            outcome,
+            self.started,
+        );
         Ok(())
     }
 
@@ -76,7 +84,8 @@ impl Permit {
         self.claim()?;
         let config = self.core.config.load();
         let (outcome, predicate_error) = config.classify_result(result);
-        self.core.finish(py, &config, self.ticket, outcome);
+        self.core
+            .finish(py, &config, self.ticket, outcome, self.started);
         predicate_error.map_or(Ok(()), Err)
     }
 
@@ -85,7 +94,8 @@ impl Permit {
         self.claim()?;
         let config = self.core.config.load();
         let outcome = config.classify_error(py, &PyErr::from_value(exc.clone()));
-        self.core.finish(py, &config, self.ticket, outcome);
+        self.core
+            .finish(py, &config, self.ticket, outcome, self.started);
         Ok(())
     }
 
@@ -112,8 +122,12 @@ impl Drop for Permit {
     fn drop(&mut self) {
         if !*self.settled.get_mut() {
             // Ignored outcomes never change the mode, so no listener has to run here.
-            self.core
-                .record(&self.core.config.load(), self.ticket, Outcome::Ignored);
+            self.core.record(
+                &self.core.config.load(),
+                self.ticket,
+                Outcome::Ignored,
+                None,
+            );
         }
     }
 }

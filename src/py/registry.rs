@@ -48,8 +48,14 @@ impl Registry {
     }
 
     /// The breaker named `key`, created with the registry defaults plus `patch` if it is new.
+    /// The options of an existing breaker are ignored, but still checked as they would be for a
+    /// new one (options that do not fit together are an error either way).
     fn get_or_create(&self, py: Python<'_>, key: &[u8], patch: &Patch) -> PyResult<CoreRef> {
-        Ok(self.find_or_create(py, key, patch)?.0)
+        let (core, created) = self.find_or_create(py, key, patch)?;
+        if !created && !patch.is_empty() {
+            drop(self.defaults.with(py, patch)?);
+        }
+        Ok(core)
     }
 
     /// Like `get_or_create`, and tells whether the breaker returned was created with `patch`.
@@ -62,7 +68,7 @@ impl Registry {
         if let Some(core) = self.find(py, key) {
             return Ok((core, false));
         }
-        let config = Arc::new(self.defaults.with(py, patch));
+        let config = Arc::new(self.defaults.with(py, patch)?);
         let name: Arc<[u8]> = Arc::from(key);
         let fresh = CoreRef::new(
             py,
@@ -121,7 +127,7 @@ impl Registry {
         Ok(Registry {
             breakers: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             hub: Py::new(py, Hub::new(clock))?,
-            defaults: Config::defaults(py).with(py, &patch),
+            defaults: Config::defaults(py).with(py, &patch)?,
         })
     }
 
@@ -154,7 +160,7 @@ impl Registry {
         let (core, created) = self.find_or_create(py, &key, &patch)?;
         if !created {
             // Existing, or created by another thread since the lookup: change it.
-            core.reconfigure(py, &patch);
+            core.reconfigure(py, &patch)?;
         }
         Ok(Breaker { core })
     }

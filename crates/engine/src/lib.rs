@@ -6,12 +6,15 @@
 //! - [`fast_path`] (re-exported too): admission into a closed breaker without a result predicate
 //!   and the healthy success that writes nothing, with the versioned predicate flag.
 //! - [`metrics`]: striped per-breaker counters.
+//! - [`window`]: the sliding time window of the rate rules (failure rate, slow-call rate).
 #![forbid(unsafe_code)]
 
 pub mod fast_path;
 pub mod machine;
 pub mod metrics;
 mod sync;
+pub mod window;
 
 pub use fast_path::{FastTicket, PredicateFlag};
 pub use machine::*;
+pub use window::{Counts, RatePolicy, Window};

@@ -29,6 +29,7 @@
 //! - admitting into a closed breaker and recording a success on one with no failures write nothing.
 
 use crate::sync::{AtomicU64, Ordering};
+use crate::window::{RatePolicy, Window};
 
 const PAYLOAD_BITS: u32 = 36;
 const GENERATION_BITS: u32 = 25;
@@ -40,6 +41,9 @@ const COUNTER_MASK: u64 = (1 << COUNTER_BITS) - 1;
 
 /// Largest accepted `failure_threshold`.
 pub const MAX_FAILURE_THRESHOLD: u64 = u32::MAX as u64;
+/// `failure_threshold` of a breaker whose consecutive-failure rule is off (`failure_threshold=None`):
+/// larger than any count the word can hold, so it is never reached.
+pub const NO_FAILURE_THRESHOLD: u64 = u64::MAX;
 /// Largest accepted `half_open_max_calls` and `success_threshold` (16-bit fields of the word).
 pub const MAX_PROBE_COUNT: u64 = COUNTER_MASK;
 /// Largest accepted duration in milliseconds (about 397 days): half the range of a stored time,
@@ -160,13 +164,18 @@ fn half_open_payload(in_flight: u64, successes: u64) -> u64 {
 
 /// The numeric configuration the machine needs. Callers validate ranges (see the MAX_ constants);
 /// the machine itself never panics on any value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Limits {
     pub failure_threshold: u64,
     pub reset_timeout_ms: u64,
     pub half_open_max_calls: u64,
     pub success_threshold: u64,
     pub probe_timeout_ms: Option<u64>,
+    /// The rate rules (failure rate, slow-call rate over a sliding window); they need a
+    /// [`Window`] (`Machine::with_window`) and are ignored without one.
+    pub rate: Option<RatePolicy>,
+    /// Open-time growth (see [`OpenTime`]).
+    pub open_time: OpenTime,
 }
 
 impl Default for Limits {
@@ -177,8 +186,99 @@ impl Default for Limits {
             half_open_max_calls: 1,
             success_threshold: 1,
             probe_timeout_ms: None,
+            rate: None,
+            open_time: OpenTime::FIXED,
         }
     }
+}
+
+/// How long a breaker stays open: the k-th reopen since it last closed (a probe failed, k = 1, 2,
+/// ...; a trip from closed is k = 0) stays open `min(reset_timeout * backoff^k, max_ms)`, drawn
+/// uniformly from `[t * (1 - jitter), t]`. The default (`backoff` 1, no jitter) is always
+/// `reset_timeout` and needs no word of its own.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OpenTime {
+    /// At least 1.
+    pub backoff: f64,
+    /// Cap on the backed-off time (before jitter), at least `reset_timeout_ms`.
+    pub max_ms: u64,
+    /// In [0, 1).
+    pub jitter: f64,
+}
+
+impl OpenTime {
+    pub const FIXED: OpenTime = OpenTime {
+        backoff: 1.0,
+        max_ms: MAX_DURATION_MS,
+        jitter: 0.0,
+    };
+
+    /// Whether open times vary (and live in the open-time word).
+    pub fn varies(&self) -> bool {
+        self.backoff > 1.0 || self.jitter > 0.0
+    }
+
+    /// The open time of the `k`-th reopen, before jitter.
+    pub fn base_ms(&self, reset_timeout_ms: u64, k: u64) -> u64 {
+        let exponent = i32::try_from(k).unwrap_or(i32::MAX);
+        let grown = reset_timeout_ms as f64 * self.backoff.powi(exponent);
+        let cap = self.max_ms.clamp(reset_timeout_ms, MAX_DURATION_MS) as f64;
+        // `as` saturates (NaN is 0): no value can panic here.
+        grown.min(cap).max(0.0) as u64
+    }
+
+    /// `base_ms` with jitter applied: `unit` in [0, 1) picks the point in `[t * (1 - jitter), t]`.
+    pub fn drawn_ms(&self, base_ms: u64, unit: f64) -> u64 {
+        let cut = (base_ms as f64 * self.jitter.clamp(0.0, 1.0) * unit.clamp(0.0, 1.0)) as u64;
+        base_ms.saturating_sub(cut.min(base_ms))
+    }
+}
+
+/// The open-time word: `generation (low 16 bits) << 48 | reopens (12 bits) << 36 | open ms (36)`.
+/// Written before the CAS that opens the breaker with that generation, so anyone who sees the open
+/// word also sees its time; a writer never overwrites the word of a newer generation.
+const OPEN_GENERATION_SHIFT: u32 = 48;
+const OPEN_GENERATION_MASK: u64 = 0xFFFF;
+const REOPENS_MASK: u64 = 0xFFF;
+
+fn pack_open_time(generation: u32, reopens: u64, ms: u64) -> u64 {
+    ((u64::from(generation) & OPEN_GENERATION_MASK) << OPEN_GENERATION_SHIFT)
+        | (reopens.min(REOPENS_MASK) << PAYLOAD_BITS)
+        | ms.min(PAYLOAD_MASK)
+}
+
+fn open_time_generation(word: u64) -> u64 {
+    word >> OPEN_GENERATION_SHIFT
+}
+
+fn open_time_reopens(word: u64) -> u64 {
+    (word >> PAYLOAD_BITS) & REOPENS_MASK
+}
+
+/// A uniform draw in [0, 1) for jitter: a per-thread splitmix64 sequence seeded from std's
+/// per-thread random hash keys. Not cryptographic; it only has to spread reopen times.
+fn random_unit() -> f64 {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u64(0x5eed);
+            hasher.finish()
+        });
+    }
+    let x = STATE
+        .try_with(|state| {
+            let next = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            state.set(next);
+            next
+        })
+        .unwrap_or(0x9E37_79B9_7F4A_7C15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,6 +343,8 @@ pub struct Slots {
     /// When the newest half-open permit was handed out: `generation << 36 | ms`. It only decides
     /// *when* hung probes are reclaimed; the reclaim itself is a CAS of `word`.
     probe_stamp: AtomicU64,
+    /// How long the current open period lasts, when open times vary (see [`OpenTime`]).
+    open_time: AtomicU64,
 }
 
 impl Slots {
@@ -250,6 +352,7 @@ impl Slots {
         Slots {
             word: AtomicU64::new(Word::INITIAL.0),
             probe_stamp: AtomicU64::new(0),
+            open_time: AtomicU64::new(0),
         }
     }
 
@@ -260,7 +363,7 @@ impl Slots {
     }
 
     pub fn machine<'a>(&'a self, limits: &'a Limits) -> Machine<'a> {
-        Machine::new(&self.word, &self.probe_stamp, limits)
+        Machine::new(&self.word, &self.probe_stamp, limits).with_open_time(&self.open_time)
     }
 }
 
@@ -282,9 +385,15 @@ impl<F: Fn() -> u64> LazyNow<F> {
         LazyNow { clock, value: None }
     }
 
+    /// The clock as the word stores times (modulo 2^36).
     fn get(&mut self) -> u64 {
+        self.raw() & PAYLOAD_MASK
+    }
+
+    /// The clock as read (the window indexes its buckets with it).
+    fn raw(&mut self) -> u64 {
         let clock = &self.clock;
-        *self.value.get_or_insert_with(|| clock() & PAYLOAD_MASK)
+        *self.value.get_or_insert_with(clock)
     }
 }
 
@@ -297,6 +406,8 @@ pub struct Machine<'a> {
     word: &'a AtomicU64,
     probe_stamp: &'a AtomicU64,
     limits: &'a Limits,
+    open_time: Option<&'a AtomicU64>,
+    window: Option<&'a Window>,
 }
 
 impl<'a> Machine<'a> {
@@ -305,6 +416,83 @@ impl<'a> Machine<'a> {
             word,
             probe_stamp,
             limits,
+            open_time: None,
+            window: None,
+        }
+    }
+
+    /// The word that holds the current open period's length when open times vary
+    /// (`Limits::open_time`); without one every open period lasts `reset_timeout_ms`.
+    pub fn with_open_time(mut self, open_time: &'a AtomicU64) -> Self {
+        self.open_time = Some(open_time);
+        self
+    }
+
+    /// The window the rate rules (`Limits::rate`) count in; without one they are off.
+    pub fn with_window(mut self, window: &'a Window) -> Self {
+        self.window = Some(window);
+        self
+    }
+
+    /// How long the open period of `word` (an open word) lasts.
+    fn open_ms(&self, word: Word) -> u64 {
+        let reset = self.limits.reset_timeout_ms;
+        match self.open_time {
+            Some(open_time) if self.limits.open_time.varies() => {
+                let stored = open_time.load(Ordering::Acquire);
+                if open_time_generation(stored) == u64::from(word.generation()) & OPEN_GENERATION_MASK
+                {
+                    stored & PAYLOAD_MASK
+                } else {
+                    reset // not written for this period (open times were switched on meanwhile)
+                }
+            }
+            _ => reset,
+        }
+    }
+
+    /// The open word that follows `current` (closed: a trip; half-open: a reopen), with its open
+    /// time drawn and written first when open times vary.
+    fn open<F: Fn() -> u64>(&self, current: Word, now: &mut LazyNow<F>) -> Word {
+        let next = current.next(Mode::Open, now.get());
+        let Some(open_time) = self.open_time else {
+            return next;
+        };
+        let policy = &self.limits.open_time;
+        if !policy.varies() {
+            return next;
+        }
+        let mut stored = open_time.load(Ordering::Acquire);
+        let reopens = if current.mode() == Mode::HalfOpen {
+            // Half-open is only ever entered from open: the word holds that open period's count.
+            (open_time_reopens(stored) + 1).min(REOPENS_MASK)
+        } else {
+            0
+        };
+        let base = policy.base_ms(self.limits.reset_timeout_ms, reopens);
+        let value = pack_open_time(
+            next.generation(),
+            reopens,
+            policy.drawn_ms(base, random_unit()),
+        );
+        loop {
+            // Never overwrite the word of a newer generation (a writer that lost its CAS long ago).
+            // Another writer of the same generation may have drawn too: either draw is fair, and
+            // the one published last before the CAS is the one everybody reads.
+            let age = (u64::from(next.generation()).wrapping_sub(open_time_generation(stored)))
+                & OPEN_GENERATION_MASK;
+            if age > OPEN_GENERATION_MASK / 2 {
+                return next;
+            }
+            match open_time.compare_exchange_weak(
+                stored,
+                value,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return next,
+                Err(actual) => stored = actual,
+            }
         }
     }
 
@@ -335,9 +523,10 @@ impl<'a> Machine<'a> {
                 Mode::ForcedOpen => return Admission::Rejected { retry_after_ms: 0 },
                 Mode::Open => {
                     let elapsed = elapsed_ms(now.get(), current.opened_at());
-                    if elapsed < self.limits.reset_timeout_ms {
+                    let open_ms = self.open_ms(current);
+                    if elapsed < open_ms {
                         return Admission::Rejected {
-                            retry_after_ms: self.limits.reset_timeout_ms - elapsed,
+                            retry_after_ms: open_ms - elapsed,
                         };
                     }
                     // The timeout has run out: this caller turns the breaker half-open and takes
@@ -434,6 +623,18 @@ impl<'a> Machine<'a> {
         outcome: Outcome,
         clock: impl Fn() -> u64,
     ) -> Option<Transition> {
+        self.record_call(ticket, outcome, false, clock)
+    }
+
+    /// `record`, telling whether the call was slow (longer than the rate policy's
+    /// `slow_call_duration`, timed by the caller). Slow or not only matters to the window.
+    pub fn record_call(
+        &self,
+        ticket: Ticket,
+        outcome: Outcome,
+        slow: bool,
+        clock: impl Fn() -> u64,
+    ) -> Option<Transition> {
         let mut now = LazyNow::new(clock);
         let mut current = self.load();
         loop {
@@ -443,16 +644,18 @@ impl<'a> Machine<'a> {
             let next = match (current.mode(), outcome) {
                 (Mode::Closed, Outcome::Success) => {
                     if current.failures() == 0 {
-                        return None; // healthy and staying so: no write
+                        // Healthy and staying so: no write to the word.
+                        return self.count_in_window(current, outcome, slow, &mut now);
                     }
                     current.with_payload(0)
                 }
                 (Mode::Closed, Outcome::Failure) => {
                     let failures = current.failures().saturating_add(1);
                     if failures >= self.limits.failure_threshold {
-                        current.next(Mode::Open, now.get())
+                        self.open(current, &mut now)
                     } else {
-                        current.with_payload(failures)
+                        // Capped: with the consecutive rule off the count has no use but metrics.
+                        current.with_payload(failures.min(PAYLOAD_MASK))
                     }
                 }
                 (Mode::HalfOpen, Outcome::Success) => {
@@ -464,7 +667,7 @@ impl<'a> Machine<'a> {
                         current.with_payload(half_open_payload(in_flight, successes))
                     }
                 }
-                (Mode::HalfOpen, Outcome::Failure) => current.next(Mode::Open, now.get()),
+                (Mode::HalfOpen, Outcome::Failure) => self.open(current, &mut now),
                 (Mode::HalfOpen, Outcome::Ignored) => {
                     let in_flight = current.in_flight().saturating_sub(1);
                     current.with_payload(half_open_payload(in_flight, current.probe_successes()))
@@ -477,9 +680,63 @@ impl<'a> Machine<'a> {
                 | (Mode::ForcedOpen, _) => return None,
             };
             match self.cas(current, next) {
+                Ok(()) => match transition(current, next) {
+                    None if next.mode() == Mode::Closed => {
+                        return self.count_in_window(next, outcome, slow, &mut now)
+                    }
+                    reported => return reported,
+                },
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Counts a closed breaker's outcome in the window of its generation (`closed`: the word it was
+    /// recorded under), then trips the breaker if a rate rule is met: one CAS from that closed word's
+    /// generation to open, which exactly one of the recorders that see the rule met wins.
+    ///
+    /// Every outcome that counts is evaluated, successes included (a success can lift the window to
+    /// `min_calls`, or arrive once old successes aged out). A healthy window (no failures and no slow
+    /// calls in it) is judged by reading those words alone.
+    fn count_in_window<F: Fn() -> u64>(
+        &self,
+        closed: Word,
+        outcome: Outcome,
+        slow: bool,
+        now: &mut LazyNow<F>,
+    ) -> Option<Transition> {
+        let (Some(window), Some(policy)) = (self.window, self.limits.rate.as_ref()) else {
+            return None;
+        };
+        let generation = closed.generation();
+        let now_ms = now.raw();
+        let failure = outcome == Outcome::Failure;
+        if window.record(policy, generation, now_ms, failure, slow) == 0
+            || !window.trips(policy, generation, now_ms)
+        {
+            return None;
+        }
+        let mut current = closed;
+        loop {
+            if current.mode() != Mode::Closed || current.generation() != generation {
+                return None; // someone else changed the state first
+            }
+            let next = self.open(current, now);
+            match self.cas(current, next) {
                 Ok(()) => return transition(current, next),
                 Err(actual) => current = actual,
             }
+        }
+    }
+
+    /// The counts of the current window (empty unless the breaker is closed with a rate policy).
+    pub fn window_counts(&self, clock: impl Fn() -> u64) -> crate::window::Counts {
+        let current = self.load();
+        match (self.window, self.limits.rate.as_ref(), current.mode()) {
+            (Some(window), Some(policy), Mode::Closed) => {
+                window.counts(policy, current.generation(), clock())
+            }
+            _ => crate::window::Counts::default(),
         }
     }
 
@@ -504,7 +761,7 @@ impl<'a> Machine<'a> {
         let mut current = self.load();
         loop {
             if current.mode() != Mode::Open
-                || elapsed_ms(now.get(), current.opened_at()) < self.limits.reset_timeout_ms
+                || elapsed_ms(now.get(), current.opened_at()) < self.open_ms(current)
             {
                 return (current, None);
             }
@@ -522,7 +779,7 @@ impl<'a> Machine<'a> {
             return 0;
         }
         let elapsed = elapsed_ms(clock() & PAYLOAD_MASK, word.opened_at());
-        self.limits.reset_timeout_ms.saturating_sub(elapsed)
+        self.open_ms(word).saturating_sub(elapsed)
     }
 }
 
