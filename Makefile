@@ -1,7 +1,7 @@
 # panelboard: `make demo` and `make test` set up everything on a fresh machine.
 #   make test                     build, then cargo test + pytest (PYTHON=python3 by default)
 #   make test-ft PYTHON=/path/3.13t   the same pytest suite on free-threaded CPython
-#   make demo | bench | loom | soak | stubtest | typecheck
+#   make demo | bench | bench-policy | loom | soak | stubtest | typecheck
 #   make wheels                   manylinux_2_17 wheels for $(WHEELS) + the sdist into dist/, checked
 #   make test-wheels              each wheel installed without Rust, whole pytest suite (RELEASING.md)
 #   make test-sdist               the sdist built from source by pip, then a smoke test
@@ -36,7 +36,7 @@ LINT_DEPS := ruff==0.17.6
 
 .PHONY: all venv build test test-rust test-python test-ft demo bench bench-rust loom soak stubtest typecheck \
 	wheels test-wheels test-sdist lint clean
-.PHONY: valgrind build-ft bench-insns bench-insns-baseline bench-insns-check
+.PHONY: bench-policy valgrind build-ft bench-insns bench-insns-baseline bench-insns-check
 
 all: test
 
@@ -85,6 +85,12 @@ $(VENV)/.bench-deps: venv
 
 bench: build $(VENV)/.bench-deps
 	$(PY) benches/bench.py
+	$(PY) benches/policy_bench.py
+
+# What a rate policy costs (issue 11): closed success vs consecutive-only on this interpreter, 3.13t
+# two-thread scaling on one rate-policy breaker, memory per breaker at 100,000 names -> benches/policy.md
+bench-policy: build
+	$(PY) benches/policy_bench.py
 
 # Instructions per call of every entry point under callgrind (benches/insns.py, issue 10):
 #   make bench-insns            3.11 and 3.13t, writes benches/insns.md (compared with the baseline)

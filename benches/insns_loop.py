@@ -115,6 +115,28 @@ def handle_call():
     return loop
 
 
+def rate_call():
+    # Issue 11: a breaker with a failure-rate policy (its success is counted in the window).
+    b = _breaker(failure_rate=0.5)
+
+    def loop(n, b=b, f=f):
+        for _ in repeat(None, n):
+            b.call(f)
+
+    return loop
+
+
+def rate_slow_call():
+    # Issue 11: failure rate and slow-call rate (each call is timed).
+    b = _breaker(failure_rate=0.5, slow_call_duration=1.0, slow_call_rate=0.5)
+
+    def loop(n, b=b, f=f):
+        for _ in repeat(None, n):
+            b.call(f)
+
+    return loop
+
+
 def decorated():
     g = _breaker()(f)
 
@@ -264,6 +286,8 @@ ENTRIES = {
         "raise_catch",
         "cguard",
         "handle_call",
+        "rate_call",
+        "rate_slow_call",
         "decorated",
         "registry_call",
         "module_call",

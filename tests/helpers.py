@@ -10,6 +10,10 @@
   ``fail_n(api, name, n, **options)``, ``open_with_permits(b)``, ``open_then_half_open(b, clock,
   timeout)``, ``half_open(registry, clock, name, probes, **options)`` and
   ``assert_half_opens_after(registry, clock, seconds)``.
+- Trip policies (issue 11): ``outcomes(b, pattern)`` (one call per letter of ``"SF..."``),
+  ``taking(clock, seconds, result)`` (a function whose call takes ``seconds`` on a ``ManualClock``),
+  ``window_of(m)`` (a ``Metrics``' window fields as a tuple), ``open_time(b)`` (how long
+  an open breaker stays open, checked against both places that report it).
 - asyncio: ``cancel_while_running(start, started)``.
 - Threads: ``run_threads(target, n)``, ``in_thread(target, *args, **kwargs)`` (returns a
   joiner), ``hold_in_call(call, *args, result)`` (a call held inside its function on another
@@ -191,6 +195,52 @@ def assert_half_opens_after(registry: Any, clock: Any, seconds: float, name: str
     assert registry.state(name) is State.OPEN
     clock.advance(0.001)
     assert registry.state(name) is State.HALF_OPEN
+
+
+# --------------------------------------------------------------------------------------------------
+# Trip policies (issue 11)
+
+
+def outcomes(b: Any, pattern: str) -> None:
+    """One call through the handle ``b`` per letter: ``S`` succeeds, ``F`` raises ``Boom`` (spaces
+    are skipped, for readability)."""
+    for letter in pattern.replace(" ", ""):
+        if letter == "S":
+            assert b.call(ok) == "ok"
+        elif letter == "F":
+            with pytest.raises(Boom):
+                b.call(fail)
+        else:
+            raise ValueError(f"unknown outcome letter {letter!r}")
+
+
+def taking(clock: Any, seconds: float, result: Any = "ok") -> Callable[..., Any]:
+    """A function that takes ``seconds`` of ``clock``'s time, then returns ``result`` (or raises it,
+    if it is an exception)."""
+
+    def fn(*args: Any, **kwargs: Any) -> Any:
+        clock.advance(seconds)
+        if isinstance(result, BaseException):
+            raise result.with_traceback(None)
+        return result
+
+    return fn
+
+
+def window_of(m: Any) -> tuple[int, int, int]:
+    """``(window_calls, window_failures, window_slow)`` of a ``Metrics``."""
+    return (m.window_calls, m.window_failures, m.window_slow)
+
+
+def open_time(b: Any) -> float:
+    """The seconds an open handle ``b`` reports until it goes half-open: ``metrics().retry_after``,
+    checked equal to what a rejected call's ``CircuitOpenError`` says (no time passes in between
+    on a ``ManualClock``). The rejected call counts in ``metrics().rejected``."""
+    reported = b.metrics().retry_after
+    with pytest.raises(CircuitOpenError) as info:
+        b.call(ok)
+    assert info.value.retry_after == reported
+    return reported
 
 
 async def cancel_while_running(start: Callable[[], Any], started: asyncio.Event, times: int = 3) -> None:

@@ -1,0 +1,371 @@
+#!/usr/bin/env python3
+"""What a rate policy costs (issue 11): ``make bench`` runs this after ``benches/bench.py``
+(``make bench-policy`` runs it alone) and writes ``benches/policy.md``.
+
+Three measurements, each against the issue's target:
+
+* **Closed success, per call, CPython 3.11**: ``b.call(f)`` on a breaker with a rate policy
+  (``failure_rate=0.5``) against the same call on a consecutive-only breaker (today's path), timed
+  in interleaved rounds (``benches/bench.py``'s ``Workload``: every round times every workload once,
+  in a shuffled order, so that noise from other processes hits all of them alike); medians.
+  Target: at most 1.15x per call. A rate policy with the slow-call rule too (which reads the
+  clock twice per call) is shown beside it.
+* **Scaling on free-threaded 3.13t**: two threads, each with its own handle on one rate-policy
+  breaker, against one thread (``benches/bench.py``'s ``throughput``: aggregate calls per second,
+  and CPU time per call, which a busy machine does not inflate the way it does wall time).
+  Target: at least 1.6x. The consecutive-only breaker and a bare ``f()`` per thread are measured
+  in the same rounds, so a run on a busy 2-core machine shows what the machine itself allowed.
+* **Memory per breaker at 100,000 names**: the resident-size growth of a fresh process creating
+  100,000 rate-policy breakers and calling each once, divided by 100,000; the same for
+  consecutive-only breakers. Target: at most 512 B per rate-policy breaker. (``tracemalloc`` sees
+  only Python's allocations, not the Rust ones, so the resident size is what is measured.)
+
+Options: ``--quick`` (a smoke run), ``--no-ft``, ``--no-memory``, ``--ft-python PATH``,
+``--rounds N``, ``--names N``, ``--md PATH``; ``--child ...`` modes are internal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+BENCHES = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCHES))
+
+import bench  # noqa: E402  (benches/bench.py: Workload, ThreadCase, throughput, the ft venv)
+
+DEFAULT_MD = BENCHES / "policy.md"
+RATE = {"failure_rate": 0.5}
+RATE_AND_SLOW = {"failure_rate": 0.5, "slow_call_duration": 1.0, "slow_call_rate": 0.5}
+TARGET_RATIO = 1.15
+TARGET_SCALING = 1.6
+TARGET_BYTES = 512
+
+
+def f() -> int:
+    return 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Closed success per call (this interpreter)
+
+
+def run_micro(rounds: int, target_s: float, seed: int) -> dict[str, Any]:
+    import panelboard
+
+    reg = panelboard.Registry()
+    plain = reg.breaker("consecutive")
+    rate = reg.breaker("rate", **RATE)
+    slow = reg.breaker("rate-slow", **RATE_AND_SLOW)
+    workloads = [
+        bench.Workload("bare", "baseline", "f()", {"f": f}, base=None),
+        bench.Workload("consecutive", "panelboard", "b.call(f)", {"b": plain, "f": f}),
+        bench.Workload("rate", "panelboard", "b.call(f)", {"b": rate, "f": f}),
+        bench.Workload("rate_slow", "panelboard", "b.call(f)", {"b": slow, "f": f}),
+    ]
+    for w in workloads:
+        w.calibrate(target_s)
+    rng = random.Random(seed)
+    for r in range(rounds):
+        order = list(workloads)
+        rng.shuffle(order)
+        for w in order:
+            w.measure()
+        bench.log(f"[policy micro {bench.interpreter_label()}] round {r + 1}/{rounds}")
+    for b in (plain, rate, slow):
+        m = b.metrics()
+        assert m.state == panelboard.State.CLOSED and m.failures == 0 and m.rejected == 0, m
+    assert rate.metrics().window_calls > 0, "the rate-policy breaker did not count into its window"
+    return {
+        "interpreter": bench.interpreter_label(),
+        "version": platform.python_version(),
+        "rounds": rounds,
+        "median_ns": {w.op: w.median for w in workloads},
+        "samples_ns": {w.op: w.samples for w in workloads},
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Two threads, own handles, one breaker (run in the 3.13t child)
+
+
+def run_scaling(rounds: int, duration: float, seed: int) -> dict[str, Any]:
+    import panelboard
+
+    reg = panelboard.Registry()
+    handles = {
+        "rate": [reg.breaker("rate", **RATE) for _ in range(2)],
+        "consecutive": [reg.breaker("consecutive") for _ in range(2)],
+    }
+    own_f = [bench.types.FunctionType(f.__code__, f.__globals__, f"f{i}") for i in range(2)]
+    cases = [
+        bench.ThreadCase(
+            "rate",
+            "panelboard",
+            "rate policy, handle per thread",
+            "b.call(f)",
+            lambda i: {"b": handles["rate"][i], "f": f},
+            True,
+        ),
+        bench.ThreadCase(
+            "consecutive",
+            "panelboard",
+            "consecutive only, handle per thread",
+            "b.call(f)",
+            lambda i: {"b": handles["consecutive"][i], "f": f},
+            True,
+        ),
+        bench.ThreadCase(
+            "bare_own", "baseline", "bare f(), function per thread", "f()", lambda i: {"f": own_f[i]}, False
+        ),
+    ]
+    rates: dict[str, dict[int, list[float]]] = {c.key: {1: [], 2: []} for c in cases}
+    cpu: dict[str, dict[int, list[float]]] = {c.key: {1: [], 2: []} for c in cases}
+    for c in cases:
+        bench.throughput(c, 1, duration / 10, 100)  # warm-up
+    rng = random.Random(seed)
+    for r in range(rounds):
+        order = [(c, n) for c in cases for n in (1, 2)]
+        rng.shuffle(order)
+        for c, n in order:
+            rate, cpu_ns = bench.throughput(c, n, duration, 200)
+            rates[c.key][n].append(rate)
+            cpu[c.key][n].append(cpu_ns)
+        bench.log(f"[policy scaling {bench.interpreter_label()}] round {r + 1}/{rounds}")
+    m = handles["rate"][0].metrics()
+    assert m.state == panelboard.State.CLOSED and m.failures == 0 and m.window_calls > 0, m
+    out: dict[str, Any] = {
+        "interpreter": bench.interpreter_label(),
+        "version": platform.python_version(),
+        "gil_enabled": not bench.is_free_threaded(),
+        "rounds": rounds,
+        "duration_s": duration,
+        "cases": {},
+    }
+    for c in cases:
+        one, two = statistics.median(rates[c.key][1]), statistics.median(rates[c.key][2])
+        per_round = [b / a for a, b in zip(rates[c.key][1], rates[c.key][2])]
+        out["cases"][c.key] = {
+            "label": c.label,
+            "calls_per_s": {"1": one, "2": two},
+            "scaling": two / one,
+            "scaling_per_round": per_round,
+            "cpu_ns": {"1": statistics.median(cpu[c.key][1]), "2": statistics.median(cpu[c.key][2])},
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory (a fresh process per measurement)
+
+
+def child_memory(names: int, kind: str) -> dict[str, Any]:
+    import panelboard
+
+    options = {"rate": RATE, "consecutive": {}}[kind]
+    gc.collect()
+    fmt = "svc-{:07d}".format
+    reg = panelboard.Registry(**options)
+    reg.breaker("warm-up").call(f)
+    keys = [fmt(i) for i in range(names)]  # the names themselves are not the breakers' cost
+    base = bench.rss_bytes()
+    for k in keys:
+        reg.breaker(k)
+    created = bench.rss_bytes()
+    call = reg.call
+    for k in keys:
+        call(k, f)
+    called = bench.rss_bytes()
+    if kind == "rate":
+        assert reg.breaker(keys[-1]).metrics().window_calls == 1
+    return {
+        "kind": kind,
+        "names": names,
+        "per_breaker_created": (created - base) / names,
+        "per_breaker_called": (called - base) / names,
+    }
+
+
+def run_memory(python: str, names: int) -> dict[str, Any]:
+    out = {}
+    for kind in ("rate", "consecutive"):
+        bench.log(f"[policy memory] {kind}: {names:,} breakers in a fresh process ...")
+        proc = subprocess.run(
+            [python, __file__, "--child", "memory", "--names", str(names), "--kind", kind],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if proc.returncode != 0:
+            bench.log(proc.stderr)
+            out[kind] = {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+            continue
+        out[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+
+
+def verdict(ok: bool | None) -> str:
+    return "?" if ok is None else ("yes" if ok else "**no**")
+
+
+def report(raw: dict[str, Any], command: str) -> str:
+    lines = [
+        "# What a rate policy costs (issue 11)",
+        "",
+        f"Measured by `{command}` on {raw['when']} ({raw['machine']}). Regenerate with `make bench-policy`",
+        "(or `make bench`, which runs it too). Method: `benches/policy_bench.py`'s docstring.",
+        "",
+        "| measurement | value | target | met |",
+        "|---|---|---|---|",
+    ]
+    micro = raw.get("micro")
+    if micro:
+        ns = micro["median_ns"]
+        ratio = ns["rate"] / ns["consecutive"]
+        added = (ns["rate"] - ns["bare"]) / max(ns["consecutive"] - ns["bare"], 1e-9)
+        lines.append(
+            f"| closed success `b.call(f)`, CPython {micro['version']}: rate policy ÷ consecutive only, per call "
+            f"| {ns['rate']:.1f} ns ÷ {ns['consecutive']:.1f} ns = **{ratio:.3f}x** (added over a bare `f()`: "
+            f"{added:.2f}x) | ≤ {TARGET_RATIO}x | {verdict(ratio <= TARGET_RATIO)} |"
+        )
+        slow_ratio = ns["rate_slow"] / ns["consecutive"]
+        lines.append(
+            f"| the same with the slow-call rule too (`slow_call_duration`, `slow_call_rate`) "
+            f"| {ns['rate_slow']:.1f} ns = {slow_ratio:.3f}x | — | |"
+        )
+    ft = raw.get("ft")
+    if ft:
+        rate = ft["cases"]["rate"]
+        lines.append(
+            f"| CPython {ft['version']} free-threaded: 2 threads ÷ 1 thread, own handles on one rate-policy breaker "
+            f"| **{rate['scaling']:.2f}x** ({rate['calls_per_s']['1'] / 1e6:.2f} → {rate['calls_per_s']['2'] / 1e6:.2f} "
+            f"M calls/s; CPU per call {rate['cpu_ns']['1']:.0f} → {rate['cpu_ns']['2']:.0f} ns) "
+            f"| ≥ {TARGET_SCALING}x | {verdict(rate['scaling'] >= TARGET_SCALING)} |"
+        )
+        for key in ("consecutive", "bare_own"):
+            case = ft["cases"][key]
+            lines.append(
+                f"| same rounds, {case['label']} (what the machine allowed) | {case['scaling']:.2f}x "
+                f"(CPU per call {case['cpu_ns']['1']:.0f} → {case['cpu_ns']['2']:.0f} ns) | — | |"
+            )
+    elif raw.get("ft_skipped"):
+        lines.append(f"| 3.13t scaling | not measured: {raw['ft_skipped']} | ≥ {TARGET_SCALING}x | ? |")
+    memory = raw.get("memory")
+    if memory:
+        rate_m, plain_m = memory.get("rate", {}), memory.get("consecutive", {})
+        if "error" in rate_m:
+            lines.append(
+                f"| memory per rate-policy breaker | failed: {rate_m['error']} | ≤ {TARGET_BYTES} B | ? |"
+            )
+        else:
+            per = rate_m["per_breaker_called"]
+            lines.append(
+                f"| memory per rate-policy breaker at {rate_m['names']:,} names (resident size, created and "
+                f"called once) | **{per:.0f} B** (created: {rate_m['per_breaker_created']:.0f} B) "
+                f"| ≤ {TARGET_BYTES} B | {verdict(per <= TARGET_BYTES)} |"
+            )
+        if "error" not in plain_m and plain_m:
+            lines.append(
+                f"| the same, consecutive-only breakers | {plain_m['per_breaker_called']:.0f} B "
+                f"(created: {plain_m['per_breaker_created']:.0f} B) | — | |"
+            )
+    lines += [
+        "",
+        "The machine these numbers come from has 2 vCPUs shared with other work: the 3.13t rows measured",
+        "in the same rounds say how much parallelism it actually gave. Raw medians and per-round samples:",
+        "",
+        "```json",
+        json.dumps({k: v for k, v in raw.items() if k != "machine"}, indent=1, sort_keys=True)[:6000],
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    try:
+        load = f", load average {os.getloadavg()[0]:.1f}"
+    except OSError:
+        load = ""
+    return f"{cpus} vCPUs{load}, {platform.system()} {platform.release()}, {platform.python_implementation()}"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--no-ft", action="store_true")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--ft-python")
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--target", type=float, default=0.2, help="seconds per workload per round")
+    p.add_argument("--thread-rounds", type=int, default=5)
+    p.add_argument("--duration", type=float, default=1.0, help="seconds per thread measurement")
+    p.add_argument("--names", type=int, default=100_000)
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--md", type=Path, default=DEFAULT_MD)
+    p.add_argument("--child", choices=["memory", "ft"], help=argparse.SUPPRESS)
+    p.add_argument("--kind", default="rate", help=argparse.SUPPRESS)
+    p.add_argument("--json", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rounds, args.target, args.thread_rounds, args.duration = 3, 0.05, 2, 0.3
+        args.names = min(args.names, 20_000)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child == "memory":
+        print(json.dumps(child_memory(args.names, args.kind)))
+        return 0
+    if args.child == "ft":
+        args.json.write_text(json.dumps(run_scaling(args.thread_rounds, args.duration, args.seed)))
+        return 0
+    raw: dict[str, Any] = {
+        "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+    }
+    raw["micro"] = run_micro(args.rounds, args.target, args.seed)
+    if not args.no_ft:
+        ft_python = bench.find_ft_python(args.ft_python)
+        venv_python = bench.prepare_ft_venv(ft_python) if ft_python else None
+        if venv_python is None:
+            raw["ft_skipped"] = "no free-threaded CPython 3.13t found or built"
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "ft.json"
+                cmd = [venv_python, __file__, "--child", "ft", "--json", str(out)]
+                cmd += ["--thread-rounds", str(args.thread_rounds), "--duration", str(args.duration)]
+                proc = subprocess.run(cmd, timeout=1800)
+                if proc.returncode == 0 and out.exists():
+                    raw["ft"] = json.loads(out.read_text())
+                else:
+                    raw["ft_skipped"] = f"the 3.13t child failed (exit status {proc.returncode})"
+    if not args.no_memory:
+        raw["memory"] = run_memory(sys.executable, args.names)
+    command = "make bench-policy" if not args.quick else "python benches/policy_bench.py --quick"
+    text = report(raw, command)
+    args.md.write_text(text)
+    print(text.split("\n\nThe machine")[0])
+    bench.log(f"[policy] wrote {args.md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
