@@ -64,6 +64,7 @@ use super::ffi::objects::is_coroutine;
 use super::ffi::refs::AttachedRef;
 use super::ffi::upcall;
 use super::pyrefs;
+use crate::engine::remote::FleetGate;
 use crate::engine::{
     Admission, FastTicket, Mode, Outcome, PredicateFlag, Slots, Ticket, Transition,
 };
@@ -113,6 +114,9 @@ pub struct BreakerCore {
     predicate_flag: PredicateFlag,
     pub hub: Py<Hub>,
     rejection_name: RejectionName,
+    /// Held by a Redis-synced registry's worker while the fleet decides when this breaker probes
+    /// (`engine::remote`); always released on a local registry.
+    pub fleet_gate: FleetGate,
 }
 
 #[pymethods]
@@ -151,6 +155,7 @@ impl BreakerCore {
             config: ArcSwap::new(config),
             hub,
             rejection_name: RejectionName::default(),
+            fleet_gate: FleetGate::new(),
         }
     }
 
@@ -183,7 +188,11 @@ impl BreakerCore {
     /// until half-open that the engine computed: one clock reading serves both.)
     pub fn admit(&self, py: Python<'_>, config: &Config) -> PyResult<Ticket> {
         let clock = &self.hub.get().clock;
-        match self.slots.machine(&config.limits).admit(|| clock.now_ms()) {
+        match self
+            .slots
+            .machine(&config.limits)
+            .admit_gated(&self.fleet_gate, || clock.now_ms())
+        {
             Admission::Admitted { ticket, transition } => {
                 if transition.is_some() {
                     self.announce(py, transition);
@@ -201,7 +210,11 @@ impl BreakerCore {
     #[inline]
     pub fn try_admit(&self, py: Python<'_>, config: &Config) -> Option<Ticket> {
         let clock = &self.hub.get().clock;
-        match self.slots.machine(&config.limits).admit(|| clock.now_ms()) {
+        match self
+            .slots
+            .machine(&config.limits)
+            .admit_gated(&self.fleet_gate, || clock.now_ms())
+        {
             Admission::Admitted { ticket, transition } => {
                 if transition.is_some() {
                     self.announce(py, transition);
@@ -248,7 +261,7 @@ impl BreakerCore {
         }
     }
 
-    fn count_opening(&self, transition: Option<Transition>) {
+    pub fn count_opening(&self, transition: Option<Transition>) {
         if matches!(transition, Some(Transition { to: Mode::Open, .. })) {
             self.times_opened.fetch_add(1, Ordering::Relaxed);
         }
@@ -266,7 +279,7 @@ impl BreakerCore {
         let config = self.config.load();
         let machine = self.slots.machine(&config.limits);
         let clock = &self.hub.get().clock;
-        let (word, transition) = machine.observe(|| clock.now_ms());
+        let (word, transition) = machine.observe_gated(&self.fleet_gate, || clock.now_ms());
         self.announce(py, transition);
         let retry_after = machine.retry_after_ms(word, || clock.now_ms()) as f64 / 1000.0;
         (word, retry_after)

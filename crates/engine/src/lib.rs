@@ -15,3 +15,5 @@ mod sync;
 
 pub use fast_path::{FastTicket, PredicateFlag};
 pub use machine::*;
+// The fleet-synced breaker (issue 13), a child of `machine` in its own file (src/remote.rs).
+pub use machine::remote;
