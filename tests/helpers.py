@@ -19,7 +19,7 @@
 - Processes: ``fork_and_check(child_checks)`` and ``run_python(*args)``.
 - Waiting: ``wait_until(predicate, timeout, what)`` (returns the seconds it took).
 - Redis-synced registries (issue 13; the server fixtures are in ``redis_fixtures.py``):
-  ``redis_registry(url, namespace, **defaults)``, ``close_registry(registry)``,
+  ``redis_registry(url, namespace, **defaults)``, ``wait_synced(registry)``, ``close_registry(registry)``,
   ``sync_status(registry)`` (a dict: ``connected``, ``last_sync``, ``errors``), ``sync_warnings(records)``
   and ``Fleet`` (N ``multiprocessing`` spawn processes that run one function together, each with its
   index and a shared barrier).
@@ -384,6 +384,13 @@ def redis_registry(url: str, namespace: str, sync_interval: float = SYNC_INTERVA
     from panelboard import Registry
 
     return Registry(redis=url, namespace=namespace, sync_interval=sync_interval, **defaults)
+
+
+def wait_synced(registry: Any, timeout: float = TIMEOUT) -> None:
+    """Waits until a Redis-synced registry is connected, then two sync intervals more (its breakers
+    are published and it has seen the others')."""
+    wait_until(lambda: sync_status(registry)["connected"], timeout, "connected to Redis")
+    time.sleep(2 * SYNC_INTERVAL)
 
 
 def close_registry(registry: Any) -> None:

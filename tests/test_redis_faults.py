@@ -26,6 +26,7 @@ from helpers import (
     sync_status,
     sync_warnings,
     trip,
+    wait_synced,
     wait_until,
 )
 from panelboard import CircuitOpenError, State
@@ -132,7 +133,8 @@ def test_a_change_reaches_another_registry(redis_url: str, namespace: str, regis
     a, b = registries(redis_url, namespace), registries(redis_url, namespace)
     a.breaker(NAME, failure_threshold=1)
     b.breaker(NAME, failure_threshold=1)
-    time.sleep(4 * SYNC_INTERVAL)
+    wait_synced(a)
+    wait_synced(b)
     fail_in(a, NAME)
     took = wait_until(sees(b, NAME, State.OPEN), PROPAGATION_BOUND, "the opening reached b")
     print(f"\npropagation: {took * 1000:.1f} ms")
@@ -242,7 +244,8 @@ def test_redis_hung_or_slow(redis_server: RedisServer, namespace: str, registrie
     a, b = registries(redis_server.url, namespace), registries(redis_server.url, namespace)
     a.breaker(NAME, failure_threshold=1, reset_timeout=60.0).call(ok)
     b.breaker(NAME, failure_threshold=1, reset_timeout=60.0).call(ok)
-    time.sleep(4 * SYNC_INTERVAL)
+    wait_synced(a)
+    wait_synced(b)
     if fault == "sigstop":
         redis_server.pause()
         join = None
@@ -276,7 +279,8 @@ def test_flushed_scripts_are_reloaded(
     a, b = registries(redis_server.url, namespace), registries(redis_server.url, namespace)
     for r in (a, b):
         r.breaker(NAME, failure_threshold=1, reset_timeout=60.0).call(ok)
-    time.sleep(4 * SYNC_INTERVAL)
+    wait_synced(a)
+    wait_synced(b)
     redis_server.flush_scripts(scripts=flush in ("script", "both"), functions=flush in ("function", "both"))
     fail_in(a, NAME)
     took = wait_until(sees(b, NAME, State.OPEN), CONVERGENCE_BOUND, "a change after the flush reached b")
@@ -289,7 +293,8 @@ def test_killed_connections_reconnect(redis_server: RedisServer, namespace: str,
     a, b = registries(redis_server.url, namespace), registries(redis_server.url, namespace)
     for r in (a, b):
         r.breaker(NAME, failure_threshold=1, reset_timeout=60.0).call(ok)
-    time.sleep(4 * SYNC_INTERVAL)
+    wait_synced(a)
+    wait_synced(b)
     assert redis_server.kill_clients() >= 2  # both registries were connected
     calls, slowest = call_for(a.breaker("fine"), 0.3)
     assert slowest < CALL_BOUND

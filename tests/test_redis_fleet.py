@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import SYNC_INTERVAL, TIMEOUT, Fleet, close_registry, redis_registry, wait_until
+from helpers import SYNC_INTERVAL, TIMEOUT, Fleet, close_registry, redis_registry, wait_synced, wait_until
 from panelboard import ManualClock, State
 
 pytestmark = pytest.mark.usefixtures("redis_server")
@@ -80,6 +80,7 @@ def fail_until_rejected(index: int, barrier: Any, url: str, ns: str) -> dict[str
     registry = redis_registry(url, ns, failure_threshold=THRESHOLD, reset_timeout=60.0)
     try:
         b = registry.breaker(NAME)
+        wait_synced(registry)
         barrier.wait()
         failures = 0
         deadline = time.monotonic() + 20.0
@@ -121,6 +122,7 @@ def burst_then_one_more(index: int, barrier: Any, url: str, ns: str) -> dict[str
     registry = redis_registry(url, ns, failure_threshold=FLEET * BURST + 1, reset_timeout=60.0)
     try:
         b = registry.breaker(NAME)
+        wait_synced(registry)
         barrier.wait()
         for _ in range(BURST):  # all 8 processes at once: racing compare-and-swaps in Redis
             permit = b.try_acquire()
@@ -156,6 +158,7 @@ def race_manual_changes(index: int, barrier: Any, url: str, ns: str) -> State:
     registry = redis_registry(url, ns, failure_threshold=3, reset_timeout=60.0)
     try:
         registry.breaker(NAME)
+        wait_synced(registry)
         barrier.wait()
         for i in range(30):
             if (i + index) % 2:
@@ -185,7 +188,7 @@ def open_and_watch(index: int, barrier: Any, url: str, ns: str) -> float | None:
     registry = redis_registry(url, ns, failure_threshold=1, reset_timeout=60.0)
     try:
         b = registry.breaker(NAME)
-        time.sleep(4 * SYNC_INTERVAL)  # everyone has synced once
+        wait_synced(registry)  # everyone has synced once
         barrier.wait()
         if index == 0:
             time.sleep(0.1)
@@ -224,7 +227,7 @@ def open_with_skewed_clocks(index: int, barrier: Any, url: str, ns: str) -> dict
     registry = redis_registry(url, ns, failure_threshold=1, reset_timeout=RESET_TIMEOUT, **options)
     try:
         b = registry.breaker(NAME)
-        time.sleep(4 * SYNC_INTERVAL)
+        wait_synced(registry)
         barrier.wait()
         if index == 0:
             opened = time.monotonic()
@@ -267,10 +270,12 @@ def probe_storm(index: int, barrier: Any, url: str, ns: str, outcome: str) -> di
     registry = redis_registry(url, ns, failure_threshold=1, reset_timeout=0.5, half_open_max_calls=PROBES)
     try:
         b = registry.breaker(NAME)
-        time.sleep(4 * SYNC_INTERVAL)
+        wait_synced(registry)
         barrier.wait()
         if index == 0:
             b.try_acquire().failure()
+        # Only permits taken once the breaker is open here are probes (before, a closed breaker admits).
+        assert poll(lambda: b.state is not State.CLOSED, 5.0) is not None, "the opening never arrived"
         held: list[tuple[float, float]] = []
         deadline = time.monotonic() + 2.5
         while time.monotonic() < deadline:
@@ -392,7 +397,7 @@ def manual_controls(index: int, barrier: Any, url: str, ns: str) -> dict[str, fl
     times: dict[str, float] = {}
     try:
         b = registry.breaker(NAME)
-        time.sleep(4 * SYNC_INTERVAL)
+        wait_synced(registry)
 
         def step(what: str, act: Any, done: Any, actor: int = 0) -> None:
             barrier.wait()

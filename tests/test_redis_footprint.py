@@ -26,6 +26,7 @@ from helpers import (
     redis_registry,
     sync_status,
     sync_warnings,
+    wait_synced,
     wait_until,
 )
 from panelboard import CircuitOpenError, State
@@ -147,8 +148,7 @@ def test_the_hot_path_sends_nothing(redis_server: RedisServer, namespace: str, r
     a = registries(redis_server.url, namespace)
     b = a.breaker("hot")
     b.call(ok)
-    wait_until(lambda: sync_status(a)["connected"], 5.0)
-    time.sleep(4 * SYNC_INTERVAL)
+    wait_synced(a)
     few, commands_few = commands_while(redis_server, 1.0, lambda: b.call(ok), pace=0.01)
     many, commands_many = commands_while(redis_server, 1.0, lambda: b.call(ok), pace=None)
     print(
@@ -166,8 +166,7 @@ def test_rejections_send_nothing_either(redis_server: RedisServer, namespace: st
     b = a.breaker("open", failure_threshold=1, reset_timeout=600.0)
     with pytest.raises(Boom):
         b.call(fail)
-    wait_until(lambda: sync_status(a)["connected"], 5.0)
-    time.sleep(4 * SYNC_INTERVAL)
+    wait_synced(a)
 
     def rejected() -> None:
         with pytest.raises(CircuitOpenError):
