@@ -150,14 +150,14 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
 
   -- Garbage in our keys (someone else wrote them): dropped and re-published, never trusted.
   local garbage = 0
-  local g, m, f, cv, ft, rt, hm, st, pt
-  local h = redis.pcall('HMGET', sk, 'g', 'm', 'f', 'cv', 'ft', 'rt', 'hm', 'st', 'pt')
+  local g, m, f, cv, ft, rt, hm, st, pt, e
+  local h = redis.pcall('HMGET', sk, 'g', 'm', 'f', 'cv', 'ft', 'rt', 'hm', 'st', 'pt', 'e')
   if type(h) == 'table' and h.err == nil then
     g, m, f, cv = int(h[1]), int(h[2]), int(h[3]), int(h[4])
-    ft, rt, hm, st, pt = int(h[5]), int(h[6]), int(h[7]), int(h[8]), int(h[9])
-    if not (g and m and f and cv and ft and rt and hm and st and pt)
+    ft, rt, hm, st, pt, e = int(h[5]), int(h[6]), int(h[7]), int(h[8]), int(h[9]), int(h[10])
+    if not (g and m and f and cv and ft and rt and hm and st and pt and e)
       or m < 0 or m > 5 or f < 0 or ft < 1 or rt < 0 or hm < 1 or st < 1 then
-      if h[1] or h[2] or h[3] or h[4] or h[5] or h[6] or h[7] or h[8] or h[9] then garbage = 1 end
+      for k = 1, 10 do if h[k] then garbage = 1 end end
       g = nil
     elseif m == 5 and fg == -1 and op ~= 5 then
       g = nil -- a tombstone, and a breaker made since under that name: it starts afresh
@@ -181,6 +181,7 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
     -- own state. The generation starts at the server's time so it never repeats an older one.
     redis.call('DEL', sk, ok_, lk)
     g = now()
+    e = g
     f = 0
     if lmode == 0 then m = 0; f = lcount or 0
     elseif lmode == 1 or lmode == 2 then
@@ -197,7 +198,11 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
     if m ~= 5 then
       local hexname = string.match(sk, '{b(%x*)}$')
       if hexname then
-        redis.call('ZADD', index, now(), hexname)
+        if type(redis.pcall('ZADD', index, now(), hexname)) ~= 'number' then
+          garbage = 1
+          redis.call('DEL', index)
+          redis.call('ZADD', index, now(), hexname)
+        end
         redis.call('PEXPIRE', index, STATE_TTL)
       end
     end
@@ -219,7 +224,9 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
     if pttl == -1 then garbage = 1; redis.call('DEL', ok_); pttl = -2 end
   end
   local timer = pttl > 0
-  local matches = (fg == -1) or (fg == g)
+  -- A generation from before the current epoch (the state was lost: Redis restarted empty,
+  -- the key expired or held garbage) has nothing to conflict with: the sender's change applies.
+  local matches = (fg == -1) or (fg == g) or (fg < e)
   local moved = false
   if op == 4 and lmode and (lmode == 0 or lmode == 3 or lmode == 4) then
     m = lmode; g = g + 1; f = 0; moved = true; dirty = true
@@ -259,7 +266,7 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
     for _, member in ipairs(members) do
       if string.sub(member, 1, #prefix) == prefix then mine = mine + 1 end
     end
-    if want > mine and (fg == -1 or fg == g) then
+    if want > mine and matches then
       local grant = math.min(want - mine, hm - #members)
       if grant > 0 then
         local ttl = pt
@@ -274,7 +281,7 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
   end
 
   if dirty then
-    redis.call('HSET', sk, 'g', g, 'm', m, 'f', f, 'cv', cv, 'ft', ft, 'rt', rt, 'hm', hm, 'st', st, 'pt', pt)
+    redis.call('HSET', sk, 'g', g, 'm', m, 'f', f, 'cv', cv, 'ft', ft, 'rt', rt, 'hm', hm, 'st', st, 'pt', pt, 'e', e)
     if m == 5 then redis.call('PEXPIRE', sk, tomb_ttl) else redis.call('PEXPIRE', sk, STATE_TTL) end
   end
 
