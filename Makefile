@@ -13,7 +13,8 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 SOAK_SECONDS ?= 60
 # What the pytest suite needs; the development venv adds maturin to build the extension.
-SUITE_DEPS := pytest pytest-asyncio hypothesis==6.150.0
+# redis: the client the Redis-sharing tests inspect their redis-server with (tests/redis_fixtures.py).
+SUITE_DEPS := pytest pytest-asyncio hypothesis==6.150.0 redis
 TEST_DEPS := maturin $(SUITE_DEPS)
 # mypy's newest releases build a PyO3 0.29 part that refuses free-threaded 3.13, so the typing
 # checks (make stubtest, make typecheck, tests/test_typing.py) run on the GIL build only.
@@ -36,7 +37,7 @@ LINT_DEPS := ruff==0.17.6
 
 .PHONY: all venv build test test-rust test-python test-ft demo bench bench-rust loom soak stubtest typecheck \
 	wheels test-wheels test-sdist lint clean
-.PHONY: bench-policy valgrind build-ft bench-insns bench-insns-baseline bench-insns-check
+.PHONY: bench-policy valgrind redis-server build-ft bench-insns bench-insns-baseline bench-insns-check
 
 all: test
 
@@ -67,7 +68,7 @@ test: test-rust test-python
 test-rust:
 	cargo test --workspace --quiet
 
-test-python: build
+test-python: build redis-server
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The whole pytest suite on free-threaded CPython (its own virtualenv).
@@ -83,9 +84,10 @@ $(VENV)/.bench-deps: venv
 	$(PY) -m pip install -q $(BENCH_DEPS)
 	touch $@
 
-bench: build $(VENV)/.bench-deps
+bench: build $(VENV)/.bench-deps redis-server
 	$(PY) benches/bench.py
 	$(PY) benches/policy_bench.py
+	$(PY) benches/redis_bench.py
 
 # What a rate policy costs (issue 11): closed success vs consecutive-only on this interpreter, 3.13t
 # two-thread scaling on one rate-policy breaker, memory per breaker at 100,000 names -> benches/policy.md
@@ -106,6 +108,13 @@ valgrind:
 	@command -v valgrind >/dev/null || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq valgrind; }
+
+# A real redis-server (Debian's package) for the Redis-sharing tests and bench (issue 13): installed
+# only when missing; the tests start their own servers on loopback, persistence off.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server; }
 
 build-ft:
 	$(MAKE) build VENV=.venv-ft PYTHON=$(FT_PYTHON)

@@ -7,6 +7,8 @@
   the test (the HTTP integrations' upstream).
 - ``frequent_switches``: on GIL builds, threads switch every few microseconds, so that schedules
   really interleave (``pytestmark = pytest.mark.usefixtures("frequent_switches")``).
+- ``redis_server``, ``redis_server_factory``, ``redis_url``, ``namespace``: a real ``redis-server`` on
+  loopback and a fresh namespace (``tests/redis_fixtures.py``).
 - ``api``: parametrised over the module-level functions (default registry, with ``name`` cleaned
   up) and an isolated ``Registry``; both offer ``call``, ``state``, ``reset``, ``delete``, ``list``.
   The default registry reads the monotonic clock, so tests using ``api`` must not depend on time
@@ -23,6 +25,9 @@ import panelboard
 import pytest
 from hypothesis import HealthCheck, settings
 from panelboard._flaky_server import FlakyServer
+
+# A real redis-server for the Redis-sharing tests (tests/redis_fixtures.py says what each one does).
+from redis_fixtures import namespace, redis_server, redis_server_factory, redis_url  # noqa: F401
 
 # Plain `assert`s in the shared helpers and the reference model explain their failures too (they
 # are imported by the test modules, after this file).

@@ -21,11 +21,19 @@
   instead of hanging it. The ``frequent_switches`` fixture (``conftest.py``) makes GIL builds
   interleave threads often.
 - Processes: ``fork_and_check(child_checks)`` and ``run_python(*args)``.
+- Waiting: ``wait_until(predicate, timeout, what)`` (returns the seconds it took).
+- Redis-synced registries (issue 13; the server fixtures are in ``redis_fixtures.py``):
+  ``redis_registry(url, namespace, **defaults)``, ``wait_synced(registry)``, ``close_registry(registry)``,
+  ``sync_status(registry)`` (a dict: ``connected``, ``last_sync``, ``errors``), ``sync_warnings(records)``
+  and ``Fleet`` (N ``multiprocessing`` spawn processes that run one function together, each with its
+  index and a shared barrier).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import multiprocessing
 import os
 import select
 import signal
@@ -396,3 +404,130 @@ def run_python(*args: str, timeout: float = 120, **options: Any) -> subprocess.C
     """Runs this interpreter with ``args`` (``"-c", script`` or ``"-m", module, ...``), capturing
     its output as text; ``options`` go to ``subprocess.run`` (``env``, ``cwd``)."""
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, **options)
+
+
+# --------------------------------------------------------------------------------------------------
+# Waiting
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout: float = TIMEOUT, what: str = "", poll: float = 0.002
+) -> float:
+    """Polls ``predicate()`` until it is true; returns the seconds that took, fails after ``timeout``."""
+    start = time.monotonic()
+    while not predicate():
+        elapsed = time.monotonic() - start
+        assert elapsed < timeout, f"not within {timeout}s: {what or predicate}"
+        time.sleep(poll)
+    return time.monotonic() - start
+
+
+# --------------------------------------------------------------------------------------------------
+# Redis-synced registries (issue 13)
+
+#: The sync interval the Redis tests run with, in seconds.
+SYNC_INTERVAL = 0.05
+
+
+def redis_registry(url: str, namespace: str, sync_interval: float = SYNC_INTERVAL, **defaults: Any) -> Any:
+    """A ``Registry`` shared through the Redis server at ``url`` under ``namespace``."""
+    from panelboard import Registry
+
+    return Registry(redis=url, namespace=namespace, sync_interval=sync_interval, **defaults)
+
+
+def wait_synced(registry: Any, timeout: float = TIMEOUT) -> None:
+    """Waits until a Redis-synced registry is connected, then two sync intervals more (its breakers
+    are published and it has seen the others')."""
+    wait_until(lambda: sync_status(registry)["connected"], timeout, "connected to Redis")
+    time.sleep(2 * SYNC_INTERVAL)
+
+
+def close_registry(registry: Any) -> None:
+    """Stops a Redis-synced registry's background worker."""
+    registry.close()
+
+
+def sync_status(registry: Any) -> dict[str, Any]:
+    """``registry.sync_status()`` as a dict with ``connected`` (bool), ``last_sync`` (when the last
+    successful sync happened, or None) and ``errors`` (how many syncs failed so far)."""
+    status = registry.sync_status()
+    fields = (
+        dict(status)
+        if isinstance(status, dict)
+        else {k: getattr(status, k) for k in dir(status) if not k.startswith("_")}
+    )
+
+    def first(*names: str) -> Any:
+        for name in names:
+            if name in fields:
+                return fields[name]
+        raise AssertionError(f"sync_status() has none of {names}: {status!r}")
+
+    return {
+        "connected": bool(first("connected")),
+        "last_sync": first("last_sync", "last_success", "last_successful_sync", "last_sync_at"),
+        "errors": int(first("errors", "error_count", "errors_total", "failed_syncs")),
+        "raw": status,
+    }
+
+
+def sync_warnings(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
+    """The WARNING (or worse) records of the ``panelboard`` logger that are not a breaker's
+    transition: what a Redis-synced registry says about Redis (an outage, a malformed value)."""
+    return [
+        r
+        for r in records
+        if r.name == "panelboard" and r.levelno >= logging.WARNING and not hasattr(r, "old")
+    ]
+
+
+class Fleet:
+    """``size`` processes started with ``multiprocessing``'s spawn method, kept for several tests.
+
+    ``run(fn, *args)`` calls ``fn(index, barrier, *args)`` in every process at once (``index`` from 0
+    to size - 1; ``barrier`` a ``multiprocessing.Barrier(size)`` they share) and returns their results
+    in index order. ``fn`` must be a module-level function. A process that raises fails the run with
+    its traceback; a run that does not finish within ``timeout`` seconds fails and ends the fleet.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self.context = multiprocessing.get_context("spawn")
+        self.barrier = self.context.Barrier(size, timeout=TIMEOUT)
+        self.pool = self.context.Pool(size, initializer=_fleet_init, initargs=(self.barrier,))
+
+    def run(self, fn: Callable[..., Any], *args: Any, timeout: float = 60.0) -> list[Any]:
+        self.barrier.reset()
+        pending = self.pool.starmap_async(_fleet_call, [(fn, i, args) for i in range(self.size)], chunksize=1)
+        try:
+            results = pending.get(timeout)
+        except multiprocessing.TimeoutError:
+            self.close()
+            raise AssertionError(f"the fleet did not finish {fn.__name__} within {timeout}s") from None
+        errors = [r[1] for r in results if r[0] == "error"]
+        assert not errors, "a fleet process failed:\n" + errors[0]
+        return [r[1] for r in results]
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
+
+
+_fleet_barrier: Any = None
+
+
+def _fleet_init(barrier: Any) -> None:
+    global _fleet_barrier
+    _fleet_barrier = barrier
+
+
+def _fleet_call(fn: Callable[..., Any], index: int, args: tuple[Any, ...]) -> tuple[str, Any]:
+    try:
+        return ("ok", fn(index, _fleet_barrier, *args))
+    except BaseException:  # noqa: BLE001 - reported to the parent
+        try:
+            _fleet_barrier.abort()  # the others stop waiting for this one
+        finally:
+            pass
+        return ("error", f"process {index}:\n{traceback.format_exc()}")

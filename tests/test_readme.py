@@ -51,8 +51,16 @@ def test_readme_has_examples() -> None:
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_example_runs(index: int, capsys: pytest.CaptureFixture[str]) -> None:
+def test_readme_example_runs(
+    index: int,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     require_imports(BLOCKS[index])
+    if "REDIS_URL" in BLOCKS[index]:
+        # The Redis example runs against a real redis-server of its own (tests/redis_fixtures.py).
+        monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_server").url)
     exec(compile(BLOCKS[index], f"README.md example {index}", "exec"), {"__name__": f"readme_{index}"})
 
 

@@ -64,6 +64,7 @@ use super::ffi::objects::is_coroutine;
 use super::ffi::refs::AttachedRef;
 use super::ffi::upcall;
 use super::pyrefs;
+use crate::engine::remote::FleetGate;
 use crate::engine::{
     Admission, FastTicket, Machine, Mode, Outcome, PredicateFlag, Slots, Ticket, Transition, Window,
 };
@@ -116,6 +117,9 @@ pub struct BreakerCore {
     predicate_flag: PredicateFlag,
     pub hub: Py<Hub>,
     rejection_name: RejectionName,
+    /// Held by a Redis-synced registry's worker while the fleet decides when this breaker probes
+    /// (`engine::remote`); always released on a local registry.
+    pub fleet_gate: FleetGate,
 }
 
 #[pymethods]
@@ -163,6 +167,7 @@ impl BreakerCore {
             config: ArcSwap::new(config),
             hub,
             rejection_name: RejectionName::default(),
+            fleet_gate: FleetGate::new(),
         }
     }
 
@@ -277,7 +282,10 @@ impl BreakerCore {
     /// until half-open that the engine computed: one clock reading serves both.)
     pub fn admit(&self, py: Python<'_>, config: &Config) -> PyResult<Ticket> {
         let clock = &self.hub.get().clock;
-        match self.machine(config).admit(|| clock.now_ms()) {
+        match self
+            .machine(config)
+            .admit_gated(&self.fleet_gate, || clock.now_ms())
+        {
             Admission::Admitted { ticket, transition } => {
                 if transition.is_some() {
                     self.announce(py, transition);
@@ -295,7 +303,10 @@ impl BreakerCore {
     #[inline]
     pub fn try_admit(&self, py: Python<'_>, config: &Config) -> Option<Ticket> {
         let clock = &self.hub.get().clock;
-        match self.machine(config).admit(|| clock.now_ms()) {
+        match self
+            .machine(config)
+            .admit_gated(&self.fleet_gate, || clock.now_ms())
+        {
             Admission::Admitted { ticket, transition } => {
                 if transition.is_some() {
                     self.announce(py, transition);
@@ -360,7 +371,7 @@ impl BreakerCore {
         }
     }
 
-    fn count_opening(&self, transition: Option<Transition>) {
+    pub fn count_opening(&self, transition: Option<Transition>) {
         if matches!(transition, Some(Transition { to: Mode::Open, .. })) {
             self.times_opened.fetch_add(1, Ordering::Relaxed);
         }
@@ -378,7 +389,7 @@ impl BreakerCore {
         let config = self.config.load();
         let machine = self.machine(&config);
         let clock = &self.hub.get().clock;
-        let (word, transition) = machine.observe(|| clock.now_ms());
+        let (word, transition) = machine.observe_gated(&self.fleet_gate, || clock.now_ms());
         self.announce(py, transition);
         let retry_after = machine.retry_after_ms(word, || clock.now_ms()) as f64 / 1000.0;
         (word, retry_after)

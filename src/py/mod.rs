@@ -17,6 +17,7 @@
 //! 6. `handle`: the methods of `Breaker` (its `__enter__` starts a block), `Guarded` with its
 //!    vectorcall entry point, `Metrics`.
 //! 7. `registry`: the `Registry` class.
+//! 7b. `fleet`: the Redis sync worker's private entry points (read, install, gate).
 //! 8. `fastcall`: the `Breaker.call` and `Registry.call` fast entry points.
 //! 9. this module: `init_module`, which adds the classes and installs the entry points.
 //!
@@ -40,6 +41,8 @@ mod errors;
 #[forbid(unsafe_code)]
 mod fastcall;
 #[forbid(unsafe_code)]
+mod fleet;
+#[forbid(unsafe_code)]
 mod handle;
 #[forbid(unsafe_code)]
 mod permit;
@@ -60,6 +63,10 @@ fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handle::Metrics>()?;
     m.add_class::<clock::ManualClock>()?;
     m.add_class::<errors::CircuitOpenError>()?;
+    m.add_function(wrap_pyfunction!(fleet::fleet_breakers, m)?)?;
+    m.add_function(wrap_pyfunction!(fleet::fleet_read, m)?)?;
+    m.add_function(wrap_pyfunction!(fleet::fleet_install, m)?)?;
+    m.add_function(wrap_pyfunction!(fleet::fleet_gate, m)?)?;
     fastcall::install(m.py())?;
     block::install(m.py())?;
     pyrefs::init(m.py())?;

@@ -13,7 +13,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use pyo3::{PyTraverseError, PyVisit};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use super::clock::{Clock, ManualClock};
@@ -26,7 +26,7 @@ use super::pyrefs;
 use crate::engine::Mode;
 
 /// Named circuit breakers; `call` creates a breaker on first use of a name.
-#[pyclass(frozen, module = "panelboard")]
+#[pyclass(frozen, module = "panelboard", weakref)]
 pub struct Registry {
     /// Name bytes (shared with the breaker, which keeps its name) to breaker.
     breakers: DashMap<Arc<[u8]>, CoreRef, foldhash::fast::RandomState>,
@@ -34,6 +34,9 @@ pub struct Registry {
     /// The registry's own configuration for new breakers, each of which gets a copy: no Python
     /// object in it is shared with a breaker (see `core` on ownership).
     defaults: Config,
+    /// The Redis sync worker (`panelboard._redis`) of a registry made with `redis=`; it holds only
+    /// a weak reference back, so a registry dropped without `close()` still goes away.
+    fleet: OnceLock<Py<PyAny>>,
 }
 
 impl Registry {
@@ -104,12 +107,25 @@ impl Registry {
 #[pymethods]
 impl Registry {
     #[new]
-    #[pyo3(signature = (*, clock = None, **defaults))]
+    #[pyo3(signature = (*, clock = None, redis = None, namespace = None, sync_interval = None, **defaults))]
     fn new(
         py: Python<'_>,
         clock: Option<&Bound<'_, PyAny>>,
+        redis: Option<&Bound<'_, PyAny>>,
+        namespace: Option<&Bound<'_, PyAny>>,
+        sync_interval: Option<&Bound<'_, PyAny>>,
         defaults: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Self> {
+    ) -> PyResult<Py<Self>> {
+        let redis = redis.filter(|url| !url.is_none());
+        if redis.is_none() {
+            for (argument, value) in [("namespace", namespace), ("sync_interval", sync_interval)] {
+                if value.is_some_and(|v| !v.is_none()) {
+                    return Err(PyValueError::new_err(format!(
+                        "{argument} is an option of a Redis-synced registry: give redis= too"
+                    )));
+                }
+            }
+        }
         let clock = match clock {
             None => Clock::Monotonic(Instant::now()),
             Some(c) if c.is_none() => Clock::Monotonic(Instant::now()),
@@ -124,11 +140,47 @@ impl Registry {
             },
         };
         let patch = Patch::parse(defaults)?;
-        Ok(Registry {
-            breakers: DashMap::with_hasher(foldhash::fast::RandomState::default()),
-            hub: Py::new(py, Hub::new(clock))?,
-            defaults: Config::defaults(py).with(py, &patch)?,
-        })
+        let registry = Py::new(
+            py,
+            Registry {
+                breakers: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+                hub: Py::new(py, Hub::new(clock))?,
+                defaults: Config::defaults(py).with(py, &patch)?,
+                fleet: OnceLock::new(),
+            },
+        )?;
+        if let Some(url) = redis {
+            // The worker validates the Redis options (naming each) and imports redis-py: only a
+            // registry made with `redis=` pays for either.
+            let none = py.None().into_bound(py);
+            let start = py.import("panelboard._redis")?.getattr("start")?;
+            let worker = start.call1((
+                registry.clone_ref(py),
+                url,
+                namespace.unwrap_or(&none),
+                sync_interval.unwrap_or(&none),
+            ))?;
+            // Set once, here, before anyone else can see the registry.
+            let _ = registry.get().fleet.set(worker.unbind());
+        }
+        Ok(registry)
+    }
+
+    /// The Redis sync worker's status (see `_core.pyi`), or `None` for a local registry.
+    fn sync_status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self.fleet.get() {
+            Some(worker) => worker.bind(py).call_method0("status"),
+            None => Ok(py.None().into_bound(py)),
+        }
+    }
+
+    /// Stops the Redis sync worker (its breakers go on as local ones); nothing for a local registry.
+    /// Idempotent.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        if let Some(worker) = self.fleet.get() {
+            worker.bind(py).call_method0("close")?;
+        }
+        Ok(())
     }
 
     // `call(name, fn, /, **options)` is installed by `fastcall::install` (METH_FASTCALL) and
@@ -284,6 +336,9 @@ impl Registry {
     /// configuration and one reference to each breaker in its map (see `core` on ownership).
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.hub)?;
+        if let Some(worker) = self.fleet.get() {
+            visit.call(worker)?;
+        }
         self.defaults.traverse(&visit)?;
         // The collector runs with every other thread stopped at a safe point (or, with the GIL,
         // not running); no thread is ever stopped inside a map operation (nothing under a guard
@@ -340,7 +395,7 @@ impl Registry {
     }
 
     /// The breakers, cloned out of the map (whose guards are released before this returns).
-    fn cores(&self, py: Python<'_>) -> Vec<CoreRef> {
+    pub(crate) fn cores(&self, py: Python<'_>) -> Vec<CoreRef> {
         self.breakers
             .iter()
             .map(|entry| entry.value().clone_ref(py))

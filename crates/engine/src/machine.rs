@@ -31,6 +31,11 @@
 use crate::sync::{AtomicU64, Ordering};
 use crate::window::{RatePolicy, Window};
 
+// The fleet-synced breaker (issue 13): a child module, in its own file, that builds words with the
+// helpers below.
+#[path = "remote.rs"]
+pub mod remote;
+
 const PAYLOAD_BITS: u32 = 36;
 const GENERATION_BITS: u32 = 25;
 const MODE_SHIFT: u32 = PAYLOAD_BITS + GENERATION_BITS;

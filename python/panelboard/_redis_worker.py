@@ -1,0 +1,416 @@
+"""The Redis sync worker of ``Registry(redis=...)`` (issue 13; the protocol is in docs/redis.md).
+
+One daemon thread per registry. Each round it reads every breaker's local word (no lock, no call
+on the hot path), sends the changes of all of them to Redis in one script call (``EVALSHA``, the
+script in ``_redis.py``), and installs the fleet's answer into each word with a compare-and-swap
+(``_core._fleet_install``), so a local change made meanwhile is never overwritten. Calls never
+wait on this thread: when Redis is away, the worker releases every breaker's fleet gate and the
+breakers decide locally until it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from typing import Any
+
+from . import _core
+
+_log = logging.getLogger("panelboard")
+
+# Ops sent per breaker (see the script).
+SYNC, TRIP, PROBE_OK, PROBE_FAIL, SET_MODE, DELETE = range(6)
+# Local modes (`_core._fleet_read`) and fleet modes (the script's reply).
+CLOSED, OPEN, HALF_OPEN, FORCED_OPEN, DISABLED, DELETED = range(6)
+FIELDS = 14
+REPLY_FIELDS = 12
+# Breakers per script call: bounds the time one call holds Redis.
+BATCH = 256
+TOMBSTONE_MS = 60_000
+# Breakers published by other processes are looked for every this many rounds.
+DISCOVERY_ROUNDS = 4
+
+
+class Track:
+    """What the worker knows of one local breaker since its last sync."""
+
+    __slots__ = (
+        "cfg_version",
+        "core_id",
+        "cv",
+        "fg",
+        "granted",
+        "granted_gen",
+        "handle",
+        "key_prefix",
+        "lcount",
+        "lgen",
+        "lmode",
+        "rejected",
+        "warned",
+    )
+
+    def __init__(self, core_id: int, handle: Any, key_prefix: str) -> None:
+        self.core_id = core_id
+        self.handle = handle
+        self.key_prefix = key_prefix
+        self.fg = -1  # fleet generation last seen; -1: never synced (matches any)
+        self.lgen = 0  # the initial word: closed, generation 0, no failures
+        self.lmode = CLOSED
+        self.lcount = 0
+        self.cv = 0
+        self.cfg_version = 0
+        self.rejected = 0
+        self.granted = 0
+        self.granted_gen = -1
+        self.warned = False
+
+
+def _int(value: object) -> int | None:
+    return value if type(value) is int else None
+
+
+class Worker:
+    def __init__(
+        self,
+        registry: Any,
+        client: Any,
+        redis_module: Any,
+        namespace: str,
+        interval: float,
+        timeout: float,
+        token: str,
+        script: str,
+    ) -> None:
+        self._registry = weakref.ref(registry)
+        self._client = client
+        self._redis = redis_module
+        self._namespace = namespace
+        self._interval = interval
+        self._timeout = timeout
+        self._token = token
+        self._script = script
+        self._sha: str | None = None
+        self._tracks: dict[str, Track] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._status_lock = threading.Lock()
+        self._connected = False
+        self._in_outage = False
+        self._last_sync: float | None = None
+        self._errors = 0
+        self._outages = 0
+        self._last_error: str | None = None
+        self._rounds = 0
+        self._commands = 0
+        self._malformed = 0
+        self._cursor = 0  # index score up to which other processes' breakers are known
+        self._index_key = f"{namespace}:{{index}}"
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name=f"panelboard-redis-sync[{self._namespace}]", daemon=True
+        )
+        self._thread.start()
+
+    def wake(self, *_args: object) -> None:
+        """A state-change listener: a transition is pushed at once, not at the next poll."""
+        self._wake.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self._timeout * 2 + 1.0)
+        self._release_all()
+        with self._status_lock:
+            self._connected = False
+        try:
+            self._client.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection must not raise
+            pass
+
+    def after_fork_in_child(self, token: str) -> None:
+        """The worker thread does not survive fork: the child starts its own, with its own
+        lease token (redis-py opens new connections in a new process by itself)."""
+        self._token = token
+        if not self._stop.is_set():
+            self._wake = threading.Event()
+            self._status_lock = threading.Lock()
+            self.start()
+
+    def status(self) -> dict[str, object]:
+        with self._status_lock:
+            return {
+                "connected": self._connected,
+                "last_sync": self._last_sync,
+                "errors": self._errors,
+                "outages": self._outages,
+                "last_error": self._last_error,
+                "rounds": self._rounds,
+                "commands": self._commands,
+                "malformed": self._malformed,
+                "breakers": len(self._tracks),
+                "namespace": self._namespace,
+                "sync_interval": self._interval,
+                "closed": self._stop.is_set(),
+            }
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = self._interval
+        while True:
+            # `close()` gets one last round: what happened locally just before it is pushed.
+            stopping = self._stop.is_set()
+            self._wake.clear()
+            registry = self._registry()
+            if registry is None:
+                break
+            try:
+                self._round(registry)
+            except Exception as error:  # noqa: BLE001 - Redis trouble never leaves this thread
+                self._failed(error)
+                backoff = min(backoff * 2, max(1.0, self._interval))
+            else:
+                backoff = self._interval
+            del registry
+            if stopping:
+                break
+            if self._connected:
+                self._wake.wait(self._interval)
+            else:
+                self._stop.wait(backoff)
+        self._release_all()
+
+    def _failed(self, error: BaseException) -> None:
+        self._release_all()
+        with self._status_lock:
+            self._errors += 1
+            self._last_error = f"{type(error).__name__}: {error}"
+            first = not self._in_outage
+            self._in_outage = True
+            self._connected = False
+            if first:
+                self._outages += 1
+        if first:
+            _log.warning(
+                "panelboard: Redis sync of namespace %r is failing (%s: %s); breakers go on "
+                "locally until it is back",
+                self._namespace,
+                type(error).__name__,
+                error,
+            )
+
+    def _release_all(self) -> None:
+        for track in list(self._tracks.values()):
+            _core._fleet_gate(track.handle, -1, 0)
+
+    def _evalsha(self, keys: list[str], args: list[object]) -> Any:
+        """One script call. A missing script (Redis restarted, SCRIPT FLUSH) is loaded again and
+        the call retried; the hash is never trusted to stay loaded."""
+        noscript = self._redis.exceptions.NoScriptError
+        self._commands += 1
+        if self._sha is not None:
+            try:
+                return self._client.evalsha(self._sha, len(keys), *keys, *args)
+            except noscript:
+                self._sha = None
+        self._commands += 2
+        self._sha = self._client.script_load(self._script)
+        return self._client.evalsha(self._sha, len(keys), *keys, *args)
+
+    def _round(self, registry: Any) -> None:
+        """One sync of every breaker. Always talks to Redis (a PING when there is no breaker yet),
+        so that `connected` means what it says."""
+        seen: dict[str, tuple[Track, tuple[Any, ...]]] = {}
+        for name, core_id, handle in _core._fleet_breakers(registry):
+            track = self._tracks.get(name)
+            if track is None or track.core_id != core_id:
+                hexname = name.encode("utf-8", "surrogatepass").hex()
+                track = Track(core_id, handle, f"{self._namespace}:{{b{hexname}}}")
+                self._tracks[name] = track
+            seen[name] = (track, _core._fleet_read(handle))
+        gone = [name for name in self._tracks if name not in seen]
+        work: list[tuple[str, Track, tuple[Any, ...] | None, int]] = []
+        keys: list[str] = []
+        args: list[object] = []
+        for name, (track, read) in seen.items():
+            op = self._entry(track, read, keys, args)
+            work.append((name, track, read, op))
+        for name in gone:
+            track = self._tracks[name]
+            keys += [track.key_prefix, track.key_prefix + ":open", track.key_prefix + ":leases"]
+            args += [DELETE, track.fg, 0, 0, 0, CLOSED, 0, 0, 0, 1, 0, 1, 1, -1]
+            work.append((name, track, None, DELETE))
+        discover = self._rounds % DISCOVERY_ROUNDS == 0
+        for start in range(0, max(len(work), 1), BATCH):
+            chunk = work[start : start + BATCH]
+            cursor = self._cursor if discover and start == 0 else -1
+            reply = self._evalsha(
+                keys[start * 3 : (start + len(chunk)) * 3] + [self._index_key],
+                [self._token, TOMBSTONE_MS, cursor] + args[start * FIELDS : (start + len(chunk)) * FIELDS],
+            )
+            if not isinstance(reply, list) or len(reply) != len(chunk) + 1:
+                raise ValueError("malformed reply from the sync script")
+            for (name, track, read, op), answer in zip(chunk, reply):
+                self._apply(registry, name, track, read, op, answer)
+            if cursor >= 0:
+                self._discovered(registry, reply[-1])
+        with self._status_lock:
+            self._rounds += 1
+            self._last_sync = time.time()
+            if self._in_outage:
+                _log.info("panelboard: Redis sync of namespace %r is back", self._namespace)
+            self._in_outage = False
+            self._connected = True
+
+    def _discovered(self, registry: Any, found: object) -> None:
+        """Makes the breakers other processes published (with this registry's defaults; the
+        fleet's numeric configuration arrives with their first sync)."""
+        if not isinstance(found, list) or not found or _int(found[0]) is None:
+            return
+        self._cursor = max(self._cursor, found[0])
+        for member in found[1:]:
+            try:
+                name = bytes.fromhex(member.decode("ascii")).decode("utf-8", "surrogatepass")
+            except (AttributeError, ValueError):
+                with self._status_lock:
+                    self._malformed += 1
+                continue
+            if name not in self._tracks:
+                registry.breaker(name)
+
+    # --- one breaker -----------------------------------------------------------------------
+
+    def _entry(self, track: Track, read: tuple[Any, ...], keys: list[str], args: list[object]) -> int:
+        _bits, mode, gen, count, rejected, remaining, config = read
+        version, ft, rt, hm, st, pt = config
+        op, add, reset = SYNC, 0, 0
+        if gen == track.lgen and mode == track.lmode:
+            if mode == CLOSED:
+                if count >= track.lcount:
+                    add = count - track.lcount
+                else:  # a success cleared the count since the last sync
+                    reset, add = 1, count
+        elif mode == CLOSED:
+            op = PROBE_OK if track.lmode == HALF_OPEN else SET_MODE
+        elif mode == OPEN:
+            op = PROBE_FAIL if track.lmode == HALF_OPEN else TRIP
+        elif mode in (FORCED_OPEN, DISABLED):
+            op = SET_MODE
+        demand = mode in (OPEN, HALF_OPEN) and rejected > track.rejected
+        want = hm if demand else track.granted
+        track.rejected = rejected
+        cfg_changed = 1 if version != track.cfg_version and track.fg != -1 else 0
+        keys += [track.key_prefix, track.key_prefix + ":open", track.key_prefix + ":leases"]
+        args += [op, track.fg, add, reset, want, mode, count, remaining, cfg_changed]
+        args += [ft, rt, hm, st, pt]
+        return op
+
+    def _apply(
+        self,
+        registry: Any,
+        name: str,
+        track: Track,
+        read: tuple[Any, ...] | None,
+        op: int,
+        answer: object,
+    ) -> None:
+        fields = answer if isinstance(answer, list) else []
+        values = [_int(v) for v in fields]
+        if len(values) != REPLY_FIELDS or any(v is None for v in values):
+            self._malformed_state(name, track)
+            return
+        g, mode, f, pttl, mine, cv, ft, rt, hm, st, pt, garbage = values  # type: ignore[misc]
+        if garbage:
+            self._malformed_state(name, track)
+        if read is None or mode == DELETED:
+            self._tracks.pop(name, None)
+            if read is not None and op != DELETE:
+                # Deleted by another process: delete ours, unless it is a newer breaker.
+                for other, core_id, _ in _core._fleet_breakers(registry):
+                    if other == name and core_id == track.core_id:
+                        registry.delete(name)
+                _core._fleet_gate(track.handle, -1, 0)
+            return
+        bits, lmode, lgen, count, *_rest, config = read
+        if cv != track.cv:
+            track.cv = cv
+            self._apply_config(registry, name, track, config, (ft, rt, hm, st, pt))
+        else:
+            track.cfg_version = config[0]
+        track.fg = g
+        target, arg = {
+            CLOSED: (0, f),
+            OPEN: (1, pttl),
+            HALF_OPEN: (2, 0),
+            FORCED_OPEN: (3, 0),
+            DISABLED: (4, 0),
+        }.get(mode, (None, 0))
+        if target is None:
+            self._malformed_state(name, track)
+            return
+        install = lmode != mode
+        if not install:
+            if mode == CLOSED:
+                install = count != min(f, max(config[1] - 1, 0))
+            elif mode == OPEN:
+                install = abs(read[5] - pttl) > max(50, int(self._interval * 1000))
+            elif mode == HALF_OPEN:
+                # Our leases lapsed while permits of this generation are out: a fresh generation
+                # drops them (their late outcomes go stale), as a local probe reclaim does.
+                install = track.granted_gen == lgen and mine < track.granted
+        if install:
+            done, new_bits, new_gen = _core._fleet_install(track.handle, bits, target, arg)
+            if not done:
+                # Changed locally meanwhile: that change is pushed next round. Everything up to
+                # what was read is pushed already.
+                track.lgen, track.lmode, track.lcount = lgen, lmode, count if lmode == CLOSED else 0
+                return
+            lgen, lmode = new_gen, mode
+            count = min(f, max(config[1] - 1, 0)) if mode == CLOSED else 0
+        track.lgen, track.lmode, track.lcount = lgen, lmode, count if lmode == CLOSED else 0
+        leases = mine if mode == HALF_OPEN else 0
+        track.granted, track.granted_gen = leases, lgen
+        _core._fleet_gate(track.handle, lgen, leases)
+
+    def _apply_config(
+        self,
+        registry: Any,
+        name: str,
+        track: Track,
+        local: tuple[int, ...],
+        fleet: tuple[int, int, int, int, int],
+    ) -> None:
+        ft, rt, hm, st, pt = fleet
+        if tuple(local[1:]) != fleet:
+            try:
+                registry.configure(
+                    name,
+                    failure_threshold=ft,
+                    reset_timeout=rt / 1000,
+                    half_open_max_calls=hm,
+                    success_threshold=st,
+                    probe_timeout=None if pt < 0 else pt / 1000,
+                )
+            except (TypeError, ValueError) as error:
+                self._malformed_state(name, track, error)
+        track.cfg_version = _core._fleet_read(track.handle)[6][0]
+
+    def _malformed_state(self, name: str, track: Track, error: object = None) -> None:
+        with self._status_lock:
+            self._malformed += 1
+        if not track.warned:
+            track.warned = True
+            _log.warning(
+                "panelboard: malformed state of breaker %r in Redis ignored%s",
+                name,
+                f" ({error})" if error else "",
+            )

@@ -1,0 +1,129 @@
+//! The private entry points of the Redis sync worker (`panelboard/_redis.py`, issue 13): read a
+//! breaker's word and configuration, install the fleet's state into the word, hold or release its
+//! fleet gate. The worker is the only caller; the hot path never comes here.
+//!
+//! Words travel as their raw bits so that an install is a compare-and-swap against exactly the
+//! word the worker read: a local change made meanwhile fails the install and is pushed first.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple};
+
+use super::core::{Breaker, BreakerCore};
+use super::registry::Registry;
+use crate::engine::remote::{open_remaining_ms, Target};
+use crate::engine::{Mode, Word};
+
+fn mode_index(mode: Mode) -> u8 {
+    match mode {
+        Mode::Closed => 0,
+        Mode::Open => 1,
+        Mode::HalfOpen => 2,
+        Mode::ForcedOpen => 3,
+        Mode::Disabled => 4,
+    }
+}
+
+/// `(name, core id, Breaker)` for every breaker of the registry; the id tells a breaker deleted and
+/// made again under the same name from the one the worker synced before (the worker keeps a
+/// handle on the old one, so its id is not reused while it is compared).
+#[pyfunction]
+#[pyo3(name = "_fleet_breakers")]
+pub fn fleet_breakers<'py>(
+    py: Python<'py>,
+    registry: &Registry,
+) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for core in registry.cores(py) {
+        let id = std::ptr::from_ref::<BreakerCore>(&core) as usize;
+        let name = core.py_name(py)?;
+        list.append((name, id, Breaker { core }))?;
+    }
+    Ok(list)
+}
+
+/// `(bits, mode, generation, count, rejected, open_remaining_ms, (config_version,
+/// failure_threshold, reset_timeout_ms, half_open_max_calls, success_threshold,
+/// probe_timeout_ms or -1))`: `count` is the failures of a closed word or the permits out of a
+/// half-open one; modes are 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled.
+#[pyfunction]
+#[pyo3(name = "_fleet_read")]
+pub fn fleet_read<'py>(py: Python<'py>, breaker: &Breaker) -> PyResult<Bound<'py, PyTuple>> {
+    let core: &BreakerCore = &breaker.core;
+    let config = core.config.load();
+    let word = core.slots.machine_word();
+    let limits = &config.limits;
+    let count = match word.mode() {
+        Mode::HalfOpen => word.in_flight(),
+        Mode::Closed => word.failures(),
+        _ => 0,
+    };
+    let now = core.hub.get().clock.now_ms();
+    let probe_timeout: i64 = limits
+        .probe_timeout_ms
+        .map_or(-1, |ms| i64::try_from(ms).unwrap_or(i64::MAX));
+    (
+        word.bits(),
+        mode_index(word.mode()),
+        word.generation(),
+        count,
+        core.counters.totals().rejected,
+        open_remaining_ms(word, limits.reset_timeout_ms, now),
+        (
+            config.version,
+            limits.failure_threshold,
+            limits.reset_timeout_ms,
+            limits.half_open_max_calls,
+            limits.success_threshold,
+            probe_timeout,
+        ),
+    )
+        .into_pyobject(py)
+}
+
+/// Installs a fleet state into the breaker's word if it is still `expected` (its raw bits):
+/// `target` 0 closed with `arg` failures, 1 open for `arg` more milliseconds, 2 a fresh half-open
+/// period with no permit out, 3 forced open, 4 disabled. Announces the transition, if any, like
+/// any other. Returns `(installed, bits, generation)` of the word now in place.
+#[pyfunction]
+#[pyo3(name = "_fleet_install")]
+pub fn fleet_install(
+    py: Python<'_>,
+    breaker: &Breaker,
+    expected: u64,
+    target: u8,
+    arg: u64,
+) -> PyResult<(bool, u64, u32)> {
+    let target = match target {
+        0 => Target::Closed { failures: arg },
+        1 => Target::Open { remaining_ms: arg },
+        2 => Target::HalfOpen,
+        3 => Target::ForcedOpen,
+        4 => Target::Disabled,
+        _ => return Err(PyValueError::new_err("target must be 0..=4")),
+    };
+    let core: &BreakerCore = &breaker.core;
+    let config = core.config.load();
+    let clock = &core.hub.get().clock;
+    let machine = core.slots.machine(&config.limits);
+    match machine.install(Word::from_bits(expected), target, || clock.now_ms()) {
+        Ok(installed) => {
+            core.count_opening(installed.transition);
+            core.announce(py, installed.transition);
+            Ok((true, installed.word.bits(), installed.word.generation()))
+        }
+        Err(actual) => Ok((false, actual.bits(), actual.generation())),
+    }
+}
+
+/// Holds the breaker's fleet gate with `leases` probe permits for word generation `generation`,
+/// or releases it (`generation` < 0): the breaker then decides alone, as a local one.
+#[pyfunction]
+#[pyo3(name = "_fleet_gate")]
+pub fn fleet_gate(breaker: &Breaker, generation: i64, leases: u64) {
+    let gate = &breaker.core.fleet_gate;
+    match u32::try_from(generation) {
+        Ok(generation) => gate.hold(generation, leases),
+        Err(_) => gate.release(),
+    }
+}

@@ -1,0 +1,338 @@
+"""What a Redis-synced registry sends and stores (issue 13), against a real ``redis-server``.
+
+- The hot path sends nothing: the commands the server receives (``INFO commandstats``) depend on
+  time and ``sync_interval``, not on the number of calls.
+- Bounded footprint: a breaker's key count and ``MEMORY USAGE`` stay the same after 100,000 calls;
+  every key lives under the namespace, carries the breaker in a hash tag (one cluster slot per
+  breaker) and expires.
+- Garbage written into our keys is ignored with a warning, never trusted or crashed on.
+- Breaker names with any characters are safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from helpers import (
+    SYNC_INTERVAL,
+    Boom,
+    close_registry,
+    fail,
+    ok,
+    redis_registry,
+    sync_status,
+    sync_warnings,
+    wait_synced,
+    wait_until,
+)
+from panelboard import CircuitOpenError, State
+from redis_fixtures import RedisServer
+
+CONVERGENCE_BOUND = 5.0
+PROPAGATION_BOUND = SYNC_INTERVAL + 0.25
+
+
+@pytest.fixture
+def records() -> Iterator[list[logging.LogRecord]]:
+    kept: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            kept.append(record)
+
+    logger = logging.getLogger("panelboard")
+    handler = Keep(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield kept
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.fixture
+def registries() -> Iterator[Any]:
+    made: list[Any] = []
+
+    def make(url: str, namespace: str, **defaults: Any) -> Any:
+        registry = redis_registry(url, namespace, **defaults)
+        made.append(registry)
+        return registry
+
+    try:
+        yield make
+    finally:
+        for registry in made:
+            close_registry(registry)
+
+
+# --------------------------------------------------------------------------------------------------
+# Cluster hash slots (the Redis Cluster specification: CRC16/XMODEM of the hash tag, mod 16384)
+
+
+def crc16(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def hash_tag(key: bytes) -> bytes | None:
+    """The part of ``key`` Redis Cluster hashes: between the first ``{`` and the next ``}``, when
+    that is not empty; None when the key has no such tag (the whole key is hashed)."""
+    start = key.find(b"{")
+    if start < 0:
+        return None
+    end = key.find(b"}", start + 1)
+    if end <= start + 1:
+        return None
+    return key[start + 1 : end]
+
+
+def slot(key: bytes) -> int:
+    tag = hash_tag(key)
+    return crc16(key if tag is None else tag) % 16384
+
+
+def test_the_slot_computation_matches_the_cluster_specification() -> None:
+    # The specification's own examples: "123456789" -> 0x31C3; tags as it describes them.
+    assert crc16(b"123456789") == 0x31C3
+    assert hash_tag(b"{user1000}.following") == b"user1000"
+    assert hash_tag(b"foo{}{bar}") is None
+    assert hash_tag(b"foo{{bar}}zap") == b"{bar"
+    assert slot(b"{user1000}.following") == slot(b"{user1000}.followers")
+
+
+def assert_keys_are_ours(server: RedisServer, namespace: str) -> dict[bytes, list[bytes]]:
+    """Every key under the namespace carries a hash tag; returns the keys grouped by tag."""
+    keys = server.keys("*")
+    assert keys, "nothing was written to Redis"
+    groups: dict[bytes, list[bytes]] = {}
+    for key in keys:
+        assert key.startswith(namespace.encode()), f"a key outside the namespace: {key!r}"
+        tag = hash_tag(key)
+        assert tag is not None, f"a key without a hash tag (not cluster-safe): {key!r}"
+        groups.setdefault(tag, []).append(key)
+    return groups
+
+
+# --------------------------------------------------------------------------------------------------
+# The hot path sends nothing
+
+
+def commands_while(server: RedisServer, seconds: float, call: Any, *, pace: float | None) -> tuple[int, int]:
+    """Resets the server's command statistics, calls ``call()`` for ``seconds`` (every ``pace``
+    seconds, or as fast as possible), and returns (calls made, commands the server received)."""
+    server.reset_stats()
+    calls = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        call()
+        calls += 1
+        if pace is not None:
+            time.sleep(pace)
+        elif calls % 1000 == 0:
+            time.sleep(0.0005)  # let the worker run
+    return calls, sum(server.commands().values())
+
+
+def test_the_hot_path_sends_nothing(redis_server: RedisServer, namespace: str, registries: Any) -> None:
+    """As many commands reach Redis in a second with 100 calls as with hundreds of thousands: they
+    come from the periodic sync (about 1 / sync_interval), not from the calls."""
+    a = registries(redis_server.url, namespace)
+    b = a.breaker("hot")
+    b.call(ok)
+    wait_synced(a)
+    few, commands_few = commands_while(redis_server, 1.0, lambda: b.call(ok), pace=0.01)
+    many, commands_many = commands_while(redis_server, 1.0, lambda: b.call(ok), pace=None)
+    print(
+        f"\nhot path: {few} calls -> {commands_few} commands; {many} calls -> {commands_many} commands in 1 s"
+    )
+    assert many >= 50 * few
+    assert commands_many <= 2 * commands_few + 10
+    # About 1 / sync_interval per active breaker, with room for a poll and a push per interval.
+    assert commands_few <= 3 / SYNC_INTERVAL
+    assert commands_many <= 3 / SYNC_INTERVAL
+
+
+def test_rejections_send_nothing_either(redis_server: RedisServer, namespace: str, registries: Any) -> None:
+    a = registries(redis_server.url, namespace)
+    b = a.breaker("open", failure_threshold=1, reset_timeout=600.0)
+    with pytest.raises(Boom):
+        b.call(fail)
+    wait_synced(a)
+
+    def rejected() -> None:
+        with pytest.raises(CircuitOpenError):
+            b.call(ok)
+
+    many, commands = commands_while(redis_server, 1.0, rejected, pace=None)
+    print(f"\nrejections: {many} calls -> {commands} commands in 1 s")
+    assert many >= 10_000
+    assert commands <= 3 / SYNC_INTERVAL
+
+
+# --------------------------------------------------------------------------------------------------
+# Bounded footprint
+
+
+def churn(b: Any, calls: int) -> None:
+    """``calls`` calls: 3 failures then 2 successes, over and over, so the breaker trips, probes and
+    closes again and again (reset_timeout=0), with pauses so that the worker syncs meanwhile."""
+    for i in range(calls):
+        try:
+            b.call(fail if i % 5 < 3 else ok)
+        except (Boom, CircuitOpenError):
+            pass
+        if i % 10_000 == 9_999:
+            time.sleep(2 * SYNC_INTERVAL)
+
+
+def footprint(server: RedisServer) -> tuple[int, int]:
+    keys = server.keys("*")
+    return len(keys), sum(int(server.admin().memory_usage(k, samples=0) or 0) for k in keys)
+
+
+def test_footprint_stays_bounded_after_100000_calls(
+    redis_server: RedisServer, namespace: str, registries: Any
+) -> None:
+    a = registries(redis_server.url, namespace)
+    b = a.breaker("busy", failure_threshold=3, reset_timeout=0.0)
+    churn(b, 1_000)
+    time.sleep(6 * SYNC_INTERVAL)
+    keys_before, memory_before = footprint(redis_server)
+    churn(b, 100_000)
+    time.sleep(6 * SYNC_INTERVAL)
+    keys_after, memory_after = footprint(redis_server)
+    print(
+        f"\nfootprint: {keys_before} keys / {memory_before} B after 1,000 calls, {keys_after} / {memory_after} B after 100,000"
+    )
+    assert b.metrics().times_opened > 1000  # the calls really moved the breaker around
+    assert keys_after == keys_before <= 8
+    assert memory_after <= memory_before + 256
+    assert memory_after <= 2048
+    for key in redis_server.keys("*"):
+        assert redis_server.admin().pttl(key) > 0, f"{key!r} never expires"
+    groups = assert_keys_are_ours(redis_server, namespace)
+    assert len(groups) == 1, groups  # one breaker, one hash tag
+
+
+# --------------------------------------------------------------------------------------------------
+# Names
+
+
+NAMES = [
+    "plain",
+    "with space",
+    "a{b}c",
+    "a{b}d",
+    "{",
+    "}",
+    "}{",
+    "{}",
+    "x:y:z",
+    "*?[]^\\",
+    "new\nline\r\n",
+    "nul\x00byte",
+    "ünïcødé ☃ 🙂",
+    "tab\tchar",
+    "n" * 4000,
+    "%s%n%x",
+    "'; DEL *; --",
+]
+
+
+def test_names_with_any_characters_are_safe(
+    redis_server: RedisServer, namespace: str, registries: Any
+) -> None:
+    """Every breaker keeps its own keys (one hash tag each, none shared), and an opening reaches the
+    other registry for exactly the breakers that opened."""
+    a, b = registries(redis_server.url, namespace), registries(redis_server.url, namespace)
+    for name in NAMES:
+        a.breaker(name, failure_threshold=1, reset_timeout=600.0).call(ok)
+        b.breaker(name, failure_threshold=1, reset_timeout=600.0)
+    opened = NAMES[::2]
+    for name in opened:
+        with pytest.raises(Boom):
+            a.call(name, fail)
+    want = {name: State.OPEN if name in opened else State.CLOSED for name in NAMES}
+    wait_until(lambda: {n: b.state(n) for n in NAMES} == want, CONVERGENCE_BOUND, "b agrees with a")
+    time.sleep(6 * SYNC_INTERVAL)
+    assert {n: b.state(n) for n in NAMES} == want
+    groups = assert_keys_are_ours(redis_server, namespace)
+    assert len(groups) == len(NAMES), sorted(groups)
+    assert sorted(n for n, _ in b.list()) == sorted(NAMES)
+
+
+def test_namespaces_do_not_share_breakers(redis_server: RedisServer, namespace: str, registries: Any) -> None:
+    a = registries(redis_server.url, namespace)
+    other = registries(redis_server.url, namespace + "-other")
+    same = registries(redis_server.url, namespace)
+    for r in (a, other, same):
+        r.breaker("shared-name", failure_threshold=1, reset_timeout=600.0).call(ok)
+    with pytest.raises(Boom):
+        a.call("shared-name", fail)
+    wait_until(lambda: same.state("shared-name") is State.OPEN, CONVERGENCE_BOUND)
+    time.sleep(6 * SYNC_INTERVAL)
+    assert other.state("shared-name") is State.CLOSED
+
+
+# --------------------------------------------------------------------------------------------------
+# Garbage in our keys
+
+
+def write_garbage(server: RedisServer, key: bytes, kind: str) -> None:
+    admin = server.admin()
+    if kind == "wrong-type":
+        ttl = admin.pttl(key)
+        admin.delete(key)
+        admin.rpush(key, "garbage", "\xff\xfe")
+        if ttl > 0:
+            admin.pexpire(key, ttl)
+        return
+    key_type = admin.type(key)
+    if key_type == b"hash":
+        for field in admin.hkeys(key):
+            admin.hset(key, field, "-1e999 not a number \xff" if kind == "bad-values" else "")
+    else:
+        admin.set(key, "garbage \x00\xff" if kind == "bad-values" else "", keepttl=True)
+
+
+@pytest.mark.parametrize("kind", ["bad-values", "empty-values", "wrong-type"])
+def test_garbage_in_our_keys_is_ignored_with_a_warning(
+    redis_server: RedisServer, namespace: str, registries: Any, records: Any, kind: str
+) -> None:
+    a, b = registries(redis_server.url, namespace), registries(redis_server.url, namespace)
+    for r in (a, b):
+        r.breaker("victim", failure_threshold=2, reset_timeout=600.0).call(ok)
+    with pytest.raises(Boom):
+        a.call("victim", fail)
+    time.sleep(6 * SYNC_INTERVAL)
+    keys = redis_server.keys("*")
+    assert keys
+    for key in keys:
+        write_garbage(redis_server, key, kind)
+    # Calls go on without an exception from Redis; the breaker keeps its local state.
+    end = time.monotonic() + 10 * SYNC_INTERVAL
+    while time.monotonic() < end:
+        for r in (a, b):
+            assert r.call("victim", ok) == "ok"
+        time.sleep(0.005)
+    assert a.state("victim") is State.CLOSED and b.state("victim") is State.CLOSED
+    wait_until(lambda: sync_warnings(records), 5.0, "a warning about the malformed value")
+    print(f"\n{kind}: {[r.getMessage() for r in sync_warnings(records)][:2]}")
+    # Once the garbage is gone the fleet syncs again.
+    redis_server.admin().delete(*keys)
+    for _ in range(2):
+        with pytest.raises(Boom):
+            a.call("victim", fail)
+    wait_until(
+        lambda: b.state("victim") is State.OPEN, CONVERGENCE_BOUND, "b saw the opening after the garbage"
+    )
+    assert sync_status(a)["connected"] and sync_status(b)["connected"]
