@@ -6,6 +6,9 @@ The module-level functions work on one process-wide default registry, like the r
 
 from __future__ import annotations
 
+from typing import TypeVar, cast
+
+from . import _core
 from ._core import (
     Breaker,
     CircuitOpenError,
@@ -42,7 +45,10 @@ __all__ = [
     "state",
 ]
 
-_default = Registry()
+# Made once per process by `_core`; on free-threaded CPython 3.13 the registry and the functions
+# below are immortal, as CPython makes top-level functions, so threads calling them share no
+# reference count (src/py/default_api.rs).
+_default: Registry = _core._default_registry
 
 
 def default_registry() -> Registry:
@@ -54,16 +60,24 @@ def init() -> None:
     """Initialise the default registry. Idempotent; everything also works without it."""
 
 
+_M = TypeVar("_M")
+
+
+def _exported(name: str, typed_as: _M) -> _M:
+    """`_core`'s bound method `name` of the default registry (typed as `typed_as`, the same method)."""
+    return cast(_M, _core._default_methods[name])
+
+
 # Bound methods of the native registry: calling them adds no Python frame.
-call = _default.call
-breaker = _default.breaker
-configure = _default.configure
-state = _default.state
-reset = _default.reset
-delete = _default.delete
-list = _default.list  # noqa: A001 - the reference module's name
-force_open = _default.force_open
-disable = _default.disable
-on_state_change = _default.on_state_change
-remove_listener = _default.remove_listener
-snapshot = _default.snapshot
+call = _exported("call", _default.call)
+breaker = _exported("breaker", _default.breaker)
+configure = _exported("configure", _default.configure)
+state = _exported("state", _default.state)
+reset = _exported("reset", _default.reset)
+delete = _exported("delete", _default.delete)
+list = _exported("list", _default.list)  # noqa: A001 - the reference module's name
+force_open = _exported("force_open", _default.force_open)
+disable = _exported("disable", _default.disable)
+on_state_change = _exported("on_state_change", _default.on_state_change)
+remove_listener = _exported("remove_listener", _default.remove_listener)
+snapshot = _exported("snapshot", _default.snapshot)

@@ -16,7 +16,8 @@
 //! 5. `block`: the `with breaker:` blocks (each settles its own permit).
 //! 6. `handle`: the methods of `Breaker` (its `__enter__` starts a block), `Guarded` with its
 //!    vectorcall entry point, `Metrics`.
-//! 7. `registry`: the `Registry` class.
+//! 7. `lookup`: each thread's cache in front of a registry's map; then `registry`: the `Registry`
+//!    class, and `default_api`: the process-wide default registry and its exported methods.
 //! 7b. `fleet`: the Redis sync worker's private entry points (read, install, gate).
 //! 8. `fastcall`: the `Breaker.call` and `Registry.call` fast entry points.
 //! 9. this module: `init_module`, which adds the classes and installs the entry points.
@@ -37,6 +38,8 @@ mod config;
 #[forbid(unsafe_code)]
 mod core;
 #[forbid(unsafe_code)]
+mod default_api;
+#[forbid(unsafe_code)]
 mod errors;
 #[forbid(unsafe_code)]
 mod fastcall;
@@ -44,6 +47,8 @@ mod fastcall;
 mod fleet;
 #[forbid(unsafe_code)]
 mod handle;
+#[forbid(unsafe_code)]
+mod lookup;
 #[forbid(unsafe_code)]
 mod permit;
 #[forbid(unsafe_code)]
@@ -70,5 +75,6 @@ fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fastcall::install(m.py())?;
     block::install(m.py())?;
     pyrefs::init(m.py())?;
+    default_api::add(m)?;
     Ok(())
 }

@@ -22,6 +22,7 @@ use super::core::Breaker;
 use super::core::{guarded, shield, BreakerCore, CoreRef, Hub};
 use super::ffi::upcall;
 use super::handle::{not_callable, Metrics};
+use super::lookup::{CachedCore, Lookups};
 use super::pyrefs;
 use crate::engine::Mode;
 
@@ -37,6 +38,8 @@ pub struct Registry {
     /// The Redis sync worker (`panelboard._redis`) of a registry made with `redis=`; it holds only
     /// a weak reference back, so a registry dropped without `close()` still goes away.
     fleet: OnceLock<Py<PyAny>>,
+    /// Each thread's cache in front of `breakers`, for `call` (see `lookup`).
+    lookups: Lookups,
 }
 
 impl Registry {
@@ -140,15 +143,7 @@ impl Registry {
             },
         };
         let patch = Patch::parse(defaults)?;
-        let registry = Py::new(
-            py,
-            Registry {
-                breakers: DashMap::with_hasher(foldhash::fast::RandomState::default()),
-                hub: Py::new(py, Hub::new(clock))?,
-                defaults: Config::defaults(py).with(py, &patch)?,
-                fleet: OnceLock::new(),
-            },
-        )?;
+        let registry = Py::new(py, Registry::local(py, clock, &patch)?)?;
         if let Some(url) = redis {
             // The worker validates the Redis options (naming each) and imports redis-py: only a
             // registry made with `redis=` pays for either.
@@ -240,6 +235,9 @@ impl Registry {
     fn delete(&self, name: &Bound<'_, PyAny>) -> PyResult<()> {
         let key = pyrefs::name_key(name)?;
         let removed = self.breakers.remove(&*key);
+        if removed.is_some() {
+            self.lookups.removed(&key);
+        }
         drop(removed); // after the shard guard is gone
         Ok(())
     }
@@ -346,7 +344,7 @@ impl Registry {
         for entry in self.breakers.iter() {
             visit.call(entry.value().as_py())?;
         }
-        Ok(())
+        self.lookups.traverse(&visit)
     }
 
     fn __len__(&self) -> usize {
@@ -372,26 +370,58 @@ impl Registry {
         options: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = name.py();
-        let core = shield(|| {
+        let core: CachedCore = shield(|| {
+            // This thread's cache first (see `lookup`): the same `str` as its last lookup costs
+            // no reading of the name, and neither path writes memory another thread reads.
+            let version = self.lookups.version();
+            if options.is_none() {
+                if let Some(core) = self.lookups.last(version, name) {
+                    if !func.is_callable() {
+                        return Err(not_callable("fn", func));
+                    }
+                    return Ok(core);
+                }
+            }
             let key = pyrefs::name_key(name)?;
             if !func.is_callable() {
                 return Err(not_callable("fn", func));
             }
             Ok(match options {
-                None => match self.find(py, &key) {
+                None => match self
+                    .lookups
+                    .by_name(version, name, &key, || self.find(py, &key))
+                {
                     Some(core) => core,
                     // Creating may drop references (a breaker that lost a creation race): attach
                     // properly so PyO3 releases them at once, not at its next call.
-                    None => Python::attach(|py| self.get_or_create(py, &key, &Patch::default()))?,
+                    None => Arc::new(Python::attach(|py| {
+                        self.get_or_create(py, &key, &Patch::default())
+                    })?),
                 },
                 // The options' objects may be dropped here (they are ignored for an existing
                 // breaker): attach properly, as above.
-                Some(options) => Python::attach(|py| -> PyResult<_> {
+                Some(options) => Arc::new(Python::attach(|py| -> PyResult<_> {
                     self.get_or_create(py, &key, &Patch::parse(Some(options))?)
-                })?,
+                })?),
             })
         })?;
         guarded(&core, py, || upcall::call(func, []))
+    }
+
+    /// A registry with the default configuration (the process-wide default registry).
+    pub(crate) fn with_defaults(py: Python<'_>) -> PyResult<Registry> {
+        Registry::local(py, Clock::Monotonic(Instant::now()), &Patch::parse(None)?)
+    }
+
+    /// A registry whose breakers live in this process (no Redis worker yet).
+    fn local(py: Python<'_>, clock: Clock, patch: &Patch) -> PyResult<Registry> {
+        Ok(Registry {
+            breakers: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            hub: Py::new(py, Hub::new(clock))?,
+            defaults: Config::defaults(py).with(py, patch)?,
+            fleet: OnceLock::new(),
+            lookups: Lookups::new(),
+        })
     }
 
     /// The breakers, cloned out of the map (whose guards are released before this returns).

@@ -12,6 +12,7 @@
 //!   `Registry.call`, calling a decorated function): the argument array as a safe `FastArgs`,
 //!   method definitions, and the per-instance vectorcall slot;
 //! - `refs`: references released with the thread counted as attached;
+//! - `immortal`: process-lifetime objects whose reference counts no thread writes (3.13t);
 //! - `objects`: small object-level helpers (`is_coroutine`, UTF-8 with surrogates, exception args);
 //! - `frame`: the frame running now (address and code object), for `with` blocks;
 //! - `contextvar`: `ContextVar.get`/`set` through the C API (the permit stack);
@@ -20,6 +21,7 @@
 pub mod contextvar;
 pub mod entry;
 pub mod frame;
+pub mod immortal;
 pub mod module_def;
 pub mod objects;
 pub mod refs;

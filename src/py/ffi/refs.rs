@@ -86,3 +86,31 @@ impl<T> Drop for ReleasedAttached<T> {
         drop(value);
     }
 }
+
+/// A strong reference to any object, released like an `AttachedRef` (same rule: dropped only by a
+/// thread attached to the interpreter, never moved into `Python::detach` or a thread of Rust's own).
+pub struct AttachedObject(ManuallyDrop<Py<PyAny>>);
+
+impl AttachedObject {
+    pub fn new(object: &Bound<'_, PyAny>) -> AttachedObject {
+        AttachedObject(ManuallyDrop::new(object.clone().unbind()))
+    }
+
+    /// Is `other` this very object?
+    #[inline]
+    pub fn is(&self, other: &Bound<'_, PyAny>) -> bool {
+        self.0.as_ptr() == other.as_ptr()
+    }
+}
+
+impl Drop for AttachedObject {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: the thread is attached (the rule above), and the reference is taken exactly
+        // once, here, and not used again.
+        unsafe {
+            let py = Python::assume_attached();
+            drop(ManuallyDrop::take(&mut self.0).into_bound(py));
+        }
+    }
+}
