@@ -342,8 +342,9 @@ def test_probes_are_limited_fleet_wide_and_their_outcome_reaches_everyone(
     assert max(delays) <= PROPAGATION_BOUND, delays
 
 
-#: How long a dead prober's lease may keep the probe slot (README: the lease's expiry).
-PROBE_LEASE_BOUND = 10.0
+#: How long a dead prober's lease may keep the probe slot after its death: a lease lasts
+#: probe_timeout, or max(reset_timeout, 1 s) without one (README), then one sync to see it gone.
+PROBE_LEASE_BOUND = max(0.3, 1.0) + PROPAGATION_BOUND
 
 
 def take_probe_and_hang(url: str, ns: str, ready: Any) -> None:

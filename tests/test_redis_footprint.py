@@ -187,6 +187,35 @@ def test_rejections_send_nothing_either(redis_server: RedisServer, namespace: st
     assert sent <= SENT_BOUND
 
 
+@pytest.mark.parametrize("breakers", [1, 10])
+def test_a_flapping_breaker_sends_about_one_sync_per_interval(
+    redis_server: RedisServer, namespace: str, registries: Any, breakers: int
+) -> None:
+    """A dependency that is down, called as fast as possible, through breakers that trip, go
+    half-open at once (reset_timeout=0), probe and reopen all the time: the changes are batched, so
+    a process sends about 1 / sync_interval commands per second per breaker at most (issue 13's
+    bound, with room for a push on change), however many transitions it makes."""
+    a = registries(redis_server.url, namespace, failure_threshold=3, reset_timeout=0.0)
+    handles = [a.breaker(f"flapping-{i}") for i in range(breakers)]
+    wait_synced(a)
+
+    def fail_everywhere() -> None:
+        for b in handles:
+            try:
+                b.call(fail)
+            except (Boom, CircuitOpenError):
+                pass
+
+    # Paced like a program between requests, so that the worker gets to run as often as it wants.
+    calls, sent, ran = commands_while(redis_server, 1.0, fail_everywhere, pace=0.0002)
+    opened = sum(b.metrics().times_opened for b in handles)
+    print(
+        f"\nflapping x{breakers}: {calls * breakers} calls, {opened} openings -> {sent} commands sent ({ran} run) in 1 s"
+    )
+    assert opened >= 5 * breakers  # it really flapped
+    assert sent <= breakers * 2 / SYNC_INTERVAL
+
+
 # --------------------------------------------------------------------------------------------------
 # Bounded footprint
 
