@@ -76,7 +76,6 @@ def start(registry: Any, url: object, namespace: object, sync_interval: object) 
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
-            single_connection_client=True,
         )
     except ValueError as error:
         raise ValueError(f"redis: {error}") from None
@@ -107,25 +106,32 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 SCRIPT = """\
 -- panelboard fleet sync (issue 13, docs/redis.md): one call applies a batch of breakers.
 --
--- KEYS, three per breaker: state hash, open timer (string, expires on the server's clock), leases
--- (sorted set: member per lease, score its expiry in server milliseconds).
--- ARGV[1] process token, ARGV[2] tombstone TTL (ms), then FIELDS per breaker (see below).
--- Reply, per breaker: {g, mode, f, open_pttl, my_leases, cv, ft, rt, hm, st, pt, garbage}
+-- KEYS, three per breaker: state hash, open timer (a key whose expiry, on the server's clock, is
+-- the end of the open period), leases (sorted set: one member per lease, scored by its expiry);
+-- then the namespace's index (sorted set: hex name -> server time it was published).
+-- ARGV[1] process token, ARGV[2] tombstone TTL (ms), ARGV[3] index cursor (-1: no discovery this
+-- round), then FIELDS values per breaker (see below).
+-- Reply, per breaker: {g, mode, f, open_pttl, my_leases, cv, ft, rt, hm, st, pt, garbage}, then
+-- {new cursor, hex names published after the cursor...}
 --   mode: 0 closed, 1 open (timer running), 2 half-open (open, timer over: probes by lease),
 --         3 forced open, 4 disabled, 5 deleted.
 -- Every transition is a compare-and-swap on the breaker's generation `g`: an op carries the
 -- generation its sender last saw (-1: its first sync, which matches any) and is applied only if
 -- `g` still has that value; operator commands (reset, force_open, disable, delete) always apply.
+-- A breaker that nothing changes costs one HMGET per round (two while open): reads never write.
 local FIELDS = 14
-local STATE_TTL = 86400000 -- a breaker nobody writes for a day is forgotten (and re-published)
+local STATE_TTL = 86400000 -- a breaker nobody changes for a day is forgotten (and re-published)
 local token = ARGV[1]
 local tomb_ttl = tonumber(ARGV[2]) or 60000
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
-
-local function kind(key)
-  return redis.call('TYPE', key)['ok']
+local cursor = tonumber(ARGV[3]) or -1
+local index = KEYS[#KEYS]
+local clock = nil
+local function now()
+  if clock == nil then
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return clock
 end
 
 local function int(v)
@@ -134,32 +140,31 @@ local function int(v)
   return n
 end
 
-for i = 0, (#KEYS / 3) - 1 do
+local out = {}
+for i = 0, ((#KEYS - 1) / 3) - 1 do
   local sk, ok_, lk = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local a = 3 + i * FIELDS
+  local a = 4 + i * FIELDS
   local op, fg, add, reset, want = int(ARGV[a]), int(ARGV[a + 1]), int(ARGV[a + 2]), int(ARGV[a + 3]), int(ARGV[a + 4])
   local lmode, lcount, lremain, cfgch = int(ARGV[a + 5]), int(ARGV[a + 6]), int(ARGV[a + 7]), int(ARGV[a + 8])
   local cft, crt, chm, cst, cpt = int(ARGV[a + 9]), int(ARGV[a + 10]), int(ARGV[a + 11]), int(ARGV[a + 12]), int(ARGV[a + 13])
 
   -- Garbage in our keys (someone else wrote them): dropped and re-published, never trusted.
   local garbage = 0
-  local sk_kind = kind(sk)
-  local g, m, f, cv, ft, rt, hm, st, pt
-  if sk_kind == 'hash' then
-    local h = redis.call('HMGET', sk, 'g', 'm', 'f', 'cv', 'ft', 'rt', 'hm', 'st', 'pt')
+  local g, m, f, cv, ft, rt, hm, st, pt, e
+  local h = redis.pcall('HMGET', sk, 'g', 'm', 'f', 'cv', 'ft', 'rt', 'hm', 'st', 'pt', 'e')
+  if type(h) == 'table' and h.err == nil then
     g, m, f, cv = int(h[1]), int(h[2]), int(h[3]), int(h[4])
-    ft, rt, hm, st, pt = int(h[5]), int(h[6]), int(h[7]), int(h[8]), int(h[9])
-    if not (g and m and f and cv and ft and rt and hm and st and pt)
+    ft, rt, hm, st, pt, e = int(h[5]), int(h[6]), int(h[7]), int(h[8]), int(h[9]), int(h[10])
+    if not (g and m and f and cv and ft and rt and hm and st and pt and e)
       or m < 0 or m > 5 or f < 0 or ft < 1 or rt < 0 or hm < 1 or st < 1 then
+      for k = 1, 10 do if h[k] then garbage = 1 end end
       g = nil
-      garbage = 1
+    elseif m == 5 and fg == -1 and op ~= 5 then
+      g = nil -- a tombstone, and a breaker made since under that name: it starts afresh
     end
-  elseif sk_kind ~= 'none' then
+  else
     garbage = 1
   end
-  local ok_kind, lk_kind = kind(ok_), kind(lk)
-  if ok_kind ~= 'none' and ok_kind ~= 'string' then garbage = 1; redis.call('DEL', ok_) end
-  if lk_kind ~= 'none' and lk_kind ~= 'zset' then garbage = 1; redis.call('DEL', lk) end
 
   local dirty = false
   local function open_now()
@@ -174,8 +179,9 @@ for i = 0, (#KEYS / 3) - 1 do
   if g == nil then
     -- Missing (a new breaker, Redis restarted empty, expired) or garbage: publish the sender's
     -- own state. The generation starts at the server's time so it never repeats an older one.
-    if garbage == 1 then redis.call('DEL', sk, ok_, lk) end
-    g = now
+    redis.call('DEL', sk, ok_, lk)
+    g = now()
+    e = g
     f = 0
     if lmode == 0 then m = 0; f = lcount or 0
     elseif lmode == 1 or lmode == 2 then
@@ -184,8 +190,22 @@ for i = 0, (#KEYS / 3) - 1 do
     elseif lmode == 3 or lmode == 4 then m = lmode
     else m = 0 end
     cv, ft, rt, hm, st, pt = 1, cft or 5, crt or 30000, chm or 1, cst or 1, cpt or -1
+    if ft < 1 then ft = 1 end
+    if hm < 1 then hm = 1 end
+    if st < 1 then st = 1 end
     if op == 5 then m = 5 end
     op = 0
+    if m ~= 5 then
+      local hexname = string.match(sk, '{b(%x*)}$')
+      if hexname then
+        if type(redis.pcall('ZADD', index, now(), hexname)) ~= 'number' then
+          garbage = 1
+          redis.call('DEL', index)
+          redis.call('ZADD', index, now(), hexname)
+        end
+        redis.call('PEXPIRE', index, STATE_TTL)
+      end
+    end
     fg = g
     add = 0
     dirty = true
@@ -197,8 +217,16 @@ for i = 0, (#KEYS / 3) - 1 do
     dirty = true
   end
 
-  local matches = (fg == -1) or (fg == g)
-  local timer = (m == 1) and (redis.call('EXISTS', ok_) == 1)
+  -- The open timer: its remaining time, on the server's clock (-2: none; -1: garbage, no expiry).
+  local pttl = -2
+  if m == 1 then
+    pttl = redis.call('PTTL', ok_)
+    if pttl == -1 then garbage = 1; redis.call('DEL', ok_); pttl = -2 end
+  end
+  local timer = pttl > 0
+  -- A generation from before the current epoch (the state was lost: Redis restarted empty,
+  -- the key expired or held garbage) has nothing to conflict with: the sender's change applies.
+  local matches = (fg == -1) or (fg == g) or (fg < e)
   local moved = false
   if op == 4 and lmode and (lmode == 0 or lmode == 3 or lmode == 4) then
     m = lmode; g = g + 1; f = 0; moved = true; dirty = true
@@ -206,6 +234,8 @@ for i = 0, (#KEYS / 3) - 1 do
   elseif op == 5 then
     m = 5; g = g + 1; f = 0; moved = true; dirty = true
     redis.call('DEL', ok_, lk)
+    local hexname = string.match(sk, '{b(%x*)}$')
+    if hexname then redis.call('ZREM', index, hexname) end
   elseif matches then
     if op == 1 and m == 0 then open_now(); moved = true
     elseif op == 2 and m == 1 and not timer then
@@ -217,30 +247,32 @@ for i = 0, (#KEYS / 3) - 1 do
   -- Failures count only under the generation they were admitted in.
   if matches and not moved and m == 0 and add and (add > 0 or reset == 1) then
     if reset == 1 then f = add else f = f + add end
-    if f >= ft then open_now() end
+    if f >= ft then open_now(); moved = true end
     dirty = true
   end
-
-  timer = (m == 1) and (redis.call('EXISTS', ok_) == 1)
-  local pttl = 0
-  if timer then pttl = redis.call('PTTL', ok_); if pttl < 0 then pttl = 0 end end
+  if moved and m == 1 then
+    pttl = rt
+    timer = rt > 0
+  end
+  if pttl < 0 then pttl = 0 end
 
   -- Probe leases: at most `hm` live in the whole fleet; a dead prober's lease lapses.
   local mine = 0
-  if m == 1 and not timer then
-    redis.call('ZREMRANGEBYSCORE', lk, '-inf', now)
+  if m == 1 and not timer and want and want > 0 then
+    local live = redis.pcall('ZREMRANGEBYSCORE', lk, '-inf', now())
+    if type(live) == 'table' and live.err then garbage = 1; redis.call('DEL', lk) end
     local members = redis.call('ZRANGE', lk, 0, -1)
     local prefix = token .. ':'
     for _, member in ipairs(members) do
       if string.sub(member, 1, #prefix) == prefix then mine = mine + 1 end
     end
-    if want and want > mine and (fg == -1 or fg == g) then
+    if want > mine and matches then
       local grant = math.min(want - mine, hm - #members)
       if grant > 0 then
         local ttl = pt
         if ttl <= 0 then ttl = math.max(rt, 1000) end
         for k = 1, grant do
-          redis.call('ZADD', lk, now + ttl, prefix .. g .. ':' .. now .. ':' .. k)
+          redis.call('ZADD', lk, now() + ttl, prefix .. g .. ':' .. now() .. ':' .. k)
         end
         redis.call('PEXPIRE', lk, ttl)
         mine = mine + grant
@@ -249,15 +281,29 @@ for i = 0, (#KEYS / 3) - 1 do
   end
 
   if dirty then
-    redis.call('HSET', sk, 'g', g, 'm', m, 'f', f, 'cv', cv, 'ft', ft, 'rt', rt, 'hm', hm, 'st', st, 'pt', pt)
+    redis.call('HSET', sk, 'g', g, 'm', m, 'f', f, 'cv', cv, 'ft', ft, 'rt', rt, 'hm', hm, 'st', st, 'pt', pt, 'e', e)
     if m == 5 then redis.call('PEXPIRE', sk, tomb_ttl) else redis.call('PEXPIRE', sk, STATE_TTL) end
-  elseif m ~= 5 and redis.call('PTTL', sk) < STATE_TTL / 2 then
-    redis.call('PEXPIRE', sk, STATE_TTL)
   end
 
   local mode = m
   if m == 1 and not timer then mode = 2 end
   out[i + 1] = {g, mode, f, pttl, mine, cv, ft, rt, hm, st, pt, garbage}
 end
+
+-- Discovery: breakers other processes published since the cursor (forgotten after a day).
+local found = {cursor}
+if cursor >= 0 then
+  local ok, entries = pcall(redis.call, 'ZRANGEBYSCORE', index, '(' .. cursor, '+inf', 'WITHSCORES', 'LIMIT', 0, 1000)
+  if ok and type(entries) == 'table' then
+    for k = 1, #entries, 2 do
+      found[#found + 1] = entries[k]
+      local score = tonumber(entries[k + 1])
+      if score and score > found[1] then found[1] = score end
+    end
+  else
+    redis.call('DEL', index)
+  end
+end
+out[#out + 1] = found
 return out
 """

@@ -29,6 +29,8 @@ REPLY_FIELDS = 12
 # Breakers per script call: bounds the time one call holds Redis.
 BATCH = 256
 TOMBSTONE_MS = 60_000
+# Breakers published by other processes are looked for every this many rounds.
+DISCOVERY_ROUNDS = 4
 
 
 class Track:
@@ -104,6 +106,8 @@ class Worker:
         self._rounds = 0
         self._commands = 0
         self._malformed = 0
+        self._cursor = 0  # index score up to which other processes' breakers are known
+        self._index_key = f"{namespace}:{{index}}"
         self._thread: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -162,7 +166,9 @@ class Worker:
 
     def _run(self) -> None:
         backoff = self._interval
-        while not self._stop.is_set():
+        while True:
+            # `close()` gets one last round: what happened locally just before it is pushed.
+            stopping = self._stop.is_set()
             self._wake.clear()
             registry = self._registry()
             if registry is None:
@@ -175,6 +181,8 @@ class Worker:
             else:
                 backoff = self._interval
             del registry
+            if stopping:
+                break
             if self._connected:
                 self._wake.wait(self._interval)
             else:
@@ -219,6 +227,8 @@ class Worker:
         return self._client.evalsha(self._sha, len(keys), *keys, *args)
 
     def _round(self, registry: Any) -> None:
+        """One sync of every breaker. Always talks to Redis (a PING when there is no breaker yet),
+        so that `connected` means what it says."""
         seen: dict[str, tuple[Track, tuple[Any, ...]]] = {}
         for name, core_id, handle in _core._fleet_breakers(registry):
             track = self._tracks.get(name)
@@ -239,16 +249,20 @@ class Worker:
             keys += [track.key_prefix, track.key_prefix + ":open", track.key_prefix + ":leases"]
             args += [DELETE, track.fg, 0, 0, 0, CLOSED, 0, 0, 0, 1, 0, 1, 1, -1]
             work.append((name, track, None, DELETE))
-        for start in range(0, len(work), BATCH):
+        discover = self._rounds % DISCOVERY_ROUNDS == 0
+        for start in range(0, max(len(work), 1), BATCH):
             chunk = work[start : start + BATCH]
+            cursor = self._cursor if discover and start == 0 else -1
             reply = self._evalsha(
-                keys[start * 3 : (start + len(chunk)) * 3],
-                [self._token, TOMBSTONE_MS] + args[start * FIELDS : (start + len(chunk)) * FIELDS],
+                keys[start * 3 : (start + len(chunk)) * 3] + [self._index_key],
+                [self._token, TOMBSTONE_MS, cursor] + args[start * FIELDS : (start + len(chunk)) * FIELDS],
             )
-            if not isinstance(reply, list) or len(reply) != len(chunk):
+            if not isinstance(reply, list) or len(reply) != len(chunk) + 1:
                 raise ValueError("malformed reply from the sync script")
             for (name, track, read, op), answer in zip(chunk, reply):
                 self._apply(registry, name, track, read, op, answer)
+            if cursor >= 0:
+                self._discovered(registry, reply[-1])
         with self._status_lock:
             self._rounds += 1
             self._last_sync = time.time()
@@ -256,6 +270,22 @@ class Worker:
                 _log.info("panelboard: Redis sync of namespace %r is back", self._namespace)
             self._in_outage = False
             self._connected = True
+
+    def _discovered(self, registry: Any, found: object) -> None:
+        """Makes the breakers other processes published (with this registry's defaults; the
+        fleet's numeric configuration arrives with their first sync)."""
+        if not isinstance(found, list) or not found or _int(found[0]) is None:
+            return
+        self._cursor = max(self._cursor, found[0])
+        for member in found[1:]:
+            try:
+                name = bytes.fromhex(member.decode("ascii")).decode("utf-8", "surrogatepass")
+            except (AttributeError, ValueError):
+                with self._status_lock:
+                    self._malformed += 1
+                continue
+            if name not in self._tracks:
+                registry.breaker(name)
 
     # --- one breaker -----------------------------------------------------------------------
 
