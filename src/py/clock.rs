@@ -41,8 +41,29 @@ impl Clock {
     /// Nanoseconds since the clock's epoch: how calls are timed against `slow_call_duration`.
     pub fn now_ns(&self) -> u64 {
         match self {
-            Clock::Monotonic(epoch) => u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            Clock::Monotonic(epoch) => {
+                let elapsed = epoch.elapsed();
+                elapsed
+                    .as_secs()
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(u64::from(elapsed.subsec_nanos()))
+            }
             Clock::Manual(time) => time.elapsed_ns(),
+        }
+    }
+
+    /// Microseconds since the clock's epoch: the time a rate rule's window counts calls in.
+    #[inline]
+    pub fn now_us(&self) -> u64 {
+        match self {
+            Clock::Monotonic(epoch) => {
+                let elapsed = epoch.elapsed();
+                elapsed
+                    .as_secs()
+                    .saturating_mul(1_000_000)
+                    .saturating_add(u64::from(elapsed.subsec_micros()))
+            }
+            Clock::Manual(time) => time.elapsed_ns() / 1000,
         }
     }
 }

@@ -147,7 +147,7 @@ impl BreakerCore {
     pub fn new(name: Arc<[u8]>, config: Arc<Config>, hub: Py<Hub>) -> Self {
         let window = OnceLock::new();
         if let Some(rate) = config.limits.rate {
-            let _ = window.set(Box::new(Window::new(rate.bucket_ms())));
+            let _ = window.set(Box::new(Window::new(rate.bucket_us())));
         }
         BreakerCore {
             name,
@@ -185,22 +185,24 @@ impl BreakerCore {
             // Before the configuration that needs it is published. A new width forgets the old
             // buckets (their tags mean other times).
             self.window
-                .get_or_init(|| Box::new(Window::new(rate.bucket_ms())))
-                .set_bucket_ms(rate.bucket_ms());
+                .get_or_init(|| Box::new(Window::new(rate.bucket_us())))
+                .set_bucket_us(rate.bucket_us());
         }
         drop(candidate);
         let mut error = None;
-        let previous = self.config.rcu(|current| match Config::with(current, py, patch) {
-            Ok(config) => {
-                error = None;
-                Arc::new(config)
-            }
-            Err(err) => {
-                // A concurrent `configure` changed an option this one's check relied on.
-                error = Some(err);
-                Arc::clone(current)
-            }
-        });
+        let previous = self
+            .config
+            .rcu(|current| match Config::with(current, py, patch) {
+                Ok(config) => {
+                    error = None;
+                    Arc::new(config)
+                }
+                Err(err) => {
+                    // A concurrent `configure` changed an option this one's check relied on.
+                    error = Some(err);
+                    Arc::clone(current)
+                }
+            });
         if let Some(err) = error {
             return Err(err);
         }
@@ -230,9 +232,7 @@ impl BreakerCore {
     /// is read otherwise.
     #[inline]
     pub fn start_timer(&self, config: &Config) -> Option<u64> {
-        config
-            .slow_call_ns
-            .map(|_| self.hub.get().clock.now_ns())
+        config.slow_call_ns.map(|_| self.hub.get().clock.now_ns())
     }
 
     /// Counts the success of a call admitted on the fast path (`record_fast_success` accepted it) in
@@ -243,17 +243,20 @@ impl BreakerCore {
         let Some(window) = self.window.get() else {
             return;
         };
-        let now_ms = self.hub.get().clock.now_ms();
+        let now_us = self.hub.get().clock.now_us();
         let generation = fast.ticket().generation();
-        if window.record_success(generation, now_ms) {
-            self.judge_window(py, generation, now_ms);
+        if window.record_success(generation, now_us) {
+            self.judge_window(py, generation, now_us);
         }
     }
 
     #[cold]
-    fn judge_window(&self, py: Python<'_>, generation: u32, now_ms: u64) {
+    fn judge_window(&self, py: Python<'_>, generation: u32, now_us: u64) {
         let config = self.config.load();
-        let transition = self.machine(&config).judge_window(generation, || now_ms);
+        // The open time in the word is in milliseconds of the same clock.
+        let transition = self
+            .machine(&config)
+            .judge_window(generation, now_us, || now_us / 1000);
         self.count_opening(transition);
         self.announce(py, transition);
     }
@@ -338,9 +341,13 @@ impl BreakerCore {
             self.counters.add(Counter::Slow);
         }
         let clock = &self.hub.get().clock;
-        let transition = self
-            .machine(config)
-            .record_call(ticket, outcome, slow, || clock.now_ms());
+        let transition = self.machine(config).record_call(
+            ticket,
+            outcome,
+            slow,
+            || clock.now_ms(),
+            || clock.now_us(),
+        );
         self.count_opening(transition);
         transition
     }

@@ -37,7 +37,11 @@ impl PredicateFlag {
 
     /// `new`, for a configuration whose successes count in a window.
     pub fn with_window(version: u64, has_predicate: bool, counts_in_window: bool) -> PredicateFlag {
-        PredicateFlag(AtomicU64::new(pack(version, has_predicate, counts_in_window)))
+        PredicateFlag(AtomicU64::new(pack(
+            version,
+            has_predicate,
+            counts_in_window,
+        )))
     }
 
     /// Publishes the flag of configuration `version`, called after that configuration is
