@@ -343,7 +343,7 @@ impl Metrics {
             rejected: totals.rejected,
             times_opened: core.times_opened.load(Ordering::Relaxed),
             retry_after,
-            slow_calls: totals.slow,
+            slow_calls: core.slow_calls.load(Ordering::Relaxed),
             window_calls: window.calls,
             window_failures: window.failures,
             window_slow: window.slow,
