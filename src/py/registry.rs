@@ -14,7 +14,6 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use pyo3::{PyTraverseError, PyVisit};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
 use super::clock::{Clock, ManualClock};
 use super::config::{Config, Patch};
@@ -130,8 +129,8 @@ impl Registry {
             }
         }
         let clock = match clock {
-            None => Clock::Monotonic(Instant::now()),
-            Some(c) if c.is_none() => Clock::Monotonic(Instant::now()),
+            None => Clock::monotonic(),
+            Some(c) if c.is_none() => Clock::monotonic(),
             Some(c) => match c.cast::<ManualClock>() {
                 Ok(manual) => Clock::Manual(manual.get().time.clone()),
                 Err(_) => {
@@ -410,7 +409,7 @@ impl Registry {
 
     /// A registry with the default configuration (the process-wide default registry).
     pub(crate) fn with_defaults(py: Python<'_>) -> PyResult<Registry> {
-        Registry::local(py, Clock::Monotonic(Instant::now()), &Patch::parse(None)?)
+        Registry::local(py, Clock::monotonic(), &Patch::parse(None)?)
     }
 
     /// A registry whose breakers live in this process (no Redis worker yet).

@@ -37,7 +37,11 @@ impl PredicateFlag {
 
     /// `new`, for a configuration whose successes count in a window.
     pub fn with_window(version: u64, has_predicate: bool, counts_in_window: bool) -> PredicateFlag {
-        PredicateFlag(AtomicU64::new(pack(version, has_predicate, counts_in_window)))
+        PredicateFlag(AtomicU64::new(pack(
+            version,
+            has_predicate,
+            counts_in_window,
+        )))
     }
 
     /// Publishes the flag of configuration `version`, called after that configuration is
@@ -74,18 +78,9 @@ impl PredicateFlag {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FastTicket {
     word: Word,
-    counts_in_window: bool,
 }
 
 impl FastTicket {
-    /// Whether the breaker's configuration, when the call was admitted, counted successes in a
-    /// window: then a success recorded by [`Slots::record_fast_success`] must also be counted
-    /// there (`Window::record_success`, with [`FastTicket::ticket`]'s generation).
-    #[inline]
-    pub fn counts_in_window(self) -> bool {
-        self.counts_in_window
-    }
-
     /// The ticket to record the call's outcome with (`Machine::record`) when
     /// [`Slots::record_fast_success`] could not.
     #[inline]
@@ -101,11 +96,7 @@ impl Slots {
     #[inline]
     pub fn admit_fast(&self, flag: &PredicateFlag) -> Option<FastTicket> {
         let word = self.machine_word();
-        let flag = flag.0.load(Ordering::Acquire);
-        (word.mode() == Mode::Closed && flag & PREDICATE_BIT == 0).then_some(FastTicket {
-            word,
-            counts_in_window: flag & WINDOW_BIT != 0,
-        })
+        (word.mode() == Mode::Closed && !flag.has_predicate()).then_some(FastTicket { word })
     }
 
     /// Records the success of a call admitted by [`Slots::admit_fast`] when that writes nothing:

@@ -1,18 +1,19 @@
 //! The sliding time window of a rate policy: how many calls finished in the last `window`
-//! milliseconds, how many of them failed, how many were slow. Lock-free, allocation-free and
+//! microseconds, how many of them failed, how many were slow. Lock-free, allocation-free and
 //! pointer-free: a fixed array of atomic words, operated on by reference, so that it can live in a
 //! heap struct, or as is in a shared-memory slot (see [`Window::SIZE`]).
 //!
-//! The window is cut into [`BUCKETS`] buckets of `window / BUCKETS` milliseconds (see
-//! [`RatePolicy::bucket_ms`]; the window keeps the width it was given, so that the closed fast path
+//! The window is cut into [`BUCKETS`] buckets of `window / BUCKETS` microseconds (see
+//! [`RatePolicy::bucket_us`]; the window keeps the width it was given, so that the closed fast path
 //! can count a success without the breaker's configuration). A call is counted in the bucket of the time it finished, and the
 //! window holds the current bucket and the `BUCKETS - 1` before it. So a call that finished less than
 //! `window - window/10` ago always counts, one that finished `window` ago or more never does
-//! (bucket widths are whole milliseconds, rounded up: exact for windows that are a multiple of
-//! 10 ms).
+//! (bucket widths are whole microseconds, rounded up: exact for windows that are a multiple of
+//! 10 µs). Times are microseconds, not the state word's milliseconds, so that a window of a few
+//! milliseconds still has ten buckets.
 //!
 //! Each counter of a bucket is one word, `tag << 32 | count`, where the tag is the breaker
-//! generation (low 8 bits) and the bucket's time index (`time / bucket_ms`, low 24 bits). A word
+//! generation (low 8 bits) and the bucket's time index (`time / bucket_us`, low 24 bits). A word
 //! whose tag is not the one a recorder expects is stale (an older time, or an older generation):
 //! the recorder resets it to its own tag and its count by one compare-and-swap, so no count is lost
 //! when several threads find the same stale bucket, and a count can never be added to a bucket of
@@ -90,8 +91,8 @@ impl Tag {
 /// would, so a rate of exactly the threshold trips.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RatePolicy {
-    /// Milliseconds covered by the window (at least 1).
-    pub window_ms: u64,
+    /// Microseconds covered by the window (at least 1).
+    pub window_us: u64,
     /// Calls the window must hold before a rate can trip (at least 1).
     pub min_calls: u64,
     /// Trip when `failures / calls >= failure_rate`.
@@ -101,9 +102,9 @@ pub struct RatePolicy {
 }
 
 impl RatePolicy {
-    /// Width of one bucket: `window_ms / BUCKETS`, rounded up, at least 1 ms.
-    pub fn bucket_ms(&self) -> u64 {
-        self.window_ms.div_ceil(BUCKETS as u64).max(1)
+    /// Width of one bucket: `window_us / BUCKETS`, rounded up, at least 1 µs.
+    pub fn bucket_us(&self) -> u64 {
+        self.window_us.div_ceil(BUCKETS as u64).max(1)
     }
 
     /// Whether a window holding `counts` opens the breaker.
@@ -112,7 +113,8 @@ impl RatePolicy {
             return false;
         }
         let calls = counts.calls as f64;
-        let reached = |count: u64, rate: Option<f64>| rate.is_some_and(|r| count as f64 / calls >= r);
+        let reached =
+            |count: u64, rate: Option<f64>| rate.is_some_and(|r| count as f64 / calls >= r);
         reached(counts.failures, self.failure_rate) || reached(counts.slow, self.slow_call_rate)
     }
 }
@@ -126,11 +128,11 @@ pub struct Counts {
 }
 
 /// The window's words. Zeroed words are valid (tag 0, count 0, stale for almost everyone; a width
-/// of 0 reads as 1 ms).
+/// of 0 reads as 1 µs).
 #[derive(Debug)]
 pub struct Window {
-    /// Bucket width in milliseconds.
-    bucket_ms: AtomicU64,
+    /// Bucket width in microseconds.
+    bucket_us: AtomicU64,
     /// The tag of the newest bucket given a failure or a slow call (see the module documentation).
     newest_bad: AtomicU64,
     calls: [AtomicU64; BUCKETS],
@@ -166,10 +168,10 @@ impl Window {
     /// Bytes a window occupies (for a shared-memory slot): `2 + 3 * BUCKETS` words.
     pub const SIZE: usize = std::mem::size_of::<[u64; 2 + 3 * BUCKETS]>();
 
-    /// An empty window of buckets `bucket_ms` wide (see [`RatePolicy::bucket_ms`]).
-    pub fn new(bucket_ms: u64) -> Window {
+    /// An empty window of buckets `bucket_us` wide (see [`RatePolicy::bucket_us`]).
+    pub fn new(bucket_us: u64) -> Window {
         Window {
-            bucket_ms: AtomicU64::new(bucket_ms),
+            bucket_us: AtomicU64::new(bucket_us),
             newest_bad: AtomicU64::new(0),
             calls: std::array::from_fn(|_| AtomicU64::new(0)),
             failures: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -177,17 +179,17 @@ impl Window {
         }
     }
 
-    /// The bucket index of `now_ms`.
+    /// The bucket index of `now_us`.
     #[inline]
-    fn index(&self, now_ms: u64) -> u64 {
-        now_ms / self.bucket_ms.load(Ordering::Relaxed).max(1)
+    fn index(&self, now_us: u64) -> u64 {
+        now_us / self.bucket_us.load(Ordering::Relaxed).max(1)
     }
 
-    /// Gives the window buckets `bucket_ms` wide; a change of width forgets everything (the old
+    /// Gives the window buckets `bucket_us` wide; a change of width forgets everything (the old
     /// tags mean other times). A recorder running concurrently may still land a count of the old
     /// width, which only makes one window approximate.
-    pub fn set_bucket_ms(&self, bucket_ms: u64) {
-        if self.bucket_ms.swap(bucket_ms, Ordering::AcqRel) != bucket_ms {
+    pub fn set_bucket_us(&self, bucket_us: u64) {
+        if self.bucket_us.swap(bucket_us, Ordering::AcqRel) != bucket_us {
             self.newest_bad.store(0, Ordering::SeqCst);
             for words in [&self.calls, &self.failures, &self.slow] {
                 for word in words {
@@ -197,13 +199,13 @@ impl Window {
         }
     }
 
-    /// Counts the success of a call of generation `generation` finished at `now_ms`, and tells
+    /// Counts the success of a call of generation `generation` finished at `now_us`, and tells
     /// whether the window may now trip (it holds a failure or a slow call of this generation):
     /// only then does it need judging ([`Window::trips`]). The closed fast path of a breaker with
     /// a rate rule: one CAS of the bucket's word and one load.
     #[inline]
-    pub fn record_success(&self, generation: u32, now_ms: u64) -> bool {
-        let index = self.index(now_ms);
+    pub fn record_success(&self, generation: u32, now_us: u64) -> bool {
+        let index = self.index(now_us);
         let tag = Tag::new(generation, index);
         add(&self.calls[(index % BUCKETS as u64) as usize], tag) != 0
             && self.may_trip(generation, index)
@@ -241,11 +243,11 @@ impl Window {
         }
     }
 
-    /// Counts one call of generation `generation` that finished at `now_ms` (a failure and/or slow
+    /// Counts one call of generation `generation` that finished at `now_us` (a failure and/or slow
     /// as told). Returns how many calls its bucket holds now (0: dropped as late, see the module
     /// documentation).
-    pub fn record(&self, generation: u32, now_ms: u64, failure: bool, slow: bool) -> u64 {
-        let index = self.index(now_ms);
+    pub fn record(&self, generation: u32, now_us: u64, failure: bool, slow: bool) -> u64 {
+        let index = self.index(now_us);
         let slot = (index % BUCKETS as u64) as usize;
         let tag = Tag::new(generation, index);
         let in_bucket = add(&self.calls[slot], tag);
@@ -264,9 +266,9 @@ impl Window {
         in_bucket
     }
 
-    /// The counts of generation `generation` in the window that ends at `now_ms`.
-    pub fn counts(&self, generation: u32, now_ms: u64) -> Counts {
-        let index = self.index(now_ms);
+    /// The counts of generation `generation` in the window that ends at `now_us`.
+    pub fn counts(&self, generation: u32, now_us: u64) -> Counts {
+        let index = self.index(now_us);
         let sum = |words: &[AtomicU64; BUCKETS]| -> u64 {
             let mut total = 0;
             for age in 0..BUCKETS as u64 {
@@ -292,11 +294,11 @@ impl Window {
         }
     }
 
-    /// Whether the window of `generation` at `now_ms` opens the breaker by `policy`. A window with
+    /// Whether the window of `generation` at `now_us` opens the breaker by `policy`. A window with
     /// no failure and no slow call in it is judged with one load.
-    pub fn trips(&self, policy: &RatePolicy, generation: u32, now_ms: u64) -> bool {
-        self.may_trip(generation, self.index(now_ms))
-            && policy.trips(self.counts(generation, now_ms))
+    pub fn trips(&self, policy: &RatePolicy, generation: u32, now_us: u64) -> bool {
+        self.may_trip(generation, self.index(now_us))
+            && policy.trips(self.counts(generation, now_us))
     }
 }
 
@@ -304,9 +306,9 @@ impl Window {
 mod tests {
     use super::*;
 
-    fn policy(window_ms: u64, min_calls: u64, rate: f64) -> RatePolicy {
+    fn policy(window_us: u64, min_calls: u64, rate: f64) -> RatePolicy {
         RatePolicy {
-            window_ms,
+            window_us,
             min_calls,
             failure_rate: Some(rate),
             slow_call_rate: None,
@@ -314,7 +316,7 @@ mod tests {
     }
 
     fn window(p: &RatePolicy) -> Window {
-        Window::new(p.bucket_ms())
+        Window::new(p.bucket_us())
     }
 
     #[test]
@@ -335,7 +337,10 @@ mod tests {
         w.record(4, 10, true, false);
         assert!(w.record_success(4, 20));
         assert!(w.trips(&p, 4, 20), "1 failure in 3 calls >= 0.3");
-        assert!(w.record_success(4, 999), "the failure is still in the window");
+        assert!(
+            w.record_success(4, 999),
+            "the failure is still in the window"
+        );
         assert!(!w.record_success(4, 1000), "and gone a window later");
         assert!(!w.record_success(5, 20), "another generation");
     }
@@ -345,9 +350,9 @@ mod tests {
         let p = policy(1000, 1, 0.5);
         let w = window(&p);
         w.record(1, 10, true, true);
-        w.set_bucket_ms(100);
+        w.set_bucket_us(100);
         assert_eq!(w.counts(1, 10).calls, 1, "same width: nothing forgotten");
-        w.set_bucket_ms(50);
+        w.set_bucket_us(50);
         assert_eq!(w.counts(1, 10), Counts::default());
     }
 
