@@ -4,9 +4,9 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::config::finite_seconds;
+use super::ffi::monotonic;
 
 /// Time shared between a `ManualClock` and every registry that reads it.
 pub struct ManualTime {
@@ -21,29 +21,38 @@ impl ManualTime {
 }
 
 /// The engine works in whole milliseconds since the clock's epoch (the registry's creation for the
-/// monotonic clock, `start` for a manual one).
+/// monotonic clock, `start` for a manual one); a rate rule's window in microseconds, and call
+/// timing in nanoseconds, of the same clock.
 #[derive(Clone)]
 pub enum Clock {
-    Monotonic(Instant),
+    /// The monotonic clock's reading (nanoseconds) at the epoch.
+    Monotonic(u64),
     Manual(Arc<ManualTime>),
 }
 
 impl Clock {
-    pub fn now_ms(&self) -> u64 {
-        match self {
-            Clock::Monotonic(epoch) => {
-                u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-            }
-            Clock::Manual(time) => time.elapsed_ns() / 1_000_000,
-        }
+    /// The monotonic clock, with its epoch now.
+    pub fn monotonic() -> Clock {
+        Clock::Monotonic(monotonic::now_ns())
     }
 
     /// Nanoseconds since the clock's epoch: how calls are timed against `slow_call_duration`.
+    #[inline]
     pub fn now_ns(&self) -> u64 {
         match self {
-            Clock::Monotonic(epoch) => u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            Clock::Monotonic(epoch) => monotonic::now_ns().saturating_sub(*epoch),
             Clock::Manual(time) => time.elapsed_ns(),
         }
+    }
+
+    /// Microseconds since the clock's epoch: the time a rate rule's window counts calls in.
+    #[inline]
+    pub fn now_us(&self) -> u64 {
+        self.now_ns() / 1000
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.now_ns() / 1_000_000
     }
 }
 

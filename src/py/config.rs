@@ -6,8 +6,8 @@
 use super::ffi::refs::ReleasedAttached;
 use super::ffi::upcall;
 use crate::engine::{
-    Limits, OpenTime, Outcome, RatePolicy, MAX_DURATION_MS, MAX_FAILURE_THRESHOLD, MAX_PROBE_COUNT,
-    NO_FAILURE_THRESHOLD,
+    Limits, OpenTime, Outcome, RatePolicy, BUCKETS, MAX_DURATION_MS, MAX_FAILURE_THRESHOLD,
+    MAX_PROBE_COUNT, NO_FAILURE_THRESHOLD,
 };
 use pyo3::exceptions::{PyBaseException, PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -62,11 +62,16 @@ impl Config {
     }
 
     /// Whether a call needs this configuration to be recorded: a `success` predicate to classify
-    /// it, a rate rule to count it in the window, or `slow_call_duration` to time it. What a breaker
-    /// caches for its closed fast path (`PredicateFlag`, with `version`), which only the breakers
-    /// with none of the three take.
+    /// it, or `slow_call_duration` to time it. What a breaker caches for its closed fast path
+    /// (`PredicateFlag`, with `version` and `counts_in_window`), which only the breakers with
+    /// neither take.
     pub fn has_predicate(&self) -> bool {
-        self.objects.success.is_some() || self.limits.rate.is_some() || self.slow_call_ns.is_some()
+        self.objects.success.is_some() || self.slow_call_ns.is_some()
+    }
+
+    /// Whether successes count in the breaker's window (a rate rule is configured).
+    pub fn counts_in_window(&self) -> bool {
+        self.limits.rate.is_some()
     }
 
     /// Reports the Python objects this configuration holds to the garbage collector.
@@ -178,7 +183,7 @@ pub struct PolicyOptions {
     /// Seconds and nanoseconds.
     pub slow_call_duration: Option<(f64, u64)>,
     pub slow_call_rate: Option<f64>,
-    /// Seconds and milliseconds.
+    /// Seconds and microseconds.
     pub window: (f64, u64),
     pub min_calls: u64,
     pub backoff: f64,
@@ -193,7 +198,7 @@ impl Default for PolicyOptions {
             failure_rate: None,
             slow_call_duration: None,
             slow_call_rate: None,
-            window: (10.0, 10_000),
+            window: (10.0, 10_000_000),
             min_calls: 10,
             backoff: 1.0,
             max_reset_timeout: None,
@@ -246,7 +251,7 @@ impl PolicyOptions {
 
     fn rate(&self) -> Option<RatePolicy> {
         (self.failure_rate.is_some() || self.slow_call_rate.is_some()).then_some(RatePolicy {
-            window_ms: self.window.1,
+            window_us: self.window.1,
             min_calls: self.min_calls,
             failure_rate: self.failure_rate,
             slow_call_rate: self.slow_call_rate,
@@ -325,7 +330,9 @@ impl Patch {
                         Some(count(&value, "failure_threshold", MAX_FAILURE_THRESHOLD)?)
                     })
                 }
-                "failure_rate" => patch.failure_rate = Some(optional(&value, "failure_rate", ratio)?),
+                "failure_rate" => {
+                    patch.failure_rate = Some(optional(&value, "failure_rate", ratio)?)
+                }
                 "slow_call_rate" => {
                     patch.slow_call_rate = Some(optional(&value, "slow_call_rate", ratio)?)
                 }
@@ -344,13 +351,22 @@ impl Patch {
                         })?)
                 }
                 "window" => {
-                    let (seconds, ms) = duration(&value, "window", false)?;
-                    if ms < 10 {
+                    let seconds = finite_seconds(&value, "window", 0.0)?;
+                    let us = (seconds * 1e6).round();
+                    if us < BUCKETS as f64 {
                         return Err(PyValueError::new_err(format!(
-                            "window must be at least 0.01 seconds (ten 1 ms buckets), got {seconds}"
+                            "window must be > 0 and at least {} seconds ({BUCKETS} buckets of a \
+                             microsecond), got {seconds}",
+                            BUCKETS as f64 / 1e6
                         )));
                     }
-                    patch.window = Some((seconds, ms));
+                    if us > MAX_DURATION_MS as f64 * 1000.0 {
+                        return Err(PyValueError::new_err(format!(
+                            "window must be at most {} seconds",
+                            MAX_DURATION_MS / 1000
+                        )));
+                    }
+                    patch.window = Some((seconds, us as u64));
                 }
                 "min_calls" => {
                     patch.min_calls = Some(count(&value, "min_calls", MAX_FAILURE_THRESHOLD)?)
@@ -365,9 +381,10 @@ impl Patch {
                     patch.backoff = Some(factor);
                 }
                 "max_reset_timeout" => {
-                    patch.max_reset_timeout = Some(optional(&value, "max_reset_timeout", |v, arg| {
-                        duration(v, arg, true)
-                    })?)
+                    patch.max_reset_timeout =
+                        Some(optional(&value, "max_reset_timeout", |v, arg| {
+                            duration(v, arg, true)
+                        })?)
                 }
                 "jitter" => {
                     let fraction = finite_number(&value, "jitter")?;

@@ -106,6 +106,8 @@ pub struct BreakerCore {
     pub slots: Slots,
     pub counters: Counters,
     pub times_opened: AtomicU64,
+    /// Calls slower than `slow_call_duration`, ever (slow calls are rare: one shared counter).
+    pub slow_calls: AtomicU64,
     /// The sliding window of the rate rules, made when a configuration with a rate rule is first
     /// installed (a breaker without one pays a null pointer).
     window: OnceLock<Box<Window>>,
@@ -146,16 +148,21 @@ pub type CoreRef = AttachedRef<BreakerCore>;
 impl BreakerCore {
     pub fn new(name: Arc<[u8]>, config: Arc<Config>, hub: Py<Hub>) -> Self {
         let window = OnceLock::new();
-        if config.limits.rate.is_some() {
-            let _ = window.set(Box::new(Window::new()));
+        if let Some(rate) = config.limits.rate {
+            let _ = window.set(Box::new(Window::new(rate.bucket_us())));
         }
         BreakerCore {
             name,
             slots: Slots::new(),
             counters: Counters::new(),
             times_opened: AtomicU64::new(0),
+            slow_calls: AtomicU64::new(0),
             window,
-            predicate_flag: PredicateFlag::new(config.version, config.has_predicate()),
+            predicate_flag: PredicateFlag::with_window(
+                config.version,
+                config.has_predicate(),
+                config.counts_in_window(),
+            ),
             config: ArcSwap::new(config),
             hub,
             rejection_name: RejectionName::default(),
@@ -164,7 +171,7 @@ impl BreakerCore {
 
     /// A breaker that belongs to no registry (used only to probe object layout).
     pub fn detached(py: Python<'_>) -> PyResult<CoreRef> {
-        let hub = Py::new(py, Hub::new(Clock::Monotonic(std::time::Instant::now())))?;
+        let hub = Py::new(py, Hub::new(Clock::monotonic()))?;
         CoreRef::new(
             py,
             BreakerCore::new(Arc::from(&[][..]), Arc::new(Config::defaults(py)), hub),
@@ -177,39 +184,40 @@ impl BreakerCore {
         // Validated against the current configuration first, so that a window is only made for a
         // configuration that will be installed.
         let candidate = Config::with(&self.config.load(), py, patch)?;
-        if candidate.limits.rate.is_some() {
-            // Before the configuration that needs it is published.
-            self.window.get_or_init(|| Box::new(Window::new()));
+        if let Some(rate) = candidate.limits.rate {
+            // Before the configuration that needs it is published. A new width forgets the old
+            // buckets (their tags mean other times).
+            self.window
+                .get_or_init(|| Box::new(Window::new(rate.bucket_us())))
+                .set_bucket_us(rate.bucket_us());
         }
         drop(candidate);
         let mut error = None;
-        let previous = self.config.rcu(|current| match Config::with(current, py, patch) {
-            Ok(config) => {
-                error = None;
-                Arc::new(config)
-            }
-            Err(err) => {
-                // A concurrent `configure` changed an option this one's check relied on.
-                error = Some(err);
-                Arc::clone(current)
-            }
-        });
+        let previous = self
+            .config
+            .rcu(|current| match Config::with(current, py, patch) {
+                Ok(config) => {
+                    error = None;
+                    Arc::new(config)
+                }
+                Err(err) => {
+                    // A concurrent `configure` changed an option this one's check relied on.
+                    error = Some(err);
+                    Arc::clone(current)
+                }
+            });
         if let Some(err) = error {
             return Err(err);
-        }
-        let current = self.config.load();
-        let width = |config: &Config| config.limits.rate.map(|rate| rate.bucket_ms());
-        if width(&previous) != width(&current) {
-            // Buckets of another width: their tags mean other times.
-            if let Some(window) = self.window.get() {
-                window.clear();
-            }
         }
         drop(previous);
         // Each call publishes the configuration current after its own was installed, so once it
         // returns the flag describes that one or a newer one (the flag ignores older versions).
-        self.predicate_flag
-            .publish(current.version, current.has_predicate());
+        let current = self.config.load();
+        self.predicate_flag.publish_with_window(
+            current.version,
+            current.has_predicate(),
+            current.counts_in_window(),
+        );
         Ok(())
     }
 
@@ -227,9 +235,30 @@ impl BreakerCore {
     /// is read otherwise.
     #[inline]
     pub fn start_timer(&self, config: &Config) -> Option<u64> {
-        config
-            .slow_call_ns
-            .map(|_| self.hub.get().clock.now_ns())
+        config.slow_call_ns.map(|_| self.hub.get().clock.now_ns())
+    }
+
+    /// Counts the success of a call admitted on the fast path (`record_fast_success` accepted it) in
+    /// the window, when the configuration it was admitted under has a rate rule: a clock reading,
+    /// one CAS, one load; the window is judged only when it holds a failure or a slow call.
+    #[inline]
+    fn count_fast_success(&self, py: Python<'_>, window: &Window, fast: FastTicket) {
+        let now_us = self.hub.get().clock.now_us();
+        let generation = fast.ticket().generation();
+        if window.record_success(generation, now_us) {
+            self.judge_window(py, generation, now_us);
+        }
+    }
+
+    #[cold]
+    fn judge_window(&self, py: Python<'_>, generation: u32, now_us: u64) {
+        let config = self.config.load();
+        // The open time in the word is in milliseconds of the same clock.
+        let transition = self
+            .machine(&config)
+            .judge_window(generation, now_us, || now_us / 1000);
+        self.count_opening(transition);
+        self.announce(py, transition);
     }
 
     /// Whether a call that started at `started` (see `start_timer`) was slow by `config`.
@@ -309,12 +338,16 @@ impl BreakerCore {
         // Slow whatever the outcome; an ignored call does not count (neither in the window).
         let slow = outcome != Outcome::Ignored && self.was_slow(config, started);
         if slow {
-            self.counters.add(Counter::Slow);
+            self.slow_calls.fetch_add(1, Ordering::Relaxed);
         }
         let clock = &self.hub.get().clock;
-        let transition = self
-            .machine(config)
-            .record_call(ticket, outcome, slow, || clock.now_ms());
+        let transition = self.machine(config).record_call(
+            ticket,
+            outcome,
+            slow,
+            || clock.now_ms(),
+            || clock.now_us(),
+        );
         self.count_opening(transition);
         transition
     }
@@ -469,7 +502,7 @@ pub fn shield<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
 /// needed) or with the configuration it was admitted under.
 enum Admitted {
     Fast(FastTicket),
-    Configured(arc_swap::Guard<Arc<Config>>, Ticket, Option<u64>),
+    Configured(arc_swap::Guard<Arc<Config>>, Ticket),
 }
 
 /// The guarded call, entirely in Rust: admit, run `invoke` (which calls the user's function),
@@ -484,6 +517,8 @@ pub fn guarded<'py>(
     py: Python<'py>,
     invoke: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    // When a timed call started: kept out of `Admitted`, which the fast path returns.
+    let mut started = None;
     let admitted = shield(|| {
         // Fast path: a closed breaker without a result predicate needs no configuration to admit
         // a call or to record its success: one atomic load now, one after the call, no write.
@@ -492,23 +527,27 @@ pub fn guarded<'py>(
         }
         let config = core.config.load();
         let ticket = core.admit(py, &config)?;
-        let started = core.start_timer(&config);
-        Ok(Admitted::Configured(config, ticket, started))
+        started = core.start_timer(&config);
+        Ok(Admitted::Configured(config, ticket))
     })?;
     let result = invoke();
     shield(move || {
-        let (config, ticket, fast, started) = match admitted {
+        let (config, ticket, fast) = match admitted {
             Admitted::Fast(fast) => {
                 if matches!(&result, Ok(value) if !is_coroutine(value))
                     && core.slots.record_fast_success(fast)
                 {
-                    // Healthy and unchanged: a success has nothing to record but its count.
+                    // Healthy and unchanged: a success has nothing to record but its count (and,
+                    // with a rate rule, its place in the window).
                     core.counters.add(Counter::Successes);
+                    if let Some(window) = core.window.get() {
+                        core.count_fast_success(py, window, fast);
+                    }
                     return result;
                 }
-                (core.config.load(), fast.ticket(), true, None)
+                (core.config.load(), fast.ticket(), true)
             }
-            Admitted::Configured(config, ticket, started) => (config, ticket, false, started),
+            Admitted::Configured(config, ticket) => (config, ticket, false),
         };
         // A sync call that returned a coroutine did not run the work yet: it cannot be guarded.
         if matches!(&result, Ok(value) if is_coroutine(value)) {

@@ -327,7 +327,7 @@ impl Metrics {
         let totals = core.counters.totals();
         let config = core.config.load();
         let clock = &core.hub.get().clock;
-        let window = core.machine(&config).window_counts(|| clock.now_ms());
+        let window = core.machine(&config).window_counts(clock.now_us());
         let ratio = |count: u64| (window.calls > 0).then(|| count as f64 / window.calls as f64);
         Ok(Metrics {
             state: pyrefs::state(py, word.mode())?.unbind(),
@@ -343,7 +343,7 @@ impl Metrics {
             rejected: totals.rejected,
             times_opened: core.times_opened.load(Ordering::Relaxed),
             retry_after,
-            slow_calls: totals.slow,
+            slow_calls: core.slow_calls.load(Ordering::Relaxed),
             window_calls: window.calls,
             window_failures: window.failures,
             window_slow: window.slow,

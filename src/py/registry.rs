@@ -14,7 +14,6 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use pyo3::{PyTraverseError, PyVisit};
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::clock::{Clock, ManualClock};
 use super::config::{Config, Patch};
@@ -111,8 +110,8 @@ impl Registry {
         defaults: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         let clock = match clock {
-            None => Clock::Monotonic(Instant::now()),
-            Some(c) if c.is_none() => Clock::Monotonic(Instant::now()),
+            None => Clock::monotonic(),
+            Some(c) if c.is_none() => Clock::monotonic(),
             Some(c) => match c.cast::<ManualClock>() {
                 Ok(manual) => Clock::Manual(manual.get().time.clone()),
                 Err(_) => {

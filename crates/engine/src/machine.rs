@@ -390,7 +390,6 @@ impl<F: Fn() -> u64> LazyNow<F> {
         self.raw() & PAYLOAD_MASK
     }
 
-    /// The clock as read (the window indexes its buckets with it).
     fn raw(&mut self) -> u64 {
         let clock = &self.clock;
         *self.value.get_or_insert_with(clock)
@@ -440,7 +439,8 @@ impl<'a> Machine<'a> {
         match self.open_time {
             Some(open_time) if self.limits.open_time.varies() => {
                 let stored = open_time.load(Ordering::Acquire);
-                if open_time_generation(stored) == u64::from(word.generation()) & OPEN_GENERATION_MASK
+                if open_time_generation(stored)
+                    == u64::from(word.generation()) & OPEN_GENERATION_MASK
                 {
                     stored & PAYLOAD_MASK
                 } else {
@@ -623,17 +623,21 @@ impl<'a> Machine<'a> {
         outcome: Outcome,
         clock: impl Fn() -> u64,
     ) -> Option<Transition> {
-        self.record_call(ticket, outcome, false, clock)
+        self.record_call(ticket, outcome, false, &clock, || {
+            clock().saturating_mul(1000)
+        })
     }
 
     /// `record`, telling whether the call was slow (longer than the rate policy's
-    /// `slow_call_duration`, timed by the caller). Slow or not only matters to the window.
+    /// `slow_call_duration`, timed by the caller; it only matters to the window), with the clock
+    /// the window reads: the same clock in microseconds (read only to count in the window).
     pub fn record_call(
         &self,
         ticket: Ticket,
         outcome: Outcome,
         slow: bool,
         clock: impl Fn() -> u64,
+        window_clock_us: impl FnOnce() -> u64,
     ) -> Option<Transition> {
         let mut now = LazyNow::new(clock);
         let mut current = self.load();
@@ -645,7 +649,13 @@ impl<'a> Machine<'a> {
                 (Mode::Closed, Outcome::Success) => {
                     if current.failures() == 0 {
                         // Healthy and staying so: no write to the word.
-                        return self.count_in_window(current, outcome, slow, &mut now);
+                        return self.count_in_window(
+                            current,
+                            outcome,
+                            slow,
+                            window_clock_us,
+                            &mut now,
+                        );
                     }
                     current.with_payload(0)
                 }
@@ -682,7 +692,7 @@ impl<'a> Machine<'a> {
             match self.cas(current, next) {
                 Ok(()) => match transition(current, next) {
                     None if next.mode() == Mode::Closed => {
-                        return self.count_in_window(next, outcome, slow, &mut now)
+                        return self.count_in_window(next, outcome, slow, window_clock_us, &mut now)
                     }
                     reported => return reported,
                 },
@@ -703,20 +713,48 @@ impl<'a> Machine<'a> {
         closed: Word,
         outcome: Outcome,
         slow: bool,
+        window_clock_us: impl FnOnce() -> u64,
         now: &mut LazyNow<F>,
     ) -> Option<Transition> {
         let (Some(window), Some(policy)) = (self.window, self.limits.rate.as_ref()) else {
             return None;
         };
         let generation = closed.generation();
-        let now_ms = now.raw();
+        let now_us = window_clock_us();
         let failure = outcome == Outcome::Failure;
-        if window.record(policy, generation, now_ms, failure, slow) == 0
-            || !window.trips(policy, generation, now_ms)
-        {
+        if window.record(generation, now_us, failure, slow) == 0 {
             return None;
         }
-        let mut current = closed;
+        self.trip_if_window_trips(generation, window, policy, now_us, now)
+    }
+
+    /// Judges the window of `generation` at `now_us` (a closed generation a success was just
+    /// counted in by `Window::record_success`, on the closed fast path) and trips the breaker if a
+    /// rate rule is met, as `record` would have.
+    pub fn judge_window(
+        &self,
+        generation: u32,
+        now_us: u64,
+        clock: impl Fn() -> u64,
+    ) -> Option<Transition> {
+        let (Some(window), Some(policy)) = (self.window, self.limits.rate.as_ref()) else {
+            return None;
+        };
+        self.trip_if_window_trips(generation, window, policy, now_us, &mut LazyNow::new(clock))
+    }
+
+    fn trip_if_window_trips<F: Fn() -> u64>(
+        &self,
+        generation: u32,
+        window: &Window,
+        policy: &RatePolicy,
+        now_us: u64,
+        now: &mut LazyNow<F>,
+    ) -> Option<Transition> {
+        if !window.trips(policy, generation, now_us) {
+            return None;
+        }
+        let mut current = self.load();
         loop {
             if current.mode() != Mode::Closed || current.generation() != generation {
                 return None; // someone else changed the state first
@@ -729,13 +767,12 @@ impl<'a> Machine<'a> {
         }
     }
 
-    /// The counts of the current window (empty unless the breaker is closed with a rate policy).
-    pub fn window_counts(&self, clock: impl Fn() -> u64) -> crate::window::Counts {
+    /// The counts of the current window at `now_us` (empty unless the breaker is closed with a
+    /// rate policy).
+    pub fn window_counts(&self, now_us: u64) -> crate::window::Counts {
         let current = self.load();
         match (self.window, self.limits.rate.as_ref(), current.mode()) {
-            (Some(window), Some(policy), Mode::Closed) => {
-                window.counts(policy, current.generation(), clock())
-            }
+            (Some(window), Some(_), Mode::Closed) => window.counts(current.generation(), now_us),
             _ => crate::window::Counts::default(),
         }
     }

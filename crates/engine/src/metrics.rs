@@ -16,11 +16,9 @@ pub enum Counter {
     Failures = 1,
     Ignored = 2,
     Rejected = 3,
-    /// Calls that took longer than `slow_call_duration` (whatever their outcome).
-    Slow = 4,
 }
 
-const COUNTERS: usize = 5;
+const COUNTERS: usize = 4;
 const NO_THREAD: usize = usize::MAX;
 
 #[repr(align(64))]
@@ -36,7 +34,6 @@ pub struct Totals {
     pub failures: u64,
     pub ignored: u64,
     pub rejected: u64,
-    pub slow: u64,
 }
 
 #[derive(Default)]
@@ -127,7 +124,6 @@ impl Counters {
             failures,
             ignored,
             rejected: sum(Counter::Rejected),
-            slow: sum(Counter::Slow),
         }
     }
 }

@@ -15,12 +15,14 @@
 //! - `objects`: small object-level helpers (`is_coroutine`, UTF-8 with surrogates, exception args);
 //! - `frame`: the frame running now (address and code object), for `with` blocks;
 //! - `contextvar`: `ContextVar.get`/`set` through the C API (the permit stack);
-//! - `module_def`: the hand-written module definition that refuses subinterpreters.
+//! - `module_def`: the hand-written module definition that refuses subinterpreters;
+//! - `monotonic`: the monotonic clock in one `clock_gettime` (a rate rule's window reads it per call).
 
 pub mod contextvar;
 pub mod entry;
 pub mod frame;
 pub mod module_def;
+pub mod monotonic;
 pub mod objects;
 pub mod refs;
 pub mod upcall;
