@@ -465,8 +465,9 @@ def test_the_window_slides(registry, clock):
 @pytest.mark.parametrize(
     "gap",
     # an hour, 30 days, 2^32 ms, 2^36 ms (the state word's clock wraps), 2^24 one-second buckets
-    # (a bucket index of 24 bits wraps), and a bit more than 2^37 ms
-    [3600.0, 86400.0 * 30, 2**32 / 1000, 2**36 / 1000, 2.0**24, 2**37 / 1000 + 5.0],
+    # (a bucket index of 24 bits wraps), 10 x 2^24 of them (it wraps onto the same one of ten
+    # slots: about 5.3 years), and a bit more than 2^37 ms
+    [3600.0, 86400.0 * 30, 2**32 / 1000, 2**36 / 1000, 2.0**24, 10 * 2.0**24, 2**37 / 1000 + 5.0],
 )
 def test_a_long_idle_gap_forgets_everything(registry, clock, gap):
     """A time far beyond the window, including multiples of the powers of two a clock or bucket
@@ -843,16 +844,31 @@ limits_strategy = st.builds(
     success_threshold=st.integers(1, 2),
 ).filter(lambda d: d["failure_threshold"] or d["failure_rate"] or (d["slow"] and d["slow"][1]))
 
+call_step = st.tuples(st.just("call"), st.sampled_from("SSFFFI"), st.sampled_from([0, 0, 0, 500, 501, 1200]))
 steps_strategy = st.lists(
     st.one_of(
-        st.tuples(st.just("call"), st.sampled_from("SSSFFI"), st.sampled_from([0, 0, 0, 500, 501, 1200])),
+        call_step,
+        call_step,
+        call_step,
+        call_step,
         st.tuples(st.just("take"), st.just(None), st.just(0)),
-        st.tuples(st.just("settle"), st.sampled_from("SFI"), st.integers(0, 5)),
-        st.tuples(st.just("advance"), st.just(None), st.sampled_from([1, 100, 450, 999, 2000, 4000, 12_000])),
+        st.tuples(st.just("settle"), st.sampled_from("SFFI"), st.integers(0, 5)),
+        st.tuples(
+            st.just("advance"),
+            st.just(None),
+            st.sampled_from([1, 100, 450, 999, 1000, 2000, 3000, 4000, 12_000]),
+        ),
+        st.tuples(
+            st.just("advance"),
+            st.just(None),
+            st.sampled_from([1, 100, 450, 999, 1000, 2000, 3000, 4000, 12_000]),
+        ),
         st.tuples(st.just("reset"), st.just(None), st.just(0)),
+        st.tuples(st.just("until_half_open"), st.just(None), st.sampled_from([0, 0, 1])),
+        st.tuples(st.just("until_half_open"), st.just(None), st.sampled_from([0, 0, 1])),
     ),
-    min_size=1,
-    max_size=60,
+    min_size=10,
+    max_size=80,
 )
 
 
@@ -946,6 +962,9 @@ class Run:
     def step(self, kind: str, outcome: str | None, arg: int) -> None:
         if kind == "advance":
             self.advance(arg)
+        elif kind == "until_half_open":
+            # To the end of the open time drawn (or a millisecond short of it), if open
+            self.advance(max(round(self.ref.retry_after(self.now) * 1000) - arg, 0))
         elif kind == "reset":
             self.registry.reset("x")
             self.ref.set_mode(model.CLOSED)
@@ -1008,7 +1027,7 @@ class Run:
                 assert m.slow_call_rate == pytest.approx(slow / calls)
 
 
-@settings(max_examples=150)
+@settings(max_examples=200)
 @given(limits=limits_strategy, steps=steps_strategy)
 def test_random_sequences_follow_the_model(limits, steps):
     run = Run(limits_from(limits))
