@@ -140,9 +140,14 @@ class Worker:
         """The worker thread does not survive fork: the child starts its own, with its own
         lease token (redis-py opens new connections in a new process by itself)."""
         self._token = token
-        if not self._stop.is_set():
-            self._wake = threading.Event()
-            self._status_lock = threading.Lock()
+        # Locks another thread held at the fork stay held in the child: make new ones.
+        stopped = self._stop.is_set()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._status_lock = threading.Lock()
+        if stopped:
+            self._stop.set()
+        else:
             self.start()
 
     def status(self) -> dict[str, object]:
