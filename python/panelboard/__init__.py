@@ -18,7 +18,7 @@ from ._core import (
     Permit,
     Registry,
 )
-from ._types import State
+from ._types import State, SyncStatus
 
 __all__ = [
     "Breaker",
@@ -29,6 +29,7 @@ __all__ = [
     "Permit",
     "Registry",
     "State",
+    "SyncStatus",
     "breaker",
     "call",
     "configure",

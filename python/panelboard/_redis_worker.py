@@ -140,9 +140,14 @@ class Worker:
         """The worker thread does not survive fork: the child starts its own, with its own
         lease token (redis-py opens new connections in a new process by itself)."""
         self._token = token
-        if not self._stop.is_set():
-            self._wake = threading.Event()
-            self._status_lock = threading.Lock()
+        # Locks another thread held at the fork stay held in the child: make new ones.
+        stopped = self._stop.is_set()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._status_lock = threading.Lock()
+        if stopped:
+            self._stop.set()
+        else:
             self.start()
 
     def status(self) -> dict[str, object]:
@@ -306,7 +311,14 @@ class Worker:
         elif mode in (FORCED_OPEN, DISABLED):
             op = SET_MODE
         demand = mode in (OPEN, HALF_OPEN) and rejected > track.rejected
-        want = hm if demand else track.granted
+        if demand:
+            want = hm
+        elif track.granted and mode == HALF_OPEN and count > 0 and gen == track.granted_gen:
+            want = track.granted  # probes out: keep (renew) their leases
+        elif track.granted:
+            want = -1  # count ours, renew none: unused leases lapse
+        else:
+            want = 0
         track.rejected = rejected
         cfg_changed = 1 if version != track.cfg_version and track.fg != -1 else 0
         keys += [track.key_prefix, track.key_prefix + ":open", track.key_prefix + ":leases"]

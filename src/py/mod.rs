@@ -18,7 +18,8 @@
 //!    vectorcall entry point, `Metrics`.
 //! 7. `lookup`: each thread's cache in front of a registry's map; then `registry`: the `Registry`
 //!    class, and `default_api`: the process-wide default registry and its exported methods.
-//! 7b. `fleet`: the Redis sync worker's private entry points (read, install, gate).
+//!    `fleet`: the Redis sync worker's private entry points (read a breaker, install the fleet's
+//!    state, hold or release its fleet gate).
 //! 8. `fastcall`: the `Breaker.call` and `Registry.call` fast entry points.
 //! 9. this module: `init_module`, which adds the classes and installs the entry points.
 //!
