@@ -256,21 +256,31 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
   end
   if pttl < 0 then pttl = 0 end
 
-  -- Probe leases: at most `hm` live in the whole fleet; a dead prober's lease lapses.
+  -- Probe leases: at most `hm` live in the whole fleet. `want` > 0: the leases the sender wants
+  -- (its own are renewed, up to probe_timeout after their grant when that is set); -1: count its
+  -- leases, renew none. A dead prober renews nothing: its lease lapses.
   local mine = 0
-  if m == 1 and not timer and want and want > 0 then
+  if m == 1 and not timer and want and want ~= 0 then
     local live = redis.pcall('ZREMRANGEBYSCORE', lk, '-inf', now())
     if type(live) == 'table' and live.err then garbage = 1; redis.call('DEL', lk) end
     local members = redis.call('ZRANGE', lk, 0, -1)
     local prefix = token .. ':'
+    local ttl = pt
+    if ttl <= 0 then ttl = math.max(rt, 1000) end
     for _, member in ipairs(members) do
-      if string.sub(member, 1, #prefix) == prefix then mine = mine + 1 end
+      if string.sub(member, 1, #prefix) == prefix then
+        mine = mine + 1
+        if want > 0 then
+          local granted_at = tonumber(string.match(member, ':(%d+):%d+$'))
+          if pt <= 0 or (granted_at and now() - granted_at < pt) then
+            redis.call('ZADD', lk, 'XX', now() + ttl, member)
+          end
+        end
+      end
     end
     if want > mine and matches then
       local grant = math.min(want - mine, hm - #members)
       if grant > 0 then
-        local ttl = pt
-        if ttl <= 0 then ttl = math.max(rt, 1000) end
         for k = 1, grant do
           redis.call('ZADD', lk, now() + ttl, prefix .. g .. ':' .. now() .. ':' .. k)
         end

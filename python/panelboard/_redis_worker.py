@@ -306,7 +306,14 @@ class Worker:
         elif mode in (FORCED_OPEN, DISABLED):
             op = SET_MODE
         demand = mode in (OPEN, HALF_OPEN) and rejected > track.rejected
-        want = hm if demand else track.granted
+        if demand:
+            want = hm
+        elif track.granted and mode == HALF_OPEN and count > 0 and gen == track.granted_gen:
+            want = track.granted  # probes out: keep (renew) their leases
+        elif track.granted:
+            want = -1  # count ours, renew none: unused leases lapse
+        else:
+            want = 0
         track.rejected = rejected
         cfg_changed = 1 if version != track.cfg_version and track.fg != -1 else 0
         keys += [track.key_prefix, track.key_prefix + ":open", track.key_prefix + ":leases"]

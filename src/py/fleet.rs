@@ -29,10 +29,7 @@ fn mode_index(mode: Mode) -> u8 {
 /// handle on the old one, so its id is not reused while it is compared).
 #[pyfunction]
 #[pyo3(name = "_fleet_breakers")]
-pub fn fleet_breakers<'py>(
-    py: Python<'py>,
-    registry: &Registry,
-) -> PyResult<Bound<'py, PyList>> {
+pub fn fleet_breakers<'py>(py: Python<'py>, registry: &Registry) -> PyResult<Bound<'py, PyList>> {
     let list = PyList::empty(py);
     for core in registry.cores(py) {
         let id = std::ptr::from_ref::<BreakerCore>(&core) as usize;

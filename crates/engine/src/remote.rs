@@ -85,9 +85,8 @@ impl FleetGate {
     /// Lowering the leases of a generation is only safe once the word has left it (install a new
     /// generation first; see the module documentation).
     pub fn hold(&self, generation: u32, leases: u64) {
-        let bits = HELD
-            | ((u64::from(generation) & GENERATION_MASK) << 16)
-            | leases.min(COUNTER_MASK);
+        let bits =
+            HELD | ((u64::from(generation) & GENERATION_MASK) << 16) | leases.min(COUNTER_MASK);
         self.0.store(bits, Ordering::Release);
     }
 
@@ -108,10 +107,14 @@ impl Default for FleetGate {
 pub enum Target {
     /// Closed with the fleet's count of failures (kept below the threshold: the fleet would have
     /// opened otherwise).
-    Closed { failures: u64 },
+    Closed {
+        failures: u64,
+    },
     /// Open, going half-open `remaining_ms` from now by the local clock (the fleet's remaining
     /// open time, read on the server's clock, so skewed process clocks agree).
-    Open { remaining_ms: u64 },
+    Open {
+        remaining_ms: u64,
+    },
     /// Half-open with no permit out. From half-open too: a fresh generation that drops the
     /// permits of the old one (whose leases lapsed).
     HalfOpen,
@@ -259,10 +262,8 @@ impl Machine<'_> {
                     if in_flight >= allowed {
                         return Admission::Rejected { retry_after_ms: 0 };
                     }
-                    let next = current.with_payload(half_open_payload(
-                        in_flight + 1,
-                        current.probe_successes(),
-                    ));
+                    let next = current
+                        .with_payload(half_open_payload(in_flight + 1, current.probe_successes()));
                     match self.cas(current, next) {
                         Ok(()) => {
                             return Admission::Admitted {
@@ -336,7 +337,10 @@ mod tests {
         let m = slots.machine(&lim);
         let t = ticket(m.admit_gated(&gate, || 0));
         m.record(t, Outcome::Failure, || 0);
-        assert_eq!(m.admit_gated(&gate, || 5), Admission::Rejected { retry_after_ms: 5 });
+        assert_eq!(
+            m.admit_gated(&gate, || 5),
+            Admission::Rejected { retry_after_ms: 5 }
+        );
         // Timeout over: the machine goes half-open by itself and hands out the probe.
         assert!(ticket(m.admit_gated(&gate, || 10)).is_probe());
     }
@@ -376,15 +380,24 @@ mod tests {
             })
         );
         let generation = installed.word.generation();
-        assert_eq!(m.admit_gated(&gate, || 0), Admission::Rejected { retry_after_ms: 0 });
+        assert_eq!(
+            m.admit_gated(&gate, || 0),
+            Admission::Rejected { retry_after_ms: 0 }
+        );
         // Leases of another generation grant nothing.
         gate.hold(generation.wrapping_add(1), 3);
-        assert_eq!(m.admit_gated(&gate, || 0), Admission::Rejected { retry_after_ms: 0 });
+        assert_eq!(
+            m.admit_gated(&gate, || 0),
+            Admission::Rejected { retry_after_ms: 0 }
+        );
         gate.hold(generation, 2);
         let a = ticket(m.admit_gated(&gate, || 0));
         let _b = ticket(m.admit_gated(&gate, || 0));
         assert!(a.is_probe());
-        assert_eq!(m.admit_gated(&gate, || 0), Admission::Rejected { retry_after_ms: 0 });
+        assert_eq!(
+            m.admit_gated(&gate, || 0),
+            Admission::Rejected { retry_after_ms: 0 }
+        );
         // An ignored probe frees its permit for another call.
         m.record(a, Outcome::Ignored, || 0);
         assert!(ticket(m.admit_gated(&gate, || 0)).is_probe());
@@ -411,10 +424,7 @@ mod tests {
             .word;
         assert_eq!(word.failures(), 4);
         // The word changed since it was read: nothing is written.
-        assert_eq!(
-            m.install(start, Target::ForcedOpen, || 0),
-            Err(word)
-        );
+        assert_eq!(m.install(start, Target::ForcedOpen, || 0), Err(word));
         let opened = m
             .install(word, Target::Open { remaining_ms: 400 }, || now.get())
             .unwrap();
