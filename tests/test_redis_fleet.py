@@ -312,7 +312,13 @@ def probe_storm(index: int, barrier: Any, url: str, ns: str, outcome: str) -> di
             assert settled is not None, "no probe admitted"
         want = State.CLOSED if outcome == "success" else State.OPEN
         seen = poll(lambda: b.state is want, 5.0)
-        return {"held": held, "settled": settled, "seen": seen}
+        return {
+            "held": held,
+            "settled": settled,
+            "seen": seen,
+            "final": b.state,
+            "metrics": repr(b.metrics()),
+        }
     finally:
         finish(barrier, registry)
 
@@ -336,7 +342,8 @@ def test_probes_are_limited_fleet_wide_and_their_outcome_reaches_everyone(
     assert intervals, "no probe was ever admitted"
     assert most_at_once(intervals) <= PROBES
     settled = results[0]["settled"]
-    assert all(r["seen"] is not None for r in results), f"not every process saw the probe's {outcome}"
+    missed = [(i, r["final"], r["metrics"]) for i, r in enumerate(results) if r["seen"] is None]
+    assert not missed, f"processes that never saw the probe's {outcome}: {missed}"
     delays = [r["seen"] - settled for r in results[1:]]
     report(f"probe {outcome} propagation", delays)
     assert max(delays) <= PROPAGATION_BOUND, delays
