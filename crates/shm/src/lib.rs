@@ -1,0 +1,179 @@
+//! panelboard's host-wide breaker table in shared memory (issue 12, docs/shared-memory.md).
+//!
+//! - [`layout`]: the header and slot layout, their validation (fuzzed), claim words and names;
+//! - [`table`]: the lock-free slot protocol (find, create, delete, recover), over any `&[Slot]`,
+//!   model-checked with loom (`tests/loom.rs`);
+//! - `mapping` and `host`: the only `unsafe` of the feature (mmap, shm_open, clock_gettime, kill,
+//!   pthread_atfork), each block with its SAFETY comment; not built under loom.
+//!
+//! The engine (`panelboard-engine`) runs unchanged over a slot's words: `Slot::machine` is the
+//! engine's `Slots`, borrowed from the mapping for as long as the [`Table`] lives.
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod layout;
+mod sync;
+pub mod table;
+
+#[cfg(not(loom))]
+#[allow(unsafe_code)]
+pub mod host;
+#[cfg(not(loom))]
+#[allow(unsafe_code)]
+mod mapping;
+
+#[cfg(not(loom))]
+pub use self::system::*;
+
+#[cfg(not(loom))]
+mod system {
+    use crate::host::{clock_identity, monotonic_ms, SystemHost};
+    use crate::layout::{Header, IndexHash, Slot, StoredName, MAX_CAPACITY};
+    pub use crate::mapping::OpenError;
+    use crate::mapping::{self, Segment, Target};
+    use crate::table::{self, Lookup};
+
+    /// A table in shared memory, mapped. Everything borrowed from it (`&Slot`s) lives as long as
+    /// it does; share it with an `Arc`.
+    pub struct Table {
+        segment: Segment,
+        name: String,
+    }
+
+    /// The environment variable that makes a table created by this process send every name to
+    /// slot 0 (forced collisions, for tests). Attachers follow the table's header.
+    pub const FORCE_COLLISIONS_ENV: &str = "PANELBOARD_SHM_FORCE_COLLISIONS";
+
+    impl Table {
+        /// Attaches to the table `name`, creating it with `capacity` slots and file mode `mode`
+        /// if it does not exist (an existing table keeps its own capacity).
+        pub fn open(name: &str, capacity: u64, mode: u32) -> Result<Table, OpenError> {
+            if capacity == 0 || capacity > MAX_CAPACITY {
+                return Err(OpenError::InvalidName(format!(
+                    "capacity must be between 1 and {MAX_CAPACITY}, got {capacity}"
+                )));
+            }
+            let index_hash = match std::env::var_os(FORCE_COLLISIONS_ENV) {
+                Some(v) if v == "1" => IndexHash::Colliding,
+                _ => IndexHash::Fnv1a,
+            };
+            let here = clock_identity();
+            let header = Header::new(
+                capacity,
+                index_hash,
+                u64::from(std::process::id()),
+                monotonic_ms(),
+                here.clone(),
+            );
+            let segment = mapping::open(name, Some((&header, mode)), &here)?;
+            Table::from_segment(name, segment)
+        }
+
+        /// Attaches to an existing table (`OpenError::NotFound` if there is none).
+        pub fn attach(name: &str) -> Result<Table, OpenError> {
+            let segment = mapping::open(name, None, &clock_identity())?;
+            Table::from_segment(name, segment)
+        }
+
+        fn from_segment(name: &str, segment: Segment) -> Result<Table, OpenError> {
+            let table = Table {
+                segment,
+                name: name.to_owned(),
+            };
+            // Checked once here; `slots()` relies on it.
+            if table.segment.mapping.slots(table.capacity()).is_none() {
+                return Err(OpenError::Layout {
+                    name: name.to_owned(),
+                    err: crate::layout::LayoutError::WrongSize {
+                        expected: table.segment.header.segment_size(),
+                        actual: 0,
+                    },
+                });
+            }
+            Ok(table)
+        }
+
+        pub fn name(&self) -> &str {
+            &self.name
+        }
+
+        pub fn capacity(&self) -> usize {
+            self.segment.header.capacity as usize
+        }
+
+        pub fn header(&self) -> &Header {
+            &self.segment.header
+        }
+
+        pub fn slots(&self) -> &[Slot] {
+            self.segment
+                .mapping
+                .slots(self.capacity())
+                .unwrap_or_default()
+        }
+
+        /// The slot at `index` (`None` out of range).
+        pub fn slot(&self, index: usize) -> Option<&Slot> {
+            self.slots().get(index)
+        }
+
+        fn home(&self, key: &[u8]) -> usize {
+            self.segment.header.index_hash.home(key, self.capacity())
+        }
+
+        /// The live slot of `key`: `(index, claim)`.
+        pub fn find(&self, key: &[u8]) -> Option<(usize, u64)> {
+            match table::lookup(
+                self.slots(),
+                self.home(key),
+                &StoredName::of(key),
+                &SystemHost,
+            ) {
+                Lookup::Found { index, claim } => Some((index, claim)),
+                Lookup::Absent { .. } => None,
+            }
+        }
+
+        /// The live slot of `key`, created with `init` writing its contents if absent: `(index,
+        /// claim, created)`; `None` when the table is full.
+        pub fn find_or_create(
+            &self,
+            key: &[u8],
+            init: impl Fn(&Slot),
+        ) -> Option<(usize, u64, bool)> {
+            table::find_or_create(
+                self.slots(),
+                self.home(key),
+                &StoredName::of(key),
+                &SystemHost,
+                init,
+            )
+        }
+
+        pub fn delete(&self, key: &[u8]) -> bool {
+            table::delete(
+                self.slots(),
+                self.home(key),
+                &StoredName::of(key),
+                &SystemHost,
+            )
+        }
+
+        /// Every live slot: `(index, claim)`.
+        pub fn live(&self) -> Vec<(usize, u64)> {
+            table::live(self.slots())
+        }
+    }
+
+    /// Removes the table `name`; `false` if it did not exist.
+    pub fn unlink(name: &str) -> Result<bool, OpenError> {
+        let target = Target::parse(name)?;
+        target.unlink().map_err(|err| OpenError::Os {
+            name: name.to_owned(),
+            doing: "remove it",
+            err,
+        })
+    }
+
+    pub use crate::host::{lane, monotonic_ms as host_monotonic_ms};
+}
