@@ -14,6 +14,7 @@ from ._core import (
     Metrics,
     Permit,
     Registry,
+    unlink_shared,
 )
 from ._types import State
 
@@ -40,6 +41,7 @@ __all__ = [
     "reset",
     "snapshot",
     "state",
+    "unlink_shared",
 ]
 
 _default = Registry()

@@ -22,6 +22,8 @@ __all__ = [
     "Metrics",
     "ManualClock",
     "CircuitOpenError",
+    "unlink_shared",
+    "shared_table_rows",
 ]
 
 _T = TypeVar("_T")
@@ -170,6 +172,11 @@ class Breaker:
     def name(self) -> str: ...
     @property
     def state(self) -> State: ...
+    @property
+    def shared(self) -> bool:
+        """Whether this breaker lives in a shared table (``False`` for a local registry's, for a
+        shared registry's made while its table was full, and once its name is deleted)."""
+
     def call(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Calls ``fn(*args, **kwargs)`` through the breaker."""
 
@@ -237,6 +244,9 @@ class Registry:
         cls,
         *,
         clock: ManualClock | None = None,
+        shared: str | None = None,
+        capacity: int | None = None,
+        mode: int | None = None,
         failure_threshold: int = ...,
         reset_timeout: float = ...,
         half_open_max_calls: int = ...,
@@ -309,3 +319,14 @@ class Registry:
     def snapshot(self) -> dict[str, Metrics]: ...
     def __len__(self) -> int: ...
     def __contains__(self, key: str, /) -> bool: ...
+    @property
+    def shared(self) -> str | None:
+        """The name of the shared table this registry's breakers live in, ``None`` for a local one."""
+
+def unlink_shared(name: str) -> bool:
+    """Removes the shared table ``name`` (``True`` if it existed); processes that have it open keep
+    using their mapping."""
+
+def shared_table_rows(name: str) -> list[dict[str, Any]]:
+    """Every live breaker of the existing shared table ``name`` (read only; see
+    docs/shared-memory.md for the keys)."""

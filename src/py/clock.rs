@@ -26,6 +26,8 @@ impl ManualTime {
 pub enum Clock {
     Monotonic(Instant),
     Manual(Arc<ManualTime>),
+    /// Absolute `CLOCK_MONOTONIC`: one clock for every process of the host (shared registries).
+    Host,
 }
 
 impl Clock {
@@ -35,6 +37,7 @@ impl Clock {
                 u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
             }
             Clock::Manual(time) => time.elapsed_ns() / 1_000_000,
+            Clock::Host => crate::shm::host_monotonic_ms(),
         }
     }
 }

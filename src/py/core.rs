@@ -54,7 +54,6 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::clock::Clock;
@@ -64,10 +63,11 @@ use super::ffi::objects::is_coroutine;
 use super::ffi::refs::AttachedRef;
 use super::ffi::upcall;
 use super::pyrefs;
+use super::storage::{LocalWords, SharedWords, Storage};
 use crate::engine::{
-    Admission, FastTicket, Mode, Outcome, PredicateFlag, Slots, Ticket, Transition,
+    Admission, FastTicket, Limits, Mode, Outcome, PredicateFlag, Ticket, Transition,
 };
-use crate::metrics::{Counter, Counters};
+use crate::metrics::Counter;
 
 /// What the breakers of one registry share: its clock and its state-change listeners. Owned by the
 /// registry and by each of its breakers (see the module documentation).
@@ -103,9 +103,8 @@ impl Hub {
 #[pyclass(frozen, module = "panelboard._core", name = "_BreakerCore")]
 pub struct BreakerCore {
     pub name: Arc<[u8]>,
-    pub slots: Slots,
-    pub counters: Counters,
-    pub times_opened: AtomicU64,
+    /// The state words and counters: on the heap, or in a slot of a shared table.
+    pub storage: Storage,
     /// This breaker's own configuration (never shared with another breaker or the registry).
     pub config: ArcSwap<Config>,
     /// Whether the configuration has a `success` predicate, so that the closed fast path can skip
@@ -142,11 +141,18 @@ pub type CoreRef = AttachedRef<BreakerCore>;
 
 impl BreakerCore {
     pub fn new(name: Arc<[u8]>, config: Arc<Config>, hub: Py<Hub>) -> Self {
+        BreakerCore::with_storage(name, config, hub, Storage::Local(LocalWords::new()))
+    }
+
+    /// A breaker whose words are a slot of a shared table.
+    pub fn shared(name: Arc<[u8]>, config: Arc<Config>, hub: Py<Hub>, words: SharedWords) -> Self {
+        BreakerCore::with_storage(name, config, hub, Storage::Shared(words))
+    }
+
+    fn with_storage(name: Arc<[u8]>, config: Arc<Config>, hub: Py<Hub>, storage: Storage) -> Self {
         BreakerCore {
             name,
-            slots: Slots::new(),
-            counters: Counters::new(),
-            times_opened: AtomicU64::new(0),
+            storage,
             predicate_flag: PredicateFlag::new(config.version, config.has_predicate()),
             config: ArcSwap::new(config),
             hub,
@@ -167,6 +173,10 @@ impl BreakerCore {
     pub fn reconfigure(&self, py: Python<'_>, patch: &super::config::Patch) {
         let previous = self.config.rcu(|current| Config::with(current, py, patch));
         drop(previous);
+        if let Some(slot) = self.storage.shared().and_then(|s| s.live()) {
+            // The numeric options given are the table's, for every process (each word on its own).
+            patch.store_limits(slot);
+        }
         // Each call publishes the configuration current after its own was installed, so once it
         // returns the flag describes that one or a newer one (the flag ignores older versions).
         let current = self.config.load();
@@ -183,33 +193,49 @@ impl BreakerCore {
     /// until half-open that the engine computed: one clock reading serves both.)
     pub fn admit(&self, py: Python<'_>, config: &Config) -> PyResult<Ticket> {
         let clock = &self.hub.get().clock;
-        match self.slots.machine(&config.limits).admit(|| clock.now_ms()) {
+        let limits = self.limits(config);
+        let admission = self
+            .storage
+            .slots()
+            .machine(&limits)
+            .admit(|| clock.now_ms());
+        match admission {
             Admission::Admitted { ticket, transition } => {
-                if transition.is_some() {
-                    self.announce(py, transition);
-                }
+                self.report(py, transition);
                 Ok(ticket)
             }
             Admission::Rejected { retry_after_ms } => {
-                self.counters.add(Counter::Rejected);
+                self.storage.count(Counter::Rejected);
+                self.report(py, None);
                 Err(self.open_error(py, retry_after_ms))
             }
         }
+    }
+
+    /// The numeric options the machine runs with (the table's for a shared breaker).
+    #[inline]
+    pub fn limits(&self, config: &Config) -> Limits {
+        self.storage.limits(&config.limits)
     }
 
     /// Takes a ticket, or counts a rejection and returns `None`.
     #[inline]
     pub fn try_admit(&self, py: Python<'_>, config: &Config) -> Option<Ticket> {
         let clock = &self.hub.get().clock;
-        match self.slots.machine(&config.limits).admit(|| clock.now_ms()) {
+        let limits = self.limits(config);
+        let admission = self
+            .storage
+            .slots()
+            .machine(&limits)
+            .admit(|| clock.now_ms());
+        match admission {
             Admission::Admitted { ticket, transition } => {
-                if transition.is_some() {
-                    self.announce(py, transition);
-                }
+                self.report(py, transition);
                 Some(ticket)
             }
             Admission::Rejected { .. } => {
-                self.counters.add(Counter::Rejected);
+                self.storage.count(Counter::Rejected);
+                self.report(py, None);
                 None
             }
         }
@@ -226,15 +252,17 @@ impl BreakerCore {
     /// dropped without an answer can record itself as ignored (which never moves the breaker).
     #[inline]
     pub fn record(&self, config: &Config, ticket: Ticket, outcome: Outcome) -> Option<Transition> {
-        self.counters.add(match outcome {
+        self.storage.count(match outcome {
             Outcome::Success => Counter::Successes,
             Outcome::Failure => Counter::Failures,
             Outcome::Ignored => Counter::Ignored,
         });
         let clock = &self.hub.get().clock;
+        let limits = self.limits(config);
         let transition = self
-            .slots
-            .machine(&config.limits)
+            .storage
+            .slots()
+            .machine(&limits)
             .record(ticket, outcome, || clock.now_ms());
         self.count_opening(transition);
         transition
@@ -243,33 +271,73 @@ impl BreakerCore {
     #[inline]
     pub fn finish(&self, py: Python<'_>, config: &Config, ticket: Ticket, outcome: Outcome) {
         let transition = self.record(config, ticket, outcome);
-        if transition.is_some() {
-            self.announce(py, transition);
+        if transition.is_some() || self.storage.shared().is_some() {
+            self.report(py, transition);
         }
     }
 
     fn count_opening(&self, transition: Option<Transition>) {
         if matches!(transition, Some(Transition { to: Mode::Open, .. })) {
-            self.times_opened.fetch_add(1, Ordering::Relaxed);
+            self.storage.count_opening();
         }
     }
 
     pub fn set_mode(&self, py: Python<'_>, mode: Mode) {
         let config = self.config.load();
-        let transition = self.slots.machine(&config.limits).set_mode(mode);
+        let limits = self.limits(&config);
+        let transition = self.storage.slots().machine(&limits).set_mode(mode);
         self.count_opening(transition);
-        self.announce(py, transition);
+        self.report(py, transition);
     }
 
     /// The mode now, turning an expired open breaker half-open (and reporting it) on first sight.
     pub fn observe(&self, py: Python<'_>) -> (crate::engine::Word, f64) {
         let config = self.config.load();
-        let machine = self.slots.machine(&config.limits);
+        let limits = self.limits(&config);
+        let machine = self.storage.slots().machine(&limits);
         let clock = &self.hub.get().clock;
         let (word, transition) = machine.observe(|| clock.now_ms());
-        self.announce(py, transition);
+        self.report(py, transition);
         let retry_after = machine.retry_after_ms(word, || clock.now_ms()) as f64 / 1000.0;
         (word, retry_after)
+    }
+
+    /// Reports what this process's listeners have not heard yet. A local breaker reports the
+    /// transition this thread made (the engine hands each to exactly one caller). A shared one
+    /// reports the change from the state this process last heard of to the current one, at most
+    /// once per generation, whichever process made it (docs/shared-memory.md, "Listeners").
+    #[inline]
+    pub fn report(&self, py: Python<'_>, transition: Option<Transition>) {
+        match self.storage.shared() {
+            None => {
+                if transition.is_some() {
+                    self.announce(py, transition)
+                }
+            }
+            Some(shared) => {
+                let word = self.storage.slots().machine_word();
+                if shared.unseen(word.generation()) {
+                    self.hear(py, shared, word);
+                }
+            }
+        }
+    }
+
+    #[cold]
+    fn hear(&self, py: Python<'_>, shared: &SharedWords, word: crate::engine::Word) {
+        if let Some((from, to)) = shared.hear(word) {
+            self.announce(py, Some(Transition { from, to }));
+        }
+    }
+
+    /// A call admitted on the fast path of a shared breaker: reports a change made elsewhere.
+    #[inline]
+    fn report_fast(&self, py: Python<'_>, fast: FastTicket) {
+        if let Some(shared) = self.storage.shared() {
+            if shared.unseen(fast.ticket().generation()) {
+                self.report(py, None);
+            }
+        }
     }
 
     /// Logs the transition on the `panelboard` logger, then calls every listener with
@@ -401,7 +469,8 @@ pub fn guarded<'py>(
     let admitted = shield(|| {
         // Fast path: a closed breaker without a result predicate needs no configuration to admit
         // a call or to record its success: one atomic load now, one after the call, no write.
-        if let Some(fast) = core.slots.admit_fast(&core.predicate_flag) {
+        if let Some(fast) = core.storage.slots().admit_fast(&core.predicate_flag) {
+            core.report_fast(py, fast);
             return Ok(Admitted::Fast(fast));
         }
         let config = core.config.load();
@@ -413,10 +482,10 @@ pub fn guarded<'py>(
         let (config, ticket, fast) = match admitted {
             Admitted::Fast(fast) => {
                 if matches!(&result, Ok(value) if !is_coroutine(value))
-                    && core.slots.record_fast_success(fast)
+                    && core.storage.slots().record_fast_success(fast)
                 {
                     // Healthy and unchanged: a success has nothing to record but its count.
-                    core.counters.add(Counter::Successes);
+                    core.storage.count(Counter::Successes);
                     return result;
                 }
                 (core.config.load(), fast.ticket(), true)

@@ -5,7 +5,6 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{Borrowed, PyTraverseError, PyVisit};
-use std::sync::atomic::Ordering;
 
 use super::block;
 use super::core::{guarded, shield, Breaker, BreakerCore, CoreRef};
@@ -27,6 +26,13 @@ impl Breaker {
     #[getter]
     fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         pyrefs::state(py, self.core.observe(py).0.mode())
+    }
+
+    /// Whether this breaker lives in a shared table (a shared registry's breaker, unless the table
+    /// was full when it was made, or its name was deleted since).
+    #[getter]
+    fn shared(&self) -> bool {
+        self.core.storage.is_shared()
     }
 
     // `call(fn, /, *args, **kwargs)` is installed by `fastcall::install` as a METH_FASTCALL method
@@ -312,7 +318,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn of(py: Python<'_>, core: &BreakerCore) -> PyResult<Metrics> {
         let (word, retry_after) = core.observe(py);
-        let totals = core.counters.totals();
+        let totals = core.storage.totals();
         Ok(Metrics {
             state: pyrefs::state(py, word.mode())?.unbind(),
             consecutive_failures: if word.mode() == Mode::Closed {
@@ -325,7 +331,7 @@ impl Metrics {
             failures: totals.failures,
             ignored: totals.ignored,
             rejected: totals.rejected,
-            times_opened: core.times_opened.load(Ordering::Relaxed),
+            times_opened: core.storage.times_opened(),
             retry_after,
         })
     }

@@ -47,6 +47,10 @@ mod permit;
 mod pyrefs;
 #[forbid(unsafe_code)]
 mod registry;
+#[forbid(unsafe_code)]
+mod shared;
+#[forbid(unsafe_code)]
+mod storage;
 
 use pyo3::prelude::*;
 
@@ -60,6 +64,8 @@ fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handle::Metrics>()?;
     m.add_class::<clock::ManualClock>()?;
     m.add_class::<errors::CircuitOpenError>()?;
+    m.add_function(pyo3::wrap_pyfunction!(shared::unlink_shared, m)?)?;
+    m.add_function(pyo3::wrap_pyfunction!(shared::shared_table_rows, m)?)?;
     fastcall::install(m.py())?;
     block::install(m.py())?;
     pyrefs::init(m.py())?;
