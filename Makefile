@@ -92,6 +92,7 @@ $(VENV)/.bench-deps: venv
 
 bench: build $(VENV)/.bench-deps
 	$(PY) benches/bench.py
+	$(PY) benches/shared_bench.py
 
 # Instructions per call of every entry point under callgrind (benches/insns.py, issue 10):
 #   make bench-insns            3.11 and 3.13t, writes benches/insns.md (compared with the baseline)
