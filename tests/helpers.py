@@ -396,10 +396,31 @@ def wait_until(predicate: Callable[[], object], timeout: float = TIMEOUT, what: 
         time.sleep(0.005)
 
 
+METRICS_FIELDS = (
+    "state",
+    "consecutive_failures",
+    "calls",
+    "successes",
+    "failures",
+    "ignored",
+    "rejected",
+    "times_opened",
+    "retry_after",
+)
+
+
+def plain_metrics(m: Any) -> Any:
+    """A ``Metrics`` as a picklable namespace with the same attributes (a worker's answer)."""
+    import types
+
+    return types.SimpleNamespace(**{field: getattr(m, field) for field in METRICS_FIELDS})
+
+
 def _worker_main(conn: Any, table: str, options: dict[str, Any]) -> None:
     """A worker process's loop: opens the shared registry, then runs each ``(kind, source)`` the
-    test sends (``"exec"`` a statement block, ``"eval"`` an expression) in one namespace, answering
-    ``("ok", value)`` or ``("error", traceback)``. ``events`` is what the process's listener heard."""
+        test sends (``"exec"`` a statement block, ``"eval"`` an expression) in one namespace, answering
+        ``("ok", value)`` or ``("error", traceback)``. ``events`` is what the process's listener heard,
+    ``metrics(m)`` makes a ``Metrics`` picklable."""
     import panelboard
 
     namespace: dict[str, Any] = {"panelboard": panelboard, "os": os, "time": time, "threading": threading}
@@ -407,7 +428,7 @@ def _worker_main(conn: Any, table: str, options: dict[str, Any]) -> None:
         registry = panelboard.Registry(shared=table, **options)
         events: list[tuple[str, str, str]] = []
         registry.on_state_change(lambda name, old, new: events.append((name, str(old.value), str(new.value))))
-        namespace.update(registry=registry, events=events, Boom=Boom, fail=fail, ok=ok)
+        namespace.update(registry=registry, events=events, Boom=Boom, fail=fail, ok=ok, metrics=plain_metrics)
         conn.send(("ok", os.getpid()))
     except BaseException:  # noqa: BLE001 - reported to the test
         conn.send(("error", traceback.format_exc()))

@@ -82,6 +82,7 @@ def gunicorn(table: str, upstream_url: str, preload: bool) -> Iterator[tuple[str
     command += ["--bind", "127.0.0.1:0", "--pythonpath", str(TESTS), "--log-level", "info"]
     command += ["--graceful-timeout", "2", "--timeout", "60"]
     command += ["--preload"] if preload else []
+    command += control_socket_off()
     command += ["gunicorn_app:app"]
     process = subprocess.Popen(
         command, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True
@@ -119,6 +120,14 @@ def gunicorn(table: str, upstream_url: str, preload: bool) -> Iterator[tuple[str
         reader.join(5)
         for pid in pids:
             wait_until(lambda pid=pid: not _alive(pid), 15, f"gunicorn worker {pid} to exit")
+
+
+def control_socket_off() -> list[str]:
+    """gunicorn 24+ opens a control socket at one fixed path in $HOME by default, which two
+    servers at once (parallel test runs) would fight over: off where the option exists."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
 
 
 def _alive(pid: int) -> bool:

@@ -34,7 +34,7 @@ def dep(request):
 
 
 def peer_metrics(peer, name):
-    m = peer.eval(f"registry.breaker({name!r}).metrics()")
+    m = peer.eval(f"metrics(registry.breaker({name!r}).metrics())")
     return m.calls, m.successes, m.failures, m.ignored, m.rejected, m.state
 
 
@@ -200,5 +200,5 @@ def test_metrics_retry_after_is_the_same_in_every_process(shared, dep):
         with pytest.raises(Boom):
             registry.call(dep, fail)
     here = registry.breaker(dep).metrics().retry_after
-    there = peer.eval(f"registry.breaker({dep!r}).metrics().retry_after")
+    there = peer.eval(f"metrics(registry.breaker({dep!r}).metrics()).retry_after")
     assert 590.0 < there <= here + 0.5
