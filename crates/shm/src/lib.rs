@@ -28,10 +28,15 @@ pub use self::system::*;
 #[cfg(not(loom))]
 mod system {
     use crate::host::{clock_identity, monotonic_ms, SystemHost};
-    use crate::layout::{Header, IndexHash, Slot, StoredName, MAX_CAPACITY};
+    use crate::layout::{
+        name_heap_at, name_heap_size, Header, IndexHash, ReadName, Slot, StoredName, MAX_CAPACITY,
+        NO_HEAP, OFF_NAME_HEAP_USED,
+    };
     pub use crate::mapping::OpenError;
     use crate::mapping::{self, Segment, Target};
     use crate::table::{self, Lookup};
+    use sha2::{Digest, Sha256};
+    use std::sync::atomic::Ordering;
 
     /// A table in shared memory, mapped. Everything borrowed from it (`&Slot`s) lives as long as
     /// it does; share it with an `Arc`.
@@ -141,13 +146,77 @@ mod system {
             key: &[u8],
             init: impl Fn(&Slot),
         ) -> Option<(usize, u64, bool)> {
-            table::find_or_create(
-                self.slots(),
-                self.home(key),
-                &StoredName::of(key),
-                &SystemHost,
-                init,
-            )
+            let name = StoredName::of(key);
+            table::find_or_create(self.slots(), self.home(key), &name, &SystemHost, |slot| {
+                init(slot);
+                if name.is_long() && slot.heap_offset().is_none() {
+                    self.store_long_name(slot, key);
+                }
+            })
+        }
+
+        /// Copies a long name into the heap (while its slot is claimed), so that every process
+        /// can read it back; when the heap is full the slot keeps only its digest and prefix.
+        fn store_long_name(&self, slot: &Slot, key: &[u8]) {
+            let capacity = self.segment.header.capacity;
+            let (Some(used), Ok(len)) = (
+                self.segment.mapping.word(OFF_NAME_HEAP_USED),
+                u64::try_from(key.len()),
+            ) else {
+                return;
+            };
+            let rounded = len.div_ceil(8) * 8;
+            let offset = used.fetch_add(rounded, Ordering::Relaxed);
+            if offset
+                .checked_add(rounded)
+                .is_none_or(|end| end > name_heap_size(capacity))
+            {
+                return; // full: the name stays listed by its prefix
+            }
+            let base = name_heap_at(capacity) + offset;
+            for (i, chunk) in key.chunks(8).enumerate() {
+                let mut word = [0u8; 8];
+                word[..chunk.len()].copy_from_slice(chunk);
+                let at = usize::try_from(base + i as u64 * 8).ok();
+                if let Some(w) = at.and_then(|at| self.segment.mapping.word(at)) {
+                    w.store(u64::from_le_bytes(word), Ordering::Relaxed);
+                }
+            }
+            slot.set_heap_offset(offset);
+        }
+
+        /// The whole name of slot `index`: stored in the slot, or in the heap (checked against
+        /// its digest); `None` when only a prefix is known or the slot is corrupt.
+        pub fn name_of(&self, index: usize) -> Option<Vec<u8>> {
+            let slot = self.slot(index)?;
+            let (len, offset, digest) = match slot.read_name() {
+                ReadName::Whole(bytes) => return Some(bytes),
+                ReadName::Corrupt => return None,
+                ReadName::Prefix {
+                    len,
+                    heap_offset,
+                    digest,
+                    ..
+                } => (len, heap_offset, digest),
+            };
+            let capacity = self.segment.header.capacity;
+            if offset == NO_HEAP
+                || offset % 8 != 0
+                || offset.checked_add(len)? > name_heap_size(capacity)
+            {
+                return None;
+            }
+            let mut bytes = Vec::with_capacity(usize::try_from(len).ok()?);
+            let base = name_heap_at(capacity) + offset;
+            for i in 0..len.div_ceil(8) {
+                let word = self
+                    .segment
+                    .mapping
+                    .word(usize::try_from(base + i * 8).ok()?)?;
+                bytes.extend_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+            }
+            bytes.truncate(len as usize);
+            (Sha256::digest(&bytes)[..] == digest[..]).then_some(bytes)
         }
 
         pub fn delete(&self, key: &[u8]) -> bool {
