@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use crate::engine::{is_newer_generation, Limits, Mode, Slots, Word};
 use crate::metrics::{Counter, Counters, Totals};
 use crate::shm::layout::{Count, Slot};
-use crate::shm::{lane, Table};
+use crate::shm::Table;
 
 /// A breaker's words on the heap.
 pub struct LocalWords {
@@ -180,7 +180,7 @@ impl Storage {
         match self {
             Storage::Local(words) => words.counters.add(counter),
             Storage::Shared(shared) => match shared.live() {
-                Some(slot) => slot.add(lane(), count_of(counter)),
+                Some(slot) => slot.add(shared.table.lane(), count_of(counter)),
                 None => shared.orphan().counters.add(counter),
             },
         }

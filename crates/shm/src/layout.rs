@@ -37,7 +37,7 @@ pub const STRIPES: usize = 8;
 pub const LAYOUT_DESCRIPTION: &str = "panelboard shm v1: header 4096 [magic@0 version@8 \
 header_size@16 slot_size@24 capacity@32 layout_hash@40 index_hash@48 creator_pid@56 \
 created_at_ms@64 boot_id_len@72 boot_id@80..128 timens_len@128 timens@136..384 \
-name_heap_used@384]; slot 1024 [claim@0 state@8 probe_stamp@16 failure_threshold@24 \
+name_heap_used@384 next_lane@392]; slot 1024 [claim@0 state@8 probe_stamp@16 failure_threshold@24 \
 reset_timeout_ms@32 half_open_max_calls@40 success_threshold@48 probe_timeout_ms@56 \
 incarnation@64 times_opened@72 name_meta@80 name@128..256 (long: sha256@0 heap_offset@32 \
 prefix@40) window@256..512 stripes@512..1024 x8 (successes failures ignored rejected)]; \
@@ -61,6 +61,8 @@ pub const OFF_TIMENS: usize = 136;
 pub const TIMENS_ROOM: usize = 248;
 /// Bytes of the name heap handed out so far (a bump pointer; may exceed the heap when full).
 pub const OFF_NAME_HEAP_USED: usize = 384;
+/// The next counter lane to hand out to a process attaching (or forked).
+pub const OFF_NEXT_LANE: usize = 392;
 
 /// FNV-1a, 64 bits: stable across builds and processes (the index of a name must be the same in
 /// every process), and cheap.

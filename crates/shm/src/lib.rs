@@ -27,15 +27,16 @@ pub use self::system::*;
 
 #[cfg(not(loom))]
 mod system {
-    use crate::host::{clock_identity, monotonic_ms, SystemHost};
+    use crate::host::{clock_identity, fork_generation, monotonic_ms, thread_number, SystemHost};
     use crate::layout::{
         name_heap_at, name_heap_size, Header, IndexHash, ReadName, Slot, StoredName, MAX_CAPACITY,
-        NO_HEAP, OFF_NAME_HEAP_USED,
+        NO_HEAP, OFF_NAME_HEAP_USED, OFF_NEXT_LANE,
     };
     pub use crate::mapping::OpenError;
     use crate::mapping::{self, Segment, Target};
     use crate::table::{self, Lookup};
     use sha2::{Digest, Sha256};
+    use std::sync::atomic::AtomicU64;
     use std::sync::atomic::Ordering;
 
     /// A table in shared memory, mapped. Everything borrowed from it (`&Slot`s) lives as long as
@@ -43,6 +44,10 @@ mod system {
     pub struct Table {
         segment: Segment,
         name: String,
+        /// This process's first counter stripe in this table, `fork generation << 32 | lane`
+        /// (`u64::MAX` until chosen): handed out in order by the table, so that up to 8 processes
+        /// count in different stripes; chosen again in a fork child.
+        lane: AtomicU64,
     }
 
     /// The environment variable that makes a table created by this process send every name to
@@ -81,9 +86,11 @@ mod system {
         }
 
         fn from_segment(name: &str, segment: Segment) -> Result<Table, OpenError> {
+            crate::host::watch_forks();
             let table = Table {
                 segment,
                 name: name.to_owned(),
+                lane: AtomicU64::new(u64::MAX),
             };
             // Checked once here; `slots()` relies on it.
             if table.segment.mapping.slots(table.capacity()).is_none() {
@@ -96,6 +103,31 @@ mod system {
                 });
             }
             Ok(table)
+        }
+
+        /// The counter stripe this thread of this process counts in (modulo the stripes).
+        #[inline]
+        pub fn lane(&self) -> usize {
+            let chosen = self.lane.load(Ordering::Relaxed);
+            let process = if chosen != u64::MAX && (chosen >> 32) as usize == fork_generation() {
+                chosen as u32 as usize
+            } else {
+                self.choose_lane()
+            };
+            process.wrapping_add(thread_number())
+        }
+
+        #[cold]
+        fn choose_lane(&self) -> usize {
+            let lane =
+                self.segment
+                    .mapping
+                    .word(OFF_NEXT_LANE)
+                    .map_or(0, |next| next.fetch_add(1, Ordering::Relaxed)) as u32;
+            let generation = fork_generation() as u64 & u64::from(u32::MAX);
+            self.lane
+                .store(generation << 32 | u64::from(lane), Ordering::Relaxed);
+            lane as usize
         }
 
         pub fn name(&self) -> &str {
@@ -244,5 +276,5 @@ mod system {
         })
     }
 
-    pub use crate::host::{lane, monotonic_ms as host_monotonic_ms};
+    pub use crate::host::monotonic_ms as host_monotonic_ms;
 }
