@@ -233,7 +233,7 @@ mod system {
             };
             let capacity = self.segment.header.capacity;
             if offset == NO_HEAP
-                || offset % 8 != 0
+                || !offset.is_multiple_of(8)
                 || offset.checked_add(len)? > name_heap_size(capacity)
             {
                 return None;
