@@ -1,6 +1,7 @@
 //! panelboard's host-wide breaker table in shared memory (issue 12, docs/shared-memory.md).
 //!
 //! - [`layout`]: the header and slot layout, their validation (fuzzed), claim words and names;
+//! - [`heard`]: what a process's listeners last heard of a shared breaker (once per generation);
 //! - [`table`]: the lock-free slot protocol (find, create, delete, recover), over any `&[Slot]`,
 //!   model-checked with loom (`tests/loom.rs`);
 //! - `mapping` and `host`: the only `unsafe` of the feature (mmap, shm_open, clock_gettime, kill,
@@ -11,6 +12,7 @@
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod heard;
 pub mod layout;
 mod sync;
 pub mod table;

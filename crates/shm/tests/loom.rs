@@ -239,3 +239,45 @@ fn a_dead_creators_slot_is_recovered_once() {
         ));
     });
 }
+
+/// Two threads of one process observe a breaker that a third (another process) moves through two
+/// transitions: each generation they report is reported once, never an older one after a newer,
+/// and once both have looked at the final word it is the one heard.
+#[test]
+fn each_generation_is_heard_once() {
+    use panelboard_engine::{Mode, Slots};
+    use panelboard_shm::heard::Heard;
+    model(Some(3), || {
+        let slots = Arc::new(Slots::new());
+        let heard = Arc::new(Heard::new(slots.machine_word()));
+        let mover = {
+            let slots = slots.clone();
+            thread::spawn(move || {
+                let limits = Limits::default();
+                slots.machine(&limits).set_mode(Mode::ForcedOpen);
+                slots.machine(&limits).set_mode(Mode::Disabled);
+            })
+        };
+        let observer = {
+            let (slots, heard) = (slots.clone(), heard.clone());
+            thread::spawn(move || {
+                let word = slots.machine_word();
+                heard.hear(word).map(|change| (word.generation(), change))
+            })
+        };
+        let word = slots.machine_word();
+        let mine = heard.hear(word).map(|change| (word.generation(), change));
+        let theirs = observer.join().unwrap();
+        mover.join().unwrap();
+        if let (Some(a), Some(b)) = (mine, theirs) {
+            assert_ne!(a.0, b.0, "one generation reported twice");
+            // Reported in order: the later report starts from the mode the earlier one ended in.
+            let (first, second) = if a.1 .1 == b.1 .0 { (a, b) } else { (b, a) };
+            assert_eq!(first.1 .1, second.1 .0);
+        }
+        let last = slots.machine_word();
+        let _ = heard.hear(last);
+        assert!(!heard.is_news(last.generation()));
+        assert!(heard.hear(last).is_none());
+    });
+}
