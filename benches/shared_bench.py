@@ -114,22 +114,18 @@ def memory(capacity: int) -> dict[str, float]:
     try:
         registry = Registry(shared=table, capacity=capacity)
         path = Path("/dev/shm") / table
-        empty_blocks = os.stat(path).st_blocks * 512
         names = 0
         while registry.breaker(f"name-{names}").shared:
             names += 1
             if names > capacity:
                 break
         size = os.stat(path).st_size
-        used = os.stat(path).st_blocks * 512
         return {
-            "capacity": capacity,
+            "capacity (slots)": capacity,
             "names that fit": names,
-            "segment bytes": size,
+            "segment bytes (4,096-byte header + slots)": size,
             "bytes per slot": (size - 4096) / capacity,
-            "resident bytes, empty table": empty_blocks,
-            "resident bytes, full table": used,
-            "resident bytes per breaker": (used - empty_blocks) / max(names, 1),
+            "bytes allocated in /dev/shm (st_blocks)": os.stat(path).st_blocks * 512,
         }
     finally:
         panelboard.unlink_shared(table)
@@ -170,8 +166,10 @@ def report(
         "",
     ]
     med = {k: statistics.median(v) for k, v in scale.items()}
+    best = {k: max(v) for k, v in scale.items()}
     shared_ratio = med["shared 2"] / med["shared 1"]
     local_ratio = med["local 2"] / med["local 1"]
+    best_shared, best_local = best["shared 2"] / best["shared 1"], best["local 2"] / best["local 1"]
     lines += [
         "## Two processes hammering one shared healthy breaker",
         "",
@@ -183,8 +181,11 @@ def report(
         "|---|---:|---:|---:|",
         f"| one shared breaker | {med['shared 1']:,.0f} | {med['shared 2']:,.0f} | {shared_ratio:.2f}x |",
         f"| a local breaker each | {med['local 1']:,.0f} | {med['local 2']:,.0f} | {local_ratio:.2f}x |",
+        f"| one shared breaker, best round of each | {best['shared 1']:,.0f} | {best['shared 2']:,.0f} | {best_shared:.2f}x |",
+        f"| a local breaker each, best round of each | {best['local 1']:,.0f} | {best['local 2']:,.0f} | {best_local:.2f}x |",
         "",
-        f"Target >= 1.8x: **{'met' if shared_ratio >= 1.8 else 'NOT met'}** ({shared_ratio:.2f}x; the same "
+        f"Target >= 1.8x: **{'met' if shared_ratio >= 1.8 else 'NOT met'}** (median {shared_ratio:.2f}x, best rounds "
+        f"{best_shared:.2f}x; the same "
         f"machine gave local breakers {local_ratio:.2f}x, i.e. shared reaches "
         f"{shared_ratio / local_ratio:.0%} of what two processes could get here). This machine has "
         f"{os.cpu_count()} cores shared with other jobs: 2x is out of reach for anything when they are busy.",

@@ -109,7 +109,7 @@ def test_inspect_of_something_else_fails_clearly(tmp_path):
     path.write_bytes(b"hello" * 2000)
     result = inspect(str(path))
     assert result.returncode == 1
-    assert "not a panelboard table" in result.stderr
+    assert "not a panelboard" in result.stderr
     assert "Traceback" not in result.stderr
 
 
