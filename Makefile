@@ -23,6 +23,9 @@ TYPING_DEPS := mypy
 # .opentelemetry). Each is installed from a wheel on its own: one without a wheel for this interpreter
 # (grpcio on free-threaded 3.13t) is skipped here and its tests skip with the reason.
 INTEGRATION_DEPS := httpx httpx2 aiohttp grpcio prometheus_client opentelemetry-api opentelemetry-sdk
+# The multi-process server the shared-memory tests start for real (tests/test_gunicorn.py): pure Python,
+# needed on every interpreter, so a missing one fails the test rather than skipping it on Linux.
+SERVER_DEPS := gunicorn
 BENCH_DEPS := pybreaker circuitbreaker aiobreaker purgatory matplotlib
 # Release artifacts: one wheel per interpreter tag (release/python-for finds each interpreter).
 WHEELS ?= cp311 cp312 cp313 cp313t
@@ -56,7 +59,11 @@ $(VENV)/.integration-deps: $(VENV)/.deps
 	done
 	touch $@
 
-venv: $(VENV)/.deps $(VENV)/.integration-deps
+$(VENV)/.server-deps: $(VENV)/.deps
+	$(PY) -m pip install -q $(SERVER_DEPS)
+	touch $@
+
+venv: $(VENV)/.deps $(VENV)/.integration-deps $(VENV)/.server-deps
 
 # Editable install of the release build (maturin puts _core.*.so next to the Python sources).
 build: venv
@@ -93,6 +100,7 @@ bench: build $(VENV)/.bench-deps redis-server
 # two-thread scaling on one rate-policy breaker, memory per breaker at 100,000 names -> benches/policy.md
 bench-policy: build
 	$(PY) benches/policy_bench.py
+	$(PY) benches/shared_bench.py
 
 # Instructions per call of every entry point under callgrind (benches/insns.py, issue 10):
 #   make bench-insns            3.11 and 3.13t, writes benches/insns.md (compared with the baseline)
@@ -134,6 +142,7 @@ bench-rust:
 
 loom:
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -p panelboard-engine --test loom --test loom_remote
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -p panelboard-shm --test loom
 
 soak: build
 	PANELBOARD_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q tests/test_soak.py
@@ -154,7 +163,7 @@ wheels: $(TOOLS_VENV)/.tools
 	TOOLS=$(TOOLS_VENV) DIST=$(DIST) release/build-wheels $(WHEELS)
 
 test-wheels:
-	DIST=$(DIST) SUITE_DEPS="$(SUITE_DEPS)" TYPING_DEPS="$(TYPING_DEPS)" INTEGRATION_DEPS="$(INTEGRATION_DEPS)" \
+	DIST=$(DIST) SUITE_DEPS="$(SUITE_DEPS) $(SERVER_DEPS)" TYPING_DEPS="$(TYPING_DEPS)" INTEGRATION_DEPS="$(INTEGRATION_DEPS)" \
 		PYTEST_ARGS="$(PYTEST_ARGS)" release/test-wheels $(WHEELS)
 
 test-sdist:

@@ -11,5 +11,6 @@
 // The bindings name the engine's items `crate::engine::...` and `crate::metrics::...`.
 use panelboard_engine as engine;
 use panelboard_engine::metrics;
+use panelboard_shm as shm;
 
 mod py;

@@ -5,6 +5,7 @@
 - ``name``: a unique breaker name; deleted from the default registry after the test.
 - ``server``: a running ``panelboard._flaky_server.FlakyServer`` on loopback, stopped after
   the test (the HTTP integrations' upstream).
+- ``table``: a unique shared-memory table name (issue 12), unlinked after the test.
 - ``frequent_switches``: on GIL builds, threads switch every few microseconds, so that schedules
   really interleave (``pytestmark = pytest.mark.usefixtures("frequent_switches")``).
 - ``redis_server``, ``redis_server_factory``, ``redis_url``, ``namespace``: a real ``redis-server`` on
@@ -60,6 +61,14 @@ def name():
     value = f"test-{uuid.uuid4().hex}"
     yield value
     panelboard.delete(value)
+
+
+@pytest.fixture
+def table() -> Iterator[str]:
+    from helpers import shared_table  # after register_assert_rewrite above
+
+    with shared_table() as value:
+        yield value
 
 
 @pytest.fixture

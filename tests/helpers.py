@@ -27,12 +27,17 @@
   ``sync_status(registry)`` (a dict: ``connected``, ``last_sync``, ``errors``), ``sync_warnings(records)``
   and ``Fleet`` (N ``multiprocessing`` spawn processes that run one function together, each with its
   index and a shared barrier).
+- Shared-memory tables (issue 12): ``shared_table()`` (a unique table name, unlinked afterwards),
+  ``segment_path(table)``, ``Worker(method, table, **options)`` (a spawned or forked process with a
+  shared ``Registry`` that runs the code the test sends it), ``start_workers(...)`` and
+  ``stop_workers(...)``, ``wait_until(predicate)``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import contextlib
 import multiprocessing
 import os
 import select
@@ -42,8 +47,9 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -531,3 +537,179 @@ def _fleet_call(fn: Callable[..., Any], index: int, args: tuple[Any, ...]) -> tu
         finally:
             pass
         return ("error", f"process {index}:\n{traceback.format_exc()}")
+# Shared-memory tables (issue 12)
+
+# Where POSIX shared-memory objects live on Linux (shm_open("/NAME") is /dev/shm/NAME).
+SHM_DIR = Path("/dev/shm")
+
+
+def segment_path(table: str) -> Path:
+    """The file behind a table: the path itself when the name contains a ``/``, else the POSIX
+    shared-memory object under /dev/shm."""
+    return Path(table) if "/" in table else SHM_DIR / table.lstrip("/")
+
+
+def unlink_quietly(table: str) -> None:
+    import panelboard
+
+    panelboard.unlink_shared(table)  # False when there was none
+
+
+@contextlib.contextmanager
+def shared_table(prefix: str = "pb-test") -> Iterator[str]:
+    """A table name no other test uses; the table is unlinked afterwards, whatever happened."""
+    table = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    try:
+        yield table
+    finally:
+        unlink_quietly(table)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = TIMEOUT, what: str = "condition") -> Any:
+    """Polls ``predicate`` until it returns something truthy (returned); fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout}s")
+        time.sleep(0.005)
+
+
+METRICS_FIELDS = (
+    "state",
+    "consecutive_failures",
+    "calls",
+    "successes",
+    "failures",
+    "ignored",
+    "rejected",
+    "times_opened",
+    "retry_after",
+)
+
+
+def plain_metrics(m: Any) -> Any:
+    """A ``Metrics`` as a picklable namespace with the same attributes (a worker's answer)."""
+    import types
+
+    return types.SimpleNamespace(**{field: getattr(m, field) for field in METRICS_FIELDS})
+
+
+def _worker_main(conn: Any, table: str, options: dict[str, Any]) -> None:
+    """A worker process's loop: opens the shared registry, then runs each ``(kind, source)`` the
+        test sends (``"exec"`` a statement block, ``"eval"`` an expression) in one namespace, answering
+        ``("ok", value)`` or ``("error", traceback)``. ``events`` is what the process's listener heard,
+    ``metrics(m)`` makes a ``Metrics`` picklable."""
+    import panelboard
+
+    namespace: dict[str, Any] = {"panelboard": panelboard, "os": os, "time": time, "threading": threading}
+    try:
+        registry = panelboard.Registry(shared=table, **options)
+        events: list[tuple[str, str, str]] = []
+        registry.on_state_change(lambda name, old, new: events.append((name, str(old.value), str(new.value))))
+        namespace.update(registry=registry, events=events, Boom=Boom, fail=fail, ok=ok, metrics=plain_metrics)
+        conn.send(("ok", os.getpid()))
+    except BaseException:  # noqa: BLE001 - reported to the test
+        conn.send(("error", traceback.format_exc()))
+        return
+    while True:
+        try:
+            kind, source = conn.recv()
+        except EOFError:
+            return
+        if kind == "quit":
+            return
+        try:
+            if kind == "exec":
+                exec(source, namespace)
+                value = namespace.pop("result", None)
+            else:
+                value = eval(source, namespace)
+            conn.send(("ok", value))
+        except BaseException:  # noqa: BLE001 - reported to the test
+            conn.send(("error", traceback.format_exc()))
+
+
+class Worker:
+    """A process started with ``method`` (``"spawn"`` or ``"fork"``) that opens
+    ``Registry(shared=table, **options)`` and listens for code to run. ``eval(expr)`` and
+    ``exec(block)`` (whose ``result`` variable is returned) run in the worker, re-raising its
+    failure here as an ``AssertionError`` with the worker's traceback; every wait is bounded."""
+
+    def __init__(self, method: str, table: str, **options: Any) -> None:
+        context = multiprocessing.get_context(method)
+        self.conn, child_conn = context.Pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork in a threaded process (3.12+)
+            self.process = context.Process(
+                target=_worker_main, args=(child_conn, table, options), daemon=True
+            )
+            self.process.start()
+        child_conn.close()
+        self.pid: int | None = None
+
+    def started(self, timeout: float = 60.0) -> Worker:
+        self.pid = self._answer(timeout, "open the shared registry")
+        return self
+
+    def _answer(self, timeout: float, what: str) -> Any:
+        if not self.conn.poll(timeout):
+            self.kill()
+            raise AssertionError(f"worker did not answer within {timeout}s: {what}")
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            self.process.join(5)
+            raise AssertionError(f"worker died ({self.process.exitcode}) running: {what}") from None
+        if status == "error":
+            raise AssertionError(f"in worker {self.process.pid}, running {what!r}:\n{value}")
+        return value
+
+    def send(self, kind: str, source: str) -> None:
+        self.conn.send((kind, source))
+
+    def eval(self, expression: str, timeout: float = TIMEOUT) -> Any:
+        self.send("eval", expression)
+        return self._answer(timeout, expression)
+
+    def exec(self, block: str, timeout: float = TIMEOUT) -> Any:
+        self.send("exec", block)
+        return self._answer(timeout, block)
+
+    def answer(self, timeout: float = TIMEOUT, what: str = "a command sent earlier") -> Any:
+        """The answer to a command sent with ``send``."""
+        return self._answer(timeout, what)
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGKILL)
+        self.process.join(10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.is_alive():
+            with contextlib.suppress(OSError):
+                self.conn.send(("quit", ""))
+            self.process.join(timeout)
+        self.kill()
+        self.conn.close()
+
+
+def start_workers(method: str, table: str, n: int, **options: Any) -> list[Worker]:
+    """``n`` workers, started together and each with its shared registry open."""
+    workers = [Worker(method, table, **options) for _ in range(n)]
+    try:
+        for worker in workers:
+            worker.started()
+    except BaseException:
+        stop_workers(workers)
+        raise
+    return workers
+
+
+def stop_workers(workers: list[Worker]) -> None:
+    for worker in workers:
+        worker.stop()
+    assert not any(w.process.is_alive() for w in workers), "a worker process outlived the test"

@@ -17,6 +17,7 @@ from ._core import (
     Metrics,
     Permit,
     Registry,
+    unlink_shared,
 )
 from ._types import State, SyncStatus
 
@@ -44,6 +45,7 @@ __all__ = [
     "reset",
     "snapshot",
     "state",
+    "unlink_shared",
 ]
 
 # Made once per process by `_core`; on free-threaded CPython 3.13 the registry and the functions

@@ -1,13 +1,20 @@
-"""``python -m panelboard demo [seconds]``: the library's main job, end to end."""
+"""``python -m panelboard demo [seconds]``: the library's main job, end to end.
+``python -m panelboard inspect NAME [--json]``: every breaker of a shared table."""
 
 from __future__ import annotations
 
 import sys
 
+USAGE = "usage: python -m panelboard demo [seconds]\n       python -m panelboard inspect NAME [--json]"
+
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "inspect":
+        from ._inspect import run as inspect
+
+        return inspect(argv[1:])
     if not argv or argv[0] != "demo":
-        print("usage: python -m panelboard demo [seconds]", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     from ._demo import run
 

@@ -27,6 +27,8 @@ __all__ = [
     "_fleet_read",
     "_fleet_install",
     "_fleet_gate",
+    "unlink_shared",
+    "shared_table_rows",
 ]
 
 _T = TypeVar("_T")
@@ -194,6 +196,11 @@ class Breaker:
     def name(self) -> str: ...
     @property
     def state(self) -> State: ...
+    @property
+    def shared(self) -> bool:
+        """Whether this breaker lives in a shared table (``False`` for a local registry's, for a
+        shared registry's made while its table was full, and once its name is deleted)."""
+
     def call(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Calls ``fn(*args, **kwargs)`` through the breaker."""
 
@@ -264,6 +271,9 @@ class Registry:
         redis: str | None = None,
         namespace: str | None = None,
         sync_interval: float | None = None,
+        shared: str | None = None,
+        capacity: int | None = None,
+        mode: int | None = None,
         failure_threshold: int | None = ...,
         reset_timeout: float = ...,
         half_open_max_calls: int = ...,
@@ -387,3 +397,14 @@ def _fleet_read(
 ) -> tuple[int, int, int, int, int, int, tuple[int, int, int, int, int, int]]: ...
 def _fleet_install(breaker: Breaker, expected: int, target: int, arg: int, /) -> tuple[bool, int, int]: ...
 def _fleet_gate(breaker: Breaker, generation: int, leases: int, /) -> None: ...
+    @property
+    def shared(self) -> str | None:
+        """The name of the shared table this registry's breakers live in, ``None`` for a local one."""
+
+def unlink_shared(name: str) -> bool:
+    """Removes the shared table ``name`` (``True`` if it existed); processes that have it open keep
+    using their mapping."""
+
+def shared_table_rows(name: str) -> list[dict[str, Any]]:
+    """Every live breaker of the existing shared table ``name`` (read only; see
+    docs/shared-memory.md for the keys)."""

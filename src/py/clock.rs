@@ -28,6 +28,8 @@ pub enum Clock {
     /// The monotonic clock's reading (nanoseconds) at the epoch.
     Monotonic(u64),
     Manual(Arc<ManualTime>),
+    /// Absolute `CLOCK_MONOTONIC`: one clock for every process of the host (shared registries).
+    Host,
 }
 
 impl Clock {
@@ -42,6 +44,8 @@ impl Clock {
         match self {
             Clock::Monotonic(epoch) => monotonic::now_ns().saturating_sub(*epoch),
             Clock::Manual(time) => time.elapsed_ns(),
+            // The same CLOCK_MONOTONIC with no epoch: every process of the host reads the same time.
+            Clock::Host => monotonic::now_ns(),
         }
     }
 

@@ -293,7 +293,56 @@ pub const OPTION_NAMES: &str = "failure_threshold, reset_timeout, half_open_max_
 success_threshold, failure_on, ignore, probe_timeout, failure_rate, slow_call_duration, \
 slow_call_rate, window, min_calls, backoff, max_reset_timeout, jitter";
 
+/// The `probe_timeout` a shared registry's breakers get unless told otherwise: a half-open permit
+/// held by a process that died is reclaimed after this long (docs/shared-memory.md).
+pub const SHARED_PROBE_TIMEOUT_S: f64 = 60.0;
+
 impl Patch {
+    /// The defaults a shared registry adds under its own: a finite `probe_timeout`.
+    pub fn shared_defaults() -> Patch {
+        Patch {
+            probe_timeout: Some(Some((
+                SHARED_PROBE_TIMEOUT_S,
+                (SHARED_PROBE_TIMEOUT_S * 1000.0) as u64,
+            ))),
+            ..Patch::default()
+        }
+    }
+
+    /// A shared breaker must keep a finite `probe_timeout` (a dead process's permit would never
+    /// come back otherwise): `probe_timeout=None` is refused.
+    pub fn check_shared(&self) -> PyResult<()> {
+        if matches!(self.probe_timeout, Some(None)) {
+            return Err(PyValueError::new_err(
+                "probe_timeout must be a number of seconds on a shared registry, not None: a \
+                 half-open permit held by a process that dies is reclaimed after probe_timeout",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stores the numeric options given into a shared slot, each word on its own (`configure` on
+    /// a shared registry changes them for every process).
+    pub fn store_limits(&self, slot: &crate::shm::layout::Slot) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(v) = self.failure_threshold {
+            slot.failure_threshold
+                .store(v.unwrap_or(NO_FAILURE_THRESHOLD), Relaxed);
+        }
+        if let Some(v) = self.half_open_max_calls {
+            slot.half_open_max_calls.store(v, Relaxed);
+        }
+        if let Some(v) = self.success_threshold {
+            slot.success_threshold.store(v, Relaxed);
+        }
+        if let Some((_, ms)) = self.reset_timeout {
+            slot.reset_timeout_ms.store(ms, Relaxed);
+        }
+        if let Some(Some((_, ms))) = self.probe_timeout {
+            slot.probe_timeout_ms.store(ms, Relaxed);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.failure_threshold.is_none()
             && self.half_open_max_calls.is_none()

@@ -53,6 +53,7 @@ use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
+use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -64,11 +65,13 @@ use super::ffi::objects::is_coroutine;
 use super::ffi::refs::AttachedRef;
 use super::ffi::upcall;
 use super::pyrefs;
+use super::storage::{LocalWords, SharedWords, Storage};
 use crate::engine::remote::FleetGate;
 use crate::engine::{
-    Admission, FastTicket, Machine, Mode, Outcome, PredicateFlag, Slots, Ticket, Transition, Window,
+    Admission, FastTicket, Limits, Machine, Mode, Outcome, PredicateFlag, Ticket, Transition,
+    Window,
 };
-use crate::metrics::{Counter, Counters};
+use crate::metrics::Counter;
 
 /// What the breakers of one registry share: its clock and its state-change listeners. Owned by the
 /// registry and by each of its breakers (see the module documentation).
@@ -104,13 +107,13 @@ impl Hub {
 #[pyclass(frozen, module = "panelboard._core", name = "_BreakerCore")]
 pub struct BreakerCore {
     pub name: Arc<[u8]>,
-    pub slots: Slots,
-    pub counters: Counters,
-    pub times_opened: AtomicU64,
+    /// The state words and counters: on the heap, or in a slot of a shared table.
+    pub storage: Storage,
     /// Calls slower than `slow_call_duration`, ever (slow calls are rare: one shared counter).
     pub slow_calls: AtomicU64,
     /// The sliding window of the rate rules, made when a configuration with a rate rule is first
-    /// installed (a breaker without one pays a null pointer).
+    /// installed (a breaker without one pays a null pointer). Kept by this process, also for a
+    /// shared breaker (see docs/shared-memory.md).
     window: OnceLock<Box<Window>>,
     /// This breaker's own configuration (never shared with another breaker or the registry).
     pub config: ArcSwap<Config>,
@@ -151,15 +154,22 @@ pub type CoreRef = AttachedRef<BreakerCore>;
 
 impl BreakerCore {
     pub fn new(name: Arc<[u8]>, config: Arc<Config>, hub: Py<Hub>) -> Self {
+        BreakerCore::with_storage(name, config, hub, Storage::Local(LocalWords::new()))
+    }
+
+    /// A breaker whose words are a slot of a shared table.
+    pub fn shared(name: Arc<[u8]>, config: Arc<Config>, hub: Py<Hub>, words: SharedWords) -> Self {
+        BreakerCore::with_storage(name, config, hub, Storage::Shared(words))
+    }
+
+    fn with_storage(name: Arc<[u8]>, config: Arc<Config>, hub: Py<Hub>, storage: Storage) -> Self {
         let window = OnceLock::new();
         if let Some(rate) = config.limits.rate {
             let _ = window.set(Box::new(Window::new(rate.bucket_us())));
         }
         BreakerCore {
             name,
-            slots: Slots::new(),
-            counters: Counters::new(),
-            times_opened: AtomicU64::new(0),
+            storage,
             slow_calls: AtomicU64::new(0),
             window,
             predicate_flag: PredicateFlag::with_window(
@@ -215,6 +225,10 @@ impl BreakerCore {
             return Err(err);
         }
         drop(previous);
+        if let Some(slot) = self.storage.shared().and_then(|s| s.live()) {
+            // The numeric options given are the table's, for every process (each word on its own).
+            patch.store_limits(slot);
+        }
         // Each call publishes the configuration current after its own was installed, so once it
         // returns the flag describes that one or a newer one (the flag ignores older versions).
         let current = self.config.load();
@@ -228,9 +242,9 @@ impl BreakerCore {
 
     /// The machine over this breaker's words, with the window when `config` has a rate rule.
     #[inline]
-    pub fn machine<'a>(&'a self, config: &'a Config) -> Machine<'a> {
-        let machine = self.slots.machine(&config.limits);
-        match (config.limits.rate.is_some(), self.window.get()) {
+    pub fn machine<'a>(&'a self, limits: &'a Limits) -> Machine<'a> {
+        let machine = self.storage.slots().machine(limits);
+        match (limits.rate.is_some(), self.window.get()) {
             (true, Some(window)) => machine.with_window(window),
             _ => machine,
         }
@@ -258,12 +272,13 @@ impl BreakerCore {
     #[cold]
     fn judge_window(&self, py: Python<'_>, generation: u32, now_us: u64) {
         let config = self.config.load();
+        let limits = self.limits(&config);
         // The open time in the word is in milliseconds of the same clock.
         let transition = self
-            .machine(&config)
+            .machine(&limits)
             .judge_window(generation, now_us, || now_us / 1000);
         self.count_opening(transition);
-        self.announce(py, transition);
+        self.report(py, transition);
     }
 
     /// Whether a call that started at `started` (see `start_timer`) was slow by `config`.
@@ -285,39 +300,45 @@ impl BreakerCore {
     /// until half-open that the engine computed: one clock reading serves both.)
     pub fn admit(&self, py: Python<'_>, config: &Config) -> PyResult<Ticket> {
         let clock = &self.hub.get().clock;
+        let limits = self.limits(config);
         match self
-            .machine(config)
+            .machine(&limits)
             .admit_gated(&self.fleet_gate, || clock.now_ms())
         {
             Admission::Admitted { ticket, transition } => {
-                if transition.is_some() {
-                    self.announce(py, transition);
-                }
+                self.report(py, transition);
                 Ok(ticket)
             }
             Admission::Rejected { retry_after_ms } => {
-                self.counters.add(Counter::Rejected);
+                self.storage.count(Counter::Rejected);
+                self.report(py, None);
                 Err(self.open_error(py, retry_after_ms))
             }
         }
+    }
+
+    /// The numeric options the machine runs with (the table's for a shared breaker).
+    #[inline]
+    pub fn limits<'a>(&self, config: &'a Config) -> Cow<'a, Limits> {
+        self.storage.limits(&config.limits)
     }
 
     /// Takes a ticket, or counts a rejection and returns `None`.
     #[inline]
     pub fn try_admit(&self, py: Python<'_>, config: &Config) -> Option<Ticket> {
         let clock = &self.hub.get().clock;
+        let limits = self.limits(config);
         match self
-            .machine(config)
+            .machine(&limits)
             .admit_gated(&self.fleet_gate, || clock.now_ms())
         {
             Admission::Admitted { ticket, transition } => {
-                if transition.is_some() {
-                    self.announce(py, transition);
-                }
+                self.report(py, transition);
                 Some(ticket)
             }
             Admission::Rejected { .. } => {
-                self.counters.add(Counter::Rejected);
+                self.storage.count(Counter::Rejected);
+                self.report(py, None);
                 None
             }
         }
@@ -341,7 +362,7 @@ impl BreakerCore {
         outcome: Outcome,
         started: Option<u64>,
     ) -> Option<Transition> {
-        self.counters.add(match outcome {
+        self.storage.count(match outcome {
             Outcome::Success => Counter::Successes,
             Outcome::Failure => Counter::Failures,
             Outcome::Ignored => Counter::Ignored,
@@ -352,7 +373,8 @@ impl BreakerCore {
             self.slow_calls.fetch_add(1, Ordering::Relaxed);
         }
         let clock = &self.hub.get().clock;
-        let transition = self.machine(config).record_call(
+        let limits = self.limits(config);
+        let transition = self.machine(&limits).record_call(
             ticket,
             outcome,
             slow,
@@ -373,33 +395,78 @@ impl BreakerCore {
         started: Option<u64>,
     ) {
         let transition = self.record(config, ticket, outcome, started);
-        if transition.is_some() {
-            self.announce(py, transition);
+        if transition.is_some() || self.storage.shared().is_some() {
+            self.report(py, transition);
         }
     }
 
     pub fn count_opening(&self, transition: Option<Transition>) {
         if matches!(transition, Some(Transition { to: Mode::Open, .. })) {
-            self.times_opened.fetch_add(1, Ordering::Relaxed);
+            self.storage.count_opening();
         }
     }
 
     pub fn set_mode(&self, py: Python<'_>, mode: Mode) {
         let config = self.config.load();
-        let transition = self.machine(&config).set_mode(mode);
+        let limits = self.limits(&config);
+        let transition = self.machine(&limits).set_mode(mode);
         self.count_opening(transition);
-        self.announce(py, transition);
+        self.report(py, transition);
     }
 
     /// The mode now, turning an expired open breaker half-open (and reporting it) on first sight.
     pub fn observe(&self, py: Python<'_>) -> (crate::engine::Word, f64) {
         let config = self.config.load();
-        let machine = self.machine(&config);
+        let limits = self.limits(&config);
+        let machine = self.machine(&limits);
         let clock = &self.hub.get().clock;
         let (word, transition) = machine.observe_gated(&self.fleet_gate, || clock.now_ms());
-        self.announce(py, transition);
+        self.report(py, transition);
         let retry_after = machine.retry_after_ms(word, || clock.now_ms()) as f64 / 1000.0;
         (word, retry_after)
+    }
+
+    /// Reports what this process's listeners have not heard yet. A local breaker reports the
+    /// transition this thread made (the engine hands each to exactly one caller). A shared one
+    /// reports the change from the state this process last heard of to the current one, at most
+    /// once per generation, whichever process made it (docs/shared-memory.md, "Listeners").
+    #[inline]
+    pub fn report(&self, py: Python<'_>, transition: Option<Transition>) {
+        // A shared breaker whose name was deleted runs on words of its own: reported as local.
+        let live = self
+            .storage
+            .shared()
+            .and_then(|shared| Some((shared, shared.live()?)));
+        match live {
+            None => {
+                if transition.is_some() {
+                    self.announce(py, transition)
+                }
+            }
+            Some((shared, slot)) => {
+                let word = slot.machine.machine_word();
+                if shared.unseen(word.generation()) {
+                    self.hear(py, shared, word);
+                }
+            }
+        }
+    }
+
+    #[cold]
+    fn hear(&self, py: Python<'_>, shared: &SharedWords, word: crate::engine::Word) {
+        if let Some((from, to)) = shared.hear(word) {
+            self.announce(py, Some(Transition { from, to }));
+        }
+    }
+
+    /// A call admitted on the fast path of a shared breaker: reports a change made elsewhere.
+    #[inline]
+    fn report_fast(&self, py: Python<'_>, fast: FastTicket) {
+        if let Some(shared) = self.storage.shared() {
+            if shared.unseen(fast.ticket().generation()) {
+                self.report(py, None);
+            }
+        }
     }
 
     /// Logs the transition on the `panelboard` logger, then calls every listener with
@@ -533,7 +600,8 @@ pub fn guarded<'py>(
     let admitted = shield(|| {
         // Fast path: a closed breaker without a result predicate needs no configuration to admit
         // a call or to record its success: one atomic load now, one after the call, no write.
-        if let Some(fast) = core.slots.admit_fast(&core.predicate_flag) {
+        if let Some(fast) = core.storage.slots().admit_fast(&core.predicate_flag) {
+            core.report_fast(py, fast);
             return Ok(Admitted::Fast(fast));
         }
         let config = core.config.load();
@@ -546,11 +614,11 @@ pub fn guarded<'py>(
         let (config, ticket, fast) = match admitted {
             Admitted::Fast(fast) => {
                 if matches!(&result, Ok(value) if !is_coroutine(value))
-                    && core.slots.record_fast_success(fast)
+                    && core.storage.slots().record_fast_success(fast)
                 {
                     // Healthy and unchanged: a success has nothing to record but its count (and,
                     // with a rate rule, its place in the window).
-                    core.counters.add(Counter::Successes);
+                    core.storage.count(Counter::Successes);
                     if let Some(window) = core.window.get() {
                         core.count_fast_success(py, window, fast);
                     }

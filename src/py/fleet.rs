@@ -48,7 +48,7 @@ pub fn fleet_breakers<'py>(py: Python<'py>, registry: &Registry) -> PyResult<Bou
 pub fn fleet_read<'py>(py: Python<'py>, breaker: &Breaker) -> PyResult<Bound<'py, PyTuple>> {
     let core: &BreakerCore = &breaker.core;
     let config = core.config.load();
-    let word = core.slots.machine_word();
+    let word = core.storage.slots().machine_word();
     let limits = &config.limits;
     let count = match word.mode() {
         Mode::HalfOpen => word.in_flight(),
@@ -64,7 +64,7 @@ pub fn fleet_read<'py>(py: Python<'py>, breaker: &Breaker) -> PyResult<Bound<'py
         mode_index(word.mode()),
         word.generation(),
         count,
-        core.counters.totals().rejected,
+        core.storage.totals().rejected,
         open_remaining_ms(word, limits.reset_timeout_ms, now),
         (
             config.version,
@@ -102,7 +102,8 @@ pub fn fleet_install(
     let core: &BreakerCore = &breaker.core;
     let config = core.config.load();
     let clock = &core.hub.get().clock;
-    let machine = core.slots.machine(&config.limits);
+    let limits = core.limits(&config);
+    let machine = core.machine(&limits);
     match machine.install(Word::from_bits(expected), target, || clock.now_ms()) {
         Ok(installed) => {
             core.count_opening(installed.transition);

@@ -5,7 +5,6 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{Borrowed, PyTraverseError, PyVisit};
-use std::sync::atomic::Ordering;
 
 use super::block;
 use super::core::{guarded, shield, Breaker, BreakerCore, CoreRef};
@@ -27,6 +26,13 @@ impl Breaker {
     #[getter]
     fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         pyrefs::state(py, self.core.observe(py).0.mode())
+    }
+
+    /// Whether this breaker lives in a shared table (a shared registry's breaker, unless the table
+    /// was full when it was made, or its name was deleted since).
+    #[getter]
+    fn shared(&self) -> bool {
+        self.core.storage.is_shared()
     }
 
     // `call(fn, /, *args, **kwargs)` is installed by `fastcall::install` as a METH_FASTCALL method
@@ -324,10 +330,11 @@ pub struct Metrics {
 impl Metrics {
     pub fn of(py: Python<'_>, core: &BreakerCore) -> PyResult<Metrics> {
         let (word, retry_after) = core.observe(py);
-        let totals = core.counters.totals();
+        let totals = core.storage.totals();
         let config = core.config.load();
         let clock = &core.hub.get().clock;
-        let window = core.machine(&config).window_counts(clock.now_us());
+        let limits = core.limits(&config);
+        let window = core.machine(&limits).window_counts(clock.now_us());
         let ratio = |count: u64| (window.calls > 0).then(|| count as f64 / window.calls as f64);
         Ok(Metrics {
             state: pyrefs::state(py, word.mode())?.unbind(),
@@ -341,9 +348,9 @@ impl Metrics {
             failures: totals.failures,
             ignored: totals.ignored,
             rejected: totals.rejected,
-            times_opened: core.times_opened.load(Ordering::Relaxed),
+            times_opened: core.storage.times_opened(),
             retry_after,
-            slow_calls: core.slow_calls.load(Ordering::Relaxed),
+            slow_calls: core.slow_calls.load(std::sync::atomic::Ordering::Relaxed),
             window_calls: window.calls,
             window_failures: window.failures,
             window_slow: window.slow,

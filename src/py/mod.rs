@@ -56,6 +56,10 @@ mod permit;
 mod pyrefs;
 #[forbid(unsafe_code)]
 mod registry;
+#[forbid(unsafe_code)]
+mod shared;
+#[forbid(unsafe_code)]
+mod storage;
 
 use pyo3::prelude::*;
 
@@ -73,6 +77,8 @@ fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fleet::fleet_read, m)?)?;
     m.add_function(wrap_pyfunction!(fleet::fleet_install, m)?)?;
     m.add_function(wrap_pyfunction!(fleet::fleet_gate, m)?)?;
+    m.add_function(pyo3::wrap_pyfunction!(shared::unlink_shared, m)?)?;
+    m.add_function(pyo3::wrap_pyfunction!(shared::shared_table_rows, m)?)?;
     fastcall::install(m.py())?;
     block::install(m.py())?;
     pyrefs::init(m.py())?;

@@ -23,6 +23,8 @@ use super::ffi::upcall;
 use super::handle::{not_callable, Metrics};
 use super::lookup::{CachedCore, Lookups};
 use super::pyrefs;
+use super::shared::{self, SharedTable};
+use super::storage::SharedWords;
 use crate::engine::Mode;
 
 /// Named circuit breakers; `call` creates a breaker on first use of a name.
@@ -39,6 +41,9 @@ pub struct Registry {
     fleet: OnceLock<Py<PyAny>>,
     /// Each thread's cache in front of `breakers`, for `call` (see `lookup`).
     lookups: Lookups,
+    /// The host-wide table of a shared registry (`Registry(shared=NAME)`); the map then caches this
+    /// process's breakers on its slots (and holds the local ones of a full table).
+    shared: Option<SharedTable>,
 }
 
 impl Registry {
@@ -47,9 +52,68 @@ impl Registry {
     #[inline(never)]
     fn find(&self, py: Python<'_>, key: &[u8]) -> Option<CoreRef> {
         // Taking a reference never blocks, so it may happen under the guard.
-        self.breakers
+        let cached = self
+            .breakers
             .get(key)
-            .map(|entry| entry.value().clone_ref(py))
+            .map(|entry| entry.value().clone_ref(py));
+        match cached {
+            // A local breaker is always current; a shared one while its slot holds it.
+            Some(core) if core.storage.is_current() => Some(core),
+            _ if self.shared.is_none() => None,
+            _ => self.find_shared(py, key),
+        }
+    }
+
+    /// The breaker `key` of the shared table (made by any process), attached in this process.
+    #[cold]
+    fn find_shared(&self, py: Python<'_>, key: &[u8]) -> Option<CoreRef> {
+        let table = &self.shared.as_ref()?.table;
+        let (index, claim) = py.detach(|| table.find(key))?;
+        let config = self.defaults.with(py, &Patch::default()).ok()?;
+        self.adopt(py, key, index, claim, config).ok()
+    }
+
+    /// A breaker of this process on slot `index` of the table (live with `claim`), put in the map
+    /// in place of a stale one; a current one already there wins.
+    fn adopt(
+        &self,
+        py: Python<'_>,
+        key: &[u8],
+        index: usize,
+        claim: u64,
+        config: Config,
+    ) -> PyResult<CoreRef> {
+        let Some(shared) = &self.shared else {
+            return Err(PyValueError::new_err("not a shared registry"));
+        };
+        let name: Arc<[u8]> = Arc::from(key);
+        let words = SharedWords::new(shared.table.clone(), index, claim);
+        let fresh = CoreRef::new(
+            py,
+            BreakerCore::shared(
+                name.clone(),
+                Arc::new(config),
+                self.hub.clone_ref(py),
+                words,
+            ),
+        )?;
+        let mut replaced = None;
+        let existing = match self.breakers.entry(name) {
+            MapEntry::Occupied(mut entry) => {
+                if entry.get().storage.is_current() {
+                    Some(entry.get().clone_ref(py))
+                } else {
+                    replaced = Some(entry.insert(fresh.clone_ref(py)));
+                    None
+                }
+            }
+            MapEntry::Vacant(slot) => {
+                slot.insert(fresh.clone_ref(py));
+                None
+            }
+        };
+        drop(replaced); // after the shard guard is gone
+        Ok(existing.unwrap_or(fresh))
     }
 
     /// The breaker named `key`, created with the registry defaults plus `patch` if it is new.
@@ -72,6 +136,20 @@ impl Registry {
     ) -> PyResult<(CoreRef, bool)> {
         if let Some(core) = self.find(py, key) {
             return Ok((core, false));
+        }
+        if let Some(shared) = &self.shared {
+            patch.check_shared()?;
+            let config = self.defaults.with(py, patch)?;
+            let limits = config.limits;
+            let table = &shared.table;
+            let claimed =
+                py.detach(|| table.find_or_create(key, |slot| slot.reset_contents(&limits)));
+            match claimed {
+                Some((index, claim, created)) => {
+                    return Ok((self.adopt(py, key, index, claim, config)?, created))
+                }
+                None => shared.warn_full(py, &pyrefs::name_str(py, key)?),
+            }
         }
         let config = Arc::new(self.defaults.with(py, patch)?);
         let name: Arc<[u8]> = Arc::from(key);
@@ -109,10 +187,17 @@ impl Registry {
 #[pymethods]
 impl Registry {
     #[new]
-    #[pyo3(signature = (*, clock = None, redis = None, namespace = None, sync_interval = None, **defaults))]
+    #[pyo3(signature = (
+        *, clock = None, shared = None, capacity = None, mode = None, redis = None,
+        namespace = None, sync_interval = None, **defaults
+    ))]
+    #[allow(clippy::too_many_arguments)] // the keyword options of the Python constructor
     fn new(
         py: Python<'_>,
         clock: Option<&Bound<'_, PyAny>>,
+        shared: Option<&Bound<'_, PyAny>>,
+        capacity: Option<&Bound<'_, PyAny>>,
+        mode: Option<&Bound<'_, PyAny>>,
         redis: Option<&Bound<'_, PyAny>>,
         namespace: Option<&Bound<'_, PyAny>>,
         sync_interval: Option<&Bound<'_, PyAny>>,
@@ -128,6 +213,19 @@ impl Registry {
                 }
             }
         }
+        let is_shared = shared.is_some_and(|s| !s.is_none());
+        if is_shared && redis.is_some() {
+            return Err(PyValueError::new_err(
+                "shared= and redis= cannot be combined: a registry is either host-wide (shared \
+                 memory) or fleet-wide (Redis)",
+            ));
+        }
+        if is_shared && clock.is_some_and(|c| !c.is_none()) {
+            return Err(PyTypeError::new_err(
+                "clock cannot be given with shared=: a shared registry reads the host's monotonic \
+                 clock, the one every process shares (a ManualClock cannot be shared)",
+            ));
+        }
         let clock = match clock {
             None => Clock::monotonic(),
             Some(c) if c.is_none() => Clock::monotonic(),
@@ -142,7 +240,17 @@ impl Registry {
             },
         };
         let patch = Patch::parse(defaults)?;
-        let registry = Py::new(py, Registry::local(py, clock, &patch)?)?;
+        let mut base = Config::defaults(py);
+        let mut clock = clock;
+        if is_shared {
+            patch.check_shared()?;
+            base = base.with(py, &Patch::shared_defaults())?;
+            clock = Clock::Host;
+        }
+        // Validated before the table is opened or created.
+        let defaults = base.with(py, &patch)?;
+        let shared = shared::open_for_registry(py, shared, capacity, mode)?;
+        let registry = Py::new(py, Registry::with_parts(py, clock, defaults, shared)?)?;
         if let Some(url) = redis {
             // The worker validates the Redis options (naming each) and imports redis-py: only a
             // registry made with `redis=` pays for either.
@@ -203,6 +311,9 @@ impl Registry {
     ) -> PyResult<Breaker> {
         let key = pyrefs::name_key(name)?;
         let patch = Patch::parse(options)?;
+        if self.shared.is_some() {
+            patch.check_shared()?;
+        }
         let (core, created) = self.find_or_create(py, &key, &patch)?;
         if !created {
             // Existing, or created by another thread since the lookup: change it.
@@ -238,6 +349,10 @@ impl Registry {
             self.lookups.removed(&key);
         }
         drop(removed); // after the shard guard is gone
+        if let Some(shared) = &self.shared {
+            // For every process: their handles carry on with breakers of their own.
+            name.py().detach(|| shared.table.delete(&key));
+        }
         Ok(())
     }
 
@@ -347,7 +462,23 @@ impl Registry {
     }
 
     fn __len__(&self) -> usize {
-        self.breakers.len()
+        match &self.shared {
+            None => self.breakers.len(),
+            Some(shared) => {
+                let local = self
+                    .breakers
+                    .iter()
+                    .filter(|entry| entry.value().storage.shared().is_none())
+                    .count();
+                shared.table.live().len() + local
+            }
+        }
+    }
+
+    /// Whether this registry's breakers live in a shared table (`shared=` was given).
+    #[getter]
+    fn shared(&self) -> Option<&str> {
+        self.shared.as_ref().map(|s| s.table.name())
     }
 
     fn __contains__(&self, name: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -355,7 +486,14 @@ impl Registry {
     }
 
     fn __repr__(&self) -> String {
-        format!("<Registry with {} breakers>", self.breakers.len())
+        match &self.shared {
+            None => format!("<Registry with {} breakers>", self.breakers.len()),
+            Some(shared) => format!(
+                "<Registry shared={:?} with {} breakers>",
+                shared.table.name(),
+                self.__len__()
+            ),
+        }
     }
 }
 
@@ -409,25 +547,80 @@ impl Registry {
 
     /// A registry with the default configuration (the process-wide default registry).
     pub(crate) fn with_defaults(py: Python<'_>) -> PyResult<Registry> {
-        Registry::local(py, Clock::monotonic(), &Patch::parse(None)?)
+        let defaults = Config::defaults(py).with(py, &Patch::parse(None)?)?;
+        Registry::with_parts(py, Clock::monotonic(), defaults, None)
     }
 
-    /// A registry whose breakers live in this process (no Redis worker yet).
-    fn local(py: Python<'_>, clock: Clock, patch: &Patch) -> PyResult<Registry> {
+    /// A registry with no Redis worker yet: local, or on the shared table `shared`.
+    fn with_parts(
+        py: Python<'_>,
+        clock: Clock,
+        defaults: Config,
+        shared: Option<SharedTable>,
+    ) -> PyResult<Registry> {
         Ok(Registry {
             breakers: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             hub: Py::new(py, Hub::new(clock))?,
-            defaults: Config::defaults(py).with(py, patch)?,
+            defaults,
             fleet: OnceLock::new(),
             lookups: Lookups::new(),
+            shared,
         })
     }
 
-    /// The breakers, cloned out of the map (whose guards are released before this returns).
+    /// The breakers, cloned out of the map (whose guards are released before this returns). For
+    /// a shared registry: every live breaker of the table (attached in this process), then this
+    /// process's local ones (made while the table was full).
     pub(crate) fn cores(&self, py: Python<'_>) -> Vec<CoreRef> {
-        self.breakers
+        let cached: Vec<CoreRef> = self
+            .breakers
             .iter()
             .map(|entry| entry.value().clone_ref(py))
-            .collect()
+            .collect();
+        let Some(shared) = &self.shared else {
+            return cached;
+        };
+        let mut cores = Vec::new();
+        for (index, claim) in shared.table.live() {
+            let attached = cached.iter().find(|core| {
+                core.storage
+                    .shared()
+                    .is_some_and(|s| s.index() == index && s.claim() == claim)
+            });
+            if let Some(core) = attached {
+                cores.push(core.clone_ref(py));
+                continue;
+            }
+            let Ok(config) = self.defaults.with(py, &Patch::default()) else {
+                continue;
+            };
+            let core = match shared::slot_key(&shared.table, index) {
+                Some(key) => self.adopt(py, &key, index, claim, config),
+                // A long name made by another process: only its prefix is known here, so the
+                // breaker is listed under it without entering the map.
+                None => shared::slot_display_name(py, &shared.table, index).and_then(|name| {
+                    let name = pyrefs::name_key(&name)?;
+                    let words = SharedWords::new(shared.table.clone(), index, claim);
+                    CoreRef::new(
+                        py,
+                        BreakerCore::shared(
+                            Arc::from(&*name),
+                            Arc::new(config),
+                            self.hub.clone_ref(py),
+                            words,
+                        ),
+                    )
+                }),
+            };
+            if let Ok(core) = core {
+                cores.push(core);
+            }
+        }
+        cores.extend(
+            cached
+                .into_iter()
+                .filter(|core| core.storage.shared().is_none()),
+        );
+        cores
     }
 }

@@ -163,6 +163,14 @@ impl Word {
     }
 }
 
+/// Whether generation `a` comes after generation `b` (by less than half the generation space, so
+/// that the wrap-around of the 25-bit counter is handled): what a process that last saw `b` and
+/// now sees `a` uses to tell a newer word from an older one read late.
+pub fn is_newer_generation(a: u32, b: u32) -> bool {
+    let difference = a.wrapping_sub(b) & GENERATION_MASK as u32;
+    difference != 0 && difference < 1 << (GENERATION_BITS - 1)
+}
+
 fn half_open_payload(in_flight: u64, successes: u64) -> u64 {
     (in_flight & COUNTER_MASK) | ((successes & COUNTER_MASK) << COUNTER_BITS)
 }
@@ -341,8 +349,11 @@ pub enum Admission {
 }
 
 /// The words a breaker's state lives in. Owned by whoever embeds the breaker (a heap struct in the
-/// Python extension; shared memory later); the machine only borrows them.
+/// Python extension, or a slot of a shared-memory table: `crates/shm`); the machine only borrows
+/// them. `repr(C)` and all-zero = a new closed breaker, so that a mapped slot can hold one: the
+/// word at offset 0, the probe stamp at offset 8 (docs/shared-memory.md).
 #[derive(Debug)]
+#[repr(C)]
 pub struct Slots {
     word: AtomicU64,
     /// When the newest half-open permit was handed out: `generation << 36 | ms`. It only decides
@@ -888,6 +899,23 @@ mod tests {
             half_open_max_calls: probes,
             ..Limits::default()
         }
+    }
+
+    #[test]
+    fn newer_generation_handles_the_wrap() {
+        assert!(is_newer_generation(1, 0));
+        assert!(!is_newer_generation(0, 1));
+        assert!(!is_newer_generation(5, 5));
+        assert!(is_newer_generation(0, GENERATION_MASK as u32));
+        assert!(is_newer_generation(3, GENERATION_MASK as u32 - 2));
+    }
+
+    #[test]
+    fn slots_are_two_words_and_zero_is_a_new_closed_breaker() {
+        assert_eq!(std::mem::size_of::<Slots>(), 16);
+        assert_eq!(Word::INITIAL.bits(), 0);
+        assert_eq!(std::mem::offset_of!(Slots, word), 0);
+        assert_eq!(std::mem::offset_of!(Slots, probe_stamp), 8);
     }
 
     #[test]

@@ -1,0 +1,224 @@
+//! Where a breaker's words live: on this process's heap (a local breaker), or in a slot of a
+//! shared-memory table (a shared breaker, issue 12; docs/shared-memory.md).
+//!
+//! The engine runs unchanged over either: `slots()` hands it the `Slots` (state word and probe
+//! stamp) of the heap or of the mapped slot. A shared breaker keeps its table (and so the mapping)
+//! alive through an `Arc` for as long as any handle on it lives.
+//!
+//! A shared breaker checks, at each access, that its slot still holds the incarnation it was
+//! attached to (one load of the slot's claim word, in the same cache line as the state word). Once
+//! the name is deleted (by any process), the breaker carries on with words of its own in this
+//! process, like a local handle on a deleted breaker.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::engine::{Limits, Mode, Slots, Word};
+use crate::metrics::{Counter, Counters, Totals};
+use crate::shm::heard::Heard;
+use crate::shm::layout::{Count, Slot};
+use crate::shm::Table;
+
+/// A breaker's words on the heap.
+pub struct LocalWords {
+    pub slots: Slots,
+    pub counters: Counters,
+    pub times_opened: AtomicU64,
+}
+
+impl LocalWords {
+    pub fn new() -> LocalWords {
+        LocalWords {
+            slots: Slots::new(),
+            counters: Counters::new(),
+            times_opened: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A breaker's slot in a shared table.
+pub struct SharedWords {
+    pub table: Arc<Table>,
+    index: usize,
+    /// The slot's claim word when this breaker attached to it (live, with its incarnation).
+    claim: u64,
+    /// What this process's listeners last heard.
+    heard: Heard,
+    /// This process's own words once the slot is deleted.
+    orphan: OnceLock<LocalWords>,
+}
+
+impl SharedWords {
+    /// Attaches to slot `index` (live with `claim`); this process has heard nothing before the
+    /// state it finds.
+    pub fn new(table: Arc<Table>, index: usize, claim: u64) -> SharedWords {
+        let heard = Heard::new(
+            table
+                .slot(index)
+                .map_or(Word::INITIAL, |slot| slot.machine.machine_word()),
+        );
+        SharedWords {
+            table,
+            index,
+            claim,
+            heard,
+            orphan: OnceLock::new(),
+        }
+    }
+
+    /// The slot, while it still holds this breaker's incarnation.
+    #[inline]
+    pub fn live(&self) -> Option<&Slot> {
+        let slot = self.table.slot(self.index)?;
+        (slot.claim.load(Ordering::Acquire) == self.claim).then_some(slot)
+    }
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub fn claim(&self) -> u64 {
+        self.claim
+    }
+
+    fn orphan(&self) -> &LocalWords {
+        self.orphan.get_or_init(LocalWords::new)
+    }
+
+    /// Whether the word's generation differs from the last one this process reported.
+    #[inline]
+    pub fn unseen(&self, generation: u32) -> bool {
+        self.heard.is_news(generation)
+    }
+
+    /// Marks `word` as heard; returns the change to report (see `Heard::hear`).
+    pub fn hear(&self, word: Word) -> Option<(Mode, Mode)> {
+        self.heard.hear(word)
+    }
+}
+
+pub enum Storage {
+    Local(LocalWords),
+    Shared(SharedWords),
+}
+
+fn count_of(counter: Counter) -> Count {
+    match counter {
+        Counter::Successes => Count::Successes,
+        Counter::Failures => Count::Failures,
+        Counter::Ignored => Count::Ignored,
+        Counter::Rejected => Count::Rejected,
+    }
+}
+
+impl Storage {
+    /// The state words the engine runs over.
+    #[inline]
+    pub fn slots(&self) -> &Slots {
+        match self {
+            Storage::Local(words) => &words.slots,
+            Storage::Shared(shared) => match shared.live() {
+                Some(slot) => &slot.machine,
+                None => &shared.orphan().slots,
+            },
+        }
+    }
+
+    /// The numeric options: the table's for a live shared breaker, else the configuration's.
+    #[inline]
+    pub fn limits<'a>(&self, configured: &'a Limits) -> Cow<'a, Limits> {
+        match self {
+            Storage::Shared(shared) => match shared.live() {
+                // The table's numeric options; the rate rules and the open-time growth are this
+                // process's (docs/shared-memory.md).
+                Some(slot) => Cow::Owned(Limits {
+                    rate: configured.rate,
+                    open_time: configured.open_time,
+                    ..slot.limits()
+                }),
+                None => Cow::Borrowed(configured),
+            },
+            Storage::Local(_) => Cow::Borrowed(configured),
+        }
+    }
+
+    #[inline]
+    pub fn count(&self, counter: Counter) {
+        match self {
+            Storage::Local(words) => words.counters.add(counter),
+            Storage::Shared(shared) => match shared.live() {
+                Some(slot) => slot.add(shared.table.lane(), count_of(counter)),
+                None => shared.orphan().counters.add(counter),
+            },
+        }
+    }
+
+    pub fn count_opening(&self) {
+        let times_opened = match self {
+            Storage::Local(words) => &words.times_opened,
+            Storage::Shared(shared) => match shared.live() {
+                Some(slot) => &slot.times_opened,
+                None => &shared.orphan().times_opened,
+            },
+        };
+        times_opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn times_opened(&self) -> u64 {
+        match self {
+            Storage::Local(words) => words.times_opened.load(Ordering::Relaxed),
+            Storage::Shared(shared) => match shared.live() {
+                Some(slot) => slot.times_opened.load(Ordering::Relaxed),
+                None => shared.orphan().times_opened.load(Ordering::Relaxed),
+            },
+        }
+    }
+
+    pub fn totals(&self) -> Totals {
+        match self {
+            Storage::Local(words) => words.counters.totals(),
+            Storage::Shared(shared) => match shared.live() {
+                Some(slot) => slot_totals(slot),
+                None => shared.orphan().counters.totals(),
+            },
+        }
+    }
+
+    /// The shared words, if this breaker is (or was) in a table.
+    #[inline]
+    pub fn shared(&self) -> Option<&SharedWords> {
+        match self {
+            Storage::Shared(shared) => Some(shared),
+            Storage::Local(_) => None,
+        }
+    }
+
+    /// Whether the breaker lives in a table now (not local, not deleted since).
+    pub fn is_shared(&self) -> bool {
+        self.shared().is_some_and(|s| s.live().is_some())
+    }
+
+    /// Whether this breaker is still the one its name designates: always for a local one, while
+    /// its slot holds its incarnation for a shared one.
+    #[inline]
+    pub fn is_current(&self) -> bool {
+        match self {
+            Storage::Local(_) => true,
+            Storage::Shared(shared) => shared.live().is_some(),
+        }
+    }
+}
+
+pub fn slot_totals(slot: &Slot) -> Totals {
+    let successes = slot.total(Count::Successes);
+    let failures = slot.total(Count::Failures);
+    let ignored = slot.total(Count::Ignored);
+    Totals {
+        calls: successes.wrapping_add(failures).wrapping_add(ignored),
+        successes,
+        failures,
+        ignored,
+        rejected: slot.total(Count::Rejected),
+    }
+}
