@@ -291,7 +291,19 @@ def test_shared_must_be_a_str(table):
 
 def test_breaker_shared_tells_where_the_breaker_lives(table):
     assert Registry().breaker("local").shared is False
-    assert Registry(shared=table).breaker("dep").shared is True
+    registry = Registry(shared=table)
+    assert registry.breaker("dep").shared is True
+    assert registry.shared == table and Registry().shared is None
+
+
+def test_the_module_level_api_stays_on_the_process_default_registry(table, name):
+    """The module-level functions use the default registry, which is per process (the README says
+    to make a shared ``Registry``); opening a shared one changes nothing there."""
+    Registry(shared=table).force_open(name)
+    assert panelboard.default_registry().shared is None
+    assert panelboard.breaker(name).shared is False
+    assert panelboard.state(name) is State.CLOSED
+    assert panelboard.call(name, lambda: 1) == 1
 
 
 def test_a_full_table_falls_back_to_process_local_breakers_with_one_warning(table, caplog):
