@@ -148,16 +148,21 @@ pub fn unlink_shared(py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<bool> 
     py.detach(|| crate::shm::unlink(&name)).map_err(open_error)
 }
 
-/// The display text of a slot's name: the name itself, or for a name longer than 128 bytes its
-/// first 96 bytes and an ellipsis.
-fn display_name<'py>(py: Python<'py>, name: ReadName) -> PyResult<Bound<'py, PyAny>> {
-    match name {
-        ReadName::Whole(bytes) => pyrefs::name_str(py, &bytes)
-            .or_else(|_| Ok(PyString::new(py, &String::from_utf8_lossy(&bytes)).into_any())),
+/// The display text of slot `index`'s name: the name itself (read from the slot or the name
+/// heap), or, for a long name the heap had no room for, its first 88 bytes and an ellipsis.
+fn display_name<'py>(py: Python<'py>, table: &Table, index: usize) -> PyResult<Bound<'py, PyAny>> {
+    if let Some(bytes) = table.name_of(index) {
+        return pyrefs::name_str(py, &bytes)
+            .or_else(|_| Ok(PyString::new(py, &String::from_utf8_lossy(&bytes)).into_any()));
+    }
+    let slot_name = table
+        .slot(index)
+        .map_or(ReadName::Corrupt, |slot| slot.read_name());
+    match slot_name {
         ReadName::Prefix { prefix, .. } => {
             Ok(PyString::new(py, &format!("{}…", String::from_utf8_lossy(&prefix))).into_any())
         }
-        ReadName::Corrupt => Ok(PyString::new(py, "<corrupt name>").into_any()),
+        _ => Ok(PyString::new(py, "<corrupt name>").into_any()),
     }
 }
 
@@ -185,7 +190,7 @@ pub fn shared_table_rows<'py>(
             continue;
         }
         let row = PyDict::new(py);
-        row.set_item("name", display_name(py, slot.read_name())?)?;
+        row.set_item("name", display_name(py, &table, index)?)?;
         row.set_item("state", pyrefs::state_value(word.mode()))?;
         row.set_item(
             "consecutive_failures",
@@ -217,16 +222,10 @@ pub fn slot_display_name<'py>(
     table: &Table,
     index: usize,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let name = table
-        .slot(index)
-        .map_or(ReadName::Corrupt, |slot| slot.read_name());
-    display_name(py, name)
+    display_name(py, table, index)
 }
 
-/// The name bytes stored whole in a slot, if they are (names of at most 128 bytes).
+/// The whole name bytes of a slot, if they are known (see `Table::name_of`).
 pub fn slot_key(table: &Table, index: usize) -> Option<Vec<u8>> {
-    match table.slot(index)?.read_name() {
-        ReadName::Whole(bytes) => Some(bytes),
-        _ => None,
-    }
+    table.name_of(index)
 }

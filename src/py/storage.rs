@@ -13,10 +13,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use crate::engine::{is_newer_generation, Limits, Mode, Slots, Word};
+use crate::engine::{Limits, Mode, Slots, Word};
 use crate::metrics::{Counter, Counters, Totals};
+use crate::shm::heard::Heard;
 use crate::shm::layout::{Count, Slot};
-use crate::shm::{lane, Table};
+use crate::shm::Table;
 
 /// A breaker's words on the heap.
 pub struct LocalWords {
@@ -41,48 +42,26 @@ pub struct SharedWords {
     index: usize,
     /// The slot's claim word when this breaker attached to it (live, with its incarnation).
     claim: u64,
-    /// What this process's listeners last heard: `generation << 8 | mode`.
-    seen: AtomicU64,
+    /// What this process's listeners last heard.
+    heard: Heard,
     /// This process's own words once the slot is deleted.
     orphan: OnceLock<LocalWords>,
-}
-
-fn mode_code(mode: Mode) -> u64 {
-    match mode {
-        Mode::Closed => 0,
-        Mode::Open => 1,
-        Mode::HalfOpen => 2,
-        Mode::ForcedOpen => 3,
-        Mode::Disabled => 4,
-    }
-}
-
-fn mode_of(code: u64) -> Mode {
-    match code {
-        0 => Mode::Closed,
-        1 => Mode::Open,
-        2 => Mode::HalfOpen,
-        3 => Mode::ForcedOpen,
-        _ => Mode::Disabled,
-    }
-}
-
-fn pack_seen(word: Word) -> u64 {
-    u64::from(word.generation()) << 8 | mode_code(word.mode())
 }
 
 impl SharedWords {
     /// Attaches to slot `index` (live with `claim`); this process has heard nothing before the
     /// state it finds.
     pub fn new(table: Arc<Table>, index: usize, claim: u64) -> SharedWords {
-        let seen = table
-            .slot(index)
-            .map_or(0, |slot| pack_seen(slot.machine.machine_word()));
+        let heard = Heard::new(
+            table
+                .slot(index)
+                .map_or(Word::INITIAL, |slot| slot.machine.machine_word()),
+        );
         SharedWords {
             table,
             index,
             claim,
-            seen: AtomicU64::new(seen),
+            heard,
             orphan: OnceLock::new(),
         }
     }
@@ -109,30 +88,12 @@ impl SharedWords {
     /// Whether the word's generation differs from the last one this process reported.
     #[inline]
     pub fn unseen(&self, generation: u32) -> bool {
-        (self.seen.load(Ordering::Acquire) >> 8) as u32 != generation
+        self.heard.is_news(generation)
     }
 
-    /// Marks `word` as heard; returns the change to report (from the mode last heard), at most
-    /// once per generation, and never for a word older than the one last heard.
+    /// Marks `word` as heard; returns the change to report (see `Heard::hear`).
     pub fn hear(&self, word: Word) -> Option<(Mode, Mode)> {
-        let next = pack_seen(word);
-        let mut seen = self.seen.load(Ordering::Acquire);
-        loop {
-            let generation = (seen >> 8) as u32;
-            if !is_newer_generation(word.generation(), generation) {
-                return None;
-            }
-            match self
-                .seen
-                .compare_exchange(seen, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    let from = mode_of(seen & 0xff);
-                    return (from != word.mode()).then_some((from, word.mode()));
-                }
-                Err(actual) => seen = actual,
-            }
-        }
+        self.heard.hear(word)
     }
 }
 
@@ -180,7 +141,7 @@ impl Storage {
         match self {
             Storage::Local(words) => words.counters.add(counter),
             Storage::Shared(shared) => match shared.live() {
-                Some(slot) => slot.add(lane(), count_of(counter)),
+                Some(slot) => slot.add(shared.table.lane(), count_of(counter)),
                 None => shared.orphan().counters.add(counter),
             },
         }

@@ -76,28 +76,30 @@ impl Host for SystemHost {
     }
 }
 
-const UNSET: usize = usize::MAX;
-/// This process's first counter stripe: its pid, so that sibling workers (consecutive pids) count
-/// in different stripes. Reset in a fork child, which chooses again from its own pid.
-static PROCESS_LANE: AtomicUsize = AtomicUsize::new(UNSET);
+/// Counts the forks this process descends from (bumped in every fork child), so that a table
+/// re-chooses its counter lane in a child: a child must not count in its parent's stripe.
+static FORK_GENERATION: AtomicUsize = AtomicUsize::new(0);
 static AT_FORK: Once = Once::new();
 
-extern "C" fn forget_lane_in_child() {
-    PROCESS_LANE.store(UNSET, Ordering::Relaxed);
+extern "C" fn count_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
 }
 
-#[cold]
-fn choose_lane() -> usize {
+/// The number of forks between the first process and this one (0 in a process never forked).
+#[inline]
+pub fn fork_generation() -> usize {
+    FORK_GENERATION.load(Ordering::Relaxed)
+}
+
+/// Registers the fork handler (once per process; a child inherits it).
+pub fn watch_forks() {
     AT_FORK.call_once(|| {
-        // SAFETY: the handler is a plain `extern "C"` function that only stores to an atomic
+        // SAFETY: the handler is a plain `extern "C"` function that only does an atomic add
         // (async-signal-safe, as a fork child handler must be); registering it has no other effect.
         unsafe {
-            libc::pthread_atfork(None, None, Some(forget_lane_in_child));
+            libc::pthread_atfork(None, None, Some(count_fork_in_child));
         }
     });
-    let lane = std::process::id() as usize;
-    PROCESS_LANE.store(lane, Ordering::Relaxed);
-    lane
 }
 
 thread_local! {
@@ -107,14 +109,10 @@ thread_local! {
     };
 }
 
-/// The counter stripe this thread of this process counts in (modulo the number of stripes).
+/// A small number per thread of this process, handed out in order.
 #[inline]
-pub fn lane() -> usize {
-    let process = match PROCESS_LANE.load(Ordering::Relaxed) {
-        UNSET => choose_lane(),
-        lane => lane,
-    };
-    process.wrapping_add(THREAD_NUMBER.with(|n| *n))
+pub fn thread_number() -> usize {
+    THREAD_NUMBER.with(|n| *n)
 }
 
 #[cfg(test)]
@@ -132,10 +130,10 @@ mod tests {
     }
 
     #[test]
-    fn threads_get_different_lanes() {
-        let here = lane();
-        let there = std::thread::spawn(lane).join().unwrap();
+    fn threads_get_different_numbers() {
+        let here = thread_number();
+        let there = std::thread::spawn(thread_number).join().unwrap();
         assert_ne!(here, there);
-        assert_eq!(here, lane());
+        assert_eq!(here, thread_number());
     }
 }

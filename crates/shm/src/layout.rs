@@ -20,16 +20,28 @@ pub const MAX_CAPACITY: u64 = 1 << 20;
 pub const NAME_INLINE: usize = 128;
 const NAME_WORDS: usize = NAME_INLINE / 8;
 const DIGEST_BYTES: usize = 32;
+const DIGEST_WORDS: usize = DIGEST_BYTES / 8;
+/// Word of a long name's area holding its offset in the name heap (`NO_HEAP` when not stored).
+const HEAP_OFFSET_WORD: usize = DIGEST_WORDS;
+/// A long name's area: digest, heap offset, then the name's first bytes (for display).
+const PREFIX_AT: usize = DIGEST_BYTES + 8;
+pub const PREFIX_BYTES: usize = NAME_INLINE - PREFIX_AT;
+pub const NO_HEAP: u64 = u64::MAX;
+/// Bytes of long-name heap per slot, after the slots (names longer than 128 bytes are kept there
+/// whole, so that every process can list them).
+pub const NAME_HEAP_PER_SLOT: u64 = 256;
 /// Counter stripes per slot (each a cache line): processes and threads count in different ones.
 pub const STRIPES: usize = 8;
 
 /// What the layout hash covers: change it (and the version) with any offset.
 pub const LAYOUT_DESCRIPTION: &str = "panelboard shm v1: header 4096 [magic@0 version@8 \
 header_size@16 slot_size@24 capacity@32 layout_hash@40 index_hash@48 creator_pid@56 \
-created_at_ms@64 boot_id_len@72 boot_id@80..128 timens_len@128 timens@136..384]; slot 1024 \
-[claim@0 state@8 probe_stamp@16 failure_threshold@24 reset_timeout_ms@32 half_open_max_calls@40 \
-success_threshold@48 probe_timeout_ms@56 incarnation@64 times_opened@72 name_meta@80 \
-name@128..256 window@256..512 stripes@512..1024 x8 (successes failures ignored rejected)]";
+created_at_ms@64 boot_id_len@72 boot_id@80..128 timens_len@128 timens@136..384 \
+name_heap_used@384 next_lane@392]; slot 1024 [claim@0 state@8 probe_stamp@16 failure_threshold@24 \
+reset_timeout_ms@32 half_open_max_calls@40 success_threshold@48 probe_timeout_ms@56 \
+incarnation@64 times_opened@72 name_meta@80 name@128..256 (long: sha256@0 heap_offset@32 \
+prefix@40) window@256..512 stripes@512..1024 x8 (successes failures ignored rejected)]; \
+name heap capacity*256 after the slots";
 
 // Header word offsets (bytes).
 pub const OFF_MAGIC: usize = 0;
@@ -47,6 +59,10 @@ pub const BOOT_ID_ROOM: usize = 48;
 pub const OFF_TIMENS_LEN: usize = 128;
 pub const OFF_TIMENS: usize = 136;
 pub const TIMENS_ROOM: usize = 248;
+/// Bytes of the name heap handed out so far (a bump pointer; may exceed the heap when full).
+pub const OFF_NAME_HEAP_USED: usize = 384;
+/// The next counter lane to hand out to a process attaching (or forked).
+pub const OFF_NEXT_LANE: usize = 392;
 
 /// FNV-1a, 64 bits: stable across builds and processes (the index of a name must be the same in
 /// every process), and cheap.
@@ -119,7 +135,7 @@ impl fmt::Display for LayoutError {
             ),
             LayoutError::BadMagic(m) => write!(
                 f,
-                "wrong magic {m:#018x}: not a panelboard shared table (expected {MAGIC:#018x})"
+                "wrong magic {m:#018x}: not a panelboard table (expected {MAGIC:#018x})"
             ),
             LayoutError::Version(v) => write!(
                 f,
@@ -287,7 +303,7 @@ impl Header {
 
     /// The segment's size as the header describes it.
     pub fn segment_size(&self) -> u64 {
-        HEADER_SIZE as u64 + self.capacity * SLOT_SIZE as u64
+        segment_size(self.capacity)
     }
 
     /// Refuses a table whose clock is not this process's (another boot, another time namespace),
@@ -310,9 +326,18 @@ impl Header {
     }
 }
 
-/// Bytes needed for a table of `capacity` slots.
+/// Bytes needed for a table of `capacity` slots: header, slots, long-name heap.
 pub fn segment_size(capacity: u64) -> u64 {
+    name_heap_at(capacity) + name_heap_size(capacity)
+}
+
+/// Where the long-name heap starts.
+pub fn name_heap_at(capacity: u64) -> u64 {
     HEADER_SIZE as u64 + capacity * SLOT_SIZE as u64
+}
+
+pub fn name_heap_size(capacity: u64) -> u64 {
+    capacity * NAME_HEAP_PER_SLOT
 }
 
 // ---- the claim word -------------------------------------------------------------------------
@@ -453,10 +478,9 @@ impl StoredName {
             area[..key.len()].copy_from_slice(key);
             key.len() as u64
         } else {
-            let digest = Sha256::digest(key);
-            area[..DIGEST_BYTES].copy_from_slice(&digest);
-            let prefix = NAME_INLINE - DIGEST_BYTES;
-            area[DIGEST_BYTES..].copy_from_slice(&key[..prefix]);
+            area[..DIGEST_BYTES].copy_from_slice(&Sha256::digest(key));
+            area[DIGEST_BYTES..PREFIX_AT].copy_from_slice(&NO_HEAP.to_le_bytes());
+            area[PREFIX_AT..].copy_from_slice(&key[..PREFIX_BYTES]);
             HASHED | (key.len() as u64).min(LEN_MASK)
         };
         let mut words = [0u64; NAME_WORDS];
@@ -466,6 +490,21 @@ impl StoredName {
             *word = u64::from_le_bytes(b);
         }
         StoredName { meta, words }
+    }
+
+    /// Whether the name is stored as a digest (longer than 128 bytes).
+    pub fn is_long(&self) -> bool {
+        self.meta & HASHED != 0
+    }
+
+    /// The words that identify the name: its bytes, or its digest (the heap offset and prefix of
+    /// a long name are not compared).
+    fn identity_words(&self) -> usize {
+        if self.is_long() {
+            DIGEST_WORDS
+        } else {
+            self.used_words()
+        }
     }
 
     /// Words of the area in use (the rest is zero).
@@ -488,6 +527,9 @@ pub enum ReadName {
     Prefix {
         prefix: Vec<u8>,
         len: u64,
+        /// Where the whole name is in the heap (`NO_HEAP`: it is not), and its digest to check it.
+        heap_offset: u64,
+        digest: [u8; DIGEST_BYTES],
     },
     /// The metadata is out of range (a corrupt slot).
     Corrupt,
@@ -509,7 +551,7 @@ impl Slot {
         if self.name_meta.load(Ordering::Relaxed) != name.meta {
             return false;
         }
-        (0..name.used_words()).all(|i| self.name[i].load(Ordering::Relaxed) == name.words[i])
+        (0..name.identity_words()).all(|i| self.name[i].load(Ordering::Relaxed) == name.words[i])
     }
 
     pub fn read_name(&self) -> ReadName {
@@ -523,9 +565,13 @@ impl Slot {
             if meta & !(HASHED | LEN_MASK) != 0 || len <= NAME_INLINE as u64 {
                 return ReadName::Corrupt;
             }
+            let mut digest = [0u8; DIGEST_BYTES];
+            digest.copy_from_slice(&area[..DIGEST_BYTES]);
             ReadName::Prefix {
-                prefix: area[DIGEST_BYTES..].to_vec(),
+                prefix: area[PREFIX_AT..].to_vec(),
                 len,
+                heap_offset: self.name[HEAP_OFFSET_WORD].load(Ordering::Relaxed),
+                digest,
             }
         } else if len > NAME_INLINE as u64 || meta & !LEN_MASK != 0 {
             ReadName::Corrupt
@@ -533,6 +579,18 @@ impl Slot {
             area.truncate(len as usize);
             ReadName::Whole(area)
         }
+    }
+
+    /// Records where a long name's bytes are in the heap (while the slot is claimed).
+    pub fn set_heap_offset(&self, offset: u64) {
+        self.name[HEAP_OFFSET_WORD].store(offset, Ordering::Relaxed);
+    }
+
+    /// The heap offset of a long name stored there, `None` otherwise.
+    pub fn heap_offset(&self) -> Option<u64> {
+        let meta = self.name_meta.load(Ordering::Relaxed);
+        let offset = self.name[HEAP_OFFSET_WORD].load(Ordering::Relaxed);
+        (meta & HASHED != 0 && offset != NO_HEAP).then_some(offset)
     }
 
     /// Counts one event in stripe `lane` (taken modulo the number of stripes).
@@ -768,9 +826,16 @@ mod tests {
         assert!(!slot.holds(&StoredName::of(&other)));
         assert!(!slot.holds(&short));
         match slot.read_name() {
-            ReadName::Prefix { prefix, len } => {
+            ReadName::Prefix {
+                prefix,
+                len,
+                heap_offset,
+                digest,
+            } => {
                 assert_eq!(len, 1000);
-                assert_eq!(prefix, long[..96].to_vec());
+                assert_eq!(prefix, long[..PREFIX_BYTES].to_vec());
+                assert_eq!(heap_offset, NO_HEAP);
+                assert_eq!(digest[..], Sha256::digest(&long)[..]);
             }
             other => panic!("{other:?}"),
         }
@@ -840,7 +905,7 @@ mod tests {
             }
             match slot.read_name() {
                 ReadName::Whole(b) => assert!(b.len() <= NAME_INLINE),
-                ReadName::Prefix { prefix, .. } => assert_eq!(prefix.len(), 96),
+                ReadName::Prefix { prefix, .. } => assert_eq!(prefix.len(), PREFIX_BYTES),
                 ReadName::Corrupt => {}
             }
             let _ = Claim::decode(slot.claim.load(Ordering::Relaxed));

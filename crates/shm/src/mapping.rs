@@ -179,7 +179,7 @@ impl Mapping {
 
     /// The 8-byte word at `offset` (bounds- and alignment-checked: `None` outside the mapping).
     pub fn word(&self, offset: usize) -> Option<&AtomicU64> {
-        if offset % 8 != 0 || offset.checked_add(8)? > self.len {
+        if !offset.is_multiple_of(8) || offset.checked_add(8)? > self.len {
             return None;
         }
         // SAFETY: the word lies inside the mapping (checked above), is 8-byte aligned (the base is

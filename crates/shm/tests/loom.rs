@@ -81,7 +81,11 @@ fn holders(slots: &[Slot], key: &str) -> usize {
         .filter(|slot| {
             matches!(
                 Claim::decode(slot.claim.load(SeqCst)),
-                Claim::Live { .. } | Claim::Deleted { name_valid: true, .. }
+                Claim::Live { .. }
+                    | Claim::Deleted {
+                        name_valid: true,
+                        ..
+                    }
             ) && slot.holds(&name)
         })
         .count()
@@ -101,7 +105,13 @@ fn one_name_created_by_two_processes_is_one_slot() {
         assert_eq!((mine.0, mine.1), (theirs.0, theirs.1));
         assert!(mine.2 ^ theirs.2, "exactly one creation");
         assert_eq!(holders(&slots, "a"), 1);
-        assert_eq!(find(&slots, "a"), Lookup::Found { index: mine.0, claim: mine.1 });
+        assert_eq!(
+            find(&slots, "a"),
+            Lookup::Found {
+                index: mine.0,
+                claim: mine.1
+            }
+        );
     });
 }
 
@@ -129,12 +139,13 @@ fn delete_racing_create_never_duplicates() {
         let slots = table(2);
         let (index, first_claim, _) = create(&slots, "a", &ALIVE(1)).unwrap();
         let other = slots.clone();
-        let t = thread::spawn(move || {
-            table::delete(&other, 0, &StoredName::of(b"a"), &ALIVE(2))
-        });
+        let t = thread::spawn(move || table::delete(&other, 0, &StoredName::of(b"a"), &ALIVE(2)));
         let again = create(&slots, "a", &ALIVE(1)).unwrap();
         let deleted = t.join().unwrap();
-        assert!(deleted, "the name was live when the deletion began or was re-created");
+        assert!(
+            deleted,
+            "the name was live when the deletion began or was re-created"
+        );
         assert_eq!(again.0, index, "a name only ever lives in one slot");
         assert_eq!(holders(&slots, "a"), 1);
         match find(&slots, "a") {
@@ -174,12 +185,16 @@ fn a_creator_presumed_dead_starts_again() {
         assert_eq!(find(&slots, "a"), Lookup::Found { index, claim });
         assert_eq!(holders(&slots, "a"), 1);
         for (i, slot) in slots.iter().enumerate().take(index) {
-            assert_eq!(
-                Claim::decode(slot.claim.load(SeqCst)),
-                Claim::Deleted {
-                    name_valid: false,
-                    incarnation: 0
-                },
+            // (Its incarnation word is whatever the creator, still running, wrote last: a dead
+            // slot's contents are never read.)
+            assert!(
+                matches!(
+                    Claim::decode(slot.claim.load(SeqCst)),
+                    Claim::Deleted {
+                        name_valid: false,
+                        ..
+                    }
+                ),
                 "slot {i} before the name's was recovered"
             );
         }
@@ -222,5 +237,47 @@ fn a_dead_creators_slot_is_recovered_once() {
                 ..
             }
         ));
+    });
+}
+
+/// Two threads of one process observe a breaker that a third (another process) moves through two
+/// transitions: each generation they report is reported once, never an older one after a newer,
+/// and once both have looked at the final word it is the one heard.
+#[test]
+fn each_generation_is_heard_once() {
+    use panelboard_engine::{Mode, Slots};
+    use panelboard_shm::heard::Heard;
+    model(Some(3), || {
+        let slots = Arc::new(Slots::new());
+        let heard = Arc::new(Heard::new(slots.machine_word()));
+        let mover = {
+            let slots = slots.clone();
+            thread::spawn(move || {
+                let limits = Limits::default();
+                slots.machine(&limits).set_mode(Mode::ForcedOpen);
+                slots.machine(&limits).set_mode(Mode::Disabled);
+            })
+        };
+        let observer = {
+            let (slots, heard) = (slots.clone(), heard.clone());
+            thread::spawn(move || {
+                let word = slots.machine_word();
+                heard.hear(word).map(|change| (word.generation(), change))
+            })
+        };
+        let word = slots.machine_word();
+        let mine = heard.hear(word).map(|change| (word.generation(), change));
+        let theirs = observer.join().unwrap();
+        mover.join().unwrap();
+        if let (Some(a), Some(b)) = (mine, theirs) {
+            assert_ne!(a.0, b.0, "one generation reported twice");
+            // Reported in order: the later report starts from the mode the earlier one ended in.
+            let (first, second) = if a.1 .1 == b.1 .0 { (a, b) } else { (b, a) };
+            assert_eq!(first.1 .1, second.1 .0);
+        }
+        let last = slots.machine_word();
+        let _ = heard.hear(last);
+        assert!(!heard.is_news(last.generation()));
+        assert!(heard.hear(last).is_none());
     });
 }
