@@ -126,8 +126,8 @@ def memory(capacity: int) -> dict[str, float]:
         return {
             "capacity (slots)": capacity,
             "names that fit": names,
-            "segment bytes (4,096-byte header + slots)": size,
-            "bytes per slot": (size - 4096) / capacity,
+            "segment bytes (4,096-byte header, slots, long-name heap)": size,
+            "bytes per slot (its share of the heap included)": (size - 4096) / capacity,
             "bytes allocated in /dev/shm (st_blocks)": os.stat(path).st_blocks * 512,
         }
     finally:
