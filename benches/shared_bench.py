@@ -215,6 +215,13 @@ def report(
         f"Target shared / local <= 1.2x: worst {worst:.2f}x, **{'met' if worst <= 1.2 else 'NOT met'}**.",
         "",
     ]
+    if counted is not None:
+        lines += [
+            "Instructions per `b.call(f)` (callgrind: exact on a busy machine, the loop included): "
+            f"local {counted['local']:,.0f}, shared {counted['shared']:,.0f}, "
+            f"**{counted['shared'] / counted['local']:.3f}x**.",
+            "",
+        ]
     med = {k: statistics.median(v) for k, v in scale.items()}
     best = {k: max(v) for k, v in scale.items()}
     shared_ratio = med["shared 2"] / med["shared 1"]
