@@ -34,7 +34,7 @@ MAX_CAPACITY = 1 << 20
 MAGIC_AT, VERSION_AT, HEADER_SIZE_AT, SLOT_SIZE_AT, CAPACITY_AT, LAYOUT_HASH_AT = 0, 8, 16, 24, 32, 40
 BOOT_ID_LEN_AT, BOOT_ID_AT, TIMENS_LEN_AT, TIMENS_AT = 72, 80, 128, 136
 # Slot words (docs/shared-memory.md, "Slots").
-PROBE_TIMEOUT_MS_AT = 56
+PROBE_TIMEOUT_MS_AT = 64
 
 
 def segment_size(capacity: int) -> int:

@@ -386,6 +386,9 @@ class Registry:
 
     def __len__(self) -> int: ...
     def __contains__(self, key: str, /) -> bool: ...
+    @property
+    def shared(self) -> str | None:
+        """The name of the shared table this registry's breakers live in, ``None`` for a local one."""
 
 # The process-wide default registry and its exported methods (`panelboard.call`, ...), made once.
 _default_registry: Registry
@@ -397,9 +400,6 @@ def _fleet_read(
 ) -> tuple[int, int, int, int, int, int, tuple[int, int, int, int, int, int]]: ...
 def _fleet_install(breaker: Breaker, expected: int, target: int, arg: int, /) -> tuple[bool, int, int]: ...
 def _fleet_gate(breaker: Breaker, generation: int, leases: int, /) -> None: ...
-    @property
-    def shared(self) -> str | None:
-        """The name of the shared table this registry's breakers live in, ``None`` for a local one."""
 
 def unlink_shared(name: str) -> bool:
     """Removes the shared table ``name`` (``True`` if it existed); processes that have it open keep
