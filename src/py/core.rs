@@ -166,6 +166,11 @@ impl BreakerCore {
         let window = OnceLock::new();
         if let Some(rate) = config.limits.rate {
             let _ = window.set(Box::new(Window::new(rate.bucket_us())));
+            if let Some(slot) = storage.shared().and_then(|s| s.live()) {
+                // The table's window, one for every process (a width this process does not use
+                // resets it: docs/shared-memory.md).
+                slot.window.set_bucket_us(rate.bucket_us());
+            }
         }
         BreakerCore {
             name,
@@ -205,6 +210,9 @@ impl BreakerCore {
             self.window
                 .get_or_init(|| Box::new(Window::new(rate.bucket_us())))
                 .set_bucket_us(rate.bucket_us());
+            if let Some(slot) = self.storage.shared().and_then(|s| s.live()) {
+                slot.window.set_bucket_us(rate.bucket_us());
+            }
         }
         drop(candidate);
         let mut error = None;
@@ -244,9 +252,22 @@ impl BreakerCore {
     #[inline]
     pub fn machine<'a>(&'a self, limits: &'a Limits) -> Machine<'a> {
         let machine = self.storage.slots().machine(limits);
-        match (limits.rate.is_some(), self.window.get()) {
+        match (limits.rate.is_some(), self.window()) {
             (true, Some(window)) => machine.with_window(window),
             _ => machine,
+        }
+    }
+
+    /// The window the rate rules count in: the table's for a shared breaker (one for every
+    /// process), else this breaker's own, made with the first configuration that has a rate rule.
+    #[inline]
+    fn window(&self) -> Option<&Window> {
+        match self.storage.shared() {
+            Some(shared) => match shared.live() {
+                Some(slot) => Some(&slot.window),
+                None => self.window.get().map(|w| &**w), // deleted: words of its own
+            },
+            None => self.window.get().map(|w| &**w),
         }
     }
 
@@ -619,7 +640,7 @@ pub fn guarded<'py>(
                     // Healthy and unchanged: a success has nothing to record but its count (and,
                     // with a rate rule, its place in the window).
                     core.storage.count(Counter::Successes);
-                    if let Some(window) = core.window.get() {
+                    if let Some(window) = core.window() {
                         core.count_fast_success(py, window, fast);
                     }
                     return result;

@@ -130,6 +130,7 @@ pub struct Counts {
 /// The window's words. Zeroed words are valid (tag 0, count 0, stale for almost everyone; a width
 /// of 0 reads as 1 µs).
 #[derive(Debug)]
+#[repr(C)] // a shared-memory slot holds one as is (crates/shm, docs/shared-memory.md)
 pub struct Window {
     /// Bucket width in microseconds.
     bucket_us: AtomicU64,

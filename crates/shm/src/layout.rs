@@ -6,7 +6,7 @@
 //! length checked against the room there is (`Slot::read_name`).
 
 use crate::sync::{AtomicU64, Ordering};
-use panelboard_engine::Slots;
+use panelboard_engine::{Slots, Window};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
@@ -438,8 +438,8 @@ pub struct Slot {
     pub name_meta: AtomicU64,
     _reserved: [u64; 4],
     pub name: [AtomicU64; NAME_WORDS],
-    /// Room for issue 11's rate window (pointer-free), zero until then.
-    _window: [u64; 32],
+    /// The rate rules' sliding window (issue 11; pointer-free, all-zero is an empty window).
+    pub window: Window,
     pub stripes: [Stripe; STRIPE_COUNT],
 }
 
@@ -673,7 +673,7 @@ impl Slot {
             name_meta: AtomicU64::new(0),
             _reserved: [0; 4],
             name: std::array::from_fn(|_| AtomicU64::new(0)),
-            _window: [0; 32],
+            window: Window::new(0),
             stripes: std::array::from_fn(|_| Stripe {
                 counts: std::array::from_fn(|_| AtomicU64::new(0)),
                 _spare: [0; 4],
@@ -691,16 +691,16 @@ mod tests {
     fn slot_offsets_are_the_documented_ones() {
         assert_eq!(offset_of!(Slot, claim), 0);
         assert_eq!(offset_of!(Slot, machine), 8);
-        assert_eq!(offset_of!(Slot, failure_threshold), 24);
-        assert_eq!(offset_of!(Slot, reset_timeout_ms), 32);
-        assert_eq!(offset_of!(Slot, half_open_max_calls), 40);
-        assert_eq!(offset_of!(Slot, success_threshold), 48);
-        assert_eq!(offset_of!(Slot, probe_timeout_ms), 56);
-        assert_eq!(offset_of!(Slot, incarnation), 64);
-        assert_eq!(offset_of!(Slot, times_opened), 72);
-        assert_eq!(offset_of!(Slot, name_meta), 80);
+        assert_eq!(offset_of!(Slot, failure_threshold), 32);
+        assert_eq!(offset_of!(Slot, reset_timeout_ms), 40);
+        assert_eq!(offset_of!(Slot, half_open_max_calls), 48);
+        assert_eq!(offset_of!(Slot, success_threshold), 56);
+        assert_eq!(offset_of!(Slot, probe_timeout_ms), 64);
+        assert_eq!(offset_of!(Slot, incarnation), 72);
+        assert_eq!(offset_of!(Slot, times_opened), 80);
+        assert_eq!(offset_of!(Slot, name_meta), 88);
         assert_eq!(offset_of!(Slot, name), 128);
-        assert_eq!(offset_of!(Slot, _window), 256);
+        assert_eq!(offset_of!(Slot, window), 256);
         assert_eq!(offset_of!(Slot, stripes), 512);
         assert_eq!(std::mem::size_of::<Stripe>(), 64);
         assert_eq!(std::mem::size_of::<Slot>(), SLOT_SIZE);
