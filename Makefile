@@ -95,12 +95,12 @@ bench: build $(VENV)/.bench-deps redis-server
 	$(PY) benches/bench.py
 	$(PY) benches/policy_bench.py
 	$(PY) benches/redis_bench.py
+	$(PY) benches/shared_bench.py
 
 # What a rate policy costs (issue 11): closed success vs consecutive-only on this interpreter, 3.13t
 # two-thread scaling on one rate-policy breaker, memory per breaker at 100,000 names -> benches/policy.md
 bench-policy: build
 	$(PY) benches/policy_bench.py
-	$(PY) benches/shared_bench.py
 
 # Instructions per call of every entry point under callgrind (benches/insns.py, issue 10):
 #   make bench-insns            3.11 and 3.13t, writes benches/insns.md (compared with the baseline)
