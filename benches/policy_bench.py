@@ -314,7 +314,9 @@ def report(raw: dict[str, Any], command: str) -> str:
     lines += [
         "",
         "The machine these numbers come from has 2 vCPUs shared with other work: the 3.13t rows measured",
-        "in the same rounds say how much parallelism it actually gave. Raw medians and per-round samples:",
+        "in the same rounds say how much parallelism it actually gave. Instruction counts, which no load",
+        "changes, are in `make bench-insns` (entries `rate_call`, target at most 1.15x `handle_call`, and",
+        "`rate_slow_call`; `benches/insns-baseline.json`). Raw medians and per-round samples:",
         "",
         "```json",
         json.dumps({k: v for k, v in raw.items() if k != "machine"}, indent=1, sort_keys=True)[:6000],
