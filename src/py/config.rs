@@ -7,7 +7,7 @@ use super::ffi::refs::ReleasedAttached;
 use super::ffi::upcall;
 use crate::engine::{
     Limits, OpenTime, Outcome, RatePolicy, BUCKETS, MAX_DURATION_MS, MAX_FAILURE_THRESHOLD,
-    MAX_PROBE_COUNT, NO_FAILURE_THRESHOLD,
+    MAX_PROBE_COUNT, MIN_WINDOW_US, NO_FAILURE_THRESHOLD,
 };
 use pyo3::exceptions::{PyBaseException, PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -353,11 +353,14 @@ impl Patch {
                 "window" => {
                     let seconds = finite_seconds(&value, "window", 0.0)?;
                     let us = (seconds * 1e6).round();
-                    if us < BUCKETS as f64 {
+                    // Ten buckets of whole microseconds keep within a tenth of the window from
+                    // 0.1 ms up (`RatePolicy::bucket_us`).
+                    if us < MIN_WINDOW_US as f64 {
                         return Err(PyValueError::new_err(format!(
-                            "window must be > 0 and at least {} seconds ({BUCKETS} buckets of a \
-                             microsecond), got {seconds}",
-                            BUCKETS as f64 / 1e6
+                            "window must be > 0 and at least {} seconds ({BUCKETS} buckets of \
+                             {} µs), got {seconds}",
+                            MIN_WINDOW_US as f64 / 1e6,
+                            MIN_WINDOW_US / BUCKETS as u64
                         )));
                     }
                     if us > MAX_DURATION_MS as f64 * 1000.0 {

@@ -241,11 +241,15 @@ impl BreakerCore {
     /// Counts the success of a call admitted on the fast path (`record_fast_success` accepted it) in
     /// the window, when the configuration it was admitted under has a rate rule: a clock reading,
     /// one CAS, one load; the window is judged only when it holds a failure or a slow call.
-    #[inline]
+    #[inline(always)]
     fn count_fast_success(&self, py: Python<'_>, window: &Window, fast: FastTicket) {
         let now_us = self.hub.get().clock.now_us();
         let generation = fast.ticket().generation();
-        if window.record_success(generation, now_us) {
+        let still_current = || {
+            let word = self.slots.machine_word();
+            word.mode() == Mode::Closed && word.generation() == generation
+        };
+        if window.record_success(generation, now_us, still_current) {
             self.judge_window(py, generation, now_us);
         }
     }

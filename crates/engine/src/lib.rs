@@ -17,4 +17,4 @@ pub mod window;
 
 pub use fast_path::{FastTicket, PredicateFlag};
 pub use machine::*;
-pub use window::{Counts, RatePolicy, Window, BUCKETS};
+pub use window::{Counts, RatePolicy, Window, BUCKETS, MIN_WINDOW_US};

@@ -234,21 +234,25 @@ impl OpenTime {
     }
 }
 
-/// The open-time word: `generation (low 16 bits) << 48 | reopens (12 bits) << 36 | open ms (36)`.
+/// The open-time word: `generation (low 16 bits) << 48 | written << 47 | reopens (11 bits) << 36 |
+/// open ms (36)`; a word never written (all zero) belongs to no generation.
 /// Written before the CAS that opens the breaker with that generation, so anyone who sees the open
 /// word also sees its time; a writer never overwrites the word of a newer generation.
 const OPEN_GENERATION_SHIFT: u32 = 48;
 const OPEN_GENERATION_MASK: u64 = 0xFFFF;
-const REOPENS_MASK: u64 = 0xFFF;
+const OPEN_TIME_WRITTEN: u64 = 1 << 47;
+const REOPENS_MASK: u64 = 0x7FF;
 
 fn pack_open_time(generation: u32, reopens: u64, ms: u64) -> u64 {
     ((u64::from(generation) & OPEN_GENERATION_MASK) << OPEN_GENERATION_SHIFT)
+        | OPEN_TIME_WRITTEN
         | (reopens.min(REOPENS_MASK) << PAYLOAD_BITS)
         | ms.min(PAYLOAD_MASK)
 }
 
-fn open_time_generation(word: u64) -> u64 {
-    word >> OPEN_GENERATION_SHIFT
+/// The generation whose open period `word` times, if it was ever written.
+fn open_time_generation(word: u64) -> Option<u64> {
+    (word & OPEN_TIME_WRITTEN != 0).then_some(word >> OPEN_GENERATION_SHIFT)
 }
 
 fn open_time_reopens(word: u64) -> u64 {
@@ -440,7 +444,7 @@ impl<'a> Machine<'a> {
             Some(open_time) if self.limits.open_time.varies() => {
                 let stored = open_time.load(Ordering::Acquire);
                 if open_time_generation(stored)
-                    == u64::from(word.generation()) & OPEN_GENERATION_MASK
+                    == Some(u64::from(word.generation()) & OPEN_GENERATION_MASK)
                 {
                     stored & PAYLOAD_MASK
                 } else {
@@ -463,27 +467,32 @@ impl<'a> Machine<'a> {
             return next;
         }
         let mut stored = open_time.load(Ordering::Acquire);
-        let reopens = if current.mode() == Mode::HalfOpen {
-            // Half-open is only ever entered from open: the word holds that open period's count.
-            (open_time_reopens(stored) + 1).min(REOPENS_MASK)
-        } else {
-            0
-        };
-        let base = policy.base_ms(self.limits.reset_timeout_ms, reopens);
-        let value = pack_open_time(
-            next.generation(),
-            reopens,
-            policy.drawn_ms(base, random_unit()),
-        );
         loop {
-            // Never overwrite the word of a newer generation (a writer that lost its CAS long ago).
-            // Another writer of the same generation may have drawn too: either draw is fair, and
-            // the one published last before the CAS is the one everybody reads.
-            let age = (u64::from(next.generation()).wrapping_sub(open_time_generation(stored)))
-                & OPEN_GENERATION_MASK;
-            if age > OPEN_GENERATION_MASK / 2 {
-                return next;
+            // The word of the generation this transition makes is written once: another thread
+            // racing for the same transition (two probes failing together) already drew for it,
+            // from the same previous period, and its reopen count must not be counted again
+            // (found by loom: tests/loom.rs backoff_probes_failing_together_...). A newer
+            // generation's word is never overwritten either (a writer that lost its CAS long ago).
+            if let Some(written) = open_time_generation(stored) {
+                let age = u64::from(next.generation()).wrapping_sub(written) & OPEN_GENERATION_MASK;
+                if age == 0 || age > OPEN_GENERATION_MASK / 2 {
+                    return next;
+                }
             }
+            let reopens = if current.mode() == Mode::HalfOpen {
+                // Half-open is only ever entered from open: the word holds that open period's
+                // count (or, if a probe failure lost its CAS to a reclaim of hung probes, one
+                // more: such a race may count one reopen too many).
+                (open_time_reopens(stored) + 1).min(REOPENS_MASK)
+            } else {
+                0
+            };
+            let base = policy.base_ms(self.limits.reset_timeout_ms, reopens);
+            let value = pack_open_time(
+                next.generation(),
+                reopens,
+                policy.drawn_ms(base, random_unit()),
+            );
             match open_time.compare_exchange_weak(
                 stored,
                 value,
@@ -722,10 +731,14 @@ impl<'a> Machine<'a> {
         let generation = closed.generation();
         let now_us = window_clock_us();
         let failure = outcome == Outcome::Failure;
-        if window.record(generation, now_us, failure, slow) == 0 {
+        let still_current = || {
+            let word = self.load();
+            word.mode() == Mode::Closed && word.generation() == generation
+        };
+        if window.record(generation, now_us, failure, slow, still_current) == 0 {
             return None;
         }
-        self.trip_if_window_trips(generation, window, policy, now_us, now)
+        self.trip_if_window_trips(generation, window, policy, now_us, failure || slow, now)
     }
 
     /// Judges the window of `generation` at `now_us` (a closed generation a success was just
@@ -740,7 +753,8 @@ impl<'a> Machine<'a> {
         let (Some(window), Some(policy)) = (self.window, self.limits.rate.as_ref()) else {
             return None;
         };
-        self.trip_if_window_trips(generation, window, policy, now_us, &mut LazyNow::new(clock))
+        let mut now = LazyNow::new(clock);
+        self.trip_if_window_trips(generation, window, policy, now_us, false, &mut now)
     }
 
     fn trip_if_window_trips<F: Fn() -> u64>(
@@ -749,9 +763,10 @@ impl<'a> Machine<'a> {
         window: &Window,
         policy: &RatePolicy,
         now_us: u64,
+        after_bad: bool,
         now: &mut LazyNow<F>,
     ) -> Option<Transition> {
-        if !window.trips(policy, generation, now_us) {
+        if !window.trips(policy, generation, now_us, after_bad) {
             return None;
         }
         let mut current = self.load();

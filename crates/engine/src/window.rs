@@ -5,12 +5,12 @@
 //!
 //! The window is cut into [`BUCKETS`] buckets of `window / BUCKETS` microseconds (see
 //! [`RatePolicy::bucket_us`]; the window keeps the width it was given, so that the closed fast path
-//! can count a success without the breaker's configuration). A call is counted in the bucket of the time it finished, and the
-//! window holds the current bucket and the `BUCKETS - 1` before it. So a call that finished less than
+//! can count a success without the breaker's configuration). A call is counted in the bucket of the
+//! time it finished, and the window holds the current bucket and the `BUCKETS - 1` before it. So a call that finished less than
 //! `window - window/10` ago always counts, one that finished `window` ago or more never does
-//! (bucket widths are whole microseconds, rounded up: exact for windows that are a multiple of
-//! 10 µs). Times are microseconds, not the state word's milliseconds, so that a window of a few
-//! milliseconds still has ten buckets.
+//! (bucket widths are whole microseconds, rounded up, which keeps within a tenth of the window
+//! from [`MIN_WINDOW_US`] up). Times are microseconds, not the state word's milliseconds, so that a
+//! window of a few milliseconds still has ten buckets.
 //!
 //! Each counter of a bucket is one word, `tag << 32 | count`, where the tag is the breaker
 //! generation (low 8 bits) and the bucket's time index (`time / bucket_us`, low 24 bits). A word
@@ -26,30 +26,62 @@
 //! word holds the tag of the newest bucket that was given a failure or a slow call, and a window
 //! whose newest such bucket is of another generation or older than the window cannot trip. A
 //! success is judged after it is counted, so a success that lifts the window to `min_calls` trips it
-//! at once. (The one race: a success and a failure finishing together, each judging the window
-//! before seeing the other's count, cannot both miss it, because the counts and that word are
-//! written and read with sequentially consistent operations: the later of the two sees both.)
+//! at once. The one race is a success and a failure finishing together in one bucket, each judging
+//! the window before seeing the other's count. They cannot both miss it: the failure notes its
+//! bucket (a release CAS) and then reads that bucket's call count with a read-modify-write, which
+//! reads the newest count; if that is older than the success's CAS of the same word, the success's
+//! CAS read the failure's RMW and so sees the note, and judges the window itself (model-checked:
+//! `tests/loom.rs`, `window_success_races_the_failure_that_trips`). Across a bucket boundary the
+//! race can leave the trip to the next call that counts.
 //!
-//! Limits of the tags (documented, none can bite in practice): a word left untouched for exactly a
-//! multiple of 2^24 buckets *and* 256 generations would read as current; a recorder whose clock
-//! reading is older than the bucket it finds (another thread already rolled the slot on to a newer
-//! time, a full window later) drops its count, since that call is then outside the window anyway.
+//! Who is stale when a recorder finds another tag in its slot is decided without comparing
+//! truncated tags: a tag of another generation is stale unless the recorder's own generation is no
+//! longer the breaker's (it asks the state word); a tag of another time is stale unless the
+//! recorder's bucket is a whole window older than the newest bucket anyone counted in (a whole
+//! word, `newest_index`), in which case the recorder is late and drops its count, its call being
+//! outside the window anyway.
+//!
+//! Limit of the tags (documented; it cannot bite in practice): a word left untouched for a whole
+//! multiple of 5 * 2^35 buckets, give or take one window (two days for a 10 µs window, 200 days
+//! for 1 ms, thousands of years for a second), *and* of 256 generations would read as current. A
+//! bucket counts up to 4 million calls (then it saturates).
 
 use crate::sync::{AtomicU64, Ordering};
 
 /// Buckets per window: the fewest that keep the forgetting error within a tenth of the window.
+#[cfg(not(loom))]
 pub const BUCKETS: usize = 10;
+/// Under loom, two buckets: the same code over fewer words, so that the models stay small (what
+/// they check, the atomicity of counting, resetting and judging, does not depend on the count).
+#[cfg(loom)]
+pub const BUCKETS: usize = 2;
 
-const COUNT_BITS: u32 = 32;
+/// The shortest window (in microseconds) whose buckets, whole microseconds wide, keep the
+/// forgetting error within a tenth of it.
+pub const MIN_WINDOW_US: u64 = 100;
+
+const COUNT_BITS: u32 = 22;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
-const INDEX_BITS: u32 = 24;
+const INDEX_BITS: u32 = 34;
 const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
 const GENERATION_TAG_MASK: u64 = 0xFF;
-/// Set in `newest_bad` once it holds a tag: a zeroed word means "no failure yet", not "one in
-/// bucket 0 of generation 0".
-const NOTED: u64 = 1 << 32;
+/// `newest_bad`: `generation (low 8 bits) << 56 | (bucket index + 1)`, the index whole (56 bits
+/// last two billion years at a microsecond per bucket); 0 means "no failure yet".
+const NOTE_INDEX_BITS: u32 = 56;
+const NOTE_INDEX_MASK: u64 = (1 << NOTE_INDEX_BITS) - 1;
 
-/// The tag of a bucket: generation (low 8 bits) and time index (low 24 bits).
+fn pack_note(generation: u32, index: u64) -> u64 {
+    ((u64::from(generation) & GENERATION_TAG_MASK) << NOTE_INDEX_BITS)
+        | (index.saturating_add(1) & NOTE_INDEX_MASK)
+}
+
+/// The generation tag and the bucket index of a note, if there is one.
+fn unpack_note(note: u64) -> Option<(u64, u64)> {
+    let index = note & NOTE_INDEX_MASK;
+    (index != 0).then(|| (note >> NOTE_INDEX_BITS, index - 1))
+}
+
+/// The tag of a bucket: generation (low 8 bits) and time index (low 34 bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Tag(u64);
 
@@ -68,22 +100,6 @@ impl Tag {
 
     fn generation(self) -> u64 {
         self.0 >> INDEX_BITS
-    }
-
-    fn index(self) -> u64 {
-        self.0 & INDEX_MASK
-    }
-
-    /// Whether `self` (found in a bucket) is newer than `mine` (a recorder's): a later generation,
-    /// or the same generation and a later time. Compared by wrapping differences, so the tags'
-    /// wrap-around is harmless.
-    fn is_newer_than(self, mine: Tag) -> bool {
-        let generations = self.generation().wrapping_sub(mine.generation()) & GENERATION_TAG_MASK;
-        if generations != 0 {
-            return generations < (GENERATION_TAG_MASK + 1) / 2;
-        }
-        let indices = self.index().wrapping_sub(mine.index()) & INDEX_MASK;
-        indices != 0 && indices < (INDEX_MASK + 1) / 2
     }
 }
 
@@ -133,6 +149,9 @@ pub struct Counts {
 pub struct Window {
     /// Bucket width in microseconds.
     bucket_us: AtomicU64,
+    /// The newest bucket index any call was counted in (whole, not wrapped): a recorder whose
+    /// bucket is a full window older is late, and drops its count.
+    newest_index: AtomicU64,
     /// The tag of the newest bucket given a failure or a slow call (see the module documentation).
     newest_bad: AtomicU64,
     calls: [AtomicU64; BUCKETS],
@@ -140,19 +159,21 @@ pub struct Window {
     slow: [AtomicU64; BUCKETS],
 }
 
-/// Adds one to `word` under `tag`: resets a stale word to `tag` with a count of one, drops the count
-/// if the word already holds a newer tag. Returns the count now in the bucket (0 if dropped).
-fn add(word: &AtomicU64, tag: Tag) -> u64 {
+/// Adds one to `word` under `tag`: resets a stale word to `tag` with a count of one, unless
+/// `late(found tag)` says this recorder is the stale one (its generation is no longer current, or
+/// its bucket is a full window older than the newest), which drops the count. Returns the count
+/// now in the bucket (0 if dropped).
+fn add(word: &AtomicU64, tag: Tag, late: &impl Fn(Tag) -> bool) -> u64 {
     let mut current = word.load(Ordering::SeqCst);
     loop {
         let found = Tag::of(current);
         let next = if found == tag {
             let count = current & COUNT_MASK;
             if count == COUNT_MASK {
-                return count; // saturated: 4 billion calls in one bucket
+                return count; // saturated: 4 million calls in one bucket
             }
             current + 1
-        } else if found.is_newer_than(tag) {
+        } else if late(found) {
             return 0;
         } else {
             tag.word(1)
@@ -165,13 +186,14 @@ fn add(word: &AtomicU64, tag: Tag) -> u64 {
 }
 
 impl Window {
-    /// Bytes a window occupies (for a shared-memory slot): `2 + 3 * BUCKETS` words.
-    pub const SIZE: usize = std::mem::size_of::<[u64; 2 + 3 * BUCKETS]>();
+    /// Bytes a window occupies (for a shared-memory slot): `3 + 3 * BUCKETS` words.
+    pub const SIZE: usize = std::mem::size_of::<[u64; 3 + 3 * BUCKETS]>();
 
     /// An empty window of buckets `bucket_us` wide (see [`RatePolicy::bucket_us`]).
     pub fn new(bucket_us: u64) -> Window {
         Window {
             bucket_us: AtomicU64::new(bucket_us),
+            newest_index: AtomicU64::new(0),
             newest_bad: AtomicU64::new(0),
             calls: std::array::from_fn(|_| AtomicU64::new(0)),
             failures: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -190,6 +212,7 @@ impl Window {
     /// width, which only makes one window approximate.
     pub fn set_bucket_us(&self, bucket_us: u64) {
         if self.bucket_us.swap(bucket_us, Ordering::AcqRel) != bucket_us {
+            self.newest_index.store(0, Ordering::SeqCst);
             self.newest_bad.store(0, Ordering::SeqCst);
             for words in [&self.calls, &self.failures, &self.slow] {
                 for word in words {
@@ -202,38 +225,81 @@ impl Window {
     /// Counts the success of a call of generation `generation` finished at `now_us`, and tells
     /// whether the window may now trip (it holds a failure or a slow call of this generation):
     /// only then does it need judging ([`Window::trips`]). The closed fast path of a breaker with
-    /// a rate rule: one CAS of the bucket's word and one load.
+    /// a rate rule: two loads, one CAS of the bucket's word, one load. `still_current`: whether
+    /// `generation` is still the breaker's (closed) generation, asked only when the bucket holds
+    /// another generation's counts.
     #[inline]
-    pub fn record_success(&self, generation: u32, now_us: u64) -> bool {
+    pub fn record_success(
+        &self,
+        generation: u32,
+        now_us: u64,
+        still_current: impl Fn() -> bool,
+    ) -> bool {
         let index = self.index(now_us);
         let tag = Tag::new(generation, index);
-        add(&self.calls[(index % BUCKETS as u64) as usize], tag) != 0
+        let late = self.lateness(index, tag, still_current);
+        add(&self.calls[(index % BUCKETS as u64) as usize], tag, &late) != 0
             && self.may_trip(generation, index)
+    }
+
+    /// The test of a recorder of `tag` (bucket `index`) finding another tag in its slot: late when
+    /// its generation is no longer current, or when its bucket is a whole window older than the
+    /// newest one (then the slot holds a newer time, and its call is outside the window anyway).
+    /// Otherwise the slot is stale and reset. Only a recorder that finds another tag moves
+    /// `newest_index` on, before it resets the slot: a late recorder that sees the newer tag sees
+    /// the newer index too.
+    #[inline]
+    fn lateness<'a>(
+        &'a self,
+        index: u64,
+        tag: Tag,
+        still_current: impl Fn() -> bool + 'a,
+    ) -> impl Fn(Tag) -> bool + 'a {
+        move |found: Tag| {
+            let newest = self
+                .newest_index
+                .fetch_max(index, Ordering::AcqRel)
+                .max(index);
+            if found.generation() != tag.generation() {
+                !still_current()
+            } else {
+                index.saturating_add(BUCKETS as u64) <= newest
+            }
+        }
     }
 
     /// Whether the newest bucket with a failure or slow call is of `generation` and inside the
     /// window that ends at bucket `index`.
     #[inline]
     fn may_trip(&self, generation: u32, index: u64) -> bool {
-        let noted = self.newest_bad.load(Ordering::SeqCst);
-        let newest = Tag(noted & !NOTED);
-        let current = Tag::new(generation, index);
-        noted & NOTED != 0
-            && newest.generation() == current.generation()
-            && current.index().wrapping_sub(newest.index()) & INDEX_MASK < BUCKETS as u64
+        let (Some((noted_generation, noted_index)), Some(age)) = (
+            unpack_note(self.newest_bad.load(Ordering::SeqCst)),
+            Some(index & NOTE_INDEX_MASK),
+        ) else {
+            return false;
+        };
+        noted_generation == u64::from(generation) & GENERATION_TAG_MASK
+            && age >= noted_index
+            && age - noted_index < BUCKETS as u64
     }
 
-    /// Notes that bucket `tag` holds a failure or a slow call (never moving the note back).
-    fn note_bad(&self, tag: Tag) {
+    /// Notes that bucket `index` of `generation` holds a failure or a slow call: never moving the
+    /// note back to an earlier bucket of the same generation, and replacing another generation's
+    /// note only while `generation` is still current (a late recorder must not hide the current
+    /// generation's failures).
+    fn note_bad(&self, generation: u32, index: u64, still_current: impl Fn() -> bool) {
+        let note = pack_note(generation, index);
         let mut current = self.newest_bad.load(Ordering::SeqCst);
         loop {
-            let found = Tag(current & !NOTED);
-            if current & NOTED != 0 && (found == tag || found.is_newer_than(tag)) {
-                return;
+            if let Some((noted_generation, noted_index)) = unpack_note(current) {
+                let same = noted_generation == u64::from(generation) & GENERATION_TAG_MASK;
+                if (same && noted_index >= index & NOTE_INDEX_MASK) || (!same && !still_current()) {
+                    return;
+                }
             }
             match self.newest_bad.compare_exchange_weak(
                 current,
-                tag.0 | NOTED,
+                note,
                 Ordering::SeqCst,
                 Ordering::SeqCst,
             ) {
@@ -246,36 +312,58 @@ impl Window {
     /// Counts one call of generation `generation` that finished at `now_us` (a failure and/or slow
     /// as told). Returns how many calls its bucket holds now (0: dropped as late, see the module
     /// documentation).
-    pub fn record(&self, generation: u32, now_us: u64, failure: bool, slow: bool) -> u64 {
+    ///
+    /// `still_current`: whether `generation` is still the breaker's (closed) generation, asked only
+    /// when a bucket holds another generation's counts (see [`Window::record_success`]).
+    pub fn record(
+        &self,
+        generation: u32,
+        now_us: u64,
+        failure: bool,
+        slow: bool,
+        still_current: impl Fn() -> bool,
+    ) -> u64 {
         let index = self.index(now_us);
         let slot = (index % BUCKETS as u64) as usize;
         let tag = Tag::new(generation, index);
-        let in_bucket = add(&self.calls[slot], tag);
+        let late = self.lateness(index, tag, &still_current);
+        let in_bucket = add(&self.calls[slot], tag, &late);
         if in_bucket == 0 {
             return 0;
         }
         if failure {
-            add(&self.failures[slot], tag);
+            add(&self.failures[slot], tag, &late);
         }
         if slow {
-            add(&self.slow[slot], tag);
+            add(&self.slow[slot], tag, &late);
         }
         if failure || slow {
-            self.note_bad(tag);
+            self.note_bad(generation, index, &still_current);
         }
         in_bucket
     }
 
     /// The counts of generation `generation` in the window that ends at `now_us`.
     pub fn counts(&self, generation: u32, now_us: u64) -> Counts {
+        self.sum(generation, now_us, false)
+    }
+
+    /// `counts`, reading the current bucket's call count with a read-modify-write when `newest`
+    /// (see the module documentation: what judging after a failure needs).
+    fn sum(&self, generation: u32, now_us: u64, newest: bool) -> Counts {
         let index = self.index(now_us);
-        let sum = |words: &[AtomicU64; BUCKETS]| -> u64 {
+        let sum = |words: &[AtomicU64; BUCKETS], newest: bool| -> u64 {
             let mut total = 0;
             for age in 0..BUCKETS as u64 {
                 let Some(bucket_index) = index.checked_sub(age) else {
                     break;
                 };
-                let word = words[(bucket_index % BUCKETS as u64) as usize].load(Ordering::SeqCst);
+                let word = &words[(bucket_index % BUCKETS as u64) as usize];
+                let word = if newest && age == 0 {
+                    word.fetch_add(0, Ordering::SeqCst)
+                } else {
+                    word.load(Ordering::SeqCst)
+                };
                 if Tag::of(word) == Tag::new(generation, bucket_index) {
                     total += word & COUNT_MASK;
                 }
@@ -284,9 +372,9 @@ impl Window {
         };
         // Failures and slow calls first: a healthy window (none of either) never needs its calls
         // summed to know that it does not trip.
-        let failures = sum(&self.failures);
-        let slow = sum(&self.slow);
-        let calls = sum(&self.calls);
+        let failures = sum(&self.failures, false);
+        let slow = sum(&self.slow, false);
+        let calls = sum(&self.calls, newest);
         Counts {
             calls,
             failures,
@@ -295,10 +383,18 @@ impl Window {
     }
 
     /// Whether the window of `generation` at `now_us` opens the breaker by `policy`. A window with
-    /// no failure and no slow call in it is judged with one load.
-    pub fn trips(&self, policy: &RatePolicy, generation: u32, now_us: u64) -> bool {
+    /// no failure and no slow call in it is judged with one load. `after_bad`: judged by the
+    /// recorder of a failure or slow call, which must read the newest call count of its bucket
+    /// (see the module documentation).
+    pub fn trips(
+        &self,
+        policy: &RatePolicy,
+        generation: u32,
+        now_us: u64,
+        after_bad: bool,
+    ) -> bool {
         self.may_trip(generation, self.index(now_us))
-            && policy.trips(self.counts(generation, now_us))
+            && policy.trips(self.sum(generation, now_us, after_bad))
     }
 }
 
@@ -320,36 +416,39 @@ mod tests {
     }
 
     #[test]
-    fn size_is_thirty_two_words_and_zeroed_words_are_empty() {
-        assert_eq!(Window::SIZE, 256);
+    fn size_is_thirty_three_words_and_zeroed_words_are_empty() {
+        assert_eq!(Window::SIZE, 264);
         assert_eq!(std::mem::size_of::<Window>(), Window::SIZE);
         let w = Window::new(0);
         assert_eq!(w.counts(0, 0), Counts::default());
         assert_eq!(w.counts(3, 123_456), Counts::default());
-        assert!(!w.trips(&policy(1000, 1, 0.5), 0, 0));
+        assert!(!w.trips(&policy(1000, 1, 0.5), 0, 0, false));
     }
 
     #[test]
     fn a_success_asks_for_judging_only_with_a_failure_in_the_window() {
         let p = policy(1000, 2, 0.3);
         let w = window(&p);
-        assert!(!w.record_success(4, 0));
-        w.record(4, 10, true, false);
-        assert!(w.record_success(4, 20));
-        assert!(w.trips(&p, 4, 20), "1 failure in 3 calls >= 0.3");
+        assert!(!w.record_success(4, 0, || true));
+        w.record(4, 10, true, false, || true);
+        assert!(w.record_success(4, 20, || true));
+        assert!(w.trips(&p, 4, 20, false), "1 failure in 3 calls >= 0.3");
         assert!(
-            w.record_success(4, 999),
+            w.record_success(4, 999, || true),
             "the failure is still in the window"
         );
-        assert!(!w.record_success(4, 1000), "and gone a window later");
-        assert!(!w.record_success(5, 20), "another generation");
+        assert!(
+            !w.record_success(4, 1000, || true),
+            "and gone a window later"
+        );
+        assert!(!w.record_success(5, 20, || true), "another generation");
     }
 
     #[test]
     fn a_new_width_forgets_everything() {
         let p = policy(1000, 1, 0.5);
         let w = window(&p);
-        w.record(1, 10, true, true);
+        w.record(1, 10, true, true, || true);
         w.set_bucket_us(100);
         assert_eq!(w.counts(1, 10).calls, 1, "same width: nothing forgotten");
         w.set_bucket_us(50);
@@ -360,8 +459,8 @@ mod tests {
     fn counts_age_out_bucket_by_bucket() {
         let p = policy(1000, 1, 0.5);
         let w = window(&p);
-        w.record(1, 0, true, false);
-        w.record(1, 50, false, true);
+        w.record(1, 0, true, false, || true);
+        w.record(1, 50, false, true, || true);
         assert_eq!(
             w.counts(1, 899),
             Counts {
@@ -378,25 +477,47 @@ mod tests {
     fn another_generation_sees_an_empty_window_and_resets_on_record() {
         let p = policy(1000, 1, 0.5);
         let w = window(&p);
-        w.record(1, 10, true, false);
+        w.record(1, 10, true, false, || true);
         assert_eq!(w.counts(2, 10), Counts::default());
-        w.record(2, 10, false, false);
+        w.record(2, 10, false, false, || true);
         assert_eq!(w.counts(2, 10).calls, 1);
         assert_eq!(w.counts(2, 10).failures, 0);
         // A late recorder of generation 1 finds a newer tag and drops its count.
-        assert_eq!(w.record(1, 10, true, false), 0);
+        assert_eq!(w.record(1, 10, true, false, || false), 0);
         assert_eq!(w.counts(2, 10).calls, 1);
         assert_eq!(w.counts(2, 10).failures, 0);
     }
 
     #[test]
-    fn tags_compare_by_wrapping_difference() {
-        let old = Tag::new(255, INDEX_MASK);
-        let new = Tag::new(0, 0);
-        assert!(new.is_newer_than(old));
-        assert!(!old.is_newer_than(new));
-        assert!(Tag::new(3, 0).is_newer_than(Tag::new(3, INDEX_MASK)));
-        assert!(!Tag::new(3, 5).is_newer_than(Tag::new(3, 5)));
+    fn the_newest_failure_note_compares_whole_indices() {
+        let p = policy(100, 1, 0.5);
+        let w = window(&p);
+        w.record(3, 0, true, false, || true);
+        // Far more than 2^34 buckets later (a tag's index would have wrapped): the note moves on.
+        let later = 7 << 40;
+        w.record(3, later, true, false, || true);
+        assert!(w.may_trip(3, later / 10));
+        // A late failure of an older bucket does not move it back.
+        w.record(3, later - 20, true, false, || true);
+        assert!(w.may_trip(3, later / 10));
+        // Another generation's note is replaced only by a current recorder.
+        w.record(4, later, true, false, || false);
+        assert!(w.may_trip(3, later / 10));
+        w.record(4, later, true, false, || true);
+        assert!(w.may_trip(4, later / 10) && !w.may_trip(3, later / 10));
+    }
+
+    #[test]
+    fn a_word_from_long_ago_is_reset_not_mistaken_for_a_newer_one() {
+        let p = policy(10, 1, 0.5);
+        let w = window(&p);
+        w.record(7, 3, true, true, || true);
+        // Half the tag's index range later (where a wrapping comparison turns around), and with
+        // generation tags that look newer by wrapping: the old words are stale, the count lands.
+        let later = 3 + (1 << 33) + 5;
+        assert_eq!(w.record(7, later, false, false, || true), 1);
+        assert_eq!(w.record(7 + 200, later + 1, true, false, || true), 1);
+        assert_eq!(w.counts(7 + 200, later + 1).failures, 1);
     }
 
     #[test]

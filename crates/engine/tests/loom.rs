@@ -22,13 +22,17 @@
 //!
 //! `fresh_permit_is_not_reclaimed` is the regression test of the one engine race loom found (see
 //! its doc and docs/reliability.md).
+//!
+//! The `window_*` models check the rate rules' sliding window (`crates/engine/src/window.rs`) and
+//! the trips it makes; `backoff_*` the open-time word (`OpenTime`).
 #![cfg(loom)]
 
 use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 use panelboard_engine::{
-    Admission, Limits, Machine, Mode, Outcome, PredicateFlag, Slots, Ticket, Transition, Word,
+    Admission, Counts, Limits, Machine, Mode, OpenTime, Outcome, PredicateFlag, RatePolicy, Slots,
+    Ticket, Transition, Window, Word, NO_FAILURE_THRESHOLD,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -58,6 +62,7 @@ fn limits(
         half_open_max_calls,
         success_threshold,
         probe_timeout_ms,
+        ..Limits::default()
     }
 }
 
@@ -1284,5 +1289,324 @@ fn predicate_flags_published_out_of_order() {
         let newest = config.load(Ordering::Acquire);
         assert_eq!(newest >> 1, 2);
         assert_eq!(flag.published(), (newest >> 1, newest & 1 == 1));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rate rules: the sliding window (issue 11)
+// ---------------------------------------------------------------------------------------------
+
+/// A breaker with only a failure-rate rule over a 1 ms window (two buckets of 500 µs under loom;
+/// the clocks below are milliseconds, the window reads them in microseconds).
+fn rate_limits(min_calls: u64, failure_rate: f64) -> Limits {
+    Limits {
+        failure_threshold: NO_FAILURE_THRESHOLD,
+        rate: Some(RatePolicy {
+            window_us: 1000,
+            min_calls,
+            failure_rate: Some(failure_rate),
+            slow_call_rate: None,
+        }),
+        ..Limits::default()
+    }
+}
+
+fn new_window(lim: &Limits) -> Window {
+    Window::new(lim.rate.expect("a rate rule").bucket_us())
+}
+
+/// Threads that each count a call into a bucket still holding an older time's counts (which
+/// must be reset first) lose no count, and the old counts never show.
+fn stale_bucket_race(threads: u64) {
+    let lim = rate_limits(100, 1.0);
+    let window = Arc::new(new_window(&lim));
+    // Generation 0, bucket 0: three failures. Bucket 10 (1000 µs) uses the same slot.
+    for _ in 0..3 {
+        window.record(0, 0, true, false, || true);
+    }
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let window = window.clone();
+            thread::spawn(move || window.record(0, 1000, i == 0, false, || true))
+        })
+        .collect();
+    for h in handles {
+        assert_ne!(
+            h.join().unwrap(),
+            0,
+            "a current recorder's count was dropped"
+        );
+    }
+    assert_eq!(
+        window.counts(0, 1000),
+        Counts {
+            calls: threads,
+            failures: 1,
+            slow: 0
+        }
+    );
+}
+
+#[test]
+fn window_no_lost_count_in_a_bucket_being_reset_two_threads() {
+    model(None, || stale_bucket_race(2));
+}
+
+#[test]
+fn window_no_lost_count_in_a_bucket_being_reset_three_threads() {
+    model(Some(3), || stale_bucket_race(3));
+}
+
+/// A failure admitted under generation 0 is recorded while another thread resets the breaker
+/// (generation 1) and records a success: the failure never lands in generation 1's window, and no
+/// trip follows (the failure alone would trip: rate 1.0 with one call needed).
+#[test]
+fn window_stale_generation_never_lands_in_the_new_window() {
+    model(None, || {
+        let lim = rate_limits(1, 1.0);
+        let slots = Arc::new(Slots::new());
+        let window = Arc::new(new_window(&lim));
+        let late = expect_ticket(slots.machine(&lim).admit(|| 0));
+        let recorder = {
+            let (slots, window) = (slots.clone(), window.clone());
+            thread::spawn(move || {
+                let m = slots.machine(&lim).with_window(&window);
+                m.record(late, Outcome::Failure, || 0)
+            })
+        };
+        let resetter = {
+            let (slots, window) = (slots.clone(), window.clone());
+            thread::spawn(move || {
+                let m = slots.machine(&lim).with_window(&window);
+                m.set_mode(Mode::Closed);
+                let t = expect_ticket(m.admit(|| 0));
+                m.record(t, Outcome::Success, || 0)
+            })
+        };
+        let late_transition = recorder.join().unwrap();
+        assert_eq!(resetter.join().unwrap(), None, "a success trips nothing");
+        let m = slots.machine(&lim).with_window(&window);
+        let fin = m.load();
+        match late_transition {
+            // The failure landed before the reset: it tripped generation 0, and the reset closed
+            // that trip's generation 1 into generation 2.
+            Some(tr) => {
+                assert_eq!(tr.to, Mode::Open);
+                assert_eq!((fin.mode(), fin.generation()), (Mode::Closed, 2));
+            }
+            None => assert_eq!((fin.mode(), fin.generation()), (Mode::Closed, 1)),
+        }
+        assert_eq!(
+            m.window_counts(0),
+            Counts {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            },
+            "only the success of the new generation counts"
+        );
+    });
+}
+
+/// `threads` threads each record a failure into a window that already holds one success; the
+/// failure rate is met once two failures are in (min_calls 3, rate 0.5): exactly one thread trips
+/// the breaker, with one CAS of the word, and is told so.
+fn rate_trip_race(threads: u64) {
+    let lim = rate_limits(3, 0.5);
+    let slots = Arc::new(Slots::new());
+    let window = Arc::new(new_window(&lim));
+    {
+        let m = slots.machine(&lim).with_window(&window);
+        let t = expect_ticket(m.admit(|| 0));
+        assert_eq!(m.record(t, Outcome::Success, || 0), None);
+    }
+    // Every call is admitted before any failure lands (a later admission would be rejected).
+    let tickets: Vec<Ticket> = (0..threads)
+        .map(|_| expect_ticket(slots.machine(&lim).admit(|| 0)))
+        .collect();
+    let handles: Vec<_> = tickets
+        .into_iter()
+        .map(|t| {
+            let (slots, window) = (slots.clone(), window.clone());
+            thread::spawn(move || {
+                let m = slots.machine(&lim).with_window(&window);
+                let mut log = Log::default();
+                log.tickets.push(t);
+                let tr = m.record(t, Outcome::Failure, || 0);
+                if let Some(tr) = tr {
+                    log.transitions.push(tr);
+                }
+                log
+            })
+        })
+        .collect();
+    let logs = join_all(handles);
+    let fin = slots.machine(&lim).load();
+    check_ledger(Word::INITIAL, fin, &logs, 0);
+    assert_eq!((fin.mode(), fin.generation()), (Mode::Open, 1));
+    let told: Vec<_> = logs.iter().flat_map(|l| l.transitions.clone()).collect();
+    assert_eq!(
+        told,
+        vec![Transition {
+            from: Mode::Closed,
+            to: Mode::Open
+        }],
+        "exactly one trip, reported once"
+    );
+}
+
+#[test]
+fn window_exactly_one_trip_two_threads() {
+    model(None, || rate_trip_race(2));
+}
+
+#[test]
+fn window_exactly_one_trip_three_threads() {
+    model(Some(3), || rate_trip_race(3));
+}
+
+/// A late recorder (its clock read a window ago) races the recorder that rolls the same slot on
+/// to the new bucket: the late count never lands in the new bucket, the new count is never lost.
+#[test]
+fn window_bucket_roll_races_a_late_recorder() {
+    model(None, || {
+        let lim = rate_limits(100, 1.0);
+        let window = Arc::new(new_window(&lim));
+        let late = {
+            let window = window.clone();
+            thread::spawn(move || window.record(0, 50, true, true, || true))
+        };
+        let roller = {
+            let window = window.clone();
+            thread::spawn(move || window.record(0, 1050, false, false, || true))
+        };
+        late.join().unwrap();
+        assert_eq!(roller.join().unwrap(), 1, "the new bucket's count");
+        assert_eq!(
+            window.counts(0, 1050),
+            Counts {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            }
+        );
+    });
+}
+
+/// The closed fast path of a rate rule (`src/py/core.rs` `guarded` + `count_fast_success`): a
+/// success counted with `Window::record_success` races the failure that, with it, meets the rate
+/// (one success before, min_calls 3, rate 0.3: one failure in three calls). Whichever judges the
+/// window last sees both counts: the breaker always opens, exactly once.
+#[test]
+fn window_success_races_the_failure_that_trips() {
+    model(None, || {
+        let lim = rate_limits(3, 0.3);
+        let slots = Arc::new(Slots::new());
+        let window = Arc::new(new_window(&lim));
+        let flag = Arc::new(PredicateFlag::with_window(0, false, true));
+        {
+            let m = slots.machine(&lim).with_window(&window);
+            let t = expect_ticket(m.admit(|| 0));
+            m.record(t, Outcome::Success, || 0);
+        }
+        let success = {
+            let (slots, window, flag) = (slots.clone(), window.clone(), flag.clone());
+            thread::spawn(move || {
+                let m = slots.machine(&lim).with_window(&window);
+                let fast = slots.admit_fast(&flag).expect("closed, no predicate");
+                if slots.record_fast_success(fast) {
+                    let generation = fast.ticket().generation();
+                    let still_current = || {
+                        let w = slots.machine_word();
+                        w.mode() == Mode::Closed && w.generation() == generation
+                    };
+                    if window.record_success(generation, 0, still_current) {
+                        return m.judge_window(generation, 0, || 0);
+                    }
+                    None
+                } else {
+                    m.record(fast.ticket(), Outcome::Success, || 0)
+                }
+            })
+        };
+        let failure = {
+            let (slots, window) = (slots.clone(), window.clone());
+            thread::spawn(move || {
+                let m = slots.machine(&lim).with_window(&window);
+                let t = expect_ticket(m.admit(|| 0));
+                m.record(t, Outcome::Failure, || 0)
+            })
+        };
+        let told: Vec<_> = [success.join().unwrap(), failure.join().unwrap()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let fin = slots.machine(&lim).load();
+        assert_eq!((fin.mode(), fin.generation()), (Mode::Open, 1));
+        assert_eq!(
+            told,
+            vec![Transition {
+                from: Mode::Closed,
+                to: Mode::Open
+            }]
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Open-time backoff (issue 11)
+// ---------------------------------------------------------------------------------------------
+
+/// Two probes fail together: one reopens the breaker, with the first backed-off open time
+/// (reset_timeout 100 ms * backoff 2), written before the word that reopens it, so that every
+/// thread that sees the breaker open also sees how long for.
+#[test]
+fn backoff_probes_failing_together_reopen_once_for_the_backed_off_time() {
+    model(None, || {
+        let lim = Limits {
+            half_open_max_calls: 2,
+            open_time: OpenTime {
+                backoff: 2.0,
+                max_ms: 1000,
+                jitter: 0.0,
+            },
+            ..limits(1, 100, 2, 1, None)
+        };
+        let slots = Arc::new(Slots::new());
+        let m0 = slots.machine(&lim);
+        trip(&m0, &lim, 0);
+        let probes = [
+            expect_ticket(m0.admit(|| 100)),
+            expect_ticket(m0.admit(|| 100)),
+        ];
+        let handles: Vec<_> = probes
+            .into_iter()
+            .map(|probe| {
+                let slots = slots.clone();
+                thread::spawn(move || {
+                    let m = slots.machine(&lim);
+                    let tr = m.record(probe, Outcome::Failure, || 150);
+                    // Whoever sees it open sees the backed-off time.
+                    if m.load().mode() == Mode::Open {
+                        assert_eq!(m.retry_after_ms(m.load(), || 150), 200);
+                    }
+                    tr
+                })
+            })
+            .collect();
+        let told: Vec<_> = handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(
+            told,
+            vec![Transition {
+                from: Mode::HalfOpen,
+                to: Mode::Open
+            }]
+        );
+        let m = slots.machine(&lim);
+        assert_eq!(m.admit(|| 349), Admission::Rejected { retry_after_ms: 1 });
+        assert!(expect_ticket(m.admit(|| 350)).is_probe());
     });
 }
