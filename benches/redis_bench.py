@@ -20,6 +20,7 @@ import argparse
 import datetime
 import gc
 import itertools
+import os
 import platform
 import statistics
 import sys
@@ -162,7 +163,8 @@ def write_report(
         "# Redis-synced breakers: cost per call and Redis traffic",
         "",
         f"Measured by `make bench` (`benches/redis_bench.py`) on {now}: {platform.python_implementation()} "
-        f"{platform.python_version()}, {platform.machine()}, a local `redis-server` on loopback. "
+        f"{platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs (load average "
+        f"{os.getloadavg()[0]:.1f} at the end: other work shares them), a local `redis-server` on loopback. "
         f"Medians of {rounds} interleaved rounds of {n:,} calls.",
         "",
         "| closed success, `b.call(f)` | ns per call |",
