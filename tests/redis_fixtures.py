@@ -327,6 +327,11 @@ class RedisServer:
             counts.pop(own, None)
         return counts
 
+    def monitor(self) -> Monitor:
+        """A ``MONITOR`` connection counting, on a thread of its own, the commands clients send (those
+        a script runs inside the server are not counted); TCP servers only."""
+        return Monitor(self.port, self.password)
+
     def reset_stats(self) -> None:
         self.admin().config_resetstat()
 
@@ -335,6 +340,83 @@ class RedisServer:
 
     def __hash__(self) -> int:
         return id(self)
+
+
+class Monitor:
+    """``with server.monitor() as m: ...`` then ``m.sent``: how many commands each client-sent command
+    name had (lower case) while the block ran. Commands run by a Lua script are left out (MONITOR
+    tags them ``lua``), and so are ``info``, ``config`` and ``ping`` (the tests' own)."""
+
+    OWN = ("info", "config", "ping", "hello", "client")
+
+    def __init__(self, port: int, password: str | None) -> None:
+        self.port, self.password = port, password
+        self.sent: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+
+    def __enter__(self) -> Monitor:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5.0)
+        if self.password:
+            sock.sendall(f"AUTH {self.password}\r\n".encode())
+        sock.sendall(b"MONITOR\r\n")
+        sock.settimeout(0.05)
+        self._sock = sock
+        buffer = bytearray()
+        answers = 2 if self.password else 1
+
+        def read() -> None:
+            nonlocal answers
+            while not self._stop.is_set():
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                buffer.extend(chunk)
+                while (end := buffer.find(b"\r\n")) >= 0:
+                    line = bytes(buffer[:end])
+                    del buffer[: end + 2]
+                    if answers:
+                        assert line.startswith(b"+OK"), line
+                        answers -= 1
+                        if not answers:
+                            self._ready.set()
+                    else:
+                        self._count(line)
+
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=read, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(5.0), "MONITOR did not start"
+        return self
+
+    def _count(self, line: bytes) -> None:
+        # +1690000000.123456 [0 127.0.0.1:53412] "evalsha" "..." ; [0 lua] for a script's commands
+        try:
+            source = line[line.index(b"[") + 1 : line.index(b"]")]
+            command = line[line.index(b"]") + 3 :].split(b'"', 1)[0].decode().lower()
+        except ValueError:
+            return
+        if source.endswith(b" lua") or command in self.OWN:
+            return
+        self.sent[command] = self.sent.get(command, 0) + 1
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.05)  # the last lines arrive
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        if self._sock is not None:
+            self._sock.close()
+
+    @property
+    def total(self) -> int:
+        return sum(self.sent.values())
 
 
 def _stop_leftovers() -> None:

@@ -173,6 +173,7 @@ def test_redis_down_at_start(
             lambda: sync_status(a)["connected"], CONVERGENCE_BOUND, "connected after Redis came up"
         )
         b = registries(url, namespace)
+        b.breaker(NAME, failure_threshold=1, reset_timeout=60.0)  # a registry syncs the breakers it has
         took += wait_until(sees(b, NAME, State.OPEN), CONVERGENCE_BOUND, "the opening was published")
         print(f"converged {took:.2f} s after Redis came up")
         assert len(sync_warnings(records)) == 1
@@ -200,6 +201,7 @@ def test_redis_down_mid_run_then_back_empty(
     redis_server.start()  # empty: persistence is off
     back = time.monotonic()
     b = registries(redis_server.url, namespace)
+    b.breaker(NAME, failure_threshold=1, reset_timeout=60.0)  # a registry syncs the breakers it has
     wait_until(
         sees(b, NAME, State.OPEN), CONVERGENCE_BOUND, "the opening was published after Redis came back"
     )
@@ -223,10 +225,12 @@ def test_redis_restarted_empty_gets_the_state_back(
     a.breaker(NAME, failure_threshold=1, reset_timeout=60.0)
     fail_in(a, NAME)
     b = registries(redis_server.url, namespace)
+    b.breaker(NAME, failure_threshold=1, reset_timeout=60.0)  # a registry syncs the breakers it has
     wait_until(sees(b, NAME, State.OPEN), PROPAGATION_BOUND + 1.0)
     redis_server.restart_empty()
     restarted = time.monotonic()
     c = registries(redis_server.url, namespace)
+    c.breaker(NAME, failure_threshold=1, reset_timeout=60.0)  # a registry syncs the breakers it has
     wait_until(sees(c, NAME, State.OPEN), CONVERGENCE_BOUND, "the state was re-published")
     print(f"\nrestart: converged in {time.monotonic() - restarted:.2f} s")
     # And the fleet keeps working: a reset in c reaches a and b.
