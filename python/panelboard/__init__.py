@@ -15,7 +15,7 @@ from ._core import (
     Permit,
     Registry,
 )
-from ._types import State
+from ._types import State, SyncStatus
 
 __all__ = [
     "Breaker",
@@ -26,6 +26,7 @@ __all__ = [
     "Permit",
     "Registry",
     "State",
+    "SyncStatus",
     "breaker",
     "call",
     "configure",

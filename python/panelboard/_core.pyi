@@ -12,7 +12,7 @@ from typing import Any, Concatenate, Generic, Literal, Protocol, Self, TypeVar, 
 
 from typing_extensions import ParamSpec, disjoint_base
 
-from panelboard._types import State
+from panelboard._types import State, SyncStatus
 
 __all__ = [
     "Registry",
@@ -22,6 +22,11 @@ __all__ = [
     "Metrics",
     "ManualClock",
     "CircuitOpenError",
+    # The Redis sync worker's private entry points (PyO3 lists every function it adds).
+    "_fleet_breakers",
+    "_fleet_read",
+    "_fleet_install",
+    "_fleet_gate",
 ]
 
 _T = TypeVar("_T")
@@ -237,6 +242,9 @@ class Registry:
         cls,
         *,
         clock: ManualClock | None = None,
+        redis: str | None = None,
+        namespace: str | None = None,
+        sync_interval: float | None = None,
         failure_threshold: int = ...,
         reset_timeout: float = ...,
         half_open_max_calls: int = ...,
@@ -307,5 +315,21 @@ class Registry:
     def on_state_change(self, listener: _ListenerT) -> _ListenerT: ...
     def remove_listener(self, listener: _Listener) -> None: ...
     def snapshot(self) -> dict[str, Metrics]: ...
+    def sync_status(self) -> SyncStatus | None:
+        """The Redis sync of a registry made with ``redis=`` (``connected``, ``last_sync``, error
+        counts: see ``SyncStatus``); ``None`` for a local registry."""
+
+    def close(self) -> None:
+        """Stops the Redis sync worker after one last round; the breakers go on locally.
+        Idempotent; nothing to do for a local registry."""
+
     def __len__(self) -> int: ...
     def __contains__(self, key: str, /) -> bool: ...
+
+# The Redis sync worker's private entry points (panelboard/_redis_worker.py, src/py/fleet.rs).
+def _fleet_breakers(registry: Registry, /) -> builtins.list[tuple[str, int, Breaker]]: ...
+def _fleet_read(
+    breaker: Breaker, /
+) -> tuple[int, int, int, int, int, int, tuple[int, int, int, int, int, int]]: ...
+def _fleet_install(breaker: Breaker, expected: int, target: int, arg: int, /) -> tuple[bool, int, int]: ...
+def _fleet_gate(breaker: Breaker, generation: int, leases: int, /) -> None: ...

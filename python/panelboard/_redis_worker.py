@@ -140,9 +140,14 @@ class Worker:
         """The worker thread does not survive fork: the child starts its own, with its own
         lease token (redis-py opens new connections in a new process by itself)."""
         self._token = token
-        if not self._stop.is_set():
-            self._wake = threading.Event()
-            self._status_lock = threading.Lock()
+        # Locks another thread held at the fork stay held in the child: make new ones.
+        stopped = self._stop.is_set()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._status_lock = threading.Lock()
+        if stopped:
+            self._stop.set()
+        else:
             self.start()
 
     def status(self) -> dict[str, object]:
@@ -170,6 +175,7 @@ class Worker:
             # `close()` gets one last round: what happened locally just before it is pushed.
             stopping = self._stop.is_set()
             self._wake.clear()
+            began = time.monotonic()
             registry = self._registry()
             if registry is None:
                 break
@@ -184,10 +190,20 @@ class Worker:
             if stopping:
                 break
             if self._connected:
-                self._wake.wait(self._interval)
+                self._pause(began)
             else:
                 self._stop.wait(backoff)
         self._release_all()
+
+    def _pause(self, began: float) -> None:
+        """Until the next poll, `sync_interval` after the round began; a transition (the wake
+        listener) brings the next round forward, but never to less than two thirds of an interval
+        after this one: a flapping breaker costs at most 1.5 rounds per interval."""
+        if not self._wake.wait(max(began + self._interval - time.monotonic(), 0.0)):
+            return
+        rest = began + self._interval * 2 / 3 - time.monotonic()
+        if rest > 0:
+            self._stop.wait(rest)
 
     def _failed(self, error: BaseException) -> None:
         self._release_all()

@@ -28,7 +28,7 @@ fn mode_index(mode: Mode) -> u8 {
 /// made again under the same name from the one the worker synced before (the worker keeps a
 /// handle on the old one, so its id is not reused while it is compared).
 #[pyfunction]
-#[pyo3(name = "_fleet_breakers")]
+#[pyo3(name = "_fleet_breakers", signature = (registry, /))]
 pub fn fleet_breakers<'py>(py: Python<'py>, registry: &Registry) -> PyResult<Bound<'py, PyList>> {
     let list = PyList::empty(py);
     for core in registry.cores(py) {
@@ -44,7 +44,7 @@ pub fn fleet_breakers<'py>(py: Python<'py>, registry: &Registry) -> PyResult<Bou
 /// probe_timeout_ms or -1))`: `count` is the failures of a closed word or the permits out of a
 /// half-open one; modes are 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled.
 #[pyfunction]
-#[pyo3(name = "_fleet_read")]
+#[pyo3(name = "_fleet_read", signature = (breaker, /))]
 pub fn fleet_read<'py>(py: Python<'py>, breaker: &Breaker) -> PyResult<Bound<'py, PyTuple>> {
     let core: &BreakerCore = &breaker.core;
     let config = core.config.load();
@@ -83,7 +83,7 @@ pub fn fleet_read<'py>(py: Python<'py>, breaker: &Breaker) -> PyResult<Bound<'py
 /// period with no permit out, 3 forced open, 4 disabled. Announces the transition, if any, like
 /// any other. Returns `(installed, bits, generation)` of the word now in place.
 #[pyfunction]
-#[pyo3(name = "_fleet_install")]
+#[pyo3(name = "_fleet_install", signature = (breaker, expected, target, arg, /))]
 pub fn fleet_install(
     py: Python<'_>,
     breaker: &Breaker,
@@ -116,7 +116,7 @@ pub fn fleet_install(
 /// Holds the breaker's fleet gate with `leases` probe permits for word generation `generation`,
 /// or releases it (`generation` < 0): the breaker then decides alone, as a local one.
 #[pyfunction]
-#[pyo3(name = "_fleet_gate")]
+#[pyo3(name = "_fleet_gate", signature = (breaker, generation, leases, /))]
 pub fn fleet_gate(breaker: &Breaker, generation: i64, leases: u64) {
     let gate = &breaker.core.fleet_gate;
     match u32::try_from(generation) {

@@ -16,8 +16,8 @@
 //! 5. `block`: the `with breaker:` blocks (each settles its own permit).
 //! 6. `handle`: the methods of `Breaker` (its `__enter__` starts a block), `Guarded` with its
 //!    vectorcall entry point, `Metrics`.
-//! 7. `registry`: the `Registry` class.
-//! 7b. `fleet`: the Redis sync worker's private entry points (read, install, gate).
+//! 7. `registry`: the `Registry` class; then `fleet`, the Redis sync worker's private entry points
+//!    (read a breaker, install the fleet's state, hold or release its fleet gate).
 //! 8. `fastcall`: the `Breaker.call` and `Registry.call` fast entry points.
 //! 9. this module: `init_module`, which adds the classes and installs the entry points.
 //!

@@ -1,0 +1,182 @@
+"""The Redis-synced registry's own contract (issue 13, docs/redis.md), beside the fleet, fault and
+footprint suites: option validation, the lazy import, the worker's lifecycle (close, garbage
+collection), discovery and deletion, against a real ``redis-server`` (``tests/redis_fixtures.py``)."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+from helpers import SYNC_INTERVAL, Boom, fail, ok, redis_registry, wait_until
+from panelboard import CircuitOpenError, Registry, State
+
+BOUND = 5.0
+
+
+def sync_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("panelboard-redis-sync")]
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "names"),
+    [
+        ({"redis": 6379}, TypeError, "redis"),
+        ({"redis": ""}, ValueError, "redis"),
+        ({"redis": "http://localhost:6379"}, ValueError, "redis"),
+        ({"redis": "redis://127.0.0.1:1", "namespace": 3}, TypeError, "namespace"),
+        ({"redis": "redis://127.0.0.1:1", "namespace": ""}, ValueError, "namespace"),
+        ({"redis": "redis://127.0.0.1:1", "namespace": "a{b}"}, ValueError, "namespace"),
+        ({"redis": "redis://127.0.0.1:1", "sync_interval": 0}, ValueError, "sync_interval"),
+        ({"redis": "redis://127.0.0.1:1", "sync_interval": -0.5}, ValueError, "sync_interval"),
+        ({"redis": "redis://127.0.0.1:1", "sync_interval": float("nan")}, ValueError, "sync_interval"),
+        ({"redis": "redis://127.0.0.1:1", "sync_interval": True}, TypeError, "sync_interval"),
+        ({"redis": "redis://127.0.0.1:1", "sync_interval": "fast"}, TypeError, "sync_interval"),
+        ({"namespace": "checkout"}, ValueError, "namespace"),
+        ({"sync_interval": 0.1}, ValueError, "sync_interval"),
+        ({"redis": "redis://127.0.0.1:1", "failure_threshold": 0}, ValueError, "failure_threshold"),
+    ],
+)
+def test_bad_options_raise_naming_the_argument_and_start_nothing(
+    options: dict[str, Any], error: type[Exception], names: str
+) -> None:
+    before = len(sync_threads())
+    with pytest.raises(error, match=names):
+        Registry(**options)
+    assert len(sync_threads()) == before
+
+
+def test_import_panelboard_does_not_import_redis() -> None:
+    code = "import sys, panelboard; panelboard.Registry(); print('redis' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_local_registry_has_no_sync() -> None:
+    r = Registry()
+    assert r.sync_status() is None
+    r.close()
+    r.close()
+    assert r.call("x", ok) == "ok"
+
+
+def test_close_pushes_what_happened_just_before(redis_url: str, namespace: str) -> None:
+    a = redis_registry(redis_url, namespace, failure_threshold=1, reset_timeout=60.0)
+    b = redis_registry(redis_url, namespace, failure_threshold=1, reset_timeout=60.0)
+    try:
+        b.breaker("svc").call(ok)
+        wait_until(lambda: a.sync_status()["connected"] and b.sync_status()["connected"], BOUND)
+        with pytest.raises(Boom):
+            a.call("svc", fail)
+        a.close()  # at once: the opening is pushed by the last round
+        status = a.sync_status()
+        assert status["closed"] and not status["connected"]
+        wait_until(lambda: b.state("svc") is State.OPEN, BOUND, "b saw the opening")
+        # After close the breakers go on locally: still open, and calls never fail on Redis.
+        with pytest.raises(CircuitOpenError):
+            a.call("svc", ok)
+        assert a.call("other", ok) == "ok"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_close_is_idempotent_and_stops_the_worker(redis_url: str, namespace: str) -> None:
+    r = redis_registry(redis_url, namespace)
+    wait_until(lambda: r.sync_status()["connected"], BOUND)
+    thread_names = {t.name for t in sync_threads()}
+    assert f"panelboard-redis-sync[{namespace}]" in thread_names
+    r.close()
+    r.close()
+    assert all(not t.name.endswith(f"[{namespace}]") for t in sync_threads())
+
+
+def test_a_dropped_registry_stops_its_worker(redis_url: str, namespace: str) -> None:
+    held = [redis_registry(redis_url, namespace)]
+    held[0].breaker("x").call(ok)
+    wait_until(lambda: held[0].sync_status()["connected"], BOUND)
+    held.clear()
+    gc.collect()
+    wait_until(
+        lambda: all(not t.name.endswith(f"[{namespace}]") for t in sync_threads()),
+        BOUND,
+        "the worker of a dropped registry stopped",
+    )
+
+
+def test_a_process_that_never_used_a_breaker_learns_it_is_open(redis_url: str, namespace: str) -> None:
+    a = redis_registry(redis_url, namespace, failure_threshold=1, reset_timeout=60.0)
+    b = redis_registry(redis_url, namespace)
+    try:
+        with pytest.raises(Boom):
+            a.call("payments", fail)
+        wait_until(lambda: "payments" in b, BOUND, "b discovered the breaker")
+        wait_until(lambda: b.state("payments") is State.OPEN, BOUND, "b saw it open")
+        # The fleet's numeric configuration came with it.
+        with pytest.raises(CircuitOpenError) as raised:
+            b.call("payments", ok)
+        assert 50.0 < raised.value.retry_after <= 60.0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_delete_reaches_others_and_the_name_can_be_used_again(redis_url: str, namespace: str) -> None:
+    a = redis_registry(redis_url, namespace, failure_threshold=1, reset_timeout=60.0)
+    b = redis_registry(redis_url, namespace, failure_threshold=1, reset_timeout=60.0)
+    try:
+        a.breaker("gone").call(ok)
+        wait_until(lambda: "gone" in b, BOUND)
+        time.sleep(4 * SYNC_INTERVAL)
+        a.delete("gone")
+        wait_until(lambda: "gone" not in b, BOUND, "the deletion reached b")
+        # Made again under the same name (the tombstone is still in Redis): a fresh breaker that
+        # stays, and whose opening reaches the other process.
+        fresh = b.breaker("gone")
+        time.sleep(10 * SYNC_INTERVAL)
+        assert "gone" in b
+        with pytest.raises(Boom):
+            fresh.call(fail)
+        wait_until(lambda: a.state("gone") is State.OPEN, BOUND, "a saw the new breaker open")
+    finally:
+        a.close()
+        b.close()
+
+
+def test_an_expired_open_breaker_waits_for_the_fleet_to_probe(redis_url: str, namespace: str) -> None:
+    """While the worker is in touch with Redis, a process cannot probe on its own: the second
+    registry's probe waits until the first one's lease is gone (half_open_max_calls=1)."""
+    a = redis_registry(redis_url, namespace, failure_threshold=1, reset_timeout=0.2, probe_timeout=5.0)
+    b = redis_registry(redis_url, namespace, failure_threshold=1, reset_timeout=0.2, probe_timeout=5.0)
+    try:
+        ba, bb = a.breaker("p"), b.breaker("p")
+        wait_until(lambda: a.sync_status()["rounds"] > 2 and b.sync_status()["rounds"] > 2, BOUND)
+        with pytest.raises(Boom):
+            ba.call(fail)
+        wait_until(lambda: bb.state is State.OPEN, BOUND)
+
+        def probe(handle: Any) -> Any:
+            deadline = time.monotonic() + BOUND
+            while time.monotonic() < deadline:
+                permit = handle.try_acquire()
+                if permit is not None:
+                    return permit
+                time.sleep(0.002)
+            return None
+
+        held = probe(ba)
+        assert held is not None, "no probe was ever admitted"
+        # b asks too (its rejections are demand) but the only lease is a's.
+        deadline = time.monotonic() + 10 * SYNC_INTERVAL
+        while time.monotonic() < deadline:
+            assert bb.try_acquire() is None, "a second probe fleet-wide"
+            time.sleep(0.005)
+        held.success()
+        wait_until(lambda: bb.state is State.CLOSED, BOUND, "the probe's success reached b")
+    finally:
+        a.close()
+        b.close()
