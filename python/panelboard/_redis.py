@@ -218,11 +218,14 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
   end
 
   -- A generation from before the current epoch (the state was lost: Redis restarted empty,
-  -- the key expired or held garbage) has nothing to conflict with: the sender's change applies,
-  -- and so does its state when it is more cautious than the one re-published first (a process
-  -- that connected first after a restart must not close a breaker the others hold open).
-  local matches = (fg == -1) or (fg == g) or (fg < e)
-  if fg ~= -1 and fg < e and m == 0 and lmode and lmode ~= 0 then
+  -- the key expired or held garbage), while nothing has changed since the state was re-published,
+  -- has nothing to conflict with: the sender's change applies, and so does its state when it is
+  -- more cautious than the one re-published first (a process that connected first after a restart
+  -- must not close a breaker the others hold open). Once the fleet moved on (a reset, a trip),
+  -- a process that comes back late adopts that instead.
+  local stale_epoch = fg ~= -1 and fg < e and g == e
+  local matches = (fg == -1) or (fg == g) or stale_epoch
+  if stale_epoch and m == 0 and lmode and lmode ~= 0 then
     if lmode == 1 or lmode == 2 then
       m = 1
       g = g + 1
