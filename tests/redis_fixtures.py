@@ -232,8 +232,7 @@ class RedisServer:
     def restart_empty(self) -> None:
         """Stops the server and starts a new one on the same address: with persistence off, it is empty."""
         self.stop()
-        self.start()
-        assert self.admin().dbsize() == 0
+        self.start()  # clients may write to it at once: no check of its emptiness here
 
     def close(self) -> None:
         self.stop()

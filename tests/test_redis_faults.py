@@ -231,7 +231,11 @@ def test_redis_restarted_empty_gets_the_state_back(
     restarted = time.monotonic()
     c = registries(redis_server.url, namespace)
     c.breaker(NAME, failure_threshold=1, reset_timeout=60.0)  # a registry syncs the breakers it has
-    wait_until(sees(c, NAME, State.OPEN), CONVERGENCE_BOUND, "the state was re-published")
+    try:
+        wait_until(sees(c, NAME, State.OPEN), CONVERGENCE_BOUND, "the state was re-published")
+    except AssertionError as error:
+        seen = {"a": a.state(NAME), "b": b.state(NAME), "c": c.state(NAME)}
+        raise AssertionError(f"{error}; states {seen}; Redis holds {redis_server.keys()}") from None
     print(f"\nrestart: converged in {time.monotonic() - restarted:.2f} s")
     # And the fleet keeps working: a reset in c reaches a and b.
     c.reset(NAME)

@@ -217,6 +217,31 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
     dirty = true
   end
 
+  -- A generation from before the current epoch (the state was lost: Redis restarted empty,
+  -- the key expired or held garbage), while nothing has changed since the state was re-published,
+  -- has nothing to conflict with: the sender's change applies, and so does its state when it is
+  -- more cautious than the one re-published first (a process that connected first after a restart
+  -- must not close a breaker the others hold open). Once the fleet moved on (a reset, a trip),
+  -- a process that comes back late adopts that instead.
+  local stale_epoch = fg ~= -1 and fg < e and g == e
+  local matches = (fg == -1) or (fg == g) or stale_epoch
+  if stale_epoch and m == 0 and lmode and lmode ~= 0 then
+    if lmode == 1 or lmode == 2 then
+      m = 1
+      g = g + 1
+      f = 0
+      if lmode == 1 and lremain and lremain > 0 then redis.call('SET', ok_, g, 'PX', lremain) end
+    elseif lmode == 3 or lmode == 4 then
+      m = lmode
+      g = g + 1
+      f = 0
+    end
+    dirty = true
+    if op ~= 4 and op ~= 5 then op = 0 end
+    matches = true
+    fg = g
+  end
+
   -- The open timer: its remaining time, on the server's clock (-2: none; -1: garbage, no expiry).
   local pttl = -2
   if m == 1 then
@@ -224,9 +249,6 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
     if pttl == -1 then garbage = 1; redis.call('DEL', ok_); pttl = -2 end
   end
   local timer = pttl > 0
-  -- A generation from before the current epoch (the state was lost: Redis restarted empty,
-  -- the key expired or held garbage) has nothing to conflict with: the sender's change applies.
-  local matches = (fg == -1) or (fg == g) or (fg < e)
   local moved = false
   if op == 4 and lmode and (lmode == 0 or lmode == 3 or lmode == 4) then
     m = lmode; g = g + 1; f = 0; moved = true; dirty = true
