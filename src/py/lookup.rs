@@ -70,6 +70,14 @@ impl From<CoreRef> for CachedCore {
     }
 }
 
+impl CachedCore {
+    /// The same cached breaker (the same `Arc`)?
+    #[inline]
+    fn same(&self, other: &CachedCore) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 impl std::ops::Deref for CachedCore {
     type Target = CoreRef;
     #[inline]
@@ -139,7 +147,9 @@ impl ThreadCache {
 
     /// Makes `core`, found for `name`, the last name looked up.
     fn remember(&mut self, name: &Bound<'_, PyAny>, core: &CachedCore, released: &mut Released) {
-        if !matches!(&self.last, Some((last, _)) if last.is(name)) {
+        // Kept when it already names this breaker: a name built anew for each call (an equal `str`,
+        // another object every time) would otherwise replace it on every lookup, for nothing.
+        if !matches!(&self.last, Some((last, last_core)) if last.is(name) || last_core.same(core)) {
             // Taking a reference runs no Python code.
             let previous = self.last.replace((AttachedObject::new(name), core.clone()));
             // A lookup remembers once (and a restart before empties `last`, which `restarted_last`
