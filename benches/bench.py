@@ -652,6 +652,14 @@ def build_thread_cases() -> list[ThreadCase]:
             True,
         ),
         ThreadCase(
+            "pb_module_call",
+            "panelboard",
+            "panelboard.call (module-level), one name",
+            'pb.call("svc", f)',
+            lambda i: {"pb": panelboard, "f": f},
+            True,
+        ),
+        ThreadCase(
             "pb_registry_distinct",
             "panelboard",
             "panelboard Registry.call, name per thread",
@@ -1301,6 +1309,7 @@ def targets(
                 "3.13t, shared healthy breaker, one shared handle (`b.call`), 2 threads vs 1",
             ),
             ("pb_handle_samebreaker", "3.13t, shared healthy breaker, a handle per thread, 2 threads vs 1"),
+            ("pb_module_call", "3.13t, `panelboard.call(name, f)` on one name, 2 threads vs 1 (issue 10)"),
         ):
             case = cases.get(key)
             if not case:

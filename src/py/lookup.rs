@@ -60,14 +60,43 @@ use super::ffi::refs::AttachedObject;
 const CAPACITY: usize = 256;
 
 /// A breaker as a cache hands it out: shared with the cache by an `Arc` that only this thread
-/// counts (the Python reference inside is the cache's own).
-pub type CachedCore = Arc<CoreRef>;
+/// counts (the Python reference inside is the cache's own), alone on its cache lines.
+#[derive(Clone)]
+pub struct CachedCore(Arc<Aligned<CoreRef>>);
+
+impl From<CoreRef> for CachedCore {
+    fn from(core: CoreRef) -> CachedCore {
+        CachedCore(Arc::new(Aligned(core)))
+    }
+}
+
+impl CachedCore {
+    /// The same cached breaker (the same `Arc`)?
+    #[inline]
+    fn same(&self, other: &CachedCore) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::ops::Deref for CachedCore {
+    type Target = CoreRef;
+    #[inline]
+    fn deref(&self) -> &CoreRef {
+        &self.0 .0
+    }
+}
+
+/// Alone on its pair of cache lines (CPUs fetch lines in pairs): the caches of two threads, which
+/// `ThreadLocal` stores side by side, and the `Arc` counts each thread writes must not share a
+/// line, or every lookup would write a line that another thread reads.
+#[repr(align(128))]
+struct Aligned<T>(T);
 
 /// The caches of one registry, and the version that validates them.
 pub struct Lookups {
     /// Bumped after every removal from the registry's map.
     version: AtomicU64,
-    threads: ThreadLocal<Mutex<ThreadCache>>,
+    threads: ThreadLocal<Aligned<Mutex<ThreadCache>>>,
 }
 
 struct ThreadCache {
@@ -118,7 +147,9 @@ impl ThreadCache {
 
     /// Makes `core`, found for `name`, the last name looked up.
     fn remember(&mut self, name: &Bound<'_, PyAny>, core: &CachedCore, released: &mut Released) {
-        if !matches!(&self.last, Some((last, _)) if last.is(name)) {
+        // Kept when it already names this breaker: a name built anew for each call (an equal `str`,
+        // another object every time) would otherwise replace it on every lookup, for nothing.
+        if !matches!(&self.last, Some((last, last_core)) if last.is(name) || last_core.same(core)) {
             // Taking a reference runs no Python code.
             let previous = self.last.replace((AttachedObject::new(name), core.clone()));
             // A lookup remembers once (and a restart before empties `last`, which `restarted_last`
@@ -149,7 +180,7 @@ impl Lookups {
     pub fn removed(&self, key: &[u8]) {
         self.version.fetch_add(1, Ordering::Release);
         for cell in self.threads.iter() {
-            let forgotten = match cell.try_lock() {
+            let forgotten = match cell.0.try_lock() {
                 Ok(mut cache) => cache.forget(key),
                 Err(_) => continue,
             };
@@ -161,7 +192,7 @@ impl Lookups {
     /// is still valid under `version`.
     #[inline]
     pub fn last(&self, version: u64, name: &Bound<'_, PyAny>) -> Option<CachedCore> {
-        let cache = self.threads.get()?.try_lock().ok()?;
+        let cache = self.threads.get()?.0.try_lock().ok()?;
         if cache.version != version {
             return None;
         }
@@ -180,9 +211,10 @@ impl Lookups {
         key: &[u8],
         find: impl FnOnce() -> Option<CoreRef>,
     ) -> Option<CachedCore> {
-        let cell = self
+        let cell = &self
             .threads
-            .get_or(|| Mutex::new(ThreadCache::new(version)));
+            .get_or(|| Aligned(Mutex::new(ThreadCache::new(version))))
+            .0;
         let mut released = Released::default();
         let found = self.cached(cell, version, name, key, &mut released);
         if found.is_some() {
@@ -191,7 +223,7 @@ impl Lookups {
         }
         drop(released);
         // Not cached (or the cache is in use by the collector): the map, outside any guard.
-        let core: CachedCore = Arc::new(find()?);
+        let core = CachedCore::from(find()?);
         let mut released = Released::default();
         if let Ok(mut cache) = cell.try_lock() {
             // Cache it only under the version it was found under (a delete since then will
@@ -235,7 +267,9 @@ impl Lookups {
             // The collector runs with every other thread stopped at a safe point (or, with the GIL,
             // not running), and no thread is ever stopped with its cache locked (nothing under the
             // lock runs Python code): `try_lock` succeeds; if it did not, skipping is the safe side.
-            let Ok(cache) = cell.try_lock() else { continue };
+            let Ok(cache) = cell.0.try_lock() else {
+                continue;
+            };
             for core in cache.by_name.values() {
                 visit.call(core.as_py())?;
             }

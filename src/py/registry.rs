@@ -531,13 +531,13 @@ impl Registry {
                     Some(core) => core,
                     // Creating may drop references (a breaker that lost a creation race): attach
                     // properly so PyO3 releases them at once, not at its next call.
-                    None => Arc::new(Python::attach(|py| {
+                    None => CachedCore::from(Python::attach(|py| {
                         self.get_or_create(py, &key, &Patch::default())
                     })?),
                 },
                 // The options' objects may be dropped here (they are ignored for an existing
                 // breaker): attach properly, as above.
-                Some(options) => Arc::new(Python::attach(|py| -> PyResult<_> {
+                Some(options) => CachedCore::from(Python::attach(|py| -> PyResult<_> {
                     self.get_or_create(py, &key, &Patch::parse(Some(options))?)
                 })?),
             })
