@@ -471,10 +471,13 @@ pub fn guarded<'py>(
     py: Python<'py>,
     invoke: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    // The words are looked up once for both ends of the fast path (a shared breaker deleted
+    // meanwhile only makes the success check fail, which records on the words current then).
+    let slots = core.storage.slots();
     let admitted = shield(|| {
         // Fast path: a closed breaker without a result predicate needs no configuration to admit
         // a call or to record its success: one atomic load now, one after the call, no write.
-        if let Some(fast) = core.storage.slots().admit_fast(&core.predicate_flag) {
+        if let Some(fast) = slots.admit_fast(&core.predicate_flag) {
             core.report_fast(py, fast);
             return Ok(Admitted::Fast(fast));
         }
@@ -487,7 +490,7 @@ pub fn guarded<'py>(
         let (config, ticket, fast) = match admitted {
             Admitted::Fast(fast) => {
                 if matches!(&result, Ok(value) if !is_coroutine(value))
-                    && core.storage.slots().record_fast_success(fast)
+                    && slots.record_fast_success(fast)
                 {
                     // Healthy and unchanged: a success has nothing to record but its count.
                     core.storage.count(Counter::Successes);
