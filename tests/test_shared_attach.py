@@ -26,7 +26,7 @@ from panelboard import Registry, State
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX shared memory")
 
 HEADER_SIZE = 4096
-SLOT_SIZE = 1024
+SLOT_SIZE = 1088
 NAME_HEAP_PER_SLOT = 256  # the long-name heap after the slots
 MAGIC = 0x3142_4154_4D48_5350
 MAX_CAPACITY = 1 << 20

@@ -622,10 +622,13 @@ pub fn guarded<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     // When a timed call started: kept out of `Admitted`, which the fast path returns.
     let mut started = None;
+    // The words are looked up once for both ends of the fast path (a shared breaker deleted
+    // meanwhile only makes the success check fail, which records on the words current then).
+    let slots = core.storage.slots();
     let admitted = shield(|| {
         // Fast path: a closed breaker without a result predicate needs no configuration to admit
         // a call or to record its success: one atomic load now, one after the call, no write.
-        if let Some(fast) = core.storage.slots().admit_fast(&core.predicate_flag) {
+        if let Some(fast) = slots.admit_fast(&core.predicate_flag) {
             core.report_fast(py, fast);
             return Ok(Admitted::Fast(fast));
         }
@@ -639,7 +642,7 @@ pub fn guarded<'py>(
         let (config, ticket, fast) = match admitted {
             Admitted::Fast(fast) => {
                 if matches!(&result, Ok(value) if !is_coroutine(value))
-                    && core.storage.slots().record_fast_success(fast)
+                    && slots.record_fast_success(fast)
                 {
                     // Healthy and unchanged: a success has nothing to record but its count (and,
                     // with a rate rule, its place in the window).

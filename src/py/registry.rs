@@ -87,7 +87,8 @@ impl Registry {
             return Err(PyValueError::new_err("not a shared registry"));
         };
         let name: Arc<[u8]> = Arc::from(key);
-        let words = SharedWords::new(shared.table.clone(), index, claim);
+        let words = SharedWords::new(shared.table.clone(), index, claim)
+            .ok_or_else(|| PyValueError::new_err("shared table slot out of range"))?;
         let fresh = CoreRef::new(
             py,
             BreakerCore::shared(
@@ -600,7 +601,8 @@ impl Registry {
                 // breaker is listed under it without entering the map.
                 None => shared::slot_display_name(py, &shared.table, index).and_then(|name| {
                     let name = pyrefs::name_key(&name)?;
-                    let words = SharedWords::new(shared.table.clone(), index, claim);
+                    let words = SharedWords::new(shared.table.clone(), index, claim)
+                        .ok_or_else(|| PyValueError::new_err("shared table slot out of range"))?;
                     CoreRef::new(
                         py,
                         BreakerCore::shared(

@@ -18,7 +18,7 @@ use crate::engine::{Limits, Mode, Slots, Word};
 use crate::metrics::{Counter, Counters, Totals};
 use crate::shm::heard::Heard;
 use crate::shm::layout::{Count, Slot};
-use crate::shm::Table;
+use crate::shm::{SharedSlot, Table};
 
 /// A breaker's words on the heap.
 pub struct LocalWords {
@@ -39,7 +39,8 @@ impl LocalWords {
 
 /// A breaker's slot in a shared table.
 pub struct SharedWords {
-    pub table: Arc<Table>,
+    /// The slot (and the table whose mapping holds it, kept alive).
+    slot: SharedSlot,
     index: usize,
     /// The slot's claim word when this breaker attached to it (live, with its incarnation).
     claim: u64,
@@ -52,25 +53,26 @@ pub struct SharedWords {
 impl SharedWords {
     /// Attaches to slot `index` (live with `claim`); this process has heard nothing before the
     /// state it finds.
-    pub fn new(table: Arc<Table>, index: usize, claim: u64) -> SharedWords {
-        let heard = Heard::new(
-            table
-                .slot(index)
-                .map_or(Word::INITIAL, |slot| slot.machine.machine_word()),
-        );
-        SharedWords {
-            table,
+    pub fn new(table: Arc<Table>, index: usize, claim: u64) -> Option<SharedWords> {
+        let slot = SharedSlot::new(table, index)?;
+        let heard = Heard::new(slot.slot().machine.machine_word());
+        Some(SharedWords {
+            slot,
             index,
             claim,
             heard,
             orphan: OnceLock::new(),
-        }
+        })
+    }
+
+    pub fn table(&self) -> &Arc<Table> {
+        self.slot.table()
     }
 
     /// The slot, while it still holds this breaker's incarnation.
     #[inline]
     pub fn live(&self) -> Option<&Slot> {
-        let slot = self.table.slot(self.index)?;
+        let slot = self.slot.slot();
         (slot.claim.load(Ordering::Acquire) == self.claim).then_some(slot)
     }
 
@@ -148,7 +150,7 @@ impl Storage {
         match self {
             Storage::Local(words) => words.counters.add(counter),
             Storage::Shared(shared) => match shared.live() {
-                Some(slot) => slot.add(shared.table.lane(), count_of(counter)),
+                Some(slot) => slot.add(shared.table().lane(), count_of(counter)),
                 None => shared.orphan().counters.add(counter),
             },
         }

@@ -160,20 +160,23 @@ fn rate_rule(c: &mut Criterion) {
     });
     // One failure in four calls: under the rate, so every call judges the window.
     let mut n = 0u32;
-    c.bench_function("rate rule: 1 failure in 4 (window judged every call)", |b| {
-        b.iter(|| {
-            n = n.wrapping_add(1);
-            let outcome = if n % 4 == 0 {
-                Outcome::Failure
-            } else {
-                Outcome::Success
-            };
-            if let Admission::Admitted { ticket, .. } = m.admit(|| 0) {
-                let t = tick();
-                black_box(m.record_call(ticket, outcome, false, || t / 1000, || t));
-            }
-        })
-    });
+    c.bench_function(
+        "rate rule: 1 failure in 4 (window judged every call)",
+        |b| {
+            b.iter(|| {
+                n = n.wrapping_add(1);
+                let outcome = if n % 4 == 0 {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                };
+                if let Admission::Admitted { ticket, .. } = m.admit(|| 0) {
+                    let t = tick();
+                    black_box(m.record_call(ticket, outcome, false, || t / 1000, || t));
+                }
+            })
+        },
+    );
 }
 
 criterion_group!(benches, uncontended, contended, counted, rate_rule);

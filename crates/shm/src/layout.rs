@@ -14,7 +14,7 @@ use std::fmt;
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PSHMTAB1");
 pub const LAYOUT_VERSION: u64 = 1;
 pub const HEADER_SIZE: usize = 4096;
-pub const SLOT_SIZE: usize = 1024;
+pub const SLOT_SIZE: usize = 1088;
 pub const MAX_CAPACITY: u64 = 1 << 20;
 /// Names up to this many bytes are stored as they are; longer ones as a digest and a prefix.
 pub const NAME_INLINE: usize = 128;
@@ -37,10 +37,10 @@ pub const STRIPES: usize = 8;
 pub const LAYOUT_DESCRIPTION: &str = "panelboard shm v1: header 4096 [magic@0 version@8 \
 header_size@16 slot_size@24 capacity@32 layout_hash@40 index_hash@48 creator_pid@56 \
 created_at_ms@64 boot_id_len@72 boot_id@80..128 timens_len@128 timens@136..384 \
-name_heap_used@384 next_lane@392]; slot 1024 [claim@0 state@8 probe_stamp@16 open_time@24 \
+name_heap_used@384 next_lane@392]; slot 1088 [claim@0 state@8 probe_stamp@16 open_time@24 \
 failure_threshold@32 reset_timeout_ms@40 half_open_max_calls@48 success_threshold@56 \
 probe_timeout_ms@64 incarnation@72 times_opened@80 name_meta@88 name@128..256 (long: sha256@0 heap_offset@32 \
-prefix@40) window@256..512 stripes@512..1024 x8 (successes failures ignored rejected)]; \
+prefix@40) window@256..520 stripes@576..1088 x8 (successes failures ignored rejected)]; \
 name heap capacity*256 after the slots";
 
 // Header word offsets (bytes).
@@ -701,7 +701,7 @@ mod tests {
         assert_eq!(offset_of!(Slot, name_meta), 88);
         assert_eq!(offset_of!(Slot, name), 128);
         assert_eq!(offset_of!(Slot, window), 256);
-        assert_eq!(offset_of!(Slot, stripes), 512);
+        assert_eq!(offset_of!(Slot, stripes), 576);
         assert_eq!(std::mem::size_of::<Stripe>(), 64);
         assert_eq!(std::mem::size_of::<Slot>(), SLOT_SIZE);
     }

@@ -34,8 +34,8 @@ mod system {
         name_heap_at, name_heap_size, Header, IndexHash, ReadName, Slot, StoredName, MAX_CAPACITY,
         NO_HEAP, OFF_NAME_HEAP_USED, OFF_NEXT_LANE,
     };
-    pub use crate::mapping::OpenError;
     use crate::mapping::{self, Segment, Target};
+    pub use crate::mapping::{OpenError, SharedSlot};
     use crate::table::{self, Lookup};
     use sha2::{Digest, Sha256};
     use std::sync::atomic::AtomicU64;

@@ -369,3 +369,36 @@ fn attach(name: &str, file: &File, here: &ClockIdentity) -> Result<Segment, Open
         return Ok(Segment { mapping, header });
     }
 }
+
+/// One slot of a table, reached without recomputing where it is: a pointer into the table's
+/// mapping, with the `Arc` that keeps the mapping alive for as long as the pointer exists.
+pub struct SharedSlot {
+    table: std::sync::Arc<crate::Table>,
+    slot: NonNull<Slot>,
+}
+
+// SAFETY: a `SharedSlot` only hands out `&Slot` (atomics and untouched padding, `Sync`) and the
+// `Arc<Table>` (itself `Send + Sync`); the pointer is never written through.
+unsafe impl Send for SharedSlot {}
+// SAFETY: as above.
+unsafe impl Sync for SharedSlot {}
+
+impl SharedSlot {
+    /// Slot `index` of `table` (`None` out of range).
+    pub fn new(table: std::sync::Arc<crate::Table>, index: usize) -> Option<SharedSlot> {
+        let slot = NonNull::from(table.slot(index)?);
+        Some(SharedSlot { table, slot })
+    }
+
+    #[inline]
+    pub fn slot(&self) -> &Slot {
+        // SAFETY: the pointer was taken from a `&Slot` borrowed from `self.table`'s mapping, which
+        // stays mapped, at the same address, until the `Table` is dropped; `self.table` keeps it
+        // alive for at least as long as `self`, and the returned borrow cannot outlive `self`.
+        unsafe { self.slot.as_ref() }
+    }
+
+    pub fn table(&self) -> &std::sync::Arc<crate::Table> {
+        &self.table
+    }
+}
