@@ -308,14 +308,19 @@ impl BreakerCore {
     /// once per generation, whichever process made it (docs/shared-memory.md, "Listeners").
     #[inline]
     pub fn report(&self, py: Python<'_>, transition: Option<Transition>) {
-        match self.storage.shared() {
+        // A shared breaker whose name was deleted runs on words of its own: reported as local.
+        let live = self
+            .storage
+            .shared()
+            .and_then(|shared| Some((shared, shared.live()?)));
+        match live {
             None => {
                 if transition.is_some() {
                     self.announce(py, transition)
                 }
             }
-            Some(shared) => {
-                let word = self.storage.slots().machine_word();
+            Some((shared, slot)) => {
+                let word = slot.machine.machine_word();
                 if shared.unseen(word.generation()) {
                     self.hear(py, shared, word);
                 }
