@@ -187,6 +187,7 @@ def test_an_old_handle_keeps_working_after_another_process_deletes_its_name(shar
     old = registry.breaker(dep)
     peer.eval(f"registry.delete({dep!r})")
     assert old.call(lambda: "still") == "still"  # works on its own breaker, as on a local registry
+    assert old.shared is False, "the deleted breaker now lives in this process only"
     fresh = registry.breaker(dep)
     assert fresh.metrics().calls == 0, "a new breaker for the name"
     with pytest.raises(Boom):
