@@ -159,6 +159,7 @@ def insns(table: str, n1: int = 2_000, n2: int = 12_000) -> dict[str, float] | N
     that start-up cancels out): exact, whatever else runs on the machine."""
     if shutil.which("valgrind") is None:
         return None
+    Registry(shared=table)  # every counted run attaches (creating the table costs more)
     result = {}
     for kind in ("local", "shared"):
         totals = []

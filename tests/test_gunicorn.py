@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -38,28 +39,46 @@ FAILURE_THRESHOLD = 3
 PROBES = 2
 RESET_TIMEOUT = 1.5
 UPSTREAM_DELAY = 0.3  # each upstream call takes this long, so that probes overlap
+BATCH_WAIT = 5.0  # how long the upstream holds a probe for the others of its half-open period
 
 
 class Upstream:
-    """A FlakyServer whose every answer takes UPSTREAM_DELAY and has the status set here; records
-    when each request arrived."""
+    """A FlakyServer whose every answer takes UPSTREAM_DELAY and has the status set here.
+
+    With ``batching`` on, the upstream holds each request until PROBES requests are held (or
+    BATCH_WAIT seconds have passed), then answers them all: so the probes of one half-open period,
+    however slowly a busy machine schedules them, are all in flight together, and each request is
+    recorded with the batch it was answered in."""
 
     def __init__(self) -> None:
         self.status = 500
         self.delay = UPSTREAM_DELAY
-        self.arrivals: list[float] = []
-        self._lock = threading.Lock()
+        self.batching = False
+        self.batches: list[int] = []  # the batch of each request, in arrival order
+        self._batch = 0
+        self._held = 0
+        self._cond = threading.Condition()
         self.server = FlakyServer(self._behaviour)
 
     def _behaviour(self, path: str) -> int:
-        with self._lock:
-            self.arrivals.append(time.monotonic())
+        with self._cond:
+            batch = self._batch
+            self.batches.append(batch)
+            if self.batching:
+                self._held += 1
+                if self._held < PROBES:
+                    self._cond.wait_for(lambda: self._batch != batch, timeout=BATCH_WAIT)
+                if self._batch == batch:  # complete, or waited long enough: answer this batch
+                    self._held, self._batch = 0, batch + 1
+                    self._cond.notify_all()
+            else:
+                self._batch += 1
         time.sleep(self.delay)
         return self.status
 
     def hits(self) -> int:
-        with self._lock:
-            return len(self.arrivals)
+        with self._cond:
+            return len(self.batches)
 
 
 @contextlib.contextmanager
@@ -152,19 +171,6 @@ def get(url: str) -> tuple[int, int, float | None]:
     return status, int(headers["X-Worker-Pid"]), None if retry_after is None else float(retry_after)
 
 
-def probe_groups(arrivals: list[float]) -> list[int]:
-    """The upstream's arrivals grouped by half-open period (a gap of half a reset timeout or more
-    starts a new period): how many probes each period let through."""
-    groups: list[int] = []
-    last = None
-    for t in sorted(arrivals):
-        if last is None or t - last >= RESET_TIMEOUT / 2:
-            groups.append(0)
-        groups[-1] += 1
-        last = t
-    return groups
-
-
 @pytest.mark.parametrize("preload", [False, True], ids=["import-in-each-worker", "preload"])
 def test_gunicorn_workers_share_one_breaker(table, preload):
     upstream = Upstream()
@@ -190,6 +196,7 @@ def test_gunicorn_workers_share_one_breaker(table, preload):
 
         # Half-open periods under load from 8 clients: each lets exactly PROBES calls through.
         hits_before = upstream.hits()
+        upstream.batching = True
         statuses: list[int] = []
         lock = threading.Lock()
         stop_after = time.monotonic() + 2.6 * (RESET_TIMEOUT + UPSTREAM_DELAY)
@@ -209,7 +216,8 @@ def test_gunicorn_workers_share_one_breaker(table, preload):
         for t in threads:
             t.join(60)
         assert not any(t.is_alive() for t in threads), "the clients hung"
-        groups = probe_groups(upstream.arrivals[hits_before:])
+        upstream.batching = False
+        groups = [count for _, count in sorted(Counter(upstream.batches[hits_before:]).items())]
         assert len(groups) >= 2, groups
         assert groups == [PROBES] * len(groups), f"probes per half-open period: {groups}"
         assert statuses.count(502) == sum(groups)

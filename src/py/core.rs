@@ -286,7 +286,7 @@ impl BreakerCore {
         let now_us = self.hub.get().clock.now_us();
         let generation = fast.ticket().generation();
         let still_current = || {
-            let word = self.slots.machine_word();
+            let word = self.storage.slots().machine_word();
             word.mode() == Mode::Closed && word.generation() == generation
         };
         if window.record_success(generation, now_us, still_current) {
