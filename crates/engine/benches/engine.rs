@@ -133,7 +133,7 @@ fn rate_rule(c: &mut Criterion) {
     };
     let slots = Slots::new();
     let window = Window::new(policy.bucket_us());
-    let flag = PredicateFlag::with_window(0, false, true);
+    let flag = PredicateFlag::new(0, false);
     let now = std::cell::Cell::new(0u64);
     let tick = || {
         now.set(now.get() + 1);
@@ -160,20 +160,23 @@ fn rate_rule(c: &mut Criterion) {
     });
     // One failure in four calls: under the rate, so every call judges the window.
     let mut n = 0u32;
-    c.bench_function("rate rule: 1 failure in 4 (window judged every call)", |b| {
-        b.iter(|| {
-            n = n.wrapping_add(1);
-            let outcome = if n % 4 == 0 {
-                Outcome::Failure
-            } else {
-                Outcome::Success
-            };
-            if let Admission::Admitted { ticket, .. } = m.admit(|| 0) {
-                let t = tick();
-                black_box(m.record_call(ticket, outcome, false, || t / 1000, || t));
-            }
-        })
-    });
+    c.bench_function(
+        "rate rule: 1 failure in 4 (window judged every call)",
+        |b| {
+            b.iter(|| {
+                n = n.wrapping_add(1);
+                let outcome = if n % 4 == 0 {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                };
+                if let Admission::Admitted { ticket, .. } = m.admit(|| 0) {
+                    let t = tick();
+                    black_box(m.record_call(ticket, outcome, false, || t / 1000, || t));
+                }
+            })
+        },
+    );
 }
 
 criterion_group!(benches, uncontended, contended, counted, rate_rule);
