@@ -165,7 +165,7 @@ fn rate_rule(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 n = n.wrapping_add(1);
-                let outcome = if n % 4 == 0 {
+                let outcome = if n.is_multiple_of(4) {
                     Outcome::Failure
                 } else {
                     Outcome::Success
