@@ -1,8 +1,11 @@
 //! Criterion benches of the plain-Rust state machine: admit + record, uncontended and contended,
-//! and what counting each outcome for `metrics()` adds to it.
+//! what counting each outcome for `metrics()` adds to it, and what a rate rule's window adds
+//! (issue 11).
 use criterion::{criterion_group, criterion_main, Criterion};
 use panelboard_engine::metrics::{Counter, Counters};
-use panelboard_engine::{Admission, Limits, Outcome, Slots};
+use panelboard_engine::{
+    Admission, Limits, Outcome, PredicateFlag, RatePolicy, Slots, Window, NO_FAILURE_THRESHOLD,
+};
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -112,5 +115,66 @@ fn counted(c: &mut Criterion) {
     background.join().unwrap();
 }
 
-criterion_group!(benches, uncontended, contended, counted);
+/// A breaker with a failure-rate rule: the closed fast path of its success (admission without a
+/// write, then one CAS of the bucket word and one load, as `src/py/core.rs` does it), a success
+/// through the machine, and a failure (counted, then the window judged), against the same clock
+/// value moving a microsecond per call (a bucket of 1 s rolls every million calls).
+fn rate_rule(c: &mut Criterion) {
+    let policy = RatePolicy {
+        window_us: 10_000_000,
+        min_calls: 10,
+        failure_rate: Some(0.5),
+        slow_call_rate: None,
+    };
+    let limits = Limits {
+        failure_threshold: NO_FAILURE_THRESHOLD,
+        rate: Some(policy),
+        ..Limits::default()
+    };
+    let slots = Slots::new();
+    let window = Window::new(policy.bucket_us());
+    let flag = PredicateFlag::with_window(0, false, true);
+    let now = std::cell::Cell::new(0u64);
+    let tick = || {
+        now.set(now.get() + 1);
+        now.get()
+    };
+    c.bench_function("rate rule: closed fast success (window CAS)", |b| {
+        b.iter(|| {
+            let fast = slots.admit_fast(&flag).expect("closed");
+            if slots.record_fast_success(fast) {
+                let generation = fast.ticket().generation();
+                let current = || slots.machine_word().generation() == generation;
+                black_box(window.record_success(generation, tick(), current));
+            }
+        })
+    });
+    let m = slots.machine(&limits).with_window(&window);
+    c.bench_function("rate rule: closed admit+success through the machine", |b| {
+        b.iter(|| {
+            if let Admission::Admitted { ticket, .. } = m.admit(|| 0) {
+                let t = tick();
+                black_box(m.record_call(ticket, Outcome::Success, false, || t / 1000, || t));
+            }
+        })
+    });
+    // One failure in four calls: under the rate, so every call judges the window.
+    let mut n = 0u32;
+    c.bench_function("rate rule: 1 failure in 4 (window judged every call)", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            let outcome = if n % 4 == 0 {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            if let Admission::Admitted { ticket, .. } = m.admit(|| 0) {
+                let t = tick();
+                black_box(m.record_call(ticket, outcome, false, || t / 1000, || t));
+            }
+        })
+    });
+}
+
+criterion_group!(benches, uncontended, contended, counted, rate_rule);
 criterion_main!(benches);
