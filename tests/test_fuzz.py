@@ -209,6 +209,15 @@ OPTIONS = [
     "failure_on",
     "ignore",
     "probe_timeout",
+    # issue 11: trip policies
+    "failure_rate",
+    "slow_call_duration",
+    "slow_call_rate",
+    "window",
+    "min_calls",
+    "backoff",
+    "max_reset_timeout",
+    "jitter",
 ]
 UNKNOWN = ["bogus", "reset_timeout_ms", "timeout", "threshold", "fn_", "clock_", "Failure_threshold", ""]
 
@@ -248,7 +257,10 @@ def is_exc_type(v):
 
 def verdict(key, value):
     """True: must be accepted; ('TypeError'|'ValueError'): must be rejected with that error;
-    None: implementation-defined (outside the documented range), either answer is fine."""
+    None: implementation-defined (outside the documented range), either answer is fine. Rules
+    between options (issue 11) are applied by ``expected``."""
+    if key == "failure_threshold" and value is None:
+        return True  # the consecutive rule off: fine next to a rate rule (see cross_rules)
     if key in ("failure_threshold", "half_open_max_calls", "success_threshold"):
         if not is_int(value):
             return "TypeError"
@@ -270,6 +282,8 @@ def verdict(key, value):
         if key == "probe_timeout" and value < 0.001:
             return None
         return True if value <= 31_536_000 else None
+    if key in POLICY_VERDICTS:
+        return POLICY_VERDICTS[key](value)
     if key == "success":
         return True if value is None or callable(value) else "TypeError"
     if key in ("failure_on", "ignore"):
@@ -286,11 +300,101 @@ def verdict(key, value):
     return "TypeError"  # unknown keyword, as Python reports it
 
 
+def _number_verdict(value, low_ok, high, allow_none=False, low=0.0, high_ok=True, unsure_below=None):
+    """A number in the range ``low``..``high`` (each end open or closed)."""
+    if value is None and allow_none:
+        return True
+    if not is_number(value):
+        return "TypeError"
+    if is_int(value) and abs(value) > 2**80:
+        return None
+    if not math.isfinite(value):
+        return "ValueError"
+    if (
+        value < low
+        or (value == low and not low_ok)
+        or (high is not None and (value > high or (value == high and not high_ok)))
+    ):
+        return "ValueError"
+    if unsure_below is not None and value < unsure_below:
+        return None
+    return True
+
+
+def _seconds_verdict(value, allow_none, zero_ok):
+    answer = _number_verdict(value, True, None, allow_none=allow_none)
+    if answer is not True or value is None:
+        return answer
+    if value == 0:
+        return True if zero_ok else "ValueError"
+    if value < 0.01 or value > 31_536_000:
+        return None  # sub-10 ms and beyond a year: the implementation's limits
+    return True
+
+
+def _min_calls_verdict(value):
+    if not is_int(value):
+        return "TypeError"
+    if value < 1:
+        return "ValueError"
+    return True if value <= 2**32 - 1 else None
+
+
+POLICY_VERDICTS = {
+    "failure_rate": lambda v: _number_verdict(v, False, 1.0, allow_none=True),
+    "slow_call_rate": lambda v: _number_verdict(v, False, 1.0, allow_none=True),
+    # 0 s is not specified ("longer than 0 s" is every call that takes a millisecond)
+    "slow_call_duration": lambda v: None if v == 0 and is_number(v) else _seconds_verdict(v, True, False),
+    "window": lambda v: _seconds_verdict(v, False, False),
+    "min_calls": _min_calls_verdict,
+    "backoff": lambda v: _number_verdict(v, True, None, low=1.0),
+    "max_reset_timeout": lambda v: _seconds_verdict(v, True, True),
+    "jitter": lambda v: _number_verdict(v, True, 1.0, high_ok=False),
+}
+
+
+def cross_rules(opts, verdicts):
+    """Issue 11's rules between options, for options that are each fine: a ``slow_call_rate`` needs a
+    ``slow_call_duration``; ``failure_threshold=None`` needs a rate rule; ``max_reset_timeout`` is at
+    least ``reset_timeout``. Returns (bad, unsure)."""
+    fine = lambda k: k in opts and opts[k] is not None and verdicts.get(k) is True  # noqa: E731
+    bad, unsure = {}, False
+    if fine("slow_call_rate") and not fine("slow_call_duration"):
+        if opts.get("slow_call_duration") is None:
+            bad["slow_call_rate"] = "ValueError"
+    slow_rule = fine("slow_call_rate") and fine("slow_call_duration")
+    if "failure_threshold" in opts and opts["failure_threshold"] is None:
+        if not (fine("failure_rate") or slow_rule):
+            others = ("failure_rate", "slow_call_rate", "slow_call_duration")
+            if all(verdicts.get(k, True) is True for k in others):
+                # No trip rule would remain: rejected, naming the option. (Its error type, a
+                # ValueError, is pinned by tests/test_trip_policy.py, not by chance here.)
+                bad["failure_threshold"] = "ValueError"
+                unsure = True
+            else:
+                unsure = True
+    if fine("max_reset_timeout"):
+        cap = opts["max_reset_timeout"]
+        if "reset_timeout" in opts:
+            if verdicts.get("reset_timeout") is True and cap < opts["reset_timeout"]:
+                bad["max_reset_timeout"] = "ValueError"
+            elif verdicts.get("reset_timeout") is not True:
+                unsure = True
+        elif cap < 30:  # the default reset_timeout
+            bad["max_reset_timeout"] = "ValueError"
+        elif cap < 100:  # test_rejected_reconfiguration_changes_nothing's live breaker has 100 s
+            unsure = True
+    return bad, unsure
+
+
 def expected(opts):
     verdicts = {k: verdict(k, v) for k, v in opts.items()}
     bad = {k: v for k, v in verdicts.items() if v not in (True, None)}
     unsure = any(v is None for v in verdicts.values())
-    return bad, unsure
+    cross_bad, cross_unsure = cross_rules(opts, verdicts)
+    for key, error in cross_bad.items():
+        bad.setdefault(key, error)
+    return bad, unsure or cross_unsure
 
 
 def check_rejection(opts, outcome, err, created, predicate_may_raise=False):

@@ -188,3 +188,42 @@ def test_counts_from_sixteen_threads_are_exact_in_the_window(clock):
     assert window_of(m) == (THREADS * per_thread, THREADS * per_thread // 5, 0)
     assert (m.successes, m.failures) == (THREADS * per_thread * 4 // 5, THREADS * per_thread // 5)
     assert m.state is State.CLOSED
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_sixteen_threads_under_the_rate_never_trip_while_the_window_slides(clock, round_):
+    """The threads move the clock on themselves, 10 ms after every 10 calls (6.4 s in all, over a
+    1 s window), so buckets roll under recorders that read the time just before. The window then
+    holds, of each thread, the calls of a stretch of time, and a stretch of ``SSSF...`` holds at most
+    one failure more than a quarter of its calls: with at least 200 calls the rate stays below
+    0.25 + 16/200 (and a few late recorders dropped), far from 0.6."""
+    registry = Registry(clock=clock)
+    heard = listen(registry)
+    handles = [
+        registry.breaker("x", failure_rate=0.6, min_calls=200, window=1.0, failure_threshold=None)
+        for _ in range(THREADS)
+    ]
+    seen = []
+
+    def worker(i: int) -> None:
+        b = handles[i]
+        for n in range(100):
+            for letter in "SSSF":
+                if letter == "S":
+                    b.call(ok)
+                else:
+                    with pytest.raises(Boom):
+                        b.call(fail)
+            if n % 5 == 4:  # every 20 calls
+                clock.advance(0.02)
+                if i == 0:
+                    seen.append(window_of(b.metrics()))
+
+    run_threads(worker, THREADS)
+    m = handles[0].metrics()
+    assert (m.state, m.times_opened) == (State.CLOSED, 0), m
+    assert heard == []
+    assert m.successes + m.failures == THREADS * 400
+    assert clock.now() == pytest.approx(THREADS * 20 * 0.02)
+    assert all(failures <= 0.6 * calls or calls < 200 for calls, failures, _ in seen), seen
+    assert 0 < m.window_calls < THREADS * 400, "the window slid: it holds the last second or so"
