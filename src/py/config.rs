@@ -227,9 +227,7 @@ impl PolicyOptions {
             && self.failure_rate.is_none()
             && self.slow_call_rate.is_none()
         {
-            // A TypeError, as `failure_threshold=None` always was before rate rules existed: None
-            // is only a value for it next to another rule.
-            return Err(PyTypeError::new_err(
+            return Err(PyValueError::new_err(
                 "failure_threshold=None turns the consecutive-failure rule off, so failure_rate or \
                  slow_call_rate must be set: a breaker needs at least one trip rule",
             ));
