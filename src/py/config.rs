@@ -63,15 +63,10 @@ impl Config {
 
     /// Whether a call needs this configuration to be recorded: a `success` predicate to classify
     /// it, or `slow_call_duration` to time it. What a breaker caches for its closed fast path
-    /// (`PredicateFlag`, with `version` and `counts_in_window`), which only the breakers with
-    /// neither take.
+    /// (`PredicateFlag`, with `version`), which only the breakers with neither take (a rate rule
+    /// alone keeps the fast path: its successes are counted in the breaker's window there).
     pub fn has_predicate(&self) -> bool {
         self.objects.success.is_some() || self.slow_call_ns.is_some()
-    }
-
-    /// Whether successes count in the breaker's window (a rate rule is configured).
-    pub fn counts_in_window(&self) -> bool {
-        self.limits.rate.is_some()
     }
 
     /// Reports the Python objects this configuration holds to the garbage collector.
@@ -232,9 +227,7 @@ impl PolicyOptions {
             && self.failure_rate.is_none()
             && self.slow_call_rate.is_none()
         {
-            // A TypeError, as `failure_threshold=None` always was before rate rules existed: None
-            // is only a value for it next to another rule.
-            return Err(PyTypeError::new_err(
+            return Err(PyValueError::new_err(
                 "failure_threshold=None turns the consecutive-failure rule off, so failure_rate or \
                  slow_call_rate must be set: a breaker needs at least one trip rule",
             ));

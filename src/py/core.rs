@@ -177,11 +177,7 @@ impl BreakerCore {
             storage,
             slow_calls: AtomicU64::new(0),
             window,
-            predicate_flag: PredicateFlag::with_window(
-                config.version,
-                config.has_predicate(),
-                config.counts_in_window(),
-            ),
+            predicate_flag: PredicateFlag::new(config.version, config.has_predicate()),
             config: ArcSwap::new(config),
             hub,
             rejection_name: RejectionName::default(),
@@ -240,11 +236,8 @@ impl BreakerCore {
         // Each call publishes the configuration current after its own was installed, so once it
         // returns the flag describes that one or a newer one (the flag ignores older versions).
         let current = self.config.load();
-        self.predicate_flag.publish_with_window(
-            current.version,
-            current.has_predicate(),
-            current.counts_in_window(),
-        );
+        self.predicate_flag
+            .publish(current.version, current.has_predicate());
         Ok(())
     }
 
@@ -279,8 +272,10 @@ impl BreakerCore {
     }
 
     /// Counts the success of a call admitted on the fast path (`record_fast_success` accepted it) in
-    /// the window, when the configuration it was admitted under has a rate rule: a clock reading,
-    /// one CAS, one load; the window is judged only when it holds a failure or a slow call.
+    /// the breaker's window, which exists once a configuration had a rate rule (the fast path does
+    /// not load the configuration; a window kept after the rule was configured away is counted in
+    /// and never judged): a clock reading, one CAS, one load; the window is judged only when it
+    /// holds a failure or a slow call.
     #[inline(always)]
     fn count_fast_success(&self, py: Python<'_>, window: &Window, fast: FastTicket) {
         let now_us = self.hub.get().clock.now_us();

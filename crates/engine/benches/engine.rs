@@ -133,7 +133,7 @@ fn rate_rule(c: &mut Criterion) {
     };
     let slots = Slots::new();
     let window = Window::new(policy.bucket_us());
-    let flag = PredicateFlag::with_window(0, false, true);
+    let flag = PredicateFlag::new(0, false);
     let now = std::cell::Cell::new(0u64);
     let tick = || {
         now.set(now.get() + 1);
@@ -165,7 +165,7 @@ fn rate_rule(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 n = n.wrapping_add(1);
-                let outcome = if n % 4 == 0 {
+                let outcome = if n.is_multiple_of(4) {
                     Outcome::Failure
                 } else {
                     Outcome::Success

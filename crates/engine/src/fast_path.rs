@@ -12,65 +12,40 @@
 use crate::machine::{Mode, Slots, Ticket, Word};
 use crate::sync::{AtomicU64, Ordering};
 
-/// `version << 2 | counts in a window << 1 | has a result predicate`, for the newest configuration
-/// published so far. "Has a predicate" stands for anything that needs the configuration to record
-/// a call (a predicate, timing slow calls); "counts in a window" for a rate rule, whose successes
-/// the fast path counts in the breaker's [`crate::Window`].
+/// `version << 1 | has a result predicate`, for the newest configuration published so far.
 #[derive(Debug)]
 pub struct PredicateFlag(AtomicU64);
 
-const PREDICATE_BIT: u64 = 1;
-const WINDOW_BIT: u64 = 2;
-const VERSION_SHIFT: u32 = 2;
-
-fn pack(version: u64, has_predicate: bool, counts_in_window: bool) -> u64 {
-    version << VERSION_SHIFT
-        | u64::from(has_predicate) * PREDICATE_BIT
-        | u64::from(counts_in_window) * WINDOW_BIT
+fn pack(version: u64, has_predicate: bool) -> u64 {
+    version << 1 | u64::from(has_predicate)
 }
 
 impl PredicateFlag {
     /// The flag of a breaker's first configuration.
     pub fn new(version: u64, has_predicate: bool) -> PredicateFlag {
-        PredicateFlag(AtomicU64::new(pack(version, has_predicate, false)))
-    }
-
-    /// `new`, for a configuration whose successes count in a window.
-    pub fn with_window(version: u64, has_predicate: bool, counts_in_window: bool) -> PredicateFlag {
-        PredicateFlag(AtomicU64::new(pack(
-            version,
-            has_predicate,
-            counts_in_window,
-        )))
+        PredicateFlag(AtomicU64::new(pack(version, has_predicate)))
     }
 
     /// Publishes the flag of configuration `version`, called after that configuration is
     /// installed. Versions must increase in the order configurations replace each other (at most
-    /// 2^62). An older version than the one already published changes nothing, so once every
+    /// 2^63). An older version than the one already published changes nothing, so once every
     /// publisher has returned the flag describes the newest of their configurations, whatever
     /// order they ran in.
     pub fn publish(&self, version: u64, has_predicate: bool) {
-        self.publish_with_window(version, has_predicate, false);
-    }
-
-    /// `publish`, telling whether the configuration's successes count in a window.
-    pub fn publish_with_window(&self, version: u64, has_predicate: bool, counts_in_window: bool) {
-        self.0.fetch_max(
-            pack(version, has_predicate, counts_in_window),
-            Ordering::SeqCst,
-        );
+        self.0
+            .fetch_max(pack(version, has_predicate), Ordering::SeqCst);
     }
 
     /// Whether the newest published configuration has a result predicate.
     #[inline]
     pub fn has_predicate(&self) -> bool {
-        self.0.load(Ordering::Acquire) & PREDICATE_BIT != 0
+        self.0.load(Ordering::Acquire) & 1 == 1
     }
 
     /// The newest published configuration: its version, and whether it has a predicate.
     pub fn published(&self) -> (u64, bool) {
         let flag = self.0.load(Ordering::Acquire);
-        (flag >> VERSION_SHIFT, flag & PREDICATE_BIT != 0)
+        (flag >> 1, flag & 1 == 1)
     }
 }
 

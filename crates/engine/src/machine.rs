@@ -1,8 +1,11 @@
 //! The breaker state machine: plain Rust, no PyO3.
 //!
 //! A breaker's whole state is one 64-bit word that the machine does not own: it works on a
-//! `&AtomicU64` (plus a second word that only schedules probe reclaims), so the same code can later
-//! run over memory shared between processes. Every change is one compare-and-swap of that word.
+//! `&AtomicU64` (plus a second word that only schedules probe reclaims, a third that holds the
+//! current open period's length when `backoff`/`jitter` vary it, and, with a rate rule, the
+//! pointer-free [`Window`] of `crate::window`), so the same code can later run over memory shared
+//! between processes. Every change of state is one compare-and-swap of that word: a rate rule's
+//! trip too, which exactly one of the recorders that see the rule met wins.
 //!
 //! ```text
 //!  63   61 60              36 35                                   0
