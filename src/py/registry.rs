@@ -596,6 +596,9 @@ impl Registry {
                 continue;
             };
             let core = match shared::slot_key(&shared.table, index) {
+                // Bytes that no str encodes to were not written by panelboard (a corrupt slot):
+                // left out, so that one bad slot cannot make the whole listing fail.
+                Some(key) if pyrefs::name_str(py, &key).is_err() => continue,
                 Some(key) => self.adopt(py, &key, index, claim, config),
                 // A long name made by another process: only its prefix is known here, so the
                 // breaker is listed under it without entering the map.
