@@ -30,14 +30,14 @@
 - Shared-memory tables (issue 12): ``shared_table()`` (a unique table name, unlinked afterwards),
   ``segment_path(table)``, ``Worker(method, table, **options)`` (a spawned or forked process with a
   shared ``Registry`` that runs the code the test sends it), ``start_workers(...)`` and
-  ``stop_workers(...)``, ``wait_until(predicate)``.
+  ``stop_workers(...)``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import contextlib
+import logging
 import multiprocessing
 import os
 import select
@@ -537,6 +537,8 @@ def _fleet_call(fn: Callable[..., Any], index: int, args: tuple[Any, ...]) -> tu
         finally:
             pass
         return ("error", f"process {index}:\n{traceback.format_exc()}")
+
+
 # Shared-memory tables (issue 12)
 
 # Where POSIX shared-memory objects live on Linux (shm_open("/NAME") is /dev/shm/NAME).
@@ -563,18 +565,6 @@ def shared_table(prefix: str = "pb-test") -> Iterator[str]:
         yield table
     finally:
         unlink_quietly(table)
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = TIMEOUT, what: str = "condition") -> Any:
-    """Polls ``predicate`` until it returns something truthy (returned); fails after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout}s")
-        time.sleep(0.005)
 
 
 METRICS_FIELDS = (

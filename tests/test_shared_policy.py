@@ -26,7 +26,9 @@ except panelboard.CircuitOpenError:
 
 
 def window_in(worker, name: str) -> tuple[int, int]:
-    return worker.eval(f"(lambda m: (m.window_calls, m.window_failures))(registry.breaker({name!r}).metrics())")
+    return worker.eval(
+        f"(lambda m: (m.window_calls, m.window_failures))(registry.breaker({name!r}).metrics())"
+    )
 
 
 @pytest.mark.parametrize("method", ["spawn", "fork"])

@@ -393,6 +393,7 @@ class Registry:
 # The process-wide default registry and its exported methods (`panelboard.call`, ...), made once.
 _default_registry: Registry
 _default_methods: dict[str, Callable[..., Any]]
+
 # The Redis sync worker's private entry points (panelboard/_redis_worker.py, src/py/fleet.rs).
 def _fleet_breakers(registry: Registry, /) -> builtins.list[tuple[str, int, Breaker]]: ...
 def _fleet_read(
@@ -400,7 +401,6 @@ def _fleet_read(
 ) -> tuple[int, int, int, int, int, int, tuple[int, int, int, int, int, int]]: ...
 def _fleet_install(breaker: Breaker, expected: int, target: int, arg: int, /) -> tuple[bool, int, int]: ...
 def _fleet_gate(breaker: Breaker, generation: int, leases: int, /) -> None: ...
-
 def unlink_shared(name: str) -> bool:
     """Removes the shared table ``name`` (``True`` if it existed); processes that have it open keep
     using their mapping."""
