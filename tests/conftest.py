@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, settings
 from panelboard._flaky_server import FlakyServer
 
 # A real redis-server for the Redis-sharing tests (tests/redis_fixtures.py says what each one does).
-from redis_fixtures import namespace, redis_server, redis_server_factory, redis_url  # noqa: F401
+from redis_fixtures import namespace, redis_server, redis_server_factory, redis_url, registries  # noqa: F401
 
 # Plain `assert`s in the shared helpers and the reference model explain their failures too (they
 # are imported by the test modules, after this file).

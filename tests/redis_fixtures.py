@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
 
 START_TIMEOUT = 10.0  # seconds for a server to answer PING after its start
@@ -459,3 +460,20 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 def namespace() -> str:
     return f"pbtest-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def registries() -> Iterator[Any]:
+    """``make(url, namespace, **defaults)``: Redis-synced registries, closed after the test."""
+    made: list[Any] = []
+
+    def make(url: str, namespace: str, **defaults: Any) -> Any:
+        registry = helpers.redis_registry(url, namespace, **defaults)
+        made.append(registry)
+        return registry
+
+    try:
+        yield make
+    finally:
+        for registry in made:
+            helpers.close_registry(registry)

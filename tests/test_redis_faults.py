@@ -22,7 +22,6 @@ from helpers import (
     close_registry,
     fail,
     ok,
-    redis_registry,
     sync_status,
     sync_warnings,
     trip,
@@ -60,23 +59,6 @@ def records() -> Iterator[list[logging.LogRecord]]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
-
-
-@pytest.fixture
-def registries() -> Iterator[Any]:
-    """``make(url, namespace, **defaults)``: Redis-synced registries, closed after the test."""
-    made: list[Any] = []
-
-    def make(url: str, namespace: str, **defaults: Any) -> Any:
-        registry = redis_registry(url, namespace, **defaults)
-        made.append(registry)
-        return registry
-
-    try:
-        yield make
-    finally:
-        for registry in made:
-            close_registry(registry)
 
 
 def call_for(b: Any, seconds: float) -> tuple[int, float]:

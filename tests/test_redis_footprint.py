@@ -20,10 +20,8 @@ import pytest
 from helpers import (
     SYNC_INTERVAL,
     Boom,
-    close_registry,
     fail,
     ok,
-    redis_registry,
     sync_status,
     sync_warnings,
     wait_synced,
@@ -51,22 +49,6 @@ def records() -> Iterator[list[logging.LogRecord]]:
         yield kept
     finally:
         logger.removeHandler(handler)
-
-
-@pytest.fixture
-def registries() -> Iterator[Any]:
-    made: list[Any] = []
-
-    def make(url: str, namespace: str, **defaults: Any) -> Any:
-        registry = redis_registry(url, namespace, **defaults)
-        made.append(registry)
-        return registry
-
-    try:
-        yield make
-    finally:
-        for registry in made:
-            close_registry(registry)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -355,10 +337,14 @@ def write_garbage(server: RedisServer, key: bytes, kind: str) -> None:
     admin = server.admin()
     if kind == "wrong-type":
         ttl = admin.pttl(key)
-        admin.delete(key)
-        admin.rpush(key, "garbage", "\xff\xfe")
+        # In one transaction: the sync threads write these keys all the time, and one that
+        # re-created the hash between a DEL and the RPUSH would make the RPUSH fail.
+        replace = admin.pipeline(transaction=True)
+        replace.delete(key)
+        replace.rpush(key, "garbage", "\xff\xfe")
         if ttl > 0:
-            admin.pexpire(key, ttl)
+            replace.pexpire(key, ttl)
+        replace.execute()
         return
     key_type = admin.type(key)
     if key_type == b"hash":
