@@ -1,12 +1,15 @@
-"""Trip policies (issue 11) on a shared-memory table (issue 12): the sliding window lives in the
-table's slot, so the failure rate is the host's, whichever processes recorded the calls."""
+"""Where shared-memory tables (issue 12) meet the other features: trip policies (issue 11: the
+sliding window lives in the table's slot, so the failure rate is the host's), the lookup caches of
+issue 10, and removing tables."""
 
 from __future__ import annotations
 
 import os
 
+import panelboard
 import pytest
 from helpers import start_workers, stop_workers
+from panelboard import CircuitOpenError, Registry, State
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX shared memory and fork")
 
@@ -51,3 +54,52 @@ def test_the_failure_rate_is_judged_over_every_process_calls(method, table):
         assert window_in(first, "dep") == window_in(second, "dep") == (0, 0)
     finally:
         stop_workers(workers)
+
+
+def test_a_process_without_a_rate_rule_keeps_its_consecutive_rule(table):
+    """Another process turning the consecutive rule off for its rate rule leaves this one's
+    breaker a trip rule: it still opens after its own failure_threshold."""
+    workers = start_workers("fork", table, 2, reset_timeout=60.0)
+    try:
+        rated, plain = workers
+        rated.exec(
+            "registry.configure('dep', failure_threshold=None, failure_rate=0.5, min_calls=100)\n"
+            "result = None"
+        )
+        results = [plain.exec(ONE_CALL.format(name="dep", failing=True)) for _ in range(6)]
+        assert results == ["failed"] * 5 + ["rejected"]
+        assert plain.eval("registry.state('dep').value") == "open"
+    finally:
+        stop_workers(workers)
+
+
+def test_a_name_deleted_by_another_process_is_not_kept_by_the_lookup_cache(table):
+    """Registry.call caches each thread's lookups: a name another process deletes and makes again
+    (here: opened) must be the new breaker at the next call, not the deleted one."""
+    workers = start_workers("fork", table, 1, reset_timeout=60.0)
+    try:
+        (other,) = workers
+        registry = Registry(shared=table, reset_timeout=60.0)
+        name = "svc"
+        for _ in range(3):  # the second and third calls are served by the cache
+            assert registry.call(name, lambda: "ok") == "ok"
+        other.exec(f"registry.delete({name!r})\nregistry.force_open({name!r})\nresult = None")
+        ran = []
+        with pytest.raises(CircuitOpenError):
+            registry.call(name, lambda: ran.append(1))
+        assert ran == []
+        assert registry.state(name) is State.FORCED_OPEN
+    finally:
+        stop_workers(workers)
+
+
+def test_unlink_shared_removes_only_tables(tmp_path):
+    other = tmp_path / "not-a-table"
+    other.write_bytes(b"someone else's data, long enough to have a first word")
+    with pytest.raises(ValueError, match="magic"):
+        panelboard.unlink_shared(str(other))
+    assert other.exists()
+    table = str(tmp_path / "a-table")
+    Registry(shared=table).call("x", lambda: None)
+    assert panelboard.unlink_shared(table) is True
+    assert panelboard.unlink_shared(table) is False

@@ -149,7 +149,7 @@ impl ThreadCache {
     fn remember(&mut self, name: &Bound<'_, PyAny>, core: &CachedCore, released: &mut Released) {
         // Kept when it already names this breaker: a name built anew for each call (an equal `str`,
         // another object every time) would otherwise replace it on every lookup, for nothing.
-        if !matches!(&self.last, Some((last, last_core)) if last.is(name) || last_core.same(core)) {
+        if !matches!(&self.last, Some((_, last_core)) if last_core.same(core)) {
             // Taking a reference runs no Python code.
             let previous = self.last.replace((AttachedObject::new(name), core.clone()));
             // A lookup remembers once (and a restart before empties `last`, which `restarted_last`
@@ -197,7 +197,8 @@ impl Lookups {
             return None;
         }
         match &cache.last {
-            Some((last, core)) if last.is(name) => Some(core.clone()),
+            // A shared breaker whose name another process deleted is no longer the name's.
+            Some((last, core)) if last.is(name) && core.storage.is_current() => Some(core.clone()),
             _ => None,
         }
     }
@@ -256,6 +257,11 @@ impl Lookups {
             return None;
         }
         let core = cache.by_name.get(key)?.clone();
+        if !core.storage.is_current() {
+            // Deleted by another process (a shared registry): found again, and replaced, by
+            // `by_name`.
+            return None;
+        }
         cache.remember(name, &core, released);
         Some(core)
     }

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use crate::engine::{Limits, Mode, Slots, Word};
+use crate::engine::{Limits, Mode, Slots, Word, NO_FAILURE_THRESHOLD};
 use crate::metrics::{Counter, Counters, Totals};
 use crate::shm::heard::Heard;
 use crate::shm::layout::{Count, Slot};
@@ -134,11 +134,25 @@ impl Storage {
             Storage::Shared(shared) => match shared.live() {
                 // The table's numeric options; the rate rules and the open-time growth are this
                 // process's (docs/shared-memory.md).
-                Some(slot) => Cow::Owned(Limits {
-                    rate: configured.rate,
-                    open_time: configured.open_time,
-                    ..slot.limits()
-                }),
+                Some(slot) => {
+                    let table = slot.limits();
+                    // The table may say "no consecutive rule" (another process turned it off for
+                    // its rate rule); a process without a rate rule keeps its own threshold, so
+                    // that its breaker always has a trip rule.
+                    let failure_threshold = if table.failure_threshold == NO_FAILURE_THRESHOLD
+                        && configured.rate.is_none()
+                    {
+                        configured.failure_threshold
+                    } else {
+                        table.failure_threshold
+                    };
+                    Cow::Owned(Limits {
+                        failure_threshold,
+                        rate: configured.rate,
+                        open_time: configured.open_time,
+                        ..table
+                    })
+                }
                 None => Cow::Borrowed(configured),
             },
             Storage::Local(_) => Cow::Borrowed(configured),

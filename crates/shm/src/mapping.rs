@@ -108,6 +108,23 @@ impl Target {
         }
     }
 
+    /// The first word (the magic) and the size of the object, `None` if there is none: what
+    /// `unlink` checks so that it only ever removes a table (or one still being made).
+    pub fn magic_and_len(&self) -> io::Result<Option<(u64, u64)>> {
+        use std::os::unix::fs::FileExt;
+        let file = match self.open(false, 0) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let len = file.metadata()?.len();
+        let mut magic = [0u8; 8];
+        if len >= 8 {
+            file.read_exact_at(&mut magic, 0)?;
+        }
+        Ok(Some((u64::from_le_bytes(magic), len)))
+    }
+
     /// Removes the table; `false` if there was none.
     pub fn unlink(&self) -> io::Result<bool> {
         let rc = match self {
