@@ -929,11 +929,12 @@ mod tests {
     }
 
     #[test]
-    fn slots_are_two_words_and_zero_is_a_new_closed_breaker() {
-        assert_eq!(std::mem::size_of::<Slots>(), 16);
+    fn slots_are_three_words_and_zero_is_a_new_closed_breaker() {
+        assert_eq!(std::mem::size_of::<Slots>(), 24);
         assert_eq!(Word::INITIAL.bits(), 0);
         assert_eq!(std::mem::offset_of!(Slots, word), 0);
         assert_eq!(std::mem::offset_of!(Slots, probe_stamp), 8);
+        assert_eq!(std::mem::offset_of!(Slots, open_time), 16);
     }
 
     #[test]

@@ -208,6 +208,19 @@ impl Window {
         now_us / self.bucket_us.load(Ordering::Relaxed).max(1)
     }
 
+    /// The last bucket of the window a reader at `now_us` sums: its own, or the newest any
+    /// recorder has rolled a slot on to, if that is later. A reader whose clock reading is old (a
+    /// thread preempted between reading the clock and judging, while others moved time on) would
+    /// otherwise sum a torn window: slots whose call counts were already rolled on to newer
+    /// buckets (no longer its window's) while their failure counts, rolled only by the next
+    /// failure, still were, and it could trip on failures whose calls it did not count (bug 32,
+    /// docs/reliability.md).
+    #[inline]
+    fn judged_index(&self, now_us: u64) -> u64 {
+        self.index(now_us)
+            .max(self.newest_index.load(Ordering::SeqCst))
+    }
+
     /// Gives the window buckets `bucket_us` wide; a change of width forgets everything (the old
     /// tags mean other times). A recorder running concurrently may still land a count of the old
     /// width, which only makes one window approximate.
@@ -352,7 +365,7 @@ impl Window {
     /// `counts`, reading the current bucket's call count with a read-modify-write when `newest`
     /// (see the module documentation: what judging after a failure needs).
     fn sum(&self, generation: u32, now_us: u64, newest: bool) -> Counts {
-        let index = self.index(now_us);
+        let index = self.judged_index(now_us);
         let sum = |words: &[AtomicU64; BUCKETS], newest: bool| -> u64 {
             let mut total = 0;
             for age in 0..BUCKETS as u64 {
@@ -394,7 +407,7 @@ impl Window {
         now_us: u64,
         after_bad: bool,
     ) -> bool {
-        self.may_trip(generation, self.index(now_us))
+        self.may_trip(generation, self.judged_index(now_us))
             && policy.trips(self.sum(generation, now_us, after_bad))
     }
 }
@@ -414,6 +427,30 @@ mod tests {
 
     fn window(p: &RatePolicy) -> Window {
         Window::new(p.bucket_us())
+    }
+
+    /// Bug 32: a reader whose clock reading is older than the buckets others rolled on to must
+    /// not judge a torn window (failures whose calls were rolled away).
+    #[test]
+    fn a_reader_with_an_old_clock_reading_judges_the_newest_window() {
+        let p = policy(1_000_000, 5, 0.6); // ten buckets of 100 ms
+        let w = window(&p);
+        let at = |bucket: u64| bucket * 100_000;
+        for i in 0..10 {
+            w.record(0, at(0), i < 8, false, || true); // bucket 0: 8 failures in 10 calls
+        }
+        for _ in 0..5 {
+            w.record_success(0, at(9), || true); // bucket 9: 5 successes (8 / 15 < 0.6)
+        }
+        for bucket in 10..19 {
+            for _ in 0..10 {
+                w.record_success(0, at(bucket), || true); // the call words of slots 0..8 roll on
+            }
+        }
+        // Judged at bucket 9, the slot of bucket 0 would count its 8 failures but none of its
+        // calls: 8 / 5. The newest window (buckets 9..=18) holds no failure.
+        assert!(!w.trips(&p, 0, at(9), true));
+        assert_eq!(w.counts(0, at(9)), Counts { calls: 95, failures: 0, slow: 0 });
     }
 
     #[test]

@@ -270,7 +270,7 @@ mod system {
 
     /// Removes the table `name`; `false` if it did not exist.
     pub fn unlink(name: &str) -> Result<bool, OpenError> {
-        use crate::layout::{LayoutError, HEADER_SIZE, MAGIC};
+        use crate::layout::{LayoutError, MAGIC};
         let target = Target::parse(name)?;
         let os_error = |doing, err| OpenError::Os {
             name: name.to_owned(),
@@ -278,14 +278,15 @@ mod system {
             err,
         };
         // Only a table is removed: one with the magic, or one whose creator has not written it
-        // yet (all-zero, at least a header long). Any other file is left alone.
+        // yet (a first word of zero, or shorter than a word: a creator that died early). Any
+        // other file is left alone.
         match target
             .magic_and_len()
             .map_err(|err| os_error("read its header", err))?
         {
             None => return Ok(false),
             Some((MAGIC, _)) => {}
-            Some((0, len)) if len >= HEADER_SIZE as u64 => {}
+            Some((0, _)) => {}
             Some((magic, _)) => {
                 return Err(OpenError::Layout {
                     name: name.to_owned(),
