@@ -358,7 +358,7 @@ pub enum Admission {
 /// The words a breaker's state lives in. Owned by whoever embeds the breaker (a heap struct in the
 /// Python extension, or a slot of a shared-memory table: `crates/shm`); the machine only borrows
 /// them. `repr(C)` and all-zero = a new closed breaker, so that a mapped slot can hold one: the
-/// word at offset 0, the probe stamp at offset 8 (docs/shared-memory.md).
+/// word at offset 0, the probe stamp at 8, the open-time word at 16 (docs/shared-memory.md).
 #[derive(Debug)]
 #[repr(C)]
 pub struct Slots {

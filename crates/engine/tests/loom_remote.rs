@@ -18,6 +18,7 @@ fn limits(failure_threshold: u64, half_open_max_calls: u64) -> Limits {
         half_open_max_calls,
         success_threshold: 1,
         probe_timeout_ms: None,
+        ..Limits::default()
     }
 }
 
