@@ -31,6 +31,8 @@ BATCH = 256
 TOMBSTONE_MS = 60_000
 # Breakers published by other processes are looked for every this many rounds.
 DISCOVERY_ROUNDS = 4
+# failure_threshold=None in the engine (NO_FAILURE_THRESHOLD, crates/engine/src/machine.rs).
+NO_FAILURE_THRESHOLD = 2**64 - 1
 
 
 class Track:
@@ -66,6 +68,12 @@ class Track:
         self.granted = 0
         self.granted_gen = -1
         self.warned = False
+
+
+def _fleet_threshold(failure_threshold: int) -> int:
+    """The engine's failure_threshold as the fleet stores it: None (the engine's u64::MAX, which
+    Lua numbers cannot hold) travels as -1, like a probe_timeout of None."""
+    return -1 if failure_threshold == NO_FAILURE_THRESHOLD else failure_threshold
 
 
 def _int(value: object) -> int | None:
@@ -334,7 +342,7 @@ class Worker:
         cfg_changed = 1 if version != track.cfg_version and track.fg != -1 else 0
         keys += [track.key_prefix, track.key_prefix + ":open", track.key_prefix + ":leases"]
         args += [op, track.fg, add, reset, want, mode, count, remaining, cfg_changed]
-        args += [ft, rt, hm, st, pt]
+        args += [_fleet_threshold(ft), rt, hm, st, pt]
         return op
 
     def _apply(
@@ -413,11 +421,11 @@ class Worker:
         fleet: tuple[int, int, int, int, int],
     ) -> None:
         ft, rt, hm, st, pt = fleet
-        if tuple(local[1:]) != fleet:
+        if (_fleet_threshold(local[1]), *local[2:]) != fleet:
             try:
                 registry.configure(
                     name,
-                    failure_threshold=ft,
+                    failure_threshold=None if ft < 0 else ft,
                     reset_timeout=rt / 1000,
                     half_open_max_calls=hm,
                     success_threshold=st,
