@@ -240,3 +240,27 @@ def test_values_beyond_the_engine_limits_in_redis_are_garbage(
     wait_until(lambda: admin.pttl(key + ":open") > 0, BOUND, "the trip reached Redis")
     assert admin.pttl(key + ":open") <= 1000
     wait_until(lambda: a.state("svc") is not State.OPEN, BOUND, "the 1 s open period ended")
+
+
+def test_index_garbage_neither_hides_breakers_nor_makes_any(
+    redis_server: Any, namespace: str, registries: Any
+) -> None:
+    """The namespace's index is only a pointer anyone can write: a member scored far in the future
+    must not move discovery past the server's clock, and a name without a valid state hash is no
+    breaker."""
+    a, b = registries(redis_server.url, namespace), registries(redis_server.url, namespace)
+    b.breaker("x")
+    wait_until(lambda: "x" in a, BOUND, "a discovered x")
+    admin, index = redis_server.admin(), f"{namespace}:{{index}}"
+    server_ms = int(admin.time()[0]) * 1000
+    # "not-hex" names no breaker, so no process re-publishes it (with a sane score) before the others
+    # see it.
+    admin.zadd(index, {"not-hex": 1e17, b"zz".hex(): 1e17, b"jj".hex(): server_ms})
+    admin.hset(state_key(namespace, "bad"), mapping={"g": 1, "m": 9})
+    admin.zadd(index, {b"bad".hex(): server_ms})
+    time.sleep(8 * SYNC_INTERVAL)
+    b.force_open("y")
+    wait_until(lambda: "y" in a, BOUND, "a discovered y, published after the garbage")
+    wait_until(lambda: a.state("y") is State.FORCED_OPEN, BOUND, "a saw y forced open")
+    time.sleep(8 * SYNC_INTERVAL)
+    assert {"zz", "jj", "bad"}.isdisjoint(name for name, _ in a.list())

@@ -333,15 +333,23 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
   out[i + 1] = {g, mode, f, pttl, mine, cv, ft, rt, hm, st, pt, garbage}
 end
 
--- Discovery: breakers other processes published since the cursor (forgotten after a day).
+-- Discovery: breakers other processes published since the cursor (forgotten after a day). Only
+-- entries scored before the server's current millisecond count (one published later in this
+-- millisecond is found next round): the cursor never passes the server's clock, so an entry that
+-- anyone scored in the far future cannot hide later publications. Entries beyond now + a minute
+-- (a clock step's slack) are no publication: garbage, removed.
 local found = {cursor}
 if cursor >= 0 then
   local ok, entries = pcall(redis.call, 'ZRANGEBYSCORE', index, '(' .. cursor, '+inf', 'WITHSCORES', 'LIMIT', 0, 1000)
   if ok and type(entries) == 'table' then
     for k = 1, #entries, 2 do
-      found[#found + 1] = entries[k]
       local score = tonumber(entries[k + 1])
-      if score and score > found[1] then found[1] = score end
+      if score and score < now() then
+        found[#found + 1] = entries[k]
+        if score > found[1] then found[1] = score end
+      elseif not score or score > now() + 60000 then
+        redis.call('ZREM', index, entries[k])
+      end
     end
   else
     redis.call('DEL', index)
