@@ -264,3 +264,34 @@ def test_index_garbage_neither_hides_breakers_nor_makes_any(
     wait_until(lambda: a.state("y") is State.FORCED_OPEN, BOUND, "a saw y forced open")
     time.sleep(8 * SYNC_INTERVAL)
     assert {"zz", "jj", "bad"}.isdisjoint(name for name, _ in a.list())
+
+
+def test_a_backed_off_open_period_is_the_fleets(redis_server: Any, namespace: str, registries: Any) -> None:
+    """With backoff the reopening after a failed probe lasts reset_timeout * backoff: the fleet's
+    open timer is that drawn period, not reset_timeout, and the worker does not shorten it."""
+    options = {"failure_threshold": 1, "reset_timeout": 0.3, "backoff": 4.0}
+    a, b = (
+        registries(redis_server.url, namespace, **options),
+        registries(redis_server.url, namespace, **options),
+    )
+    with pytest.raises(Boom):
+        a.call("svc", fail)
+    wait_until(lambda: "svc" in b, BOUND, "b discovered the breaker")
+    deadline = time.monotonic() + BOUND
+    while True:  # the probe (once a lease is granted) fails: reopened for 0.3 * 4 = 1.2 s
+        assert time.monotonic() < deadline, "no probe was admitted"
+        try:
+            a.call("svc", fail)
+        except Boom:
+            break
+        except CircuitOpenError:
+            time.sleep(0.01)
+    reopened = time.monotonic()
+    time.sleep(4 * SYNC_INTERVAL)
+    assert a.breaker("svc").metrics().retry_after > 0.7
+    assert redis_server.admin().pttl(state_key(namespace, "svc") + ":open") > 700
+    time.sleep(max(0.0, reopened + 0.9 - time.monotonic()))
+    for registry in (a, b):
+        with pytest.raises(CircuitOpenError):
+            registry.call("svc", ok)
+    wait_until(lambda: a.state("svc") is not State.OPEN, BOUND, "the backed-off period ended")

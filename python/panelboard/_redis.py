@@ -180,11 +180,16 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
   end
 
   local dirty = false
-  local function open_now()
+  -- The open period: `px` when the sender drew one (backoff, jitter: its local trip or probe
+  -- failure), else the fleet's reset_timeout.
+  local open_ms = rt
+  local function open_now(px)
     m = 1
     g = g + 1
     f = 0
-    if rt > 0 then redis.call('SET', ok_, g, 'PX', rt) else redis.call('DEL', ok_) end
+    open_ms = rt
+    if px and px > 0 and px <= MAX_DURATION_MS then open_ms = px end
+    if open_ms > 0 then redis.call('SET', ok_, g, 'PX', open_ms) else redis.call('DEL', ok_) end
     redis.call('DEL', lk)
     dirty = true
   end
@@ -270,11 +275,11 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
     local hexname = string.match(sk, '{b(%x*)}$')
     if hexname then redis.call('ZREM', index, hexname) end
   elseif matches then
-    if op == 1 and m == 0 then open_now(); moved = true
+    if op == 1 and m == 0 then open_now(lremain); moved = true
     elseif op == 2 and m == 1 and not timer then
       m = 0; g = g + 1; f = 0; moved = true; dirty = true
       redis.call('DEL', lk)
-    elseif op == 3 and m == 1 and not timer then open_now(); moved = true
+    elseif op == 3 and m == 1 and not timer then open_now(lremain); moved = true
     end
   end
   -- Failures count only under the generation they were admitted in.
@@ -284,8 +289,8 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
     dirty = true
   end
   if moved and m == 1 then
-    pttl = rt
-    timer = rt > 0
+    pttl = open_ms
+    timer = open_ms > 0
   end
   if pttl < 0 then pttl = 0 end
 
