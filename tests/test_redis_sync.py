@@ -180,3 +180,118 @@ def test_an_expired_open_breaker_waits_for_the_fleet_to_probe(redis_url: str, na
     finally:
         a.close()
         b.close()
+
+
+def state_key(namespace: str, name: str) -> str:
+    """The Redis key of a breaker's fleet state (docs/redis.md)."""
+    return f"{namespace}:{{b{name.encode().hex()}}}"
+
+
+def test_failure_threshold_none_stays_off_in_the_fleet(
+    redis_server: Any, namespace: str, registries: Any
+) -> None:
+    """failure_threshold=None (only the rate rule trips) must survive the trip through Redis: the
+    fleet must not turn the consecutive-failure rule back on with a default threshold."""
+    options = {"failure_threshold": None, "failure_rate": 0.9, "min_calls": 100}
+    a = registries(redis_server.url, namespace, **options)
+    b = registries(redis_server.url, namespace, **options)
+    a.call("svc", ok)
+    wait_until(lambda: "svc" in b, BOUND, "b discovered the breaker")
+    time.sleep(4 * SYNC_INTERVAL)
+    assert redis_server.admin().hget(state_key(namespace, "svc"), "ft") == b"-1"
+    for registry in (a, b):
+        for _ in range(8):
+            with pytest.raises(Boom):
+                registry.call("svc", fail)
+            time.sleep(SYNC_INTERVAL / 2)
+    time.sleep(4 * SYNC_INTERVAL)
+    # 16 failures fleet-wide, far below min_calls=100: nothing trips.
+    assert a.state("svc") is State.CLOSED and b.state("svc") is State.CLOSED
+    assert a.sync_status()["malformed"] == 0 and b.sync_status()["malformed"] == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("rt", 10**15),
+        ("rt", 2**35 + 1),
+        ("pt", 2**35 + 1),
+        ("pt", 0),
+        ("ft", 2**32),
+        ("hm", 65536),
+        ("st", 65536),
+    ],
+)
+def test_values_beyond_the_engine_limits_in_redis_are_garbage(
+    redis_server: Any, namespace: str, registries: Any, field: str, value: int
+) -> None:
+    """A configuration value no client accepts, written into a breaker's hash, is never used by the
+    script: it is reported and the sender's own state re-published."""
+    a = registries(redis_server.url, namespace, failure_threshold=1, reset_timeout=1.0, probe_timeout=1.0)
+    a.breaker("svc")
+    time.sleep(4 * SYNC_INTERVAL)
+    admin, key = redis_server.admin(), state_key(namespace, "svc")
+    before = admin.hget(key, field)
+    admin.hset(key, mapping={field: value, "cv": int(admin.hget(key, "cv")) + 1})
+    wait_until(lambda: a.sync_status()["malformed"] > 0, BOUND, "the garbage was reported")
+    wait_until(lambda: admin.hget(key, field) == before, BOUND, "the sender's value re-published")
+    with pytest.raises(Boom):
+        a.call("svc", fail)
+    wait_until(lambda: admin.pttl(key + ":open") > 0, BOUND, "the trip reached Redis")
+    assert admin.pttl(key + ":open") <= 1000
+    wait_until(lambda: a.state("svc") is not State.OPEN, BOUND, "the 1 s open period ended")
+
+
+def test_index_garbage_neither_hides_breakers_nor_makes_any(
+    redis_server: Any, namespace: str, registries: Any
+) -> None:
+    """The namespace's index is only a pointer anyone can write: a member scored far in the future
+    must not move discovery past the server's clock, and a name without a valid state hash is no
+    breaker."""
+    a, b = registries(redis_server.url, namespace), registries(redis_server.url, namespace)
+    b.breaker("x")
+    wait_until(lambda: "x" in a, BOUND, "a discovered x")
+    admin, index = redis_server.admin(), f"{namespace}:{{index}}"
+    server_ms = int(admin.time()[0]) * 1000
+    # "not-hex" names no breaker, so no process re-publishes it (with a sane score) before the others
+    # see it.
+    admin.zadd(index, {"not-hex": 1e17, b"zz".hex(): 1e17, b"jj".hex(): server_ms})
+    admin.hset(state_key(namespace, "bad"), mapping={"g": 1, "m": 9})
+    admin.zadd(index, {b"bad".hex(): server_ms})
+    time.sleep(8 * SYNC_INTERVAL)
+    b.force_open("y")
+    wait_until(lambda: "y" in a, BOUND, "a discovered y, published after the garbage")
+    wait_until(lambda: a.state("y") is State.FORCED_OPEN, BOUND, "a saw y forced open")
+    time.sleep(8 * SYNC_INTERVAL)
+    assert {"zz", "jj", "bad"}.isdisjoint(name for name, _ in a.list())
+
+
+def test_a_backed_off_open_period_is_the_fleets(redis_server: Any, namespace: str, registries: Any) -> None:
+    """With backoff the reopening after a failed probe lasts reset_timeout * backoff: the fleet's
+    open timer is that drawn period, not reset_timeout, and the worker does not shorten it."""
+    options = {"failure_threshold": 1, "reset_timeout": 0.3, "backoff": 4.0}
+    a, b = (
+        registries(redis_server.url, namespace, **options),
+        registries(redis_server.url, namespace, **options),
+    )
+    with pytest.raises(Boom):
+        a.call("svc", fail)
+    wait_until(lambda: "svc" in b, BOUND, "b discovered the breaker")
+    deadline = time.monotonic() + BOUND
+    while True:  # the probe (once a lease is granted) fails: reopened for 0.3 * 4 = 1.2 s
+        assert time.monotonic() < deadline, "no probe was admitted"
+        try:
+            a.call("svc", fail)
+        except Boom:
+            break
+        except CircuitOpenError:
+            time.sleep(0.01)
+    reopened = time.monotonic()
+    time.sleep(4 * SYNC_INTERVAL)
+    assert a.breaker("svc").metrics().retry_after > 0.7
+    assert redis_server.admin().pttl(state_key(namespace, "svc") + ":open") > 700
+    time.sleep(max(0.0, reopened + 0.9 - time.monotonic()))
+    for registry in (a, b):
+        with pytest.raises(CircuitOpenError):
+            registry.call("svc", ok)
+    wait_until(lambda: a.state("svc") is not State.OPEN, BOUND, "the backed-off period ended")

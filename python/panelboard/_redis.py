@@ -140,6 +140,19 @@ local function int(v)
   return n
 end
 
+-- The engine's limits (crates/engine/src/machine.rs): a value outside them is garbage, never
+-- used. ft -1 is "no consecutive-failure rule" (failure_threshold=None), pt -1 "no probe_timeout".
+local MAX_DURATION_MS = 34359738368 -- 2^35
+local MAX_FAILURE_THRESHOLD = 4294967295 -- 2^32 - 1
+local MAX_PROBE_COUNT = 65535
+local function limits_ok(ft, rt, hm, st, pt)
+  return ft ~= nil and rt ~= nil and hm ~= nil and st ~= nil and pt ~= nil
+    and (ft == -1 or (ft >= 1 and ft <= MAX_FAILURE_THRESHOLD))
+    and rt >= 0 and rt <= MAX_DURATION_MS
+    and hm >= 1 and hm <= MAX_PROBE_COUNT and st >= 1 and st <= MAX_PROBE_COUNT
+    and (pt == -1 or (pt >= 1 and pt <= MAX_DURATION_MS))
+end
+
 local out = {}
 for i = 0, ((#KEYS - 1) / 3) - 1 do
   local sk, ok_, lk = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
@@ -156,7 +169,7 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
     g, m, f, cv = int(h[1]), int(h[2]), int(h[3]), int(h[4])
     ft, rt, hm, st, pt, e = int(h[5]), int(h[6]), int(h[7]), int(h[8]), int(h[9]), int(h[10])
     if not (g and m and f and cv and ft and rt and hm and st and pt and e)
-      or m < 0 or m > 5 or f < 0 or ft < 1 or rt < 0 or hm < 1 or st < 1 then
+      or m < 0 or m > 5 or f < 0 or not limits_ok(ft, rt, hm, st, pt) then
       for k = 1, 10 do if h[k] then garbage = 1 end end
       g = nil
     elseif m == 5 and fg == -1 and op ~= 5 then
@@ -167,11 +180,16 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
   end
 
   local dirty = false
-  local function open_now()
+  -- The open period: `px` when the sender drew one (backoff, jitter: its local trip or probe
+  -- failure), else the fleet's reset_timeout.
+  local open_ms = rt
+  local function open_now(px)
     m = 1
     g = g + 1
     f = 0
-    if rt > 0 then redis.call('SET', ok_, g, 'PX', rt) else redis.call('DEL', ok_) end
+    open_ms = rt
+    if px and px > 0 and px <= MAX_DURATION_MS then open_ms = px end
+    if open_ms > 0 then redis.call('SET', ok_, g, 'PX', open_ms) else redis.call('DEL', ok_) end
     redis.call('DEL', lk)
     dirty = true
   end
@@ -189,10 +207,8 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
       if lmode == 1 and lremain and lremain > 0 then redis.call('SET', ok_, g, 'PX', lremain) end
     elseif lmode == 3 or lmode == 4 then m = lmode
     else m = 0 end
-    cv, ft, rt, hm, st, pt = 1, cft or 5, crt or 30000, chm or 1, cst or 1, cpt or -1
-    if ft < 1 then ft = 1 end
-    if hm < 1 then hm = 1 end
-    if st < 1 then st = 1 end
+    cv, ft, rt, hm, st, pt = 1, 5, 30000, 1, 1, -1
+    if limits_ok(cft, crt, chm, cst, cpt) then ft, rt, hm, st, pt = cft, crt, chm, cst, cpt end
     if op == 5 then m = 5 end
     op = 0
     if m ~= 5 then
@@ -211,7 +227,7 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
     dirty = true
   end
 
-  if cfgch == 1 and cft and crt and chm and cst and cpt and cft >= 1 and crt >= 0 and chm >= 1 and cst >= 1 then
+  if cfgch == 1 and limits_ok(cft, crt, chm, cst, cpt) then
     cv = cv + 1
     ft, rt, hm, st, pt = cft, crt, chm, cst, cpt
     dirty = true
@@ -259,22 +275,22 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
     local hexname = string.match(sk, '{b(%x*)}$')
     if hexname then redis.call('ZREM', index, hexname) end
   elseif matches then
-    if op == 1 and m == 0 then open_now(); moved = true
+    if op == 1 and m == 0 then open_now(lremain); moved = true
     elseif op == 2 and m == 1 and not timer then
       m = 0; g = g + 1; f = 0; moved = true; dirty = true
       redis.call('DEL', lk)
-    elseif op == 3 and m == 1 and not timer then open_now(); moved = true
+    elseif op == 3 and m == 1 and not timer then open_now(lremain); moved = true
     end
   end
   -- Failures count only under the generation they were admitted in.
   if matches and not moved and m == 0 and add and (add > 0 or reset == 1) then
     if reset == 1 then f = add else f = f + add end
-    if f >= ft then open_now(); moved = true end
+    if ft > 0 and f >= ft then open_now(); moved = true end
     dirty = true
   end
   if moved and m == 1 then
-    pttl = rt
-    timer = rt > 0
+    pttl = open_ms
+    timer = open_ms > 0
   end
   if pttl < 0 then pttl = 0 end
 
@@ -322,15 +338,23 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
   out[i + 1] = {g, mode, f, pttl, mine, cv, ft, rt, hm, st, pt, garbage}
 end
 
--- Discovery: breakers other processes published since the cursor (forgotten after a day).
+-- Discovery: breakers other processes published since the cursor (forgotten after a day). Only
+-- entries scored before the server's current millisecond count (one published later in this
+-- millisecond is found next round): the cursor never passes the server's clock, so an entry that
+-- anyone scored in the far future cannot hide later publications. Entries beyond now + a minute
+-- (a clock step's slack) are no publication: garbage, removed.
 local found = {cursor}
 if cursor >= 0 then
   local ok, entries = pcall(redis.call, 'ZRANGEBYSCORE', index, '(' .. cursor, '+inf', 'WITHSCORES', 'LIMIT', 0, 1000)
   if ok and type(entries) == 'table' then
     for k = 1, #entries, 2 do
-      found[#found + 1] = entries[k]
       local score = tonumber(entries[k + 1])
-      if score and score > found[1] then found[1] = score end
+      if score and score < now() then
+        found[#found + 1] = entries[k]
+        if score > found[1] then found[1] = score end
+      elseif not score or score > now() + 60000 then
+        redis.call('ZREM', index, entries[k])
+      end
     end
   else
     redis.call('DEL', index)

@@ -31,6 +31,14 @@ BATCH = 256
 TOMBSTONE_MS = 60_000
 # Breakers published by other processes are looked for every this many rounds.
 DISCOVERY_ROUNDS = 4
+# failure_threshold=None in the engine (NO_FAILURE_THRESHOLD, crates/engine/src/machine.rs).
+NO_FAILURE_THRESHOLD = 2**64 - 1
+# The engine's limits, which the script checks too (`limits_ok` in _redis.py).
+MAX_FAILURE_THRESHOLD = 2**32 - 1
+MAX_DURATION_MS = 2**35
+MAX_PROBE_COUNT = 65535
+# A breaker's state hash (docs/redis.md), as the script reads it.
+STATE_FIELDS = ("g", "m", "f", "cv", "ft", "rt", "hm", "st", "pt", "e")
 
 
 class Track:
@@ -66,6 +74,32 @@ class Track:
         self.granted = 0
         self.granted_gen = -1
         self.warned = False
+
+
+def _fleet_threshold(failure_threshold: int) -> int:
+    """The engine's failure_threshold as the fleet stores it: None (the engine's u64::MAX, which
+    Lua numbers cannot hold) travels as -1, like a probe_timeout of None."""
+    return -1 if failure_threshold == NO_FAILURE_THRESHOLD else failure_threshold
+
+
+def _published_state(fields: object) -> bool:
+    """Whether an HMGET of STATE_FIELDS is a live breaker's state within the engine's limits
+    (the script's `limits_ok`): what discovery needs before it makes a breaker."""
+    if not isinstance(fields, list) or len(fields) != len(STATE_FIELDS):
+        return False
+    try:
+        g, m, f, cv, ft, rt, hm, st, pt, e = (int(v) for v in fields)
+    except (TypeError, ValueError):
+        return False
+    return (
+        0 <= m <= 4
+        and f >= 0
+        and (ft == -1 or 1 <= ft <= MAX_FAILURE_THRESHOLD)
+        and 0 <= rt <= MAX_DURATION_MS
+        and 1 <= hm <= MAX_PROBE_COUNT
+        and 1 <= st <= MAX_PROBE_COUNT
+        and (pt == -1 or 1 <= pt <= MAX_DURATION_MS)
+    )
 
 
 def _int(value: object) -> int | None:
@@ -292,7 +326,7 @@ class Worker:
         fleet's numeric configuration arrives with their first sync)."""
         if not isinstance(found, list) or not found or _int(found[0]) is None:
             return
-        self._cursor = max(self._cursor, found[0])
+        names: dict[str, str] = {}
         for member in found[1:]:
             try:
                 name = bytes.fromhex(member.decode("ascii")).decode("utf-8", "surrogatepass")
@@ -301,7 +335,19 @@ class Worker:
                     self._malformed += 1
                 continue
             if name not in self._tracks:
-                registry.breaker(name)
+                names[name] = f"{self._namespace}:{{b{member.decode('ascii')}}}"
+        # An index entry is only a pointer anyone can write: a breaker is made only for a name
+        # whose state hash is there and valid (not a tombstone, not garbage).
+        if names:
+            pipe = self._client.pipeline(transaction=False)
+            for key in names.values():
+                pipe.hmget(key, STATE_FIELDS)
+            self._commands += len(names)
+            replies = pipe.execute(raise_on_error=False)
+            for name, reply in zip(names, replies):
+                if _published_state(reply):
+                    registry.breaker(name)
+        self._cursor = max(self._cursor, found[0])
 
     # --- one breaker -----------------------------------------------------------------------
 
@@ -334,7 +380,7 @@ class Worker:
         cfg_changed = 1 if version != track.cfg_version and track.fg != -1 else 0
         keys += [track.key_prefix, track.key_prefix + ":open", track.key_prefix + ":leases"]
         args += [op, track.fg, add, reset, want, mode, count, remaining, cfg_changed]
-        args += [ft, rt, hm, st, pt]
+        args += [_fleet_threshold(ft), rt, hm, st, pt]
         return op
 
     def _apply(
@@ -413,11 +459,11 @@ class Worker:
         fleet: tuple[int, int, int, int, int],
     ) -> None:
         ft, rt, hm, st, pt = fleet
-        if tuple(local[1:]) != fleet:
+        if (_fleet_threshold(local[1]), *local[2:]) != fleet:
             try:
                 registry.configure(
                     name,
-                    failure_threshold=ft,
+                    failure_threshold=None if ft < 0 else ft,
                     reset_timeout=rt / 1000,
                     half_open_max_calls=hm,
                     success_threshold=st,

@@ -11,7 +11,7 @@ use pyo3::types::{PyList, PyTuple};
 
 use super::core::{Breaker, BreakerCore};
 use super::registry::Registry;
-use crate::engine::remote::{open_remaining_ms, Target};
+use crate::engine::remote::Target;
 use crate::engine::{Mode, Word};
 
 fn mode_index(mode: Mode) -> u8 {
@@ -56,6 +56,10 @@ pub fn fleet_read<'py>(py: Python<'py>, breaker: &Breaker) -> PyResult<Bound<'py
         _ => 0,
     };
     let now = core.hub.get().clock.now_ms();
+    // The open period this word was given, backed off or jittered (not the base reset_timeout):
+    // the worker publishes it as the fleet's open timer with a trip or a probe failure.
+    let resolved = core.limits(&config);
+    let remaining = core.machine(&resolved).retry_after_ms(word, || now);
     let probe_timeout: i64 = limits
         .probe_timeout_ms
         .map_or(-1, |ms| i64::try_from(ms).unwrap_or(i64::MAX));
@@ -65,7 +69,7 @@ pub fn fleet_read<'py>(py: Python<'py>, breaker: &Breaker) -> PyResult<Bound<'py
         word.generation(),
         count,
         core.storage.totals().rejected,
-        open_remaining_ms(word, limits.reset_timeout_ms, now),
+        remaining,
         (
             config.version,
             limits.failure_threshold,
