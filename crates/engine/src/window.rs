@@ -450,7 +450,14 @@ mod tests {
         // Judged at bucket 9, the slot of bucket 0 would count its 8 failures but none of its
         // calls: 8 / 5. The newest window (buckets 9..=18) holds no failure.
         assert!(!w.trips(&p, 0, at(9), true));
-        assert_eq!(w.counts(0, at(9)), Counts { calls: 95, failures: 0, slow: 0 });
+        assert_eq!(
+            w.counts(0, at(9)),
+            Counts {
+                calls: 95,
+                failures: 0,
+                slow: 0
+            }
+        );
     }
 
     #[test]
