@@ -51,9 +51,12 @@ class Worker:
                 box["value"] = fn()
             except BaseException as err:  # noqa: BLE001 - handed back to the caller
                 box["error"] = err
+            # Keep nothing of a finished request alive (its closure may hold a registry), and let
+            # go of it before the caller is told: the caller may collect at once (on free-threaded
+            # CPython this thread could otherwise still hold it then).
+            fn = box = None
             done.set()
-            # Keep nothing of a finished request alive (its closure may hold a registry).
-            fn = box = done = None
+            done = None
 
     def run(self, fn, timeout: float = 60.0):
         box: dict = {}
