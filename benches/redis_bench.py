@@ -88,15 +88,21 @@ def closed_success(server: RedisServer, rounds: int, n: int) -> dict[str, Any]:
         shared.close()
 
 
+#: A rate rule that the succeeding calls never meet: their counts go to the fleet's window every
+#: round (in the same script call).
+RATE_RULE = {"failure_rate": 0.5, "min_calls": 20, "window": 1.0}
+
+
 def commands_per_second(
-    server: RedisServer, breakers: int, sync_interval: float, seconds: float, failing: bool
+    server: RedisServer, breakers: int, sync_interval: float, seconds: float, failing: bool, rate: bool = False
 ) -> dict[str, Any]:
     registry = panelboard.Registry(
         redis=server.url,
-        namespace=f"bench-cmds-{breakers}-{sync_interval}-{failing}",
+        namespace=f"bench-cmds-{breakers}-{sync_interval}-{failing}-{rate}",
         sync_interval=sync_interval,
         failure_threshold=3,
         reset_timeout=0.0 if failing else 30.0,
+        **(RATE_RULE if rate else {}),
     )
     try:
         handles = [registry.breaker(f"svc-{i}") for i in range(breakers)]
@@ -123,6 +129,7 @@ def commands_per_second(
             "breakers": breakers,
             "sync_interval": sync_interval,
             "failing": failing,
+            "rate": rate,
             "calls_per_s": calls / elapsed,
             "sent_per_s": monitor.total / elapsed,
             "ran_per_s": ran / elapsed,
@@ -150,20 +157,30 @@ def main() -> None:
             f"{cost['redis_median']:.0f} ns"
         )
         traffic = []
-        for failing in (False, True):
-            for sync_interval in (0.05, 0.2):
-                for breakers in (1, 10):
-                    r = commands_per_second(server, breakers, sync_interval, seconds, failing)
-                    traffic.append(r)
-                    print(
-                        f"{'failing' if failing else 'succeeding'} calls, {breakers} breakers, sync_interval "
-                        f"{sync_interval}: {r['calls_per_s']:,.0f} calls/s -> {r['sent_per_s']:.1f} commands/s sent "
-                        f"(bound {r['bound_per_s']:.0f}/s; {r['ran_per_s']:.0f}/s run in Redis with the script's) "
-                        f"{r['sent']}"
-                    )
+        cases = [
+            (failing, sync_interval, breakers, False)
+            for failing in (False, True)
+            for sync_interval in (0.05, 0.2)
+            for breakers in (1, 10)
+        ]
+        cases += [(False, 0.05, breakers, True) for breakers in (1, 10)]
+        for failing, sync_interval, breakers, rate in cases:
+            r = commands_per_second(server, breakers, sync_interval, seconds, failing, rate)
+            traffic.append(r)
+            print(
+                f"{label(r)} calls, {breakers} breakers, sync_interval "
+                f"{sync_interval}: {r['calls_per_s']:,.0f} calls/s -> {r['sent_per_s']:.1f} commands/s sent "
+                f"(bound {r['bound_per_s']:.0f}/s; {r['ran_per_s']:.0f}/s run in Redis with the script's) "
+                f"{r['sent']}"
+            )
     finally:
         server.close()
     write_report(cost, traffic, rounds, n, seconds)
+
+
+def label(r: dict[str, Any]) -> str:
+    what = "failing" if r["failing"] else "succeeding"
+    return f"{what}, rate rule" if r.get("rate") else what
 
 
 def write_report(
@@ -188,14 +205,15 @@ def write_report(
         f"(100 calls per breaker, then 0.2 ms of pause), for {seconds:.0f} s; the bound is `1 / sync_interval` "
         "per active breaker. The last column is what Redis ran, the Lua script's own commands included "
         "(`INFO commandstats`). Failing calls use `reset_timeout=0`: the breakers trip, probe and reopen "
-        "all the time.",
+        "all the time. Rows with a rate rule (`failure_rate=0.5, min_calls=20, window=1.0`, never met) "
+        "also push their window's counts to the fleet's window every round, in the same script call.",
         "",
         "| calls | breakers | sync_interval | calls/s | commands sent/s | bound/s | commands run in Redis/s (the script's included) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in traffic:
         lines.append(
-            f"| {'failing' if r['failing'] else 'succeeding'} | {r['breakers']} | {r['sync_interval']} | "
+            f"| {label(r)} | {r['breakers']} | {r['sync_interval']} | "
             f"{r['calls_per_s']:,.0f} | {r['sent_per_s']:.1f} | {r['bound_per_s']:.0f} | {r['ran_per_s']:,.0f} |"
         )
     RESULTS_MD.write_text("\n".join(lines) + "\n")

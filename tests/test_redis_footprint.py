@@ -133,11 +133,19 @@ def commands_while(
 SENT_BOUND = 1.5 / SYNC_INTERVAL
 
 
-def test_the_hot_path_sends_nothing(redis_server: RedisServer, namespace: str, registries: Any) -> None:
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"failure_rate": 0.5, "slow_call_rate": 0.5, "slow_call_duration": 1.0}],
+    ids=["consecutive", "rate-rules"],
+)
+def test_the_hot_path_sends_nothing(
+    redis_server: RedisServer, namespace: str, registries: Any, options: dict[str, Any]
+) -> None:
     """As many commands reach Redis in a second with 100 calls as with hundreds of thousands: they
-    come from the periodic sync (about 1 / sync_interval), not from the calls."""
+    come from the periodic sync (about 1 / sync_interval), not from the calls (with rate rules too:
+    the window's counts travel in the same script call)."""
     a = registries(redis_server.url, namespace)
-    b = a.breaker("hot")
+    b = a.breaker("hot", **options)
     b.call(ok)
     wait_synced(a)
     few, sent_few, ran_few = commands_while(redis_server, 1.0, lambda: b.call(ok), pace=0.01)
@@ -234,6 +242,9 @@ def footprint(server: RedisServer) -> tuple[int, int]:
 
 
 KEYS_PER_BREAKER = 3
+#: With a rate rule, the fleet's window beside them: a hash of at most 3 counts per bucket.
+KEYS_PER_RATE_BREAKER = 4
+WINDOW_FIELDS = 3 * 11 + 2
 #: Keys of the namespace itself (an index of the breakers' names), beside the breakers' own.
 NAMESPACE_KEYS = 1
 MEMORY_PER_BREAKER = 1024  # bytes, MEMORY USAGE of all its keys
@@ -267,6 +278,38 @@ def test_footprint_stays_bounded_after_100000_calls(
     groups = assert_keys_are_ours(redis_server, namespace)
     # One breaker, one hash tag; beside it at most one namespace-wide key (an index of the names).
     assert 1 <= len(groups) <= 1 + NAMESPACE_KEYS, groups
+
+
+def test_footprint_with_a_rate_rule_stays_bounded_after_100000_calls(
+    redis_server: RedisServer, namespace: str, registries: Any
+) -> None:
+    """The fleet's window adds one key, a hash with a field per count per bucket (never per call),
+    pruned as the window moves and expiring a window after its last count."""
+    a = registries(redis_server.url, namespace)
+    # 60% failures never reach the 90% rate: the window keeps counting for the whole run, over
+    # many 50 ms buckets.
+    b = a.breaker("busy-rate", failure_threshold=4, reset_timeout=0.05, failure_rate=0.9, min_calls=5, window=0.5)
+    window_key = f"{namespace}:{{b{b'busy-rate'.hex()}}}:window"
+    churn(b, 1_000)
+    time.sleep(6 * SYNC_INTERVAL)
+    keys_before, memory_before = footprint(redis_server)
+    fields = 0
+    for _ in range(10):
+        churn(b, 10_000)
+        fields = max(fields, redis_server.admin().hlen(window_key))
+    time.sleep(6 * SYNC_INTERVAL)
+    keys_after, memory_after = footprint(redis_server)
+    print(
+        f"\nfootprint with a rate rule: {keys_before} keys / {memory_before} B after 1,000 calls, "
+        f"{keys_after} / {memory_after} B after 100,000; at most {fields} window fields"
+    )
+    assert b.metrics().calls + b.metrics().rejected >= 100_000
+    assert 0 < fields <= WINDOW_FIELDS, "the fleet's window was never written, or grew per call"
+    assert keys_after <= KEYS_PER_RATE_BREAKER + NAMESPACE_KEYS
+    assert memory_before <= 2 * MEMORY_PER_BREAKER and memory_after <= 2 * MEMORY_PER_BREAKER
+    for key in redis_server.keys("*"):
+        assert redis_server.admin().pttl(key) > 0, f"{key!r} never expires"
+    assert len(assert_keys_are_ours(redis_server, namespace)) <= 1 + NAMESPACE_KEYS
 
 
 # --------------------------------------------------------------------------------------------------

@@ -398,8 +398,21 @@ _default_methods: dict[str, Callable[..., Any]]
 def _fleet_breakers(registry: Registry, /) -> builtins.list[tuple[str, int, Breaker]]: ...
 def _fleet_read(
     breaker: Breaker, /
-) -> tuple[int, int, int, int, int, int, tuple[int, int, int, int, int, int]]: ...
-def _fleet_install(breaker: Breaker, expected: int, target: int, arg: int, /) -> tuple[bool, int, int]: ...
+) -> tuple[
+    int,
+    int,
+    int,
+    int,
+    int,
+    int,
+    tuple[int, int, int, int, int, int],
+    int,
+    int,
+    tuple[int, int, float, float, builtins.list[tuple[int, int, int, int]]] | None,
+]: ...
+def _fleet_install(
+    breaker: Breaker, expected: int, target: int, arg: int, reopens: int = 0, /
+) -> tuple[bool, int, int]: ...
 def _fleet_gate(breaker: Breaker, generation: int, leases: int, /) -> None: ...
 def unlink_shared(name: str) -> bool:
     """Removes the shared table ``name`` (``True`` if it existed); processes that have it open keep

@@ -106,20 +106,21 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 SCRIPT = """\
 -- panelboard fleet sync (issue 13, docs/redis.md): one call applies a batch of breakers.
 --
--- KEYS, three per breaker: state hash, open timer (a key whose expiry, on the server's clock, is
--- the end of the open period), leases (sorted set: one member per lease, scored by its expiry);
--- then the namespace's index (sorted set: hex name -> server time it was published).
+-- KEYS, four per breaker: state hash, open timer (a key whose expiry, on the server's clock, is
+-- the end of the open period), leases (sorted set: one member per lease, scored by its expiry),
+-- window (hash: the fleet's rate-rule counts per bucket of the server's clock); then the
+-- namespace's index (sorted set: hex name -> server time it was published).
 -- ARGV[1] process token, ARGV[2] tombstone TTL (ms), ARGV[3] index cursor (-1: no discovery this
 -- round), then FIELDS values per breaker (see below).
--- Reply, per breaker: {g, mode, f, open_pttl, my_leases, cv, ft, rt, hm, st, pt, garbage}, then
--- {new cursor, hex names published after the cursor...}
+-- Reply, per breaker: {g, mode, f, open_pttl, my_leases, cv, ft, rt, hm, st, pt, garbage, k},
+-- then {new cursor, hex names published after the cursor...}
 --   mode: 0 closed, 1 open (timer running), 2 half-open (open, timer over: probes by lease),
 --         3 forced open, 4 disabled, 5 deleted.
 -- Every transition is a compare-and-swap on the breaker's generation `g`: an op carries the
 -- generation its sender last saw (-1: its first sync, which matches any) and is applied only if
 -- `g` still has that value; operator commands (reset, force_open, disable, delete) always apply.
 -- A breaker that nothing changes costs one HMGET per round (two while open): reads never write.
-local FIELDS = 14
+local FIELDS = 23
 local STATE_TTL = 86400000 -- a breaker nobody changes for a day is forgotten (and re-published)
 local token = ARGV[1]
 local tomb_ttl = tonumber(ARGV[2]) or 60000
@@ -145,6 +146,9 @@ end
 local MAX_DURATION_MS = 34359738368 -- 2^35
 local MAX_FAILURE_THRESHOLD = 4294967295 -- 2^32 - 1
 local MAX_PROBE_COUNT = 65535
+local MAX_REOPENS = 2047 -- the engine's open-time word keeps 11 bits of reopen count
+local BUCKETS = 10 -- buckets per window, as the engine's (crates/engine/src/window.rs)
+local MAX_WINDOW_FIELDS = 3 * (BUCKETS + 1) + 2
 local function limits_ok(ft, rt, hm, st, pt)
   return ft ~= nil and rt ~= nil and hm ~= nil and st ~= nil and pt ~= nil
     and (ft == -1 or (ft >= 1 and ft <= MAX_FAILURE_THRESHOLD))
@@ -154,23 +158,97 @@ local function limits_ok(ft, rt, hm, st, pt)
 end
 
 local out = {}
-for i = 0, ((#KEYS - 1) / 3) - 1 do
-  local sk, ok_, lk = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
+-- A rate in (0, 1], else nil (the rule is off).
+local function rate(v)
+  local r = tonumber(v)
+  if r == nil or r ~= r or r <= 0 or r > 1 then return nil end
+  return r
+end
+
+-- The fleet's window of a breaker at generation `g`: adds the sender's new counts (dc calls, df
+-- failures, ds slow) to the bucket of the server's time and returns the window's sums (calls,
+-- failures, slow) and whether garbage was found. One hash per breaker: `g` the generation the
+-- counts belong to (another generation's window is dropped: a transition starts an empty one),
+-- `w` the bucket width in ms (the first sender's; a window of another width only starts with the
+-- next generation), and `c<i>`, `f<i>`, `s<i>` the counts of bucket i (server ms / w). Buckets
+-- that left the window are deleted as the window moves, and the key expires one window after its
+-- last count: a bounded number of fields, never an entry per call.
+local function window_add(wk, g, bw, dc, df, ds)
+  local bad = false
+  local fields = {}
+  local len = redis.pcall('HLEN', wk)
+  if type(len) ~= 'number' or len > MAX_WINDOW_FIELDS then
+    bad = true
+    redis.call('DEL', wk)
+  elseif len > 0 then
+    local h = redis.call('HGETALL', wk)
+    for j = 1, #h, 2 do fields[h[j]] = h[j + 1] end
+  end
+  local width, wg = int(fields['w']), int(fields['g'])
+  if fields['w'] and (width == nil or width < 1 or width > MAX_DURATION_MS) then bad = true; width = nil end
+  if fields['g'] and wg == nil then bad = true end
+  if width == nil or wg ~= g then
+    if next(fields) ~= nil then redis.call('DEL', wk) end
+    fields = {}
+    width = bw
+    redis.call('HSET', wk, 'g', g, 'w', width)
+  end
+  local idx = math.floor(now() / width)
+  local sums = {c = 0, f = 0, s = 0}
+  local drop = {}
+  for name, value in pairs(fields) do
+    if name ~= 'g' and name ~= 'w' then
+      local kind, at = string.match(name, '^([cfs])(%d+)$')
+      local n = int(value)
+      at = tonumber(at)
+      if kind == nil or at == nil or n == nil or n < 0 then
+        bad = true
+        drop[#drop + 1] = name
+      elseif at <= idx - BUCKETS or at > idx then
+        drop[#drop + 1] = name -- left the window (or from before a step back of the clock)
+      else
+        sums[kind] = sums[kind] + n
+      end
+    end
+  end
+  if #drop > 0 then redis.call('HDEL', wk, unpack(drop)) end
+  redis.call('HINCRBY', wk, 'c' .. idx, dc)
+  sums.c = sums.c + dc
+  if df > 0 then redis.call('HINCRBY', wk, 'f' .. idx, df); sums.f = sums.f + df end
+  if ds > 0 then redis.call('HINCRBY', wk, 's' .. idx, ds); sums.s = sums.s + ds end
+  redis.call('PEXPIRE', wk, width * (BUCKETS + 1))
+  return sums.c, sums.f, sums.s, bad
+end
+
+for i = 0, ((#KEYS - 1) / 4) - 1 do
+  local sk, ok_, lk, wk = KEYS[4 * i + 1], KEYS[4 * i + 2], KEYS[4 * i + 3], KEYS[4 * i + 4]
   local a = 4 + i * FIELDS
   local op, fg, add, reset, want = int(ARGV[a]), int(ARGV[a + 1]), int(ARGV[a + 2]), int(ARGV[a + 3]), int(ARGV[a + 4])
   local lmode, lcount, lremain, cfgch = int(ARGV[a + 5]), int(ARGV[a + 6]), int(ARGV[a + 7]), int(ARGV[a + 8])
   local cft, crt, chm, cst, cpt = int(ARGV[a + 9]), int(ARGV[a + 10]), int(ARGV[a + 11]), int(ARGV[a + 12]), int(ARGV[a + 13])
+  -- The sender's open period's reopen count (backoff), its draw for a trip from closed, the
+  -- counts its window gained since its last round, and its rate rules (bucket width ms, min_calls,
+  -- failure_rate, slow_call_rate; bw -1: no rate rule).
+  local lreopens, trip = int(ARGV[a + 14]), int(ARGV[a + 15])
+  local dc, df, ds = int(ARGV[a + 16]), int(ARGV[a + 17]), int(ARGV[a + 18])
+  local bw, mc, fr, sr = int(ARGV[a + 19]), int(ARGV[a + 20]), rate(ARGV[a + 21]), rate(ARGV[a + 22])
+  if lreopens == nil or lreopens < 0 or lreopens > MAX_REOPENS then lreopens = 0 end
+  if trip == nil or trip < 0 or trip > MAX_DURATION_MS then trip = nil end
+  if not (dc and df and ds and dc > 0 and df >= 0 and ds >= 0 and df <= dc and ds <= dc) then dc = 0 end
+  if not (bw and bw >= 1 and bw <= MAX_DURATION_MS and mc and mc >= 1 and (fr or sr)) then bw = nil end
 
   -- Garbage in our keys (someone else wrote them): dropped and re-published, never trusted.
   local garbage = 0
-  local g, m, f, cv, ft, rt, hm, st, pt, e
-  local h = redis.pcall('HMGET', sk, 'g', 'm', 'f', 'cv', 'ft', 'rt', 'hm', 'st', 'pt', 'e')
+  local g, m, f, cv, ft, rt, hm, st, pt, e, k
+  local h = redis.pcall('HMGET', sk, 'g', 'm', 'f', 'cv', 'ft', 'rt', 'hm', 'st', 'pt', 'e', 'k')
   if type(h) == 'table' and h.err == nil then
     g, m, f, cv = int(h[1]), int(h[2]), int(h[3]), int(h[4])
     ft, rt, hm, st, pt, e = int(h[5]), int(h[6]), int(h[7]), int(h[8]), int(h[9]), int(h[10])
-    if not (g and m and f and cv and ft and rt and hm and st and pt and e)
-      or m < 0 or m > 5 or f < 0 or not limits_ok(ft, rt, hm, st, pt) then
-      for k = 1, 10 do if h[k] then garbage = 1 end end
+    k = 0
+    if h[11] then k = int(h[11]) end -- missing in a state written before reopens were kept
+    if not (g and m and f and cv and ft and rt and hm and st and pt and e and k)
+      or m < 0 or m > 5 or f < 0 or k < 0 or k > MAX_REOPENS or not limits_ok(ft, rt, hm, st, pt) then
+      for j = 1, 11 do if h[j] then garbage = 1 end end
       g = nil
     elseif m == 5 and fg == -1 and op ~= 5 then
       g = nil -- a tombstone, and a breaker made since under that name: it starts afresh
@@ -181,12 +259,15 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
 
   local dirty = false
   -- The open period: `px` when the sender drew one (backoff, jitter: its local trip or probe
-  -- failure), else the fleet's reset_timeout.
+  -- failure, or its draw for a trip of the fleet's counts), else the fleet's reset_timeout; it
+  -- is the `reopens`-th reopen since the breaker closed (kept as `k`, so that the next prober
+  -- backs off from it, whichever process it is).
   local open_ms = rt
-  local function open_now(px)
+  local function open_now(px, reopens)
     m = 1
     g = g + 1
     f = 0
+    k = reopens or 0
     open_ms = rt
     if px and px > 0 and px <= MAX_DURATION_MS then open_ms = px end
     if open_ms > 0 then redis.call('SET', ok_, g, 'PX', open_ms) else redis.call('DEL', ok_) end
@@ -197,13 +278,15 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
   if g == nil then
     -- Missing (a new breaker, Redis restarted empty, expired) or garbage: publish the sender's
     -- own state. The generation starts at the server's time so it never repeats an older one.
-    redis.call('DEL', sk, ok_, lk)
+    redis.call('DEL', sk, ok_, lk, wk)
     g = now()
     e = g
     f = 0
+    k = 0
     if lmode == 0 then m = 0; f = lcount or 0
     elseif lmode == 1 or lmode == 2 then
       m = 1
+      k = lreopens
       if lmode == 1 and lremain and lremain > 0 then redis.call('SET', ok_, g, 'PX', lremain) end
     elseif lmode == 3 or lmode == 4 then m = lmode
     else m = 0 end
@@ -246,11 +329,13 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
       m = 1
       g = g + 1
       f = 0
+      k = lreopens
       if lmode == 1 and lremain and lremain > 0 then redis.call('SET', ok_, g, 'PX', lremain) end
     elseif lmode == 3 or lmode == 4 then
       m = lmode
       g = g + 1
       f = 0
+      k = 0
     end
     dirty = true
     if op ~= 4 and op ~= 5 then op = 0 end
@@ -267,26 +352,37 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
   local timer = pttl > 0
   local moved = false
   if op == 4 and lmode and (lmode == 0 or lmode == 3 or lmode == 4) then
-    m = lmode; g = g + 1; f = 0; moved = true; dirty = true
+    m = lmode; g = g + 1; f = 0; k = 0; moved = true; dirty = true
     redis.call('DEL', ok_, lk)
   elseif op == 5 then
-    m = 5; g = g + 1; f = 0; moved = true; dirty = true
-    redis.call('DEL', ok_, lk)
+    m = 5; g = g + 1; f = 0; k = 0; moved = true; dirty = true
+    redis.call('DEL', ok_, lk, wk)
     local hexname = string.match(sk, '{b(%x*)}$')
     if hexname then redis.call('ZREM', index, hexname) end
   elseif matches then
-    if op == 1 and m == 0 then open_now(lremain); moved = true
+    if op == 1 and m == 0 then open_now(lremain, lreopens); moved = true
     elseif op == 2 and m == 1 and not timer then
-      m = 0; g = g + 1; f = 0; moved = true; dirty = true
+      m = 0; g = g + 1; f = 0; k = 0; moved = true; dirty = true
       redis.call('DEL', lk)
-    elseif op == 3 and m == 1 and not timer then open_now(lremain); moved = true
+    elseif op == 3 and m == 1 and not timer then open_now(lremain, lreopens); moved = true
     end
   end
   -- Failures count only under the generation they were admitted in.
   if matches and not moved and m == 0 and add and (add > 0 or reset == 1) then
     if reset == 1 then f = add else f = f + add end
-    if ft > 0 and f >= ft then open_now(); moved = true end
+    if ft > 0 and f >= ft then open_now(trip, 0); moved = true end
     dirty = true
+  end
+  -- The rate rules judge the fleet's window (the sender's rules on everyone's counts), with the
+  -- same compare-and-swap on `g`: counts of another generation never land in this one's window.
+  if matches and not moved and m == 0 and dc > 0 and bw then
+    local calls, fails, slow, bad = window_add(wk, g, bw, dc, df, ds)
+    if bad then garbage = 1 end
+    if calls >= mc and ((fr and fails / calls >= fr) or (sr and slow / calls >= sr)) then
+      open_now(trip, 0)
+      moved = true
+      redis.call('DEL', wk)
+    end
   end
   if moved and m == 1 then
     pttl = open_ms
@@ -319,8 +415,8 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
     if want > mine and matches then
       local grant = math.min(want - mine, hm - #members)
       if grant > 0 then
-        for k = 1, grant do
-          redis.call('ZADD', lk, now() + ttl, prefix .. g .. ':' .. now() .. ':' .. k)
+        for n = 1, grant do
+          redis.call('ZADD', lk, now() + ttl, prefix .. g .. ':' .. now() .. ':' .. n)
         end
         redis.call('PEXPIRE', lk, ttl)
         mine = mine + grant
@@ -329,13 +425,13 @@ for i = 0, ((#KEYS - 1) / 3) - 1 do
   end
 
   if dirty then
-    redis.call('HSET', sk, 'g', g, 'm', m, 'f', f, 'cv', cv, 'ft', ft, 'rt', rt, 'hm', hm, 'st', st, 'pt', pt, 'e', e)
+    redis.call('HSET', sk, 'g', g, 'm', m, 'f', f, 'cv', cv, 'ft', ft, 'rt', rt, 'hm', hm, 'st', st, 'pt', pt, 'e', e, 'k', k)
     if m == 5 then redis.call('PEXPIRE', sk, tomb_ttl) else redis.call('PEXPIRE', sk, STATE_TTL) end
   end
 
   local mode = m
   if m == 1 and not timer then mode = 2 end
-  out[i + 1] = {g, mode, f, pttl, mine, cv, ft, rt, hm, st, pt, garbage}
+  out[i + 1] = {g, mode, f, pttl, mine, cv, ft, rt, hm, st, pt, garbage, k}
 end
 
 -- Discovery: breakers other processes published since the cursor (forgotten after a day). Only

@@ -24,8 +24,9 @@ _log = logging.getLogger("panelboard")
 SYNC, TRIP, PROBE_OK, PROBE_FAIL, SET_MODE, DELETE = range(6)
 # Local modes (`_core._fleet_read`) and fleet modes (the script's reply).
 CLOSED, OPEN, HALF_OPEN, FORCED_OPEN, DISABLED, DELETED = range(6)
-FIELDS = 14
-REPLY_FIELDS = 12
+FIELDS = 23
+REPLY_FIELDS = 13
+KEYS_PER_BREAKER = 4
 # Breakers per script call: bounds the time one call holds Redis.
 BATCH = 256
 TOMBSTONE_MS = 60_000
@@ -37,6 +38,7 @@ NO_FAILURE_THRESHOLD = 2**64 - 1
 MAX_FAILURE_THRESHOLD = 2**32 - 1
 MAX_DURATION_MS = 2**35
 MAX_PROBE_COUNT = 65535
+MAX_REOPENS = 2047
 # A breaker's state hash (docs/redis.md), as the script reads it.
 STATE_FIELDS = ("g", "m", "f", "cv", "ft", "rt", "hm", "st", "pt", "e")
 
@@ -56,8 +58,11 @@ class Track:
         "lcount",
         "lgen",
         "lmode",
+        "pending",
+        "pushed",
         "rejected",
         "warned",
+        "wgen",
     )
 
     def __init__(self, core_id: int, handle: Any, key_prefix: str) -> None:
@@ -74,6 +79,11 @@ class Track:
         self.granted = 0
         self.granted_gen = -1
         self.warned = False
+        # The local window's buckets as last pushed (time index -> calls, failures, slow), of
+        # local generation `wgen`; `pending`: what this round's push will make them.
+        self.wgen = -1
+        self.pushed: dict[int, tuple[int, int, int]] = {}
+        self.pending: tuple[int, dict[int, tuple[int, int, int]]] | None = None
 
 
 def _fleet_threshold(failure_threshold: int) -> int:
@@ -104,6 +114,31 @@ def _published_state(fields: object) -> bool:
 
 def _int(value: object) -> int | None:
     return value if type(value) is int else None
+
+
+def _window_delta(
+    track: Track, mode: int, gen: int, window: Any
+) -> tuple[int, int, int, int, int, float, float]:
+    """What the sync script needs for the fleet's window: the counts the local window gained since
+    the last push (calls, failures, slow; only while closed, of the local generation, bucket by
+    bucket: a bucket's counts only grow while it is in the window), then the rate rules (bucket
+    width ms, min_calls, failure_rate, slow_call_rate; -1 when off). The buckets as read become
+    `track.pushed` once the round succeeds (`Track.pending`)."""
+    if window is None:
+        track.pending = None
+        return 0, 0, 0, -1, 0, -1.0, -1.0
+    bucket_ms, min_calls, failure_rate, slow_call_rate, buckets = window
+    pushed = track.pushed if track.wgen == gen else {}
+    now = {index: (calls, failures, slow) for index, calls, failures, slow in buckets}
+    dc = df = ds = 0
+    if mode == CLOSED:
+        for index, (calls, failures, slow) in now.items():
+            before = pushed.get(index, (0, 0, 0))
+            dc += max(calls - before[0], 0)
+            df += max(failures - before[1], 0)
+            ds += max(slow - before[2], 0)
+    track.pending = (gen, now)
+    return dc, df, ds, bucket_ms, min_calls, failure_rate, slow_call_rate
 
 
 class Worker:
@@ -296,15 +331,17 @@ class Worker:
             work.append((name, track, read, op))
         for name in gone:
             track = self._tracks[name]
-            keys += [track.key_prefix, track.key_prefix + ":open", track.key_prefix + ":leases"]
+            keys += self._keys(track)
             args += [DELETE, track.fg, 0, 0, 0, CLOSED, 0, 0, 0, 1, 0, 1, 1, -1]
+            args += [0, -1, 0, 0, 0, -1, 0, -1, -1]
             work.append((name, track, None, DELETE))
         discover = self._rounds % DISCOVERY_ROUNDS == 0
         for start in range(0, max(len(work), 1), BATCH):
             chunk = work[start : start + BATCH]
             cursor = self._cursor if discover and start == 0 else -1
             reply = self._evalsha(
-                keys[start * 3 : (start + len(chunk)) * 3] + [self._index_key],
+                keys[start * KEYS_PER_BREAKER : (start + len(chunk)) * KEYS_PER_BREAKER]
+                + [self._index_key],
                 [self._token, TOMBSTONE_MS, cursor] + args[start * FIELDS : (start + len(chunk)) * FIELDS],
             )
             if not isinstance(reply, list) or len(reply) != len(chunk) + 1:
@@ -351,8 +388,13 @@ class Worker:
 
     # --- one breaker -----------------------------------------------------------------------
 
+    @staticmethod
+    def _keys(track: Track) -> list[str]:
+        prefix = track.key_prefix
+        return [prefix, prefix + ":open", prefix + ":leases", prefix + ":window"]
+
     def _entry(self, track: Track, read: tuple[Any, ...], keys: list[str], args: list[object]) -> int:
-        _bits, mode, gen, count, rejected, remaining, config = read
+        _bits, mode, gen, count, rejected, remaining, config, reopens, trip_ms, window = read
         version, ft, rt, hm, st, pt = config
         op, add, reset = SYNC, 0, 0
         if gen == track.lgen and mode == track.lmode:
@@ -378,9 +420,10 @@ class Worker:
             want = 0
         track.rejected = rejected
         cfg_changed = 1 if version != track.cfg_version and track.fg != -1 else 0
-        keys += [track.key_prefix, track.key_prefix + ":open", track.key_prefix + ":leases"]
+        keys += self._keys(track)
         args += [op, track.fg, add, reset, want, mode, count, remaining, cfg_changed]
-        args += [_fleet_threshold(ft), rt, hm, st, pt]
+        args += [_fleet_threshold(ft), rt, hm, st, pt, reopens, trip_ms]
+        args += _window_delta(track, mode, gen, window)
         return op
 
     def _apply(
@@ -392,14 +435,22 @@ class Worker:
         op: int,
         answer: object,
     ) -> None:
+        if track.pending is not None:
+            # The window's counts as read went out with this round (whatever the reply says: a
+            # count pushed twice could trip the fleet; one lost cannot).
+            track.wgen, track.pushed = track.pending
+            track.pending = None
         fields = answer if isinstance(answer, list) else []
         values = [_int(v) for v in fields]
         if len(values) != REPLY_FIELDS or any(v is None for v in values):
             self._malformed_state(name, track)
             return
-        g, mode, f, pttl, mine, cv, ft, rt, hm, st, pt, garbage = values  # type: ignore[misc]
+        g, mode, f, pttl, mine, cv, ft, rt, hm, st, pt, garbage, reopens = values  # type: ignore[misc]
         if garbage:
             self._malformed_state(name, track)
+        if not 0 <= reopens <= MAX_REOPENS or pttl < 0:
+            self._malformed_state(name, track)
+            return
         if read is None or mode == DELETED:
             self._tracks.pop(name, None)
             if read is not None and op != DELETE:
@@ -409,7 +460,7 @@ class Worker:
                         registry.delete(name)
                 _core._fleet_gate(track.handle, -1, 0)
             return
-        bits, lmode, lgen, count, *_rest, config = read
+        bits, lmode, lgen, count, _rejected, remaining, config = read[:7]
         if cv != track.cv:
             track.cv = cv
             self._apply_config(registry, name, track, config, (ft, rt, hm, st, pt))
@@ -431,13 +482,13 @@ class Worker:
             if mode == CLOSED:
                 install = count != min(f, max(config[1] - 1, 0))
             elif mode == OPEN:
-                install = abs(read[5] - pttl) > max(50, int(self._interval * 1000))
+                install = abs(remaining - pttl) > max(50, int(self._interval * 1000))
             elif mode == HALF_OPEN:
                 # Our leases lapsed while permits of this generation are out: a fresh generation
                 # drops them (their late outcomes go stale), as a local probe reclaim does.
                 install = track.granted_gen == lgen and mine < track.granted
         if install:
-            done, new_bits, new_gen = _core._fleet_install(track.handle, bits, target, arg)
+            done, new_bits, new_gen = _core._fleet_install(track.handle, bits, target, arg, reopens)
             if not done:
                 # Changed locally meanwhile: that change is pushed next round. Everything up to
                 # what was read is pushed already.

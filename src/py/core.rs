@@ -241,10 +241,15 @@ impl BreakerCore {
         Ok(())
     }
 
-    /// The machine over this breaker's words, with the window when `config` has a rate rule.
+    /// The machine over this breaker's words, with the window when `config` has a rate rule, and
+    /// the fleet gate (held only by a Redis-synced registry's worker).
     #[inline]
     pub fn machine<'a>(&'a self, limits: &'a Limits) -> Machine<'a> {
-        let machine = self.storage.slots().machine(limits);
+        let machine = self
+            .storage
+            .slots()
+            .machine(limits)
+            .with_fleet_gate(&self.fleet_gate);
         match (limits.rate.is_some(), self.window()) {
             (true, Some(window)) => machine.with_window(window),
             _ => machine,
@@ -254,7 +259,7 @@ impl BreakerCore {
     /// The window the rate rules count in: the table's for a shared breaker (one for every
     /// process), else this breaker's own, made with the first configuration that has a rate rule.
     #[inline]
-    fn window(&self) -> Option<&Window> {
+    pub fn window(&self) -> Option<&Window> {
         match self.storage.shared() {
             Some(shared) => match shared.live() {
                 Some(slot) => Some(&slot.window),

@@ -41,8 +41,14 @@ pub fn fleet_breakers<'py>(py: Python<'py>, registry: &Registry) -> PyResult<Bou
 
 /// `(bits, mode, generation, count, rejected, open_remaining_ms, (config_version,
 /// failure_threshold, reset_timeout_ms, half_open_max_calls, success_threshold,
-/// probe_timeout_ms or -1))`: `count` is the failures of a closed word or the permits out of a
-/// half-open one; modes are 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled.
+/// probe_timeout_ms or -1), reopens, trip_ms, window)`: `count` is the failures of a closed word or
+/// the permits out of a half-open one; modes are 0 closed, 1 open, 2 half-open, 3 forced open,
+/// 4 disabled. `reopens`: which reopen since the breaker closed the current open period is (0
+/// unless open times vary); `trip_ms`: a fresh draw of the open time of a trip from closed (what
+/// the fleet opens for when its own counts trip it). `window`: `None` without a rate rule, else
+/// `(bucket_ms, min_calls, failure_rate or -1, slow_call_rate or -1, buckets)` where `buckets`
+/// lists `(time index, calls, failures, slow)` of the closed word's generation in the local window
+/// (empty unless closed): the worker pushes what they gained since its last read.
 #[pyfunction]
 #[pyo3(name = "_fleet_read", signature = (breaker, /))]
 pub fn fleet_read<'py>(py: Python<'py>, breaker: &Breaker) -> PyResult<Bound<'py, PyTuple>> {
@@ -55,14 +61,43 @@ pub fn fleet_read<'py>(py: Python<'py>, breaker: &Breaker) -> PyResult<Bound<'py
         Mode::Closed => word.failures(),
         _ => 0,
     };
-    let now = core.hub.get().clock.now_ms();
+    let clock = &core.hub.get().clock;
+    let now = clock.now_ms();
     // The open period this word was given, backed off or jittered (not the base reset_timeout):
     // the worker publishes it as the fleet's open timer with a trip or a probe failure.
     let resolved = core.limits(&config);
-    let remaining = core.machine(&resolved).retry_after_ms(word, || now);
+    let machine = core.machine(&resolved);
+    let remaining = machine.retry_after_ms(word, || now);
+    let reopens = match word.mode() {
+        Mode::Open => machine.open_period(word).1,
+        _ => 0,
+    };
+    let trip_ms = machine.draw_open_ms(0);
     let probe_timeout: i64 = limits
         .probe_timeout_ms
         .map_or(-1, |ms| i64::try_from(ms).unwrap_or(i64::MAX));
+    let window = match (resolved.rate, core.window()) {
+        (Some(rate), Some(window)) => {
+            let buckets = PyList::empty(py);
+            if word.mode() == Mode::Closed {
+                for (index, counts) in window.buckets(word.generation(), clock.now_us()) {
+                    if counts.calls > 0 {
+                        buckets.append((index, counts.calls, counts.failures, counts.slow))?;
+                    }
+                }
+            }
+            // The fleet counts in buckets of whole milliseconds of the server's clock.
+            let bucket_ms = rate.bucket_us().div_ceil(1000).max(1);
+            Some((
+                bucket_ms,
+                rate.min_calls,
+                rate.failure_rate.unwrap_or(-1.0),
+                rate.slow_call_rate.unwrap_or(-1.0),
+                buckets,
+            ))
+        }
+        _ => None,
+    };
     (
         word.bits(),
         mode_index(word.mode()),
@@ -78,26 +113,34 @@ pub fn fleet_read<'py>(py: Python<'py>, breaker: &Breaker) -> PyResult<Bound<'py
             limits.success_threshold,
             probe_timeout,
         ),
+        reopens,
+        trip_ms,
+        window,
     )
         .into_pyobject(py)
 }
 
 /// Installs a fleet state into the breaker's word if it is still `expected` (its raw bits):
-/// `target` 0 closed with `arg` failures, 1 open for `arg` more milliseconds, 2 a fresh half-open
+/// `target` 0 closed with `arg` failures, 1 open for `arg` more milliseconds (the fleet's
+/// `reopens`-th reopen since it closed: see `Target::Open`), 2 a fresh half-open
 /// period with no permit out, 3 forced open, 4 disabled. Announces the transition, if any, like
 /// any other. Returns `(installed, bits, generation)` of the word now in place.
 #[pyfunction]
-#[pyo3(name = "_fleet_install", signature = (breaker, expected, target, arg, /))]
+#[pyo3(name = "_fleet_install", signature = (breaker, expected, target, arg, reopens = 0, /))]
 pub fn fleet_install(
     py: Python<'_>,
     breaker: &Breaker,
     expected: u64,
     target: u8,
     arg: u64,
+    reopens: u64,
 ) -> PyResult<(bool, u64, u32)> {
     let target = match target {
         0 => Target::Closed { failures: arg },
-        1 => Target::Open { remaining_ms: arg },
+        1 => Target::Open {
+            remaining_ms: arg,
+            reopens,
+        },
         2 => Target::HalfOpen,
         3 => Target::ForcedOpen,
         4 => Target::Disabled,

@@ -430,6 +430,9 @@ pub struct Machine<'a> {
     limits: &'a Limits,
     open_time: Option<&'a AtomicU64>,
     window: Option<&'a Window>,
+    /// A fleet-synced breaker's gate (`remote`): while the fleet holds it, the rate rules are
+    /// judged on the fleet's window (by the sync worker, in Redis), not on this one.
+    fleet_gate: Option<&'a remote::FleetGate>,
 }
 
 impl<'a> Machine<'a> {
@@ -440,6 +443,7 @@ impl<'a> Machine<'a> {
             limits,
             open_time: None,
             window: None,
+            fleet_gate: None,
         }
     }
 
@@ -454,6 +458,45 @@ impl<'a> Machine<'a> {
     pub fn with_window(mut self, window: &'a Window) -> Self {
         self.window = Some(window);
         self
+    }
+
+    /// The gate of a fleet-synced breaker: while it is held, a window that meets a rate rule does
+    /// not trip the breaker here (the fleet's window decides, see `remote`); released, or without
+    /// one, the window decides as on any breaker.
+    pub fn with_fleet_gate(mut self, gate: &'a remote::FleetGate) -> Self {
+        self.fleet_gate = Some(gate);
+        self
+    }
+
+    /// The open period of `word` (an open word) and how many reopens since the breaker last
+    /// closed it is (0 unless open times vary and the period's time was written).
+    pub fn open_period(&self, word: Word) -> (u64, u64) {
+        let ms = self.open_ms(word);
+        match self.open_time {
+            Some(open_time) if self.limits.open_time.varies() => {
+                let stored = open_time.load(Ordering::Acquire);
+                if open_time_generation(stored)
+                    == Some(u64::from(word.generation()) & OPEN_GENERATION_MASK)
+                {
+                    (ms, open_time_reopens(stored))
+                } else {
+                    (ms, 0)
+                }
+            }
+            _ => (ms, 0),
+        }
+    }
+
+    /// A fresh draw of the open time of the `reopens`-th reopen (0: a trip from closed), as a
+    /// transition to open would draw it (backoff, cap and jitter applied; `reset_timeout` when open
+    /// times do not vary).
+    pub fn draw_open_ms(&self, reopens: u64) -> u64 {
+        let policy = &self.limits.open_time;
+        if !policy.varies() {
+            return self.limits.reset_timeout_ms;
+        }
+        let base = policy.base_ms(self.limits.reset_timeout_ms, reopens);
+        policy.drawn_ms(base, random_unit())
     }
 
     /// How long the open period of `word` (an open word) lasts.
@@ -786,6 +829,13 @@ impl<'a> Machine<'a> {
         now: &mut LazyNow<F>,
     ) -> Option<Transition> {
         if !window.trips(policy, generation, now_us, after_bad) {
+            return None;
+        }
+        if self
+            .fleet_gate
+            .is_some_and(|gate| gate.get() != remote::Gate::Released)
+        {
+            // The fleet's window decides (its counts include this one's, pushed by the worker).
             return None;
         }
         let mut current = self.load();

@@ -26,8 +26,9 @@
 //! `tests/loom_remote.rs`).
 
 use super::{
-    elapsed_ms, half_open_payload, transition, Admission, Machine, Mode, Ticket, Transition, Word,
-    COUNTER_MASK, GENERATION_MASK, PAYLOAD_BITS, PAYLOAD_MASK,
+    elapsed_ms, half_open_payload, open_time_generation, pack_open_time, transition, Admission,
+    Machine, Mode, Ticket, Transition, Word, COUNTER_MASK, GENERATION_MASK, OPEN_GENERATION_MASK,
+    PAYLOAD_BITS, PAYLOAD_MASK,
 };
 use crate::sync::{AtomicU64, Ordering};
 
@@ -111,9 +112,15 @@ pub enum Target {
         failures: u64,
     },
     /// Open, going half-open `remaining_ms` from now by the local clock (the fleet's remaining
-    /// open time, read on the server's clock, so skewed process clocks agree).
+    /// open time, read on the server's clock, so skewed process clocks agree). When open times
+    /// vary (backoff, jitter) the period is written into the open-time word as `remaining_ms`
+    /// from now, the `reopens`-th reopen since the breaker closed: `retry_after` reports the
+    /// fleet's drawn period (not at most `reset_timeout`), and a probe failing here next backs off
+    /// from the fleet's count. Otherwise the period is `reset_timeout`, ending `remaining_ms` from
+    /// now at the latest.
     Open {
         remaining_ms: u64,
+        reopens: u64,
     },
     /// Half-open with no permit out. From half-open too: a fresh generation that drops the
     /// permits of the old one (whose leases lapsed).
@@ -173,17 +180,25 @@ impl Machine<'_> {
                     expected.next(Mode::Closed, failures)
                 }
             }
-            Target::Open { remaining_ms } => {
-                // Opened so that `reset_timeout` runs out `remaining_ms` from now.
-                let timeout = self.limits.reset_timeout_ms;
-                let opened_at =
-                    (clock() & PAYLOAD_MASK).wrapping_sub(timeout.saturating_sub(remaining_ms));
-                let opened_at = opened_at & PAYLOAD_MASK;
-                if expected.mode() == Mode::Open {
-                    expected.with_payload(opened_at)
+            Target::Open {
+                remaining_ms,
+                reopens,
+            } => {
+                // The generation the open word will have (its opening time set below): the
+                // current one when only the fleet's timer drifted from the local one.
+                let period = if expected.mode() == Mode::Open {
+                    expected
                 } else {
-                    expected.next(Mode::Open, opened_at)
-                }
+                    expected.next(Mode::Open, 0)
+                };
+                self.write_open_time(period.generation(), reopens, remaining_ms);
+                // Opened so that the period (the one just written, or `reset_timeout`) runs out
+                // `remaining_ms` from now.
+                let open_ms = self.open_ms(period);
+                let opened_at = (clock() & PAYLOAD_MASK)
+                    .wrapping_sub(open_ms.saturating_sub(remaining_ms))
+                    & PAYLOAD_MASK;
+                period.with_payload(opened_at)
             }
             Target::HalfOpen => expected.next(Mode::HalfOpen, half_open_payload(0, 0)),
             Target::ForcedOpen | Target::Disabled => {
@@ -224,6 +239,37 @@ impl Machine<'_> {
         }
     }
 
+    /// Writes the open-time word of the open period of `generation` as `ms` long, the
+    /// `reopens`-th reopen, when open times vary; before the word's CAS, as a local opening does
+    /// (`Machine::open`), so that whoever sees the open word sees its time. It never overwrites the
+    /// word of a newer generation, but does overwrite one written for this same generation: a
+    /// local reopening racing this install (from the same word, so to the same generation) drew
+    /// that one, and the fleet's period is the one to keep whichever of the two wins the word's
+    /// CAS (a local opening never rewrites a word of its own generation once written).
+    fn write_open_time(&self, generation: u32, reopens: u64, ms: u64) {
+        let Some(open_time) = self.open_time else {
+            return;
+        };
+        if !self.limits.open_time.varies() {
+            return;
+        }
+        let value = pack_open_time(generation, reopens, ms);
+        let mut stored = open_time.load(Ordering::Acquire);
+        loop {
+            if let Some(written) = open_time_generation(stored) {
+                let age = u64::from(generation).wrapping_sub(written) & OPEN_GENERATION_MASK;
+                if age > OPEN_GENERATION_MASK / 2 {
+                    return;
+                }
+            }
+            match open_time.compare_exchange_weak(stored, value, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(actual) => stored = actual,
+            }
+        }
+    }
+
     /// `admit`, unless the fleet holds the gate: then an open breaker rejects until the worker
     /// installs half-open (never turning half-open itself), and a half-open one hands out at most
     /// the leases granted for its generation (the permit taken by the same CAS that checks the
@@ -245,7 +291,7 @@ impl Machine<'_> {
                 Mode::Open => {
                     let elapsed = elapsed_ms(clock() & PAYLOAD_MASK, current.opened_at());
                     return Admission::Rejected {
-                        retry_after_ms: self.limits.reset_timeout_ms.saturating_sub(elapsed),
+                        retry_after_ms: self.open_ms(current).saturating_sub(elapsed),
                     };
                 }
                 Mode::HalfOpen => {
@@ -426,7 +472,10 @@ mod tests {
         // The word changed since it was read: nothing is written.
         assert_eq!(m.install(start, Target::ForcedOpen, || 0), Err(word));
         let opened = m
-            .install(word, Target::Open { remaining_ms: 400 }, || now.get())
+            .install(word, Target::Open {
+                    remaining_ms: 400,
+                    reopens: 0,
+                }, || now.get())
             .unwrap();
         assert_eq!(
             opened.transition,
@@ -452,6 +501,110 @@ mod tests {
         let forced = m.install(fresh.word, Target::ForcedOpen, || 0).unwrap();
         let again = m.install(forced.word, Target::ForcedOpen, || 0).unwrap();
         assert_eq!((again.word, again.transition), (forced.word, None));
+    }
+
+    fn backing_off(timeout: u64) -> Limits {
+        Limits {
+            open_time: crate::machine::OpenTime {
+                backoff: 4.0,
+                max_ms: 1 << 30,
+                jitter: 0.0,
+            },
+            ..limits(1, timeout, 1)
+        }
+    }
+
+    /// Issue 13: a process that did not draw the fleet's backed-off period reports it (and keeps
+    /// to it when the gate is released), not at most `reset_timeout`.
+    #[test]
+    fn an_installed_open_period_longer_than_reset_timeout_is_reported_whole() {
+        let slots = Slots::new();
+        let lim = backing_off(100);
+        let gate = FleetGate::new();
+        let m = slots.machine(&lim);
+        let target = Target::Open {
+            remaining_ms: 1500,
+            reopens: 2,
+        };
+        let opened = m.install(m.load(), target, || 1000).unwrap().word;
+        gate.hold(opened.generation(), 0);
+        assert_eq!(m.retry_after_ms(opened, || 1000), 1500);
+        assert_eq!(m.open_period(opened), (1500, 2));
+        assert_eq!(
+            m.admit_gated(&gate, || 1400),
+            Admission::Rejected {
+                retry_after_ms: 1100
+            }
+        );
+        // The fleet's timer drifted: the same period is corrected, not a new generation.
+        let corrected = m
+            .install(
+                opened,
+                Target::Open {
+                    remaining_ms: 500,
+                    reopens: 2,
+                },
+                || 1400,
+            )
+            .unwrap();
+        assert_eq!(corrected.transition, None);
+        assert_eq!(corrected.word.generation(), opened.generation());
+        assert_eq!(m.retry_after_ms(corrected.word, || 1400), 500);
+        // Released (Redis out of reach): the local breaker keeps to the fleet's period.
+        gate.release();
+        assert_eq!(
+            m.admit_gated(&gate, || 1899),
+            Admission::Rejected { retry_after_ms: 1 }
+        );
+        let probe = ticket(m.admit_gated(&gate, || 1900));
+        assert!(probe.is_probe());
+        // Its probe fails: the next period backs off from the fleet's count (the third reopen).
+        m.record(probe, Outcome::Failure, || 1900);
+        let reopened = m.load();
+        assert_eq!(m.open_period(reopened), (100 * 64, 3));
+    }
+
+    #[test]
+    fn without_varying_open_times_an_installed_period_is_reset_timeout() {
+        let slots = Slots::new();
+        let lim = limits(1, 100, 1);
+        let m = slots.machine(&lim);
+        let target = Target::Open {
+            remaining_ms: 60,
+            reopens: 0,
+        };
+        let opened = m.install(m.load(), target, || 1000).unwrap().word;
+        assert_eq!(m.retry_after_ms(opened, || 1000), 60);
+        assert_eq!(m.open_period(opened), (100, 0));
+    }
+
+    #[test]
+    fn a_held_gate_leaves_rate_trips_to_the_fleet() {
+        let slots = Slots::new();
+        let window = crate::window::Window::new(100);
+        let lim = Limits {
+            failure_threshold: crate::machine::NO_FAILURE_THRESHOLD,
+            rate: Some(crate::window::RatePolicy {
+                window_us: 1000,
+                min_calls: 2,
+                failure_rate: Some(0.5),
+                slow_call_rate: None,
+            }),
+            ..limits(1, 100, 1)
+        };
+        let gate = FleetGate::new();
+        let m = slots.machine(&lim).with_window(&window).with_fleet_gate(&gate);
+        gate.hold(0, 0);
+        for _ in 0..4 {
+            let t = ticket(m.admit_gated(&gate, || 0));
+            assert_eq!(m.record_call(t, Outcome::Failure, false, || 0, || 10), None);
+        }
+        assert_eq!(m.load().mode(), Mode::Closed, "the fleet's window decides");
+        assert_eq!(m.window_counts(10).failures, 4, "counted all the same");
+        gate.release();
+        let t = ticket(m.admit_gated(&gate, || 0));
+        assert!(m.record_call(t, Outcome::Failure, false, || 0, || 10).is_some());
+        assert_eq!(m.load().mode(), Mode::Open, "released: the local window decides");
     }
 
     #[test]

@@ -357,6 +357,42 @@ impl Window {
         in_bucket
     }
 
+    /// The buckets of generation `generation` in the window that ends at `now_us`, newest first,
+    /// each as its whole time index (`time / bucket width`) and its counts (zero for a bucket
+    /// holding another generation or time). Loads only: what the Redis sync worker reads to push
+    /// the counts added since its last round (a bucket's counts only grow while it is current).
+    pub fn buckets(&self, generation: u32, now_us: u64) -> [(u64, Counts); BUCKETS] {
+        let index = self.judged_index(now_us);
+        std::array::from_fn(|age| {
+            let Some(bucket_index) = index.checked_sub(age as u64) else {
+                return (0, Counts::default());
+            };
+            let slot = (bucket_index % BUCKETS as u64) as usize;
+            let tag = Tag::new(generation, bucket_index);
+            let count = |words: &[AtomicU64; BUCKETS]| {
+                let word = words[slot].load(Ordering::SeqCst);
+                if Tag::of(word) == tag {
+                    word & COUNT_MASK
+                } else {
+                    0
+                }
+            };
+            (
+                bucket_index,
+                Counts {
+                    calls: count(&self.calls),
+                    failures: count(&self.failures),
+                    slow: count(&self.slow),
+                },
+            )
+        })
+    }
+
+    /// The width of a bucket in microseconds.
+    pub fn bucket_us(&self) -> u64 {
+        self.bucket_us.load(Ordering::Relaxed).max(1)
+    }
+
     /// The counts of generation `generation` in the window that ends at `now_us`.
     pub fn counts(&self, generation: u32, now_us: u64) -> Counts {
         self.sum(generation, now_us, false)
@@ -563,6 +599,44 @@ mod tests {
         assert_eq!(w.record(7, later, false, false, || true), 1);
         assert_eq!(w.record(7 + 200, later + 1, true, false, || true), 1);
         assert_eq!(w.counts(7 + 200, later + 1).failures, 1);
+    }
+
+    #[test]
+    fn buckets_list_the_generations_counts_by_time_index() {
+        let p = policy(1000, 1, 0.5); // buckets of 100 us
+        let w = window(&p);
+        w.record(2, 50, true, false, || true);
+        w.record(2, 250, false, true, || true);
+        w.record(2, 260, false, false, || true);
+        let buckets = w.buckets(2, 299);
+        assert_eq!(buckets[0].0, 2, "newest first, whole time index");
+        assert_eq!(
+            buckets[0].1,
+            Counts {
+                calls: 2,
+                failures: 0,
+                slow: 1
+            }
+        );
+        assert_eq!(buckets[1], (1, Counts::default()));
+        assert_eq!(
+            buckets[2],
+            (
+                0,
+                Counts {
+                    calls: 1,
+                    failures: 1,
+                    slow: 0
+                }
+            )
+        );
+        let total: u64 = w.buckets(2, 299).iter().map(|(_, c)| c.calls).sum();
+        assert_eq!(total, w.counts(2, 299).calls);
+        assert!(w.buckets(3, 299).iter().all(|(_, c)| *c == Counts::default()));
+        assert!(
+            w.buckets(2, 1050).iter().all(|(i, c)| *i > 0 && c.failures == 0),
+            "bucket 0 left the window"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use loom::sync::Arc;
 use loom::thread;
 use panelboard_engine::remote::{FleetGate, Target};
-use panelboard_engine::{Admission, Limits, Mode, Outcome, Slots, Ticket, Word};
+use panelboard_engine::{Admission, Limits, Mode, OpenTime, Outcome, Slots, Ticket, Word};
 
 fn limits(failure_threshold: u64, half_open_max_calls: u64) -> Limits {
     Limits {
@@ -160,7 +160,10 @@ fn an_outcome_racing_an_installed_opening_counts_only_in_its_generation() {
         let m = slots.machine(&lim);
         let mut read = m.load();
         let opened = loop {
-            match m.install(read, Target::Open { remaining_ms: 50 }, || 0) {
+            match m.install(read, Target::Open {
+                    remaining_ms: 50,
+                    reopens: 0,
+                }, || 0) {
                 Ok(installed) => break installed,
                 Err(actual) => read = actual,
             }
@@ -173,5 +176,89 @@ fn an_outcome_racing_an_installed_opening_counts_only_in_its_generation() {
         // One failure of two never opens the breaker by itself.
         assert_eq!(recorded, None);
         assert!(opened.transition.is_some());
+    });
+}
+
+/// With backoff, the worker installs the fleet's drawn open period (1000 ms, the 2nd reopen) while
+/// a local probe failure reopens the breaker (drawing 100 * 4 = 400 ms, the 1st): whichever wins
+/// the word's CAS, the open word's period is the fleet's.
+#[test]
+fn installing_a_drawn_open_period_races_a_local_reopening() {
+    loom::model(|| {
+        let slots = Arc::new(Slots::new());
+        let gate = Arc::new(FleetGate::new());
+        let lim = Limits {
+            open_time: OpenTime {
+                backoff: 4.0,
+                max_ms: 1 << 20,
+                jitter: 0.0,
+            },
+            ..limits(1, 1)
+        };
+        let half = half_open_with_leases(&slots, &gate, &lim, 1);
+        let probe = ticket_of(slots.machine(&lim).admit_gated(&gate, || 0)).unwrap();
+        let local = {
+            let slots = slots.clone();
+            thread::spawn(move || slots.machine(&lim).record(probe, Outcome::Failure, || 0))
+        };
+        let m = slots.machine(&lim);
+        let mut read = half;
+        let installed = loop {
+            let target = Target::Open {
+                remaining_ms: 1000,
+                reopens: 2,
+            };
+            match m.install(read, target, || 0) {
+                Ok(installed) => break installed,
+                Err(actual) => read = actual,
+            }
+        };
+        let reopened = local.join().unwrap();
+        let end = slots.machine_word();
+        assert_eq!(end, installed.word);
+        assert_eq!(end.mode(), Mode::Open);
+        // Whoever won, the period is the fleet's (a local reopening that went first is
+        // corrected by the worker's retry, in the same generation).
+        assert_eq!(m.open_period(end), (1000, 2));
+        if reopened.is_some() {
+            assert_eq!(installed.transition, None);
+        }
+        assert_eq!(m.retry_after_ms(end, || 0), 1000);
+    });
+}
+
+/// A rate rule met while the fleet holds the gate does not trip the breaker, whatever the gate
+/// does meanwhile: released before the judging, the local window trips it; held, it stays closed.
+#[test]
+fn a_held_gate_keeps_a_local_rate_trip_off() {
+    use panelboard_engine::{RatePolicy, Window};
+    loom::model(|| {
+        let slots = Arc::new(Slots::new());
+        let gate = Arc::new(FleetGate::new());
+        let window = Arc::new(Window::new(1000));
+        let lim = Limits {
+            failure_threshold: panelboard_engine::NO_FAILURE_THRESHOLD,
+            rate: Some(RatePolicy {
+                window_us: 10_000,
+                min_calls: 1,
+                failure_rate: Some(0.5),
+                slow_call_rate: None,
+            }),
+            ..limits(1, 1)
+        };
+        gate.hold(0, 0);
+        let ticket = ticket_of(slots.machine(&lim).admit(|| 0)).unwrap();
+        let local = {
+            let (slots, gate, window) = (slots.clone(), gate.clone(), window.clone());
+            thread::spawn(move || {
+                let m = slots.machine(&lim).with_window(&window).with_fleet_gate(&gate);
+                m.record_call(ticket, Outcome::Failure, false, || 0, || 0)
+            })
+        };
+        gate.release();
+        let tripped = local.join().unwrap();
+        let end = slots.machine_word();
+        assert_eq!(tripped.is_some(), end.mode() == Mode::Open);
+        assert_eq!(window.counts(ticket.generation(), 0).failures, 1);
     });
 }
