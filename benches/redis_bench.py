@@ -94,7 +94,12 @@ RATE_RULE = {"failure_rate": 0.5, "min_calls": 20, "window": 1.0}
 
 
 def commands_per_second(
-    server: RedisServer, breakers: int, sync_interval: float, seconds: float, failing: bool, rate: bool = False
+    server: RedisServer,
+    breakers: int,
+    sync_interval: float,
+    seconds: float,
+    failing: bool,
+    rate: bool = False,
 ) -> dict[str, Any]:
     registry = panelboard.Registry(
         redis=server.url,

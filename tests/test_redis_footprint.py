@@ -288,7 +288,9 @@ def test_footprint_with_a_rate_rule_stays_bounded_after_100000_calls(
     a = registries(redis_server.url, namespace)
     # 60% failures never reach the 90% rate: the window keeps counting for the whole run, over
     # many 50 ms buckets.
-    b = a.breaker("busy-rate", failure_threshold=4, reset_timeout=0.05, failure_rate=0.9, min_calls=5, window=0.5)
+    b = a.breaker(
+        "busy-rate", failure_threshold=4, reset_timeout=0.05, failure_rate=0.9, min_calls=5, window=0.5
+    )
     window_key = f"{namespace}:{{b{b'busy-rate'.hex()}}}:window"
     churn(b, 1_000)
     time.sleep(6 * SYNC_INTERVAL)

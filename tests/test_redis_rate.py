@@ -17,7 +17,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import SYNC_INTERVAL, Fleet, close_registry, redis_registry, sync_warnings, wait_synced, wait_until
+from helpers import (
+    SYNC_INTERVAL,
+    Fleet,
+    close_registry,
+    redis_registry,
+    sync_warnings,
+    wait_synced,
+    wait_until,
+)
 from panelboard import Registry, State
 
 pytestmark = pytest.mark.usefixtures("redis_server")
@@ -102,7 +110,13 @@ def window_key(namespace: str, name: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # The fleet's window trips the breaker when no process's own window would
 
-SPREAD = {"failure_threshold": None, "failure_rate": 0.5, "min_calls": 40, "window": 10.0, "reset_timeout": 60.0}
+SPREAD = {
+    "failure_threshold": None,
+    "failure_rate": 0.5,
+    "min_calls": 40,
+    "window": 10.0,
+    "reset_timeout": 60.0,
+}
 
 
 def below_min_calls_each(index: int, barrier: Any, url: str, ns: str) -> dict[str, Any]:
@@ -124,7 +138,9 @@ def below_min_calls_each(index: int, barrier: Any, url: str, ns: str) -> dict[st
         finish(barrier, registry)
 
 
-def test_the_fleets_window_trips_when_no_process_alone_would(fleet: Fleet, redis_url: str, namespace: str) -> None:
+def test_the_fleets_window_trips_when_no_process_alone_would(
+    fleet: Fleet, redis_url: str, namespace: str
+) -> None:
     """8 processes each record 6 calls, 4 of them failures, with min_calls=40: no process's window
     holds min_calls, the fleet's holds 48 calls at a 67% failure rate, and every process rejects
     soon after the last of them recorded its calls."""
@@ -140,7 +156,13 @@ def test_the_fleets_window_trips_when_no_process_alone_would(fleet: Fleet, redis
 # --------------------------------------------------------------------------------------------------
 # One process's own rate above the threshold does not trip the fleet while the fleet's is under it
 
-MIXED = {"failure_threshold": None, "failure_rate": 0.5, "min_calls": 10, "window": 10.0, "reset_timeout": 60.0}
+MIXED = {
+    "failure_threshold": None,
+    "failure_rate": 0.5,
+    "min_calls": 10,
+    "window": 10.0,
+    "reset_timeout": 60.0,
+}
 
 
 def one_bad_process(index: int, barrier: Any, url: str, ns: str) -> dict[str, Any]:
@@ -195,7 +217,13 @@ def test_one_process_over_the_rate_does_not_trip_the_fleet_under_it(
 # --------------------------------------------------------------------------------------------------
 # Buckets that left the fleet's window no longer count
 
-SHORT = {"failure_threshold": None, "failure_rate": 0.5, "min_calls": 20, "window": 1.0, "reset_timeout": 60.0}
+SHORT = {
+    "failure_threshold": None,
+    "failure_rate": 0.5,
+    "min_calls": 20,
+    "window": 1.0,
+    "reset_timeout": 60.0,
+}
 #: Longer than the window (1 s) plus a push.
 AGE_OUT = 2.0
 

@@ -340,8 +340,7 @@ class Worker:
             chunk = work[start : start + BATCH]
             cursor = self._cursor if discover and start == 0 else -1
             reply = self._evalsha(
-                keys[start * KEYS_PER_BREAKER : (start + len(chunk)) * KEYS_PER_BREAKER]
-                + [self._index_key],
+                keys[start * KEYS_PER_BREAKER : (start + len(chunk)) * KEYS_PER_BREAKER] + [self._index_key],
                 [self._token, TOMBSTONE_MS, cursor] + args[start * FIELDS : (start + len(chunk)) * FIELDS],
             )
             if not isinstance(reply, list) or len(reply) != len(chunk) + 1:

@@ -262,8 +262,12 @@ impl Machine<'_> {
                     return;
                 }
             }
-            match open_time.compare_exchange_weak(stored, value, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match open_time.compare_exchange_weak(
+                stored,
+                value,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return,
                 Err(actual) => stored = actual,
             }
@@ -472,10 +476,14 @@ mod tests {
         // The word changed since it was read: nothing is written.
         assert_eq!(m.install(start, Target::ForcedOpen, || 0), Err(word));
         let opened = m
-            .install(word, Target::Open {
+            .install(
+                word,
+                Target::Open {
                     remaining_ms: 400,
                     reopens: 0,
-                }, || now.get())
+                },
+                || now.get(),
+            )
             .unwrap();
         assert_eq!(
             opened.transition,
@@ -593,7 +601,10 @@ mod tests {
             ..limits(1, 100, 1)
         };
         let gate = FleetGate::new();
-        let m = slots.machine(&lim).with_window(&window).with_fleet_gate(&gate);
+        let m = slots
+            .machine(&lim)
+            .with_window(&window)
+            .with_fleet_gate(&gate);
         gate.hold(0, 0);
         for _ in 0..4 {
             let t = ticket(m.admit_gated(&gate, || 0));
@@ -603,8 +614,14 @@ mod tests {
         assert_eq!(m.window_counts(10).failures, 4, "counted all the same");
         gate.release();
         let t = ticket(m.admit_gated(&gate, || 0));
-        assert!(m.record_call(t, Outcome::Failure, false, || 0, || 10).is_some());
-        assert_eq!(m.load().mode(), Mode::Open, "released: the local window decides");
+        assert!(m
+            .record_call(t, Outcome::Failure, false, || 0, || 10)
+            .is_some());
+        assert_eq!(
+            m.load().mode(),
+            Mode::Open,
+            "released: the local window decides"
+        );
     }
 
     #[test]

@@ -632,9 +632,14 @@ mod tests {
         );
         let total: u64 = w.buckets(2, 299).iter().map(|(_, c)| c.calls).sum();
         assert_eq!(total, w.counts(2, 299).calls);
-        assert!(w.buckets(3, 299).iter().all(|(_, c)| *c == Counts::default()));
+        assert!(w
+            .buckets(3, 299)
+            .iter()
+            .all(|(_, c)| *c == Counts::default()));
         assert!(
-            w.buckets(2, 1050).iter().all(|(i, c)| *i > 0 && c.failures == 0),
+            w.buckets(2, 1050)
+                .iter()
+                .all(|(i, c)| *i > 0 && c.failures == 0),
             "bucket 0 left the window"
         );
     }

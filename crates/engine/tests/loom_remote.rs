@@ -160,10 +160,14 @@ fn an_outcome_racing_an_installed_opening_counts_only_in_its_generation() {
         let m = slots.machine(&lim);
         let mut read = m.load();
         let opened = loop {
-            match m.install(read, Target::Open {
+            match m.install(
+                read,
+                Target::Open {
                     remaining_ms: 50,
                     reopens: 0,
-                }, || 0) {
+                },
+                || 0,
+            ) {
                 Ok(installed) => break installed,
                 Err(actual) => read = actual,
             }
@@ -251,7 +255,10 @@ fn a_held_gate_keeps_a_local_rate_trip_off() {
         let local = {
             let (slots, gate, window) = (slots.clone(), gate.clone(), window.clone());
             thread::spawn(move || {
-                let m = slots.machine(&lim).with_window(&window).with_fleet_gate(&gate);
+                let m = slots
+                    .machine(&lim)
+                    .with_window(&window)
+                    .with_fleet_gate(&gate);
                 m.record_call(ticket, Outcome::Failure, false, || 0, || 0)
             })
         };
