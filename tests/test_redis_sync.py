@@ -4,6 +4,7 @@ collection), discovery and deletion, against a real ``redis-server`` (``tests/re
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import SYNC_INTERVAL, Boom, fail, ok, redis_registry, wait_until
+from helpers import SYNC_INTERVAL, Boom, afail, fail, ok, redis_registry, wait_until
 from panelboard import CircuitOpenError, ManualClock, Registry, State
 from redis_fixtures import server_command
 
@@ -434,3 +435,99 @@ def test_a_late_process_hears_each_change_from_the_state_it_saw(
         assert events == [], "nothing changed for the late process: nothing to hear"
     else:
         assert events, "the late process heard nothing"
+
+
+# --------------------------------------------------------------------------------------------------
+# Every entry point works on a Redis-synced registry as on a local one
+
+
+def by_call(r: Any, name: str) -> None:
+    r.call(name, fail)
+
+
+def by_handle(r: Any, name: str) -> None:
+    r.breaker(name).call(fail)
+
+
+def by_decorator(r: Any, name: str) -> None:
+    r.breaker(name)(fail)()
+
+
+def by_async_decorator(r: Any, name: str) -> None:
+    asyncio.run(r.breaker(name)(afail)())
+
+
+def by_acall(r: Any, name: str) -> None:
+    asyncio.run(r.breaker(name).acall(afail))
+
+
+def by_with(r: Any, name: str) -> None:
+    with r.breaker(name):
+        raise Boom()
+
+
+def by_async_with(r: Any, name: str) -> None:
+    async def guarded() -> None:
+        async with r.breaker(name):
+            raise Boom()
+
+    asyncio.run(guarded())
+
+
+def by_permit(r: Any, name: str) -> None:
+    permit = r.breaker(name).try_acquire()
+    if permit is None:
+        raise CircuitOpenError(name)
+    permit.failure()
+    raise Boom()  # what the guarded work raised
+
+
+def by_generator(r: Any, name: str) -> None:
+    def rows() -> Any:
+        yield 1
+        raise Boom()
+
+    list(r.breaker(name)(rows)())
+
+
+ENTRY_POINTS = [
+    by_call,
+    by_handle,
+    by_decorator,
+    by_async_decorator,
+    by_acall,
+    by_with,
+    by_async_with,
+    by_permit,
+    by_generator,
+]
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS, ids=lambda f: f.__name__)
+def test_every_entry_point_counts_for_the_fleet(
+    redis_server: Any, namespace: str, registries: Any, entry_point: Any
+) -> None:
+    """A failure recorded through any entry point in one process counts for the fleet (another
+    process's single failure then reaches failure_threshold=2), and once the breaker is open the
+    entry point rejects, as on a local registry."""
+    options = {"failure_threshold": 2, "reset_timeout": 60.0}
+    a, b = (
+        registries(redis_server.url, namespace, **options),
+        registries(redis_server.url, namespace, **options),
+    )
+    a.breaker("svc")
+    b.breaker("svc")
+    wait_until(lambda: a.sync_status()["rounds"] > 2 and b.sync_status()["rounds"] > 2, BOUND)
+    with pytest.raises(Boom):
+        entry_point(a, "svc")
+    assert a.state("svc") is State.CLOSED
+    admin = redis_server.admin()
+    wait_until(lambda: admin.hget(state_key(namespace, "svc"), "f") == b"1", BOUND, "a's failure in Redis")
+    rounds = b.sync_status()["rounds"]
+    wait_until(lambda: b.sync_status()["rounds"] > rounds + 1, BOUND, "b pulled the fleet's count")
+    with pytest.raises(Boom):
+        b.call("svc", fail)
+    assert b.state("svc") is State.OPEN, "b's one failure was the fleet's second"
+    wait_until(lambda: a.state("svc") is State.OPEN, BOUND, "the opening reached a")
+    with pytest.raises(CircuitOpenError):
+        entry_point(a, "svc")
