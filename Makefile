@@ -2,6 +2,7 @@
 #   make test                     build, then cargo test + pytest (PYTHON=python3 by default)
 #   make test-ft PYTHON=/path/3.13t   the same pytest suite on free-threaded CPython
 #   make demo | bench | bench-policy | loom | soak | stubtest | typecheck
+#   make test-valkey              the Redis-sharing suites against Valkey (Debian's valkey-server)
 #   make wheels                   manylinux_2_17 wheels for $(WHEELS) + the sdist into dist/, checked
 #   make test-wheels              each wheel installed without Rust, whole pytest suite (RELEASING.md)
 #   make test-sdist               the sdist built from source by pip, then a smoke test
@@ -41,6 +42,7 @@ LINT_DEPS := ruff==0.17.6
 .PHONY: all venv build test test-rust test-python test-ft demo bench bench-rust loom soak stubtest typecheck \
 	wheels test-wheels test-sdist lint clean
 .PHONY: bench-policy valgrind redis-server build-ft bench-insns bench-insns-baseline bench-insns-check
+.PHONY: valkey-server test-valkey
 
 all: test
 
@@ -123,6 +125,18 @@ redis-server:
 	@command -v redis-server >/dev/null || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server; }
+
+# Valkey, the Linux Foundation's fork of Redis (issue 13): Debian's valkey-server, installed only when
+# missing (.ci/install-valkey: main from Debian 13 on, bookworm-backports on Debian 12).
+valkey-server:
+	@command -v valkey-server >/dev/null || .ci/install-valkey
+
+# The Redis-sharing suites with the fixtures starting valkey-server instead of redis-server.
+REDIS_SUITES := tests/test_redis_sync.py tests/test_redis_fleet.py tests/test_redis_faults.py \
+	tests/test_redis_footprint.py
+test-valkey: build valkey-server
+	valkey-server --version
+	PANELBOARD_REDIS_SERVER=valkey-server $(PY) -m pytest -q $(REDIS_SUITES) $(PYTEST_ARGS)
 
 build-ft:
 	$(MAKE) build VENV=.venv-ft PYTHON=$(FT_PYTHON)

@@ -16,7 +16,11 @@ own), ``commands()`` (the ``INFO commandstats`` call counts) and ``admin()`` (a 
 
 Every wait is bounded; only loopback addresses and unix sockets are used. When ``redis-server`` is
 not installed the tests that need it are skipped, except under CI (``CI`` set), where they fail:
-``.ci/run`` and ``make venv`` install it.
+``.ci/run`` and ``make test`` install it.
+
+``PANELBOARD_REDIS_SERVER`` names another server binary to start instead, one that takes
+``redis-server``'s options: ``make test-valkey`` runs these suites with ``valkey-server``
+(``RedisServer.name`` and ``.version`` say which server answered).
 """
 
 from __future__ import annotations
@@ -41,14 +45,26 @@ import pytest
 START_TIMEOUT = 10.0  # seconds for a server to answer PING after its start
 STOP_TIMEOUT = 5.0  # seconds for a server to exit after SIGTERM before it is killed
 
+#: Names the server binary the fixtures start (default ``redis-server``; ``valkey-server`` for Valkey).
+SERVER_ENV = "PANELBOARD_REDIS_SERVER"
+#: How each server is installed when it is missing.
+INSTALL_HINTS = {"redis-server": "make redis-server", "valkey-server": "make valkey-server"}
+
 _live: set[RedisServer] = set()
 
 
+def server_command() -> str:
+    """The server binary the fixtures start: ``$PANELBOARD_REDIS_SERVER``, else ``redis-server``."""
+    return os.environ.get(SERVER_ENV) or "redis-server"
+
+
 def redis_server_binary() -> str:
-    """The path of ``redis-server``; skips (or fails under CI) when it is not installed."""
-    path = shutil.which("redis-server")
+    """The path of the server binary; skips (or fails under CI) when it is not installed."""
+    command = server_command()
+    path = shutil.which(command)
     if path is None:
-        message = "redis-server is not installed (apt-get install redis-server; .ci/run does it)"
+        hint = INSTALL_HINTS.get(Path(command).name, f"or unset {SERVER_ENV}")
+        message = f"{command} is not installed ({hint}; .ci/run does it)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -102,7 +118,9 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
 
 
 class RedisServer:
-    """One ``redis-server`` process: loopback TCP (or a unix socket, or TLS), no persistence."""
+    """One ``redis-server`` (or ``$PANELBOARD_REDIS_SERVER``) process: loopback TCP (or a unix
+    socket, or TLS), no persistence. ``name`` and ``version`` are what the server reports once
+    started (``INFO server``): ``redis 7.0.15``, ``valkey 8.0.1``."""
 
     def __init__(self, *, password: str | None = None, unix_socket: bool = False, tls: bool = False) -> None:
         self.binary = redis_server_binary()
@@ -120,6 +138,8 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
         self._admin: Any = None
+        self.name = ""
+        self.version = ""
 
     # ----------------------------------------------------------------------------------------------
     # Addresses
@@ -198,16 +218,24 @@ class RedisServer:
                 err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
                 log = self.log()
                 self.process = None
-                raise RuntimeError(f"redis-server exited at start: {err}\n{log}")
+                raise RuntimeError(f"{self.binary} exited at start: {err}\n{log}")
             try:
                 if self.admin().ping():
+                    self._identify()
                     return self
             except Exception:
                 self._drop_admin()
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"redis-server did not answer within {START_TIMEOUT}s:\n{self.log()}")
+                raise RuntimeError(f"{self.binary} did not answer within {START_TIMEOUT}s:\n{self.log()}")
             time.sleep(0.02)
+
+    def _identify(self) -> None:
+        # Valkey reports `server_name:valkey` and `valkey_version` (and a Redis-compatible
+        # `redis_version`); Redis has neither of the first two.
+        info = self.admin().info("server")
+        self.name = str(info.get("server_name") or "redis")
+        self.version = str(info.get(f"{self.name}_version") or info.get("redis_version", "?"))
 
     def stop(self) -> None:
         """Stops the server (resuming it first if it is paused); kills it if it does not exit in time."""

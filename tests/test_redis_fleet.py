@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from helpers import SYNC_INTERVAL, TIMEOUT, Fleet, close_registry, redis_registry, wait_synced, wait_until
-from panelboard import ManualClock, State
+from panelboard import ManualClock, Registry, State
 
 pytestmark = pytest.mark.usefixtures("redis_server")
 
@@ -230,16 +230,34 @@ def test_an_opening_reaches_every_process_within_the_bound(
 RESET_TIMEOUT = 1.0
 
 
+def skewed_registry(url: str, ns: str, clock: ManualClock, **defaults: Any) -> tuple[Any, Any]:
+    """A Redis-synced registry whose own clock is ``clock``, standing in for a host whose clock
+    disagrees with the others'. ``Registry(redis=..., clock=...)`` is refused (a ManualClock cannot
+    move the fleet's open period), so the sync worker is started on a local registry with the
+    private entry point the constructor uses. Returns the registry and its worker (``close()``,
+    ``status()``)."""
+    from panelboard import _redis
+
+    registry = Registry(clock=clock, **defaults)
+    return registry, _redis.start(registry, url, ns, SYNC_INTERVAL)
+
+
 def open_with_skewed_clocks(index: int, barrier: Any, url: str, ns: str) -> dict[str, Any]:
     # Process 1's clock never moves; process 2's runs an hour ahead of everyone else's.
     clock = ManualClock() if index in (1, 2) else None
-    if index == 2:
-        clock.advance(3600.0)
-    options: dict[str, Any] = {"clock": clock} if clock is not None else {}
-    registry = redis_registry(url, ns, failure_threshold=1, reset_timeout=RESET_TIMEOUT, **options)
+    options: dict[str, Any] = {"failure_threshold": 1, "reset_timeout": RESET_TIMEOUT}
+    if clock is None:
+        registry = redis_registry(url, ns, **options)
+        close, status = registry.close, registry.sync_status
+    else:
+        if index == 2:
+            clock.advance(3600.0)
+        registry, worker = skewed_registry(url, ns, clock, **options)
+        close, status = worker.close, worker.status
     try:
         b = registry.breaker(NAME)
-        wait_synced(registry)
+        wait_until(lambda: status()["connected"], TIMEOUT, "connected to Redis")
+        time.sleep(2 * SYNC_INTERVAL)
         barrier.wait()
         if index == 0:
             opened = time.monotonic()
@@ -252,7 +270,12 @@ def open_with_skewed_clocks(index: int, barrier: Any, url: str, ns: str) -> dict
         seen_half_open = poll(lambda: b.state is State.HALF_OPEN, 10.0)
         return {"opened": opened, "open": seen_open, "half_open": seen_half_open}
     finally:
-        finish(barrier, registry)
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            pass
+        finally:
+            close()
 
 
 def test_open_time_runs_on_the_redis_clock(fleet: Fleet, redis_url: str, namespace: str) -> None:

@@ -4,6 +4,7 @@ collection), discovery and deletion, against a real ``redis-server`` (``tests/re
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import subprocess
 import sys
@@ -12,8 +13,9 @@ import time
 from typing import Any
 
 import pytest
-from helpers import SYNC_INTERVAL, Boom, fail, ok, redis_registry, wait_until
-from panelboard import CircuitOpenError, Registry, State
+from helpers import SYNC_INTERVAL, Boom, afail, fail, ok, redis_registry, wait_until
+from panelboard import CircuitOpenError, ManualClock, Registry, State
+from redis_fixtures import server_command
 
 BOUND = 5.0
 
@@ -39,6 +41,7 @@ def sync_threads() -> list[threading.Thread]:
         ({"namespace": "checkout"}, ValueError, "namespace"),
         ({"sync_interval": 0.1}, ValueError, "sync_interval"),
         ({"redis": "redis://127.0.0.1:1", "failure_threshold": 0}, ValueError, "failure_threshold"),
+        ({"redis": "redis://127.0.0.1:1", "clock": ManualClock()}, TypeError, "clock"),
     ],
 )
 def test_bad_options_raise_naming_the_argument_and_start_nothing(
@@ -48,6 +51,32 @@ def test_bad_options_raise_naming_the_argument_and_start_nothing(
     with pytest.raises(error, match=names):
         Registry(**options)
     assert len(sync_threads()) == before
+
+
+def test_a_manual_clock_is_refused_and_nothing_reaches_redis(redis_server: Any, namespace: str) -> None:
+    """A fleet's open period runs on the Redis server's clock (a key's expiry), which a ManualClock
+    cannot move: ``clock=`` is refused as with ``shared=``, before anything is started or written."""
+    with pytest.raises(TypeError, match="clock"):
+        Registry(redis=redis_server.url, namespace=namespace, clock=ManualClock(), failure_threshold=1)
+    assert not any(t.name.endswith(f"[{namespace}]") for t in sync_threads())
+    time.sleep(4 * SYNC_INTERVAL)
+    assert redis_server.keys(f"{namespace}*") == []
+    # clock=None is the default clock, as on any registry.
+    r = Registry(redis=redis_server.url, namespace=namespace, clock=None)
+    try:
+        r.breaker("x")
+        wait_until(lambda: redis_server.keys(f"{namespace}*"), BOUND, "the breaker was published")
+    finally:
+        r.close()
+
+
+def test_the_fixtures_start_the_server_they_name(redis_server: Any) -> None:
+    """``make test-valkey`` must really run against Valkey: the server that answers is the one
+    ``PANELBOARD_REDIS_SERVER`` names (``redis-server`` by default)."""
+    expected = "valkey" if "valkey" in server_command() else "redis"
+    print(f"\nserver under test: {redis_server.name} {redis_server.version}")
+    assert redis_server.name == expected, (server_command(), redis_server.name)
+    assert redis_server.version[:1].isdigit(), redis_server.version
 
 
 def test_import_panelboard_does_not_import_redis() -> None:
@@ -295,3 +324,210 @@ def test_a_backed_off_open_period_is_the_fleets(redis_server: Any, namespace: st
         with pytest.raises(CircuitOpenError):
             registry.call("svc", ok)
     wait_until(lambda: a.state("svc") is not State.OPEN, BOUND, "the backed-off period ended")
+
+
+# --------------------------------------------------------------------------------------------------
+# Listeners of a process that attaches after the fleet moved on
+
+
+class Heard:
+    """A state-change listener that keeps what it heard of one breaker, from any thread."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.events: list[tuple[State, State]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str, old: State, new: State) -> None:
+        if name == self.name:
+            with self._lock:
+                self.events.append((old, new))
+
+    def chain(self) -> list[tuple[State, State]]:
+        """What was heard, checked to be one change at a time from the state last heard of, starting
+        from CLOSED (a fresh breaker): each change heard once, from the state the process saw."""
+        with self._lock:
+            events = list(self.events)
+        previous = State.CLOSED
+        for old, new in events:
+            assert old is previous and new is not old, f"heard {old} -> {new} after {previous}: {events}"
+            previous = new
+        return events
+
+
+def fleet_moved_on(a: Any, name: str, history: str) -> None:
+    """Takes breaker ``name`` of registry ``a`` (failure_threshold=1, reset_timeout=0.3) through
+    ``history``: the fleet's state a late process then finds."""
+
+    def probe(outcome: Any) -> None:
+        deadline = time.monotonic() + BOUND
+        while True:
+            assert time.monotonic() < deadline, "no probe was admitted"
+            permit = a.breaker(name).try_acquire()
+            if permit is not None and a.state(name) is State.HALF_OPEN:
+                outcome(permit)
+                return
+            if permit is not None:
+                permit.ignore()
+            time.sleep(0.005)
+
+    b = a.breaker(name)
+    wait_until(lambda: a.sync_status()["rounds"] > 2, BOUND)
+    if history == "forced-open":
+        a.force_open(name)
+        return
+    b.try_acquire().failure()  # closed -> open
+    if history == "open":
+        return
+    probe(lambda p: p.failure())  # -> half-open -> open
+    if history == "reopened":
+        return
+    probe(lambda p: p.failure())  # -> half-open -> open
+    if history == "half-open":
+        wait_until(lambda: a.state(name) is State.HALF_OPEN, BOUND)
+        return
+    probe(lambda p: p.success())  # -> half-open -> closed
+    assert history == "closed-again", history
+
+
+@pytest.mark.parametrize("history", ["open", "reopened", "half-open", "closed-again", "forced-open"])
+@pytest.mark.parametrize("made_by", ["call", "discovery"])
+def test_a_late_process_hears_each_change_from_the_state_it_saw(
+    redis_server: Any, namespace: str, registries: Any, history: str, made_by: str
+) -> None:
+    """A process that attaches after several transitions hears one change from CLOSED (its fresh
+    breaker) to the fleet's state, not the fleet's last transition, then each later change once:
+    the rule of the shared-memory registry (README, "Listeners")."""
+    options = {"failure_threshold": 1, "reset_timeout": 0.3}
+    a = registries(redis_server.url, namespace, **options)
+    fleet_moved_on(a, "svc", history)
+    late = registries(redis_server.url, namespace, **options)
+    heard = Heard("svc")
+    late.on_state_change(heard)
+    if made_by == "call":
+        late.breaker("svc")
+    wait_until(lambda: "svc" in late, BOUND, "the late process has the breaker")
+    # Its state is observed all along (each observation may report a change), by two threads.
+    stop = threading.Event()
+
+    def observe() -> None:
+        while not stop.is_set():
+            late.state("svc")
+            time.sleep(0.001)
+
+    observers = [threading.Thread(target=observe) for _ in range(2)]
+    for t in observers:
+        t.start()
+    try:
+        rounds = late.sync_status()["rounds"]
+        wait_until(lambda: late.sync_status()["rounds"] > rounds + 2, BOUND, "the late process synced")
+        time.sleep(0.6)  # an open period ends meanwhile (reset_timeout 0.3): more changes to hear
+    finally:
+        stop.set()
+        for t in observers:
+            t.join(BOUND)
+    late.close()  # no more installs: what was heard must end at the state the process sees
+    seen = late.state("svc")
+    events = heard.chain()
+    print(f"\n{history}/{made_by}: heard {[(o.value, n.value) for o, n in events]}")
+    assert (events[-1][1] if events else State.CLOSED) is seen, (events, seen)
+    if history == "closed-again":
+        assert events == [], "nothing changed for the late process: nothing to hear"
+    else:
+        assert events, "the late process heard nothing"
+
+
+# --------------------------------------------------------------------------------------------------
+# Every entry point works on a Redis-synced registry as on a local one
+
+
+def by_call(r: Any, name: str) -> None:
+    r.call(name, fail)
+
+
+def by_handle(r: Any, name: str) -> None:
+    r.breaker(name).call(fail)
+
+
+def by_decorator(r: Any, name: str) -> None:
+    r.breaker(name)(fail)()
+
+
+def by_async_decorator(r: Any, name: str) -> None:
+    asyncio.run(r.breaker(name)(afail)())
+
+
+def by_acall(r: Any, name: str) -> None:
+    asyncio.run(r.breaker(name).acall(afail))
+
+
+def by_with(r: Any, name: str) -> None:
+    with r.breaker(name):
+        raise Boom()
+
+
+def by_async_with(r: Any, name: str) -> None:
+    async def guarded() -> None:
+        async with r.breaker(name):
+            raise Boom()
+
+    asyncio.run(guarded())
+
+
+def by_permit(r: Any, name: str) -> None:
+    permit = r.breaker(name).try_acquire()
+    if permit is None:
+        raise CircuitOpenError(name)
+    permit.failure()
+    raise Boom()  # what the guarded work raised
+
+
+def by_generator(r: Any, name: str) -> None:
+    def rows() -> Any:
+        yield 1
+        raise Boom()
+
+    list(r.breaker(name)(rows)())
+
+
+ENTRY_POINTS = [
+    by_call,
+    by_handle,
+    by_decorator,
+    by_async_decorator,
+    by_acall,
+    by_with,
+    by_async_with,
+    by_permit,
+    by_generator,
+]
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS, ids=lambda f: f.__name__)
+def test_every_entry_point_counts_for_the_fleet(
+    redis_server: Any, namespace: str, registries: Any, entry_point: Any
+) -> None:
+    """A failure recorded through any entry point in one process counts for the fleet (another
+    process's single failure then reaches failure_threshold=2), and once the breaker is open the
+    entry point rejects, as on a local registry."""
+    options = {"failure_threshold": 2, "reset_timeout": 60.0}
+    a, b = (
+        registries(redis_server.url, namespace, **options),
+        registries(redis_server.url, namespace, **options),
+    )
+    a.breaker("svc")
+    b.breaker("svc")
+    wait_until(lambda: a.sync_status()["rounds"] > 2 and b.sync_status()["rounds"] > 2, BOUND)
+    with pytest.raises(Boom):
+        entry_point(a, "svc")
+    assert a.state("svc") is State.CLOSED
+    admin = redis_server.admin()
+    wait_until(lambda: admin.hget(state_key(namespace, "svc"), "f") == b"1", BOUND, "a's failure in Redis")
+    rounds = b.sync_status()["rounds"]
+    wait_until(lambda: b.sync_status()["rounds"] > rounds + 1, BOUND, "b pulled the fleet's count")
+    with pytest.raises(Boom):
+        b.call("svc", fail)
+    assert b.state("svc") is State.OPEN, "b's one failure was the fleet's second"
+    wait_until(lambda: a.state("svc") is State.OPEN, BOUND, "the opening reached a")
+    with pytest.raises(CircuitOpenError):
+        entry_point(a, "svc")

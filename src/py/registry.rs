@@ -227,6 +227,15 @@ impl Registry {
                  clock, the one every process shares (a ManualClock cannot be shared)",
             ));
         }
+        // Refused for the same reason: a fleet's open period is a key that expires on the Redis
+        // server's clock, which a ManualClock cannot move (advancing it would seem to do nothing).
+        if redis.is_some() && clock.is_some_and(|c| !c.is_none()) {
+            return Err(PyTypeError::new_err(
+                "clock cannot be given with redis=: the open period of a Redis-synced breaker runs \
+                 on the Redis server's clock, for every process of the fleet (a ManualClock cannot \
+                 move it)",
+            ));
+        }
         let clock = match clock {
             None => Clock::monotonic(),
             Some(c) if c.is_none() => Clock::monotonic(),
