@@ -7,6 +7,7 @@ import json
 import os
 
 import panelboard
+import panelboard._inspect
 import pytest
 from helpers import Boom, fail, run_python, segment_path
 from panelboard import Registry, State
@@ -55,7 +56,8 @@ def test_inspect_prints_every_breaker_with_state_counts_and_retry_after(populate
         "OPENED",
         "RETRY-AFTER",
     ]
-    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    # The counts, then a blank line and the options (test_inspect_shows_the_options_of_the_table).
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2 : lines.index("")]}
     assert set(rows) == {"payments", "search", "legacy", "always", repr("line\nbreak")}
     state, _, calls, successes, failures, ignored, rejected, opened, retry = rows["payments"]
     assert (state, calls, successes, failures, ignored, rejected, opened) == (
@@ -87,6 +89,46 @@ def test_inspect_json_gives_the_rows(populated):
             m.calls, m.successes, m.failures, m.ignored, m.rejected,
         )  # fmt: skip
         assert row["times_opened"] == m.times_opened
+
+
+def test_inspect_shows_the_options_of_the_table(table):
+    """The numeric options every process follows are the table's: inspect shows them, as the
+    creator stored them and as configure (from any process) changed them."""
+    creator = Registry(shared=table, failure_threshold=None, failure_rate=0.5, window=2.0, min_calls=4)
+    creator.breaker("rated", backoff=2.0, max_reset_timeout=120.0, jitter=0.25)
+    Registry(shared=table).configure(
+        "plain", reset_timeout=12.5, slow_call_duration=0.25, slow_call_rate=0.75
+    )
+    Registry(shared=table, failure_threshold=9).configure("rated", min_calls=6)
+    result = inspect(table, "--json")
+    assert result.returncode == 0, result.stderr
+    options = {row["name"]: row["options"] for row in json.loads(result.stdout)}
+    assert options["rated"] == {
+        "failure_threshold": None,
+        "reset_timeout": 30.0,
+        "half_open_max_calls": 1,
+        "success_threshold": 1,
+        "probe_timeout": 60.0,
+        "failure_rate": 0.5,
+        "slow_call_duration": None,
+        "slow_call_rate": None,
+        "window": 2.0,
+        "min_calls": 6,
+        "backoff": 2.0,
+        "max_reset_timeout": 120.0,
+        "jitter": 0.25,
+    }
+    assert options["plain"]["failure_threshold"] == 5
+    assert (options["plain"]["reset_timeout"], options["plain"]["slow_call_duration"]) == (12.5, 0.25)
+    assert options["plain"]["slow_call_rate"] == 0.75
+    text = inspect(table)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    block = lines[lines.index("") + 1 :]
+    assert block[0].split() == ["NAME", *panelboard._inspect.OPTIONS]
+    shown = {line.split()[0]: line.split()[1:] for line in block[1:]}
+    assert shown["rated"] == ["-", "30s", "1", "1", "60s", "0.5", "-", "-", "2s", "6", "2", "120s", "0.25"]
+    assert shown["plain"][:8] == ["5", "12.5s", "1", "1", "60s", "-", "0.25s", "0.75"]
 
 
 def test_inspect_sees_a_table_written_by_other_processes_and_changes_nothing(populated):

@@ -64,11 +64,52 @@ def valid(tmp_path) -> bytes:
 def test_the_layout_is_the_documented_one(valid):
     assert word(valid, MAGIC_AT) == MAGIC
     assert valid[:8] == b"PSHMTAB1"
-    assert word(valid, VERSION_AT) == 1
+    assert word(valid, VERSION_AT) == 2
     assert word(valid, HEADER_SIZE_AT) == HEADER_SIZE
     assert word(valid, SLOT_SIZE_AT) == SLOT_SIZE
     assert word(valid, CAPACITY_AT) == 4
     assert len(valid) == segment_size(4)
+
+
+def test_the_option_words_are_the_documented_ones(tmp_path):
+    """Every numeric option is in the slot, where docs/shared-memory.md says (f64 bits for ratios
+    and factors, u64::MAX for none)."""
+    path = str(tmp_path / "options")
+    registry = Registry(shared=path, capacity=4)
+    registry.breaker(
+        "dep",
+        failure_threshold=None,
+        failure_rate=0.25,
+        slow_call_duration=0.5,
+        slow_call_rate=0.75,
+        window=3.0,
+        min_calls=6,
+        backoff=1.5,
+        max_reset_timeout=90.0,
+        jitter=0.125,
+        reset_timeout=7.0,
+        half_open_max_calls=2,
+        success_threshold=3,
+        probe_timeout=9.0,
+    )
+    (row,) = panelboard._core.shared_table_rows(path)
+    data = Path(path).read_bytes()
+    slot = HEADER_SIZE + row["slot"] * SLOT_SIZE
+
+    def real(offset: int) -> float:
+        return struct.unpack_from("<d", data, slot + offset)[0]
+
+    assert word(data, slot + 32) == (1 << 64) - 1  # failure_threshold None
+    assert [word(data, slot + offset) for offset in (40, 48, 56, 64)] == [7000, 2, 3, 9000]
+    assert word(data, slot + 96) & 0xFFFF == 0, "no writer in flight"
+    assert word(data, slot + 104) == 500_000_000  # slow_call_duration, ns
+    assert (real(112), real(120)) == (0.25, 0.75)
+    assert (word(data, slot + 520), word(data, slot + 528)) == (3_000_000, 6)  # window µs, min_calls
+    assert (real(536), word(data, slot + 544), real(552)) == (1.5, 90_000, 0.125)
+    registry.configure("dep", failure_rate=None, max_reset_timeout=None)
+    data = Path(path).read_bytes()
+    assert (word(data, slot + 112), word(data, slot + 544)) == (0, (1 << 64) - 1)
+    panelboard.unlink_shared(path)
 
 
 def refused(tmp_path, data: bytes | bytearray, problem: str) -> None:
@@ -105,7 +146,8 @@ def test_a_never_initialised_segment_is_refused_after_a_bounded_wait(tmp_path, v
 @pytest.mark.parametrize(
     ("offset", "value", "problem"),
     [
-        (VERSION_AT, 2, "version"),
+        (VERSION_AT, 1, "version"),  # a table of the layout without the rate options
+        (VERSION_AT, 3, "version"),
         (VERSION_AT, 0, "version"),
         (HEADER_SIZE_AT, 8192, "header size"),
         (HEADER_SIZE_AT, 0, "header size"),
@@ -291,7 +333,7 @@ def test_forced_hash_collisions_keep_names_apart(monkeypatch):
 FUZZ = TESTS / "shared_fuzz_child.py"
 
 
-@pytest.mark.parametrize("region", ["header", "slots"])
+@pytest.mark.parametrize("region", ["header", "slots", "options"])
 def test_fuzzed_segments_are_refused_or_used_never_a_crash(tmp_path, region):
     result = run_python(str(FUZZ), region, str(tmp_path), "300", timeout=240)
     assert result.returncode == 0, f"rc={result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"

@@ -3,7 +3,9 @@
 Reads the table through ``_core.shared_table_rows``, which attaches read-only in effect (it creates
 nothing and changes nothing), so inspecting a live server's table is safe. Prints one line per
 breaker: its name, state, consecutive failures, counters and the seconds until an open breaker
-half-opens; ``--json`` prints the rows as a JSON list instead.
+half-opens; then, after a blank line, one line per breaker with the numeric options every process
+follows (the table's); ``--json`` prints the rows as a JSON list instead (options under
+``"options"``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,25 @@ COLUMNS = (
 )
 
 
+# The numeric options of a shared breaker, in the table (each row's "options").
+OPTIONS = (
+    "failure_threshold",
+    "reset_timeout",
+    "half_open_max_calls",
+    "success_threshold",
+    "probe_timeout",
+    "failure_rate",
+    "slow_call_duration",
+    "slow_call_rate",
+    "window",
+    "min_calls",
+    "backoff",
+    "max_reset_timeout",
+    "jitter",
+)
+DURATIONS = {"reset_timeout", "probe_timeout", "slow_call_duration", "window", "max_reset_timeout"}
+
+
 def shown_name(name: str) -> str:
     """The name as typed, or its repr when it holds characters a terminal would not show as such
     (a newline, a NUL, a lone surrogate), so that each row stays one line and names stay distinct."""
@@ -50,13 +71,33 @@ def cell(key: str, row: dict[str, Any]) -> str:
     return str(value)
 
 
+def option_cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key in DURATIONS:
+        return f"{value:g}s"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def aligned(lines: list[list[str]]) -> list[str]:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return ["  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip() for line in lines]
+
+
 def render(table: str, rows: Sequence[dict[str, Any]]) -> str:
+    ordered = sorted(rows, key=lambda r: r["name"])
     lines = [[title for _, title in COLUMNS]]
-    lines += [[cell(key, row) for key, _ in COLUMNS] for row in sorted(rows, key=lambda r: r["name"])]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    lines += [[cell(key, row) for key, _ in COLUMNS] for row in ordered]
     text = [f"table {table}: {len(rows)} breaker{'' if len(rows) == 1 else 's'}"]
-    for line in lines:
-        text.append("  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip())
+    text += aligned(lines)
+    if ordered:
+        options = [["NAME", *OPTIONS]]
+        options += [
+            [cell("name", row), *(option_cell(key, row["options"][key]) for key in OPTIONS)]
+            for row in ordered
+        ]
+        text.append("")
+        text += aligned(options)
     return "\n".join(text)
 
 

@@ -9,6 +9,7 @@ use crate::engine::{
     Limits, OpenTime, Outcome, RatePolicy, BUCKETS, MAX_DURATION_MS, MAX_FAILURE_THRESHOLD,
     MAX_PROBE_COUNT, MIN_WINDOW_US, NO_FAILURE_THRESHOLD,
 };
+use crate::shm::options::{OptionsPatch, TableOptions, DEFAULT_PROBE_TIMEOUT_MS};
 use pyo3::exceptions::{PyBaseException, PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString, PyTuple, PyType};
@@ -58,6 +59,28 @@ impl Config {
             }),
             default_exceptions: true,
             version: 0,
+        }
+    }
+
+    /// The numeric options, as a shared slot stores them when this configuration creates a name.
+    pub fn table_options(&self) -> TableOptions {
+        TableOptions {
+            failure_threshold: self.limits.failure_threshold,
+            reset_timeout_ms: self.limits.reset_timeout_ms,
+            half_open_max_calls: self.limits.half_open_max_calls,
+            success_threshold: self.limits.success_threshold,
+            probe_timeout_ms: self
+                .limits
+                .probe_timeout_ms
+                .unwrap_or(DEFAULT_PROBE_TIMEOUT_MS),
+            slow_call_ns: self.slow_call_ns,
+            failure_rate: self.policy.failure_rate,
+            slow_call_rate: self.policy.slow_call_rate,
+            window_us: self.policy.window.1,
+            min_calls: self.policy.min_calls,
+            backoff: self.policy.backoff,
+            max_reset_timeout_ms: self.policy.max_reset_timeout.map(|(_, ms)| ms),
+            jitter: self.policy.jitter,
         }
     }
 
@@ -314,26 +337,57 @@ impl Patch {
         Ok(())
     }
 
-    /// Stores the numeric options given into a shared slot, each word on its own (`configure` on
-    /// a shared registry changes them for every process).
-    pub fn store_limits(&self, slot: &crate::shm::layout::Slot) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if let Some(v) = self.failure_threshold {
-            slot.failure_threshold
-                .store(v.unwrap_or(NO_FAILURE_THRESHOLD), Relaxed);
+    /// The numeric options given, as a shared slot stores them (`configure` on a shared registry
+    /// changes them for every process; the options not given are left as they are).
+    pub fn table_patch(&self) -> OptionsPatch {
+        OptionsPatch {
+            failure_threshold: self
+                .failure_threshold
+                .map(|v| v.unwrap_or(NO_FAILURE_THRESHOLD)),
+            reset_timeout_ms: self.reset_timeout.map(|(_, ms)| ms),
+            half_open_max_calls: self.half_open_max_calls,
+            success_threshold: self.success_threshold,
+            // `None` is refused on a shared registry (`check_shared`).
+            probe_timeout_ms: self.probe_timeout.flatten().map(|(_, ms)| ms),
+            slow_call_ns: self.slow_call_duration.map(|v| v.map(|(_, ns)| ns)),
+            failure_rate: self.failure_rate,
+            slow_call_rate: self.slow_call_rate,
+            window_us: self.window.map(|(_, us)| us),
+            min_calls: self.min_calls,
+            backoff: self.backoff,
+            max_reset_timeout_ms: self.max_reset_timeout.map(|v| v.map(|(_, ms)| ms)),
+            jitter: self.jitter,
         }
-        if let Some(v) = self.half_open_max_calls {
-            slot.half_open_max_calls.store(v, Relaxed);
+    }
+
+    /// Every numeric option of a shared slot, as a patch: applied over a process's configuration,
+    /// it makes that configuration follow the table's.
+    pub fn from_table(options: &TableOptions) -> Patch {
+        let seconds = |units: u64, per_second: f64| (units as f64 / per_second, units);
+        Patch {
+            failure_threshold: Some(
+                (options.failure_threshold != NO_FAILURE_THRESHOLD)
+                    .then_some(options.failure_threshold),
+            ),
+            half_open_max_calls: Some(options.half_open_max_calls),
+            success_threshold: Some(options.success_threshold),
+            reset_timeout: Some(seconds(options.reset_timeout_ms, 1e3)),
+            probe_timeout: Some(Some(seconds(options.probe_timeout_ms, 1e3))),
+            failure_rate: Some(options.failure_rate),
+            slow_call_duration: Some(options.slow_call_ns.map(|ns| seconds(ns, 1e9))),
+            slow_call_rate: Some(options.slow_call_rate),
+            window: Some(seconds(options.window_us, 1e6)),
+            min_calls: Some(options.min_calls),
+            backoff: Some(options.backoff),
+            max_reset_timeout: Some(options.max_reset_timeout_ms.map(|ms| seconds(ms, 1e3))),
+            jitter: Some(options.jitter),
+            ..Patch::default()
         }
-        if let Some(v) = self.success_threshold {
-            slot.success_threshold.store(v, Relaxed);
-        }
-        if let Some((_, ms)) = self.reset_timeout {
-            slot.reset_timeout_ms.store(ms, Relaxed);
-        }
-        if let Some(Some((_, ms))) = self.probe_timeout {
-            slot.probe_timeout_ms.store(ms, Relaxed);
-        }
+    }
+
+    /// The `window` given, in microseconds.
+    pub fn window_us(&self) -> Option<u64> {
+        self.window.map(|(_, us)| us)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -59,7 +59,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use super::clock::Clock;
-use super::config::Config;
+use super::config::{Config, Patch};
 use super::errors::{CircuitOpenError, RejectionName};
 use super::ffi::objects::is_coroutine;
 use super::ffi::refs::AttachedRef;
@@ -72,6 +72,7 @@ use crate::engine::{
     Window,
 };
 use crate::metrics::Counter;
+use crate::shm::options::bucket_us;
 
 /// What the breakers of one registry share: its clock and its state-change listeners. Owned by the
 /// registry and by each of its breakers (see the module documentation).
@@ -165,12 +166,9 @@ impl BreakerCore {
     fn with_storage(name: Arc<[u8]>, config: Arc<Config>, hub: Py<Hub>, storage: Storage) -> Self {
         let window = OnceLock::new();
         if let Some(rate) = config.limits.rate {
+            // A shared breaker counts in the table's window instead, whose width the table's
+            // `window` option set (this one is for after its name is deleted).
             let _ = window.set(Box::new(Window::new(rate.bucket_us())));
-            if let Some(slot) = storage.shared().and_then(|s| s.live()) {
-                // The table's window, one for every process (a width this process does not use
-                // resets it: docs/shared-memory.md).
-                slot.window.set_bucket_us(rate.bucket_us());
-            }
         }
         BreakerCore {
             name,
@@ -196,42 +194,52 @@ impl BreakerCore {
 
     /// Atomically applies `patch` to the configuration (`Registry.configure`); options that do not
     /// fit with the current ones are a `ValueError` that changes nothing.
-    pub fn reconfigure(&self, py: Python<'_>, patch: &super::config::Patch) -> PyResult<()> {
+    pub fn reconfigure(&self, py: Python<'_>, patch: &Patch) -> PyResult<()> {
+        // A shared breaker's numeric options are the table's: the patch applies over them (and is
+        // checked against them), whatever this process's configuration says.
+        let slot = self.storage.shared().and_then(|s| s.live());
+        let table = slot.map(|slot| Patch::from_table(&slot.read_options().options));
+        let apply = |current: &Config| -> PyResult<Config> {
+            match &table {
+                Some(table) => current.with(py, table)?.with(py, patch),
+                None => current.with(py, patch),
+            }
+        };
         // Validated against the current configuration first, so that a window is only made for a
         // configuration that will be installed.
-        let candidate = Config::with(&self.config.load(), py, patch)?;
+        let candidate = apply(&self.config.load())?;
         if let Some(rate) = candidate.limits.rate {
             // Before the configuration that needs it is published. A new width forgets the old
             // buckets (their tags mean other times).
             self.window
                 .get_or_init(|| Box::new(Window::new(rate.bucket_us())))
                 .set_bucket_us(rate.bucket_us());
-            if let Some(slot) = self.storage.shared().and_then(|s| s.live()) {
-                slot.window.set_bucket_us(rate.bucket_us());
-            }
+        }
+        if let (Some(slot), Some(window_us)) = (slot, patch.window_us()) {
+            // The table's window, for every process; only a `window` given changes its width (a
+            // concurrent `configure` of another option must not put back the width it read).
+            slot.window.set_bucket_us(bucket_us(window_us));
         }
         drop(candidate);
         let mut error = None;
-        let previous = self
-            .config
-            .rcu(|current| match Config::with(current, py, patch) {
-                Ok(config) => {
-                    error = None;
-                    Arc::new(config)
-                }
-                Err(err) => {
-                    // A concurrent `configure` changed an option this one's check relied on.
-                    error = Some(err);
-                    Arc::clone(current)
-                }
-            });
+        let previous = self.config.rcu(|current| match apply(current) {
+            Ok(config) => {
+                error = None;
+                Arc::new(config)
+            }
+            Err(err) => {
+                // A concurrent `configure` changed an option this one's check relied on.
+                error = Some(err);
+                Arc::clone(current)
+            }
+        });
         if let Some(err) = error {
             return Err(err);
         }
         drop(previous);
-        if let Some(slot) = self.storage.shared().and_then(|s| s.live()) {
-            // The numeric options given are the table's, for every process (each word on its own).
-            patch.store_limits(slot);
+        if let Some(slot) = slot {
+            // The numeric options given are the table's, for every process.
+            slot.store_options(&patch.table_patch());
         }
         // Each call publishes the configuration current after its own was installed, so once it
         // returns the flag describes that one or a newer one (the flag ignores older versions).
@@ -269,11 +277,13 @@ impl BreakerCore {
         }
     }
 
-    /// When a call admitted now started, if `config` times calls (`slow_call_duration`): no clock
-    /// is read otherwise.
+    /// When a call admitted now started, if calls are timed (`slow_call_duration`: the table's for
+    /// a shared breaker, else `config`'s): no clock is read otherwise.
     #[inline]
     pub fn start_timer(&self, config: &Config) -> Option<u64> {
-        config.slow_call_ns.map(|_| self.hub.get().clock.now_ns())
+        self.storage
+            .slow_call_ns(config.slow_call_ns)
+            .map(|_| self.hub.get().clock.now_ns())
     }
 
     /// Counts the success of a call admitted on the fast path (`record_fast_success` accepted it) in
@@ -306,9 +316,10 @@ impl BreakerCore {
         self.report(py, transition);
     }
 
-    /// Whether a call that started at `started` (see `start_timer`) was slow by `config`.
+    /// Whether a call that started at `started` (see `start_timer`) was slow (by the table's
+    /// `slow_call_duration` for a shared breaker, else by `config`'s).
     fn was_slow(&self, config: &Config, started: Option<u64>) -> bool {
-        match (started, config.slow_call_ns) {
+        match (started, self.storage.slow_call_ns(config.slow_call_ns)) {
             (Some(started), Some(limit)) => {
                 self.hub.get().clock.now_ns().saturating_sub(started) > limit
             }
@@ -624,11 +635,12 @@ pub fn guarded<'py>(
     let mut started = None;
     // The words are looked up once for both ends of the fast path (a shared breaker deleted
     // meanwhile only makes the success check fail, which records on the words current then).
-    let slots = core.storage.slots();
+    // `None`: the breaker's table times its calls, so they take the configured path.
+    let slots = core.storage.fast_slots();
     let admitted = shield(|| {
         // Fast path: a closed breaker without a result predicate needs no configuration to admit
         // a call or to record its success: one atomic load now, one after the call, no write.
-        if let Some(fast) = slots.admit_fast(&core.predicate_flag) {
+        if let Some(fast) = slots.and_then(|slots| slots.admit_fast(&core.predicate_flag)) {
             core.report_fast(py, fast);
             return Ok(Admitted::Fast(fast));
         }
@@ -642,7 +654,7 @@ pub fn guarded<'py>(
         let (config, ticket, fast) = match admitted {
             Admitted::Fast(fast) => {
                 if matches!(&result, Ok(value) if !is_coroutine(value))
-                    && slots.record_fast_success(fast)
+                    && slots.is_some_and(|slots| slots.record_fast_success(fast))
                 {
                     // Healthy and unchanged: a success has nothing to record but its count (and,
                     // with a rate rule, its place in the window).

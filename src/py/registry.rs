@@ -89,6 +89,7 @@ impl Registry {
         let name: Arc<[u8]> = Arc::from(key);
         let words = SharedWords::new(shared.table.clone(), index, claim)
             .ok_or_else(|| PyValueError::new_err("shared table slot out of range"))?;
+        let config = shared::with_table_options(py, config, &shared.table, index);
         let fresh = CoreRef::new(
             py,
             BreakerCore::shared(
@@ -141,10 +142,11 @@ impl Registry {
         if let Some(shared) = &self.shared {
             patch.check_shared()?;
             let config = self.defaults.with(py, patch)?;
-            let limits = config.limits;
+            // Stored only if this process creates the name: the first creation's options win.
+            let options = config.table_options();
             let table = &shared.table;
             let claimed =
-                py.detach(|| table.find_or_create(key, |slot| slot.reset_contents(&limits)));
+                py.detach(|| table.find_or_create(key, |slot| slot.reset_contents(&options)));
             match claimed {
                 Some((index, claim, created)) => {
                     return Ok((self.adopt(py, key, index, claim, config)?, created))
@@ -615,6 +617,7 @@ impl Registry {
                     let name = pyrefs::name_key(&name)?;
                     let words = SharedWords::new(shared.table.clone(), index, claim)
                         .ok_or_else(|| PyValueError::new_err("shared table slot out of range"))?;
+                    let config = shared::with_table_options(py, config, &shared.table, index);
                     CoreRef::new(
                         py,
                         BreakerCore::shared(

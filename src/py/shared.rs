@@ -8,12 +8,13 @@ use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyString};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::config::type_name;
+use super::config::{type_name, Config, Patch};
 use super::ffi::upcall;
 use super::pyrefs;
 use super::storage::slot_totals;
-use crate::engine::Mode;
+use crate::engine::{Mode, NO_FAILURE_THRESHOLD};
 use crate::shm::layout::{ReadName, MAX_CAPACITY};
+use crate::shm::options::TableOptions;
 use crate::shm::{OpenError, Table};
 
 pub const DEFAULT_CAPACITY: u64 = 4096;
@@ -166,8 +167,9 @@ fn display_name<'py>(py: Python<'py>, table: &Table, index: usize) -> PyResult<B
     }
 }
 
-/// Every live breaker of the existing table `name`, as dicts (see docs/shared-memory.md). Reads
-/// only: nothing is created, and an open breaker past its timeout is listed as open, retry_after 0.
+/// Every live breaker of the existing table `name`, as dicts (see docs/shared-memory.md), with its
+/// numeric options (`options`). Reads only: nothing is created, and an open breaker past its
+/// timeout is listed as open, retry_after 0.
 #[pyfunction]
 pub fn shared_table_rows<'py>(
     py: Python<'py>,
@@ -181,7 +183,8 @@ pub fn shared_table_rows<'py>(
         let Some(slot) = table.slot(index) else {
             continue;
         };
-        let limits = slot.limits();
+        let options = slot.read_options().options;
+        let limits = options.limits();
         let word = slot.machine.machine_word();
         let retry_after_ms = slot.machine.machine(&limits).retry_after_ms(word, || now);
         let totals = slot_totals(slot);
@@ -211,9 +214,52 @@ pub fn shared_table_rows<'py>(
         )?;
         row.set_item("retry_after", retry_after_ms as f64 / 1000.0)?;
         row.set_item("slot", index)?;
+        row.set_item("options", options_dict(py, &options)?)?;
         rows.append(row)?;
     }
     Ok(rows)
+}
+
+/// `config` following the numeric options of slot `index`, which are every process's: what a
+/// process attaching to a breaker of the table runs with (and keeps if the name is deleted). The
+/// table's options are read at each call anyway; this keeps the configuration's own copy (its
+/// closed fast path, a deleted name's breaker) in step with them.
+pub fn with_table_options(py: Python<'_>, config: Config, table: &Table, index: usize) -> Config {
+    match table.slot(index) {
+        Some(slot) => config
+            .with(py, &Patch::from_table(&slot.read_options().options))
+            .unwrap_or(config),
+        None => config,
+    }
+}
+
+/// The options of a slot as `inspect` shows them: seconds for durations, `None` for none.
+fn options_dict<'py>(py: Python<'py>, options: &TableOptions) -> PyResult<Bound<'py, PyDict>> {
+    let seconds = |units: u64, per_second: f64| units as f64 / per_second;
+    let dict = PyDict::new(py);
+    dict.set_item(
+        "failure_threshold",
+        (options.failure_threshold != NO_FAILURE_THRESHOLD).then_some(options.failure_threshold),
+    )?;
+    dict.set_item("reset_timeout", seconds(options.reset_timeout_ms, 1e3))?;
+    dict.set_item("half_open_max_calls", options.half_open_max_calls)?;
+    dict.set_item("success_threshold", options.success_threshold)?;
+    dict.set_item("probe_timeout", seconds(options.probe_timeout_ms, 1e3))?;
+    dict.set_item("failure_rate", options.failure_rate)?;
+    dict.set_item(
+        "slow_call_duration",
+        options.slow_call_ns.map(|ns| seconds(ns, 1e9)),
+    )?;
+    dict.set_item("slow_call_rate", options.slow_call_rate)?;
+    dict.set_item("window", seconds(options.window_us, 1e6))?;
+    dict.set_item("min_calls", options.min_calls)?;
+    dict.set_item("backoff", options.backoff)?;
+    dict.set_item(
+        "max_reset_timeout",
+        options.max_reset_timeout_ms.map(|ms| seconds(ms, 1e3)),
+    )?;
+    dict.set_item("jitter", options.jitter)?;
+    Ok(dict)
 }
 
 /// The display name of a slot for the registry's listings (see `display_name`).

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use crate::engine::{Limits, Mode, Slots, Word, NO_FAILURE_THRESHOLD};
+use crate::engine::{Limits, Mode, Slots, Word};
 use crate::metrics::{Counter, Counters, Totals};
 use crate::shm::heard::Heard;
 use crate::shm::layout::{Count, Slot};
@@ -127,35 +127,45 @@ impl Storage {
         }
     }
 
-    /// The numeric options: the table's for a live shared breaker, else the configuration's.
+    /// The numeric options: the table's for a live shared breaker (every process follows them,
+    /// whatever it was configured with: docs/shared-memory.md, "Options"), else the
+    /// configuration's.
     #[inline]
     pub fn limits<'a>(&self, configured: &'a Limits) -> Cow<'a, Limits> {
         match self {
             Storage::Shared(shared) => match shared.live() {
-                // The table's numeric options; the rate rules and the open-time growth are this
-                // process's (docs/shared-memory.md).
-                Some(slot) => {
-                    let table = slot.limits();
-                    // The table may say "no consecutive rule" (another process turned it off for
-                    // its rate rule); a process without a rate rule keeps its own threshold, so
-                    // that its breaker always has a trip rule.
-                    let failure_threshold = if table.failure_threshold == NO_FAILURE_THRESHOLD
-                        && configured.rate.is_none()
-                    {
-                        configured.failure_threshold
-                    } else {
-                        table.failure_threshold
-                    };
-                    Cow::Owned(Limits {
-                        failure_threshold,
-                        rate: configured.rate,
-                        open_time: configured.open_time,
-                        ..table
-                    })
-                }
+                Some(slot) => Cow::Owned(slot.limits()),
                 None => Cow::Borrowed(configured),
             },
             Storage::Local(_) => Cow::Borrowed(configured),
+        }
+    }
+
+    /// `slow_call_duration` in nanoseconds: the table's for a live shared breaker, else the
+    /// configuration's.
+    #[inline]
+    pub fn slow_call_ns(&self, configured: Option<u64>) -> Option<u64> {
+        match self {
+            Storage::Shared(shared) => match shared.live() {
+                Some(slot) => slot.slow_call_ns(),
+                None => configured,
+            },
+            Storage::Local(_) => configured,
+        }
+    }
+
+    /// The state words for the closed fast path, which neither times calls nor loads the
+    /// configuration: `None` when the breaker's table times its calls (`slow_call_duration` is
+    /// set there), so that they take the configured path.
+    #[inline]
+    pub fn fast_slots(&self) -> Option<&Slots> {
+        match self {
+            Storage::Local(words) => Some(&words.slots),
+            Storage::Shared(shared) => match shared.live() {
+                Some(slot) if slot.slow_call_ns().is_some() => None,
+                Some(slot) => Some(&slot.machine),
+                None => Some(&shared.orphan().slots),
+            },
         }
     }
 

@@ -12,7 +12,7 @@ use std::fmt;
 
 /// `PSHMTAB1`, little-endian: the first word of every table, written last by its creator.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PSHMTAB1");
-pub const LAYOUT_VERSION: u64 = 1;
+pub const LAYOUT_VERSION: u64 = 2;
 pub const HEADER_SIZE: usize = 4096;
 pub const SLOT_SIZE: usize = 1088;
 pub const MAX_CAPACITY: u64 = 1 << 20;
@@ -34,13 +34,15 @@ pub const NAME_HEAP_PER_SLOT: u64 = 256;
 pub const STRIPES: usize = 8;
 
 /// What the layout hash covers: change it (and the version) with any offset.
-pub const LAYOUT_DESCRIPTION: &str = "panelboard shm v1: header 4096 [magic@0 version@8 \
+pub const LAYOUT_DESCRIPTION: &str = "panelboard shm v2: header 4096 [magic@0 version@8 \
 header_size@16 slot_size@24 capacity@32 layout_hash@40 index_hash@48 creator_pid@56 \
 created_at_ms@64 boot_id_len@72 boot_id@80..128 timens_len@128 timens@136..384 \
 name_heap_used@384 next_lane@392]; slot 1088 [claim@0 state@8 probe_stamp@16 open_time@24 \
 failure_threshold@32 reset_timeout_ms@40 half_open_max_calls@48 success_threshold@56 \
-probe_timeout_ms@64 incarnation@72 times_opened@80 name_meta@88 name@128..256 (long: sha256@0 heap_offset@32 \
-prefix@40) window@256..520 stripes@576..1088 x8 (successes failures ignored rejected)]; \
+probe_timeout_ms@64 incarnation@72 times_opened@80 name_meta@88 options_seq@96 slow_call_ns@104 \
+failure_rate@112 slow_call_rate@120 name@128..256 (long: sha256@0 heap_offset@32 prefix@40) \
+window@256..520 window_us@520 min_calls@528 backoff@536 max_reset_timeout_ms@544 jitter@552 \
+reserved@560..576 stripes@576..1088 x8 (successes failures ignored rejected)]; \
 name heap capacity*256 after the slots";
 
 // Header word offsets (bytes).
@@ -436,10 +438,26 @@ pub struct Slot {
     pub incarnation: AtomicU64,
     pub times_opened: AtomicU64,
     pub name_meta: AtomicU64,
-    _reserved: [u64; 4],
+    /// Agreement of the option writers and readers (`crate::options`).
+    pub options_seq: AtomicU64,
+    /// `u64::MAX`: none. Read on its own by the closed fast path (whether calls are timed).
+    pub slow_call_ns: AtomicU64,
+    /// `f64` bits; 0: none.
+    pub failure_rate: AtomicU64,
+    /// `f64` bits; 0: none.
+    pub slow_call_rate: AtomicU64,
     pub name: [AtomicU64; NAME_WORDS],
     /// The rate rules' sliding window (issue 11; pointer-free, all-zero is an empty window).
     pub window: Window,
+    pub window_us: AtomicU64,
+    pub min_calls: AtomicU64,
+    /// `f64` bits.
+    pub backoff: AtomicU64,
+    /// `u64::MAX`: none.
+    pub max_reset_timeout_ms: AtomicU64,
+    /// `f64` bits.
+    pub jitter: AtomicU64,
+    _reserved: [u64; 2],
     pub stripes: [Stripe; STRIPE_COUNT],
 }
 
@@ -448,9 +466,6 @@ const _: () = {
     assert!(std::mem::size_of::<Slot>() == SLOT_SIZE);
     assert!(std::mem::align_of::<Slot>() <= 4096);
 };
-
-/// `probe_timeout_ms` value meaning "none".
-pub const NO_PROBE_TIMEOUT: u64 = u64::MAX;
 
 /// Which counter of a stripe.
 #[derive(Clone, Copy, Debug)]
@@ -606,9 +621,13 @@ impl Slot {
             .fold(0u64, u64::wrapping_add)
     }
 
-    /// Fresh state, counters and options for a new breaker (while the slot is claimed).
-    pub fn reset_contents(&self, limits: &panelboard_engine::Limits) {
-        let machine = self.machine.machine(limits);
+    /// Fresh state, counters and options for a new breaker (while the slot is claimed): the
+    /// options of the process that creates it, which every process then follows.
+    pub fn reset_contents(&self, options: &crate::options::TableOptions) {
+        self.store_options(&crate::options::OptionsPatch::from(options));
+        self.window.set_bucket_us(options.bucket_us());
+        let limits = options.limits();
+        let machine = self.machine.machine(&limits);
         machine.set_mode(panelboard_engine::Mode::Closed);
         for stripe in &self.stripes {
             for count in &stripe.counts {
@@ -616,46 +635,6 @@ impl Slot {
             }
         }
         self.times_opened.store(0, Ordering::Relaxed);
-        self.store_limits(limits);
-    }
-
-    pub fn store_limits(&self, limits: &panelboard_engine::Limits) {
-        self.failure_threshold
-            .store(limits.failure_threshold, Ordering::Relaxed);
-        self.reset_timeout_ms
-            .store(limits.reset_timeout_ms, Ordering::Relaxed);
-        self.half_open_max_calls
-            .store(limits.half_open_max_calls, Ordering::Relaxed);
-        self.success_threshold
-            .store(limits.success_threshold, Ordering::Relaxed);
-        self.probe_timeout_ms.store(
-            limits.probe_timeout_ms.unwrap_or(NO_PROBE_TIMEOUT),
-            Ordering::Relaxed,
-        );
-    }
-
-    /// The numeric options, each word read on its own and clamped to what the engine accepts (a
-    /// corrupt word cannot make the machine misbehave: it never panics on any value).
-    pub fn limits(&self) -> panelboard_engine::Limits {
-        use panelboard_engine::{
-            MAX_DURATION_MS, MAX_FAILURE_THRESHOLD, MAX_PROBE_COUNT, NO_FAILURE_THRESHOLD,
-        };
-        let load = |w: &AtomicU64| w.load(Ordering::Relaxed);
-        let probe = load(&self.probe_timeout_ms);
-        let failure_threshold = match load(&self.failure_threshold) {
-            NO_FAILURE_THRESHOLD => NO_FAILURE_THRESHOLD, // the consecutive rule off
-            threshold => threshold.clamp(1, MAX_FAILURE_THRESHOLD),
-        };
-        panelboard_engine::Limits {
-            failure_threshold,
-            reset_timeout_ms: load(&self.reset_timeout_ms).min(MAX_DURATION_MS),
-            half_open_max_calls: load(&self.half_open_max_calls).clamp(1, MAX_PROBE_COUNT),
-            success_threshold: load(&self.success_threshold).clamp(1, MAX_PROBE_COUNT),
-            probe_timeout_ms: (probe != NO_PROBE_TIMEOUT)
-                .then_some(probe.clamp(1, MAX_DURATION_MS)),
-            // The rate rules and the open-time growth are each process's (the caller's).
-            ..panelboard_engine::Limits::default()
-        }
     }
 
     /// A slot of zeros (tests and loom models; a mapping's slots are zero-filled by the kernel).
@@ -671,9 +650,18 @@ impl Slot {
             incarnation: AtomicU64::new(0),
             times_opened: AtomicU64::new(0),
             name_meta: AtomicU64::new(0),
-            _reserved: [0; 4],
+            options_seq: AtomicU64::new(0),
+            slow_call_ns: AtomicU64::new(0),
+            failure_rate: AtomicU64::new(0),
+            slow_call_rate: AtomicU64::new(0),
             name: std::array::from_fn(|_| AtomicU64::new(0)),
             window: Window::new(0),
+            window_us: AtomicU64::new(0),
+            min_calls: AtomicU64::new(0),
+            backoff: AtomicU64::new(0),
+            max_reset_timeout_ms: AtomicU64::new(0),
+            jitter: AtomicU64::new(0),
+            _reserved: [0; 2],
             stripes: std::array::from_fn(|_| Stripe {
                 counts: std::array::from_fn(|_| AtomicU64::new(0)),
                 _spare: [0; 4],
@@ -699,8 +687,17 @@ mod tests {
         assert_eq!(offset_of!(Slot, incarnation), 72);
         assert_eq!(offset_of!(Slot, times_opened), 80);
         assert_eq!(offset_of!(Slot, name_meta), 88);
+        assert_eq!(offset_of!(Slot, options_seq), 96);
+        assert_eq!(offset_of!(Slot, slow_call_ns), 104);
+        assert_eq!(offset_of!(Slot, failure_rate), 112);
+        assert_eq!(offset_of!(Slot, slow_call_rate), 120);
         assert_eq!(offset_of!(Slot, name), 128);
         assert_eq!(offset_of!(Slot, window), 256);
+        assert_eq!(offset_of!(Slot, window_us), 520);
+        assert_eq!(offset_of!(Slot, min_calls), 528);
+        assert_eq!(offset_of!(Slot, backoff), 536);
+        assert_eq!(offset_of!(Slot, max_reset_timeout_ms), 544);
+        assert_eq!(offset_of!(Slot, jitter), 552);
         assert_eq!(offset_of!(Slot, stripes), 576);
         assert_eq!(std::mem::size_of::<Stripe>(), 64);
         assert_eq!(std::mem::size_of::<Slot>(), SLOT_SIZE);
@@ -729,6 +726,27 @@ mod tests {
                 "docs/shared-memory.md: {field} at {offset}"
             );
         }
+        for (offset, field) in [
+            (offset_of!(Slot, failure_threshold), "failure_threshold"),
+            (offset_of!(Slot, options_seq), "options_seq"),
+            (offset_of!(Slot, slow_call_ns), "slow_call_ns"),
+            (offset_of!(Slot, failure_rate), "failure_rate"),
+            (offset_of!(Slot, slow_call_rate), "slow_call_rate"),
+            (offset_of!(Slot, window_us), "window_us"),
+            (offset_of!(Slot, min_calls), "min_calls"),
+            (offset_of!(Slot, backoff), "backoff"),
+            (
+                offset_of!(Slot, max_reset_timeout_ms),
+                "max_reset_timeout_ms",
+            ),
+            (offset_of!(Slot, jitter), "jitter"),
+        ] {
+            assert!(
+                doc.contains(&format!("| {offset} | `{field}` |")),
+                "docs/shared-memory.md: slot field {field} at {offset}"
+            );
+        }
+        assert!(doc.contains(&format!("## Layout (version {LAYOUT_VERSION})")));
         assert!(doc.contains("PSHMTAB1") && doc.contains("0x3142_4154_4d48_5350"));
         assert_eq!(MAGIC, 0x3142_4154_4d48_5350);
     }
@@ -750,7 +768,8 @@ mod tests {
         };
         assert_eq!(corrupt(OFF_MAGIC, 0), Err(LayoutError::NotInitialised));
         assert_eq!(corrupt(OFF_MAGIC, 1), Err(LayoutError::BadMagic(1)));
-        assert_eq!(corrupt(OFF_VERSION, 2), Err(LayoutError::Version(2)));
+        assert_eq!(corrupt(OFF_VERSION, 1), Err(LayoutError::Version(1)));
+        assert_eq!(corrupt(OFF_VERSION, 3), Err(LayoutError::Version(3)));
         assert_eq!(corrupt(OFF_HEADER_SIZE, 1), Err(LayoutError::HeaderSize(1)));
         assert_eq!(corrupt(OFF_SLOT_SIZE, 8), Err(LayoutError::SlotSize(8)));
         assert_eq!(corrupt(OFF_LAYOUT_HASH, 3), Err(LayoutError::LayoutHash(3)));
@@ -902,15 +921,10 @@ mod tests {
         for _ in 0..20_000 {
             slot.name_meta.store(next(), Ordering::Relaxed);
             slot.claim.store(next(), Ordering::Relaxed);
-            for w in [
-                &slot.failure_threshold,
-                &slot.reset_timeout_ms,
-                &slot.half_open_max_calls,
-                &slot.success_threshold,
-                &slot.probe_timeout_ms,
-            ] {
+            for w in slot.option_words() {
                 w.store(next(), Ordering::Relaxed);
             }
+            slot.options_seq.store(next(), Ordering::Relaxed);
             match slot.read_name() {
                 ReadName::Whole(b) => assert!(b.len() <= NAME_INLINE),
                 ReadName::Prefix { prefix, .. } => assert_eq!(prefix.len(), PREFIX_BYTES),
@@ -919,9 +933,12 @@ mod tests {
             let _ = Claim::decode(slot.claim.load(Ordering::Relaxed));
             let limits = slot.limits();
             assert!(limits.failure_threshold >= 1 && limits.half_open_max_calls >= 1);
-            // The engine runs over any words without panicking.
+            // The engine runs over any words (the window's too) without panicking.
             let now = next();
-            slot.machine.machine(&limits).observe(|| now);
+            slot.machine
+                .machine(&limits)
+                .with_window(&slot.window)
+                .observe(|| now);
         }
     }
 }

@@ -1,6 +1,8 @@
 //! panelboard's host-wide breaker table in shared memory (issue 12, docs/shared-memory.md).
 //!
 //! - [`layout`]: the header and slot layout, their validation (fuzzed), claim words and names;
+//! - [`options`]: a breaker's numeric options in its slot, written and read without a lock, and
+//!   validated when read;
 //! - [`heard`]: what a process's listeners last heard of a shared breaker (once per generation);
 //! - [`table`]: the lock-free slot protocol (find, create, delete, recover), over any `&[Slot]`,
 //!   model-checked with loom (`tests/loom.rs`);
@@ -14,6 +16,7 @@
 
 pub mod heard;
 pub mod layout;
+pub mod options;
 mod sync;
 pub mod table;
 

@@ -6,3 +6,12 @@ pub use loom::sync::atomic::{AtomicU64, Ordering};
 
 #[cfg(not(loom))]
 pub use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A pause in a bounded retry loop (under loom, a point where another thread may run).
+#[inline]
+pub fn spin() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::hint::spin_loop();
+}

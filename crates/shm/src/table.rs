@@ -207,7 +207,7 @@ pub fn live(slots: &[Slot]) -> Vec<(usize, u64)> {
 mod tests {
     use super::*;
     use crate::layout::{IndexHash, ReadName};
-    use panelboard_engine::Limits;
+    use crate::options::TableOptions;
     use std::cell::Cell;
 
     struct FakeHost {
@@ -247,7 +247,7 @@ mod tests {
     }
 
     fn init(slot: &Slot) {
-        slot.reset_contents(&Limits::default());
+        slot.reset_contents(&TableOptions::default());
     }
 
     fn create(slots: &[Slot], hash: IndexHash, key: &str) -> Option<(usize, u64, bool)> {

@@ -1,6 +1,7 @@
 //! Loom models of the shared table's slot protocol (`src/table.rs`): claiming a slot to create a
 //! name, probing past collisions, deleting and re-creating, and recovering a creation whose process
-//! is presumed dead. The slots are heap arrays of the same `Slot` type a mapping holds (loom's
+//! is presumed dead; and of the options protocol (`src/options.rs`): a reader gets one writer's
+//! whole set of options or knows it did not, and never waits for a writer. The slots are heap arrays of the same `Slot` type a mapping holds (loom's
 //! atomics under `--cfg loom`, the engine's words included).
 //!
 //! Run with `make loom`, i.e.
@@ -13,6 +14,7 @@ use loom::sync::Arc;
 use loom::thread;
 use panelboard_engine::Limits;
 use panelboard_shm::layout::{Claim, IndexHash, Slot, StoredName};
+use panelboard_shm::options::{OptionsPatch, TableOptions};
 use panelboard_shm::table::{self, Host, Lookup};
 use std::sync::atomic::Ordering::SeqCst;
 
@@ -65,7 +67,7 @@ fn table(n: usize) -> Arc<Vec<Slot>> {
 fn create(slots: &[Slot], key: &str, host: &ModelHost) -> Option<(usize, u64, bool)> {
     let home = IndexHash::Colliding.home(key.as_bytes(), slots.len());
     table::find_or_create(slots, home, &StoredName::of(key.as_bytes()), host, |slot| {
-        slot.reset_contents(&Limits::default())
+        slot.reset_contents(&TableOptions::default())
     })
 }
 
@@ -279,5 +281,109 @@ fn each_generation_is_heard_once() {
         let _ = heard.hear(last);
         assert!(!heard.is_news(last.generation()));
         assert!(heard.hear(last).is_none());
+    });
+}
+
+/// Options set A, and set B that differs from it in two words `configure` changes together.
+fn options_a() -> TableOptions {
+    TableOptions {
+        failure_rate: Some(0.5),
+        min_calls: 10,
+        ..TableOptions::default()
+    }
+}
+
+fn options_b() -> TableOptions {
+    TableOptions {
+        failure_rate: Some(0.25),
+        min_calls: 40,
+        ..TableOptions::default()
+    }
+}
+
+fn pair(o: &TableOptions) -> (Option<f64>, u64) {
+    (o.failure_rate, o.min_calls)
+}
+
+/// `configure(failure_rate=0.25, min_calls=40)` in one process while another reads the options:
+/// a read that says it is whole is A's set or B's, never a mix; any read is in range.
+#[test]
+fn options_are_read_whole_or_known_torn() {
+    model(Some(3), || {
+        let slot = Arc::new(Slot::zeroed());
+        slot.store_options(&OptionsPatch::from(&options_a()));
+        let writer = {
+            let slot = slot.clone();
+            thread::spawn(move || {
+                slot.store_options(&OptionsPatch {
+                    failure_rate: Some(Some(0.25)),
+                    min_calls: Some(40),
+                    ..OptionsPatch::default()
+                })
+            })
+        };
+        let read = slot.read_options();
+        if read.whole {
+            let got = pair(&read.options);
+            assert!(
+                got == pair(&options_a()) || got == pair(&options_b()),
+                "torn: {got:?}"
+            );
+        }
+        writer.join().unwrap();
+        let after = slot.read_options();
+        assert!(after.whole);
+        assert_eq!(after.options, options_b());
+    });
+}
+
+/// Two processes configure at once (each its own two words) while a third reads: a whole read is
+/// a state some order of the writers leaves; once both are done every word of both has landed.
+#[test]
+fn concurrent_configures_both_land_and_whole_reads_are_never_torn() {
+    model(Some(2), || {
+        let slot = Arc::new(Slot::zeroed());
+        slot.store_options(&OptionsPatch::from(&options_a()));
+        let first = {
+            let slot = slot.clone();
+            thread::spawn(move || {
+                slot.store_options(&OptionsPatch {
+                    failure_rate: Some(Some(0.25)),
+                    min_calls: Some(40),
+                    ..OptionsPatch::default()
+                })
+            })
+        };
+        let second = {
+            let slot = slot.clone();
+            thread::spawn(move || {
+                slot.store_options(&OptionsPatch {
+                    half_open_max_calls: Some(3),
+                    success_threshold: Some(3),
+                    ..OptionsPatch::default()
+                })
+            })
+        };
+        let read = slot.read_options();
+        if read.whole {
+            let o = read.options;
+            assert!(pair(&o) == pair(&options_a()) || pair(&o) == pair(&options_b()));
+            assert!(matches!(
+                (o.half_open_max_calls, o.success_threshold),
+                (1, 1) | (3, 3)
+            ));
+        }
+        first.join().unwrap();
+        second.join().unwrap();
+        let after = slot.read_options();
+        assert!(after.whole, "every writer finished: nothing is in flight");
+        assert_eq!(pair(&after.options), pair(&options_b()));
+        assert_eq!(
+            (
+                after.options.half_open_max_calls,
+                after.options.success_threshold
+            ),
+            (3, 3)
+        );
     });
 }

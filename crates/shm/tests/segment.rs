@@ -3,8 +3,8 @@
 //! in order, and a damaged file refused with a clear error.
 #![cfg(not(loom))]
 
-use panelboard_engine::Limits;
 use panelboard_shm::layout::{segment_size, OFF_CAPACITY};
+use panelboard_shm::options::TableOptions;
 use panelboard_shm::{unlink, OpenError, Table};
 use std::os::unix::fs::PermissionsExt;
 
@@ -14,7 +14,7 @@ fn path(tag: &str) -> String {
 }
 
 fn init(slot: &panelboard_shm::layout::Slot) {
-    slot.reset_contents(&Limits::default());
+    slot.reset_contents(&TableOptions::default());
 }
 
 #[test]

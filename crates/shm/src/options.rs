@@ -1,0 +1,575 @@
+//! The numeric options of a shared breaker, kept in its slot (docs/shared-memory.md, "Options"):
+//! stored when the name is created (first creation wins), changed by `configure` in any process,
+//! and read by every process at each call that needs them, so that every process judges the
+//! breaker by the same rules.
+//!
+//! Thirteen words hold them. Writers and readers agree through one more word, `options_seq`
+//! (`sequence << 16 | writers in flight`), without any lock:
+//! - a writer adds one writer and moves the sequence on, stores the words it changes, then takes
+//!   its writer away and moves the sequence on again (two read-modify-writes, so concurrent writers
+//!   count each other and never wait for one another);
+//! - a reader loads the sequence, the words, and the sequence again: the words are one writer's
+//!   whole set when both loads are equal and no writer was in flight. Otherwise it tries again, a
+//!   bounded number of times ([`READ_ATTEMPTS`]), and then uses the words as they are, each valid
+//!   on its own. It never waits for a writer: a writer killed between its two updates leaves the
+//!   writer count raised for good, and every reader then reads each option on its own (which is
+//!   all a torn read can cost: a mix of old and new values, each in range), until the table is
+//!   removed.
+//!
+//! Every access of the protocol is `SeqCst`: in the one total order of those accesses, a word a
+//! reader loads between its two loads of the sequence was stored before the second, so a writer
+//! whose store it saw had moved the sequence on before that load (or finished before the first).
+//! Model-checked in `tests/loom.rs` (`options_*`).
+//!
+//! Nothing read from the mapping is trusted: [`TableOptions::decode`] turns any 13 words into
+//! options in range that fit together (see its documentation for each fallback), and never panics.
+
+use crate::layout::Slot;
+use crate::sync::{AtomicU64, Ordering};
+use panelboard_engine::{
+    Limits, OpenTime, RatePolicy, MAX_DURATION_MS, MAX_FAILURE_THRESHOLD, MAX_PROBE_COUNT,
+    MIN_WINDOW_US, NO_FAILURE_THRESHOLD,
+};
+
+/// Words of options in a slot.
+pub const OPTION_WORDS: usize = 13;
+/// A word meaning "none" for the optional durations (`probe_timeout_ms` reads it as the default).
+pub const NONE: u64 = u64::MAX;
+/// The `probe_timeout` a shared breaker falls back to when its word is not a valid duration (a
+/// shared breaker must have one: it is what reclaims a dead process's half-open permit).
+pub const DEFAULT_PROBE_TIMEOUT_MS: u64 = 60_000;
+/// Largest `slow_call_duration` in nanoseconds (the largest duration the engine accepts).
+pub const MAX_SLOW_CALL_NS: u64 = MAX_DURATION_MS * 1_000_000;
+/// Largest `window` in microseconds.
+pub const MAX_WINDOW_US: u64 = MAX_DURATION_MS * 1_000;
+/// Default `window` (10 s) and `min_calls` (10), as a local breaker has them.
+pub const DEFAULT_WINDOW_US: u64 = 10_000_000;
+pub const DEFAULT_MIN_CALLS: u64 = 10;
+
+const WRITER: u64 = 1;
+const WRITERS_MASK: u64 = 0xFFFF;
+const SEQUENCE: u64 = 1 << 16;
+
+/// Times a reader tries for one writer's whole set before it reads each word on its own.
+#[cfg(not(loom))]
+pub const READ_ATTEMPTS: usize = 4;
+#[cfg(loom)]
+pub const READ_ATTEMPTS: usize = 2;
+
+/// A shared breaker's numeric options, decoded: every value in the range `configure` accepts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TableOptions {
+    /// `NO_FAILURE_THRESHOLD`: the consecutive rule off (`failure_threshold=None`).
+    pub failure_threshold: u64,
+    pub reset_timeout_ms: u64,
+    pub half_open_max_calls: u64,
+    pub success_threshold: u64,
+    pub probe_timeout_ms: u64,
+    pub slow_call_ns: Option<u64>,
+    pub failure_rate: Option<f64>,
+    pub slow_call_rate: Option<f64>,
+    pub window_us: u64,
+    pub min_calls: u64,
+    pub backoff: f64,
+    pub max_reset_timeout_ms: Option<u64>,
+    pub jitter: f64,
+}
+
+impl Default for TableOptions {
+    /// A local breaker's defaults, with the shared registries' finite `probe_timeout`.
+    fn default() -> Self {
+        let limits = Limits::default();
+        TableOptions {
+            failure_threshold: limits.failure_threshold,
+            reset_timeout_ms: limits.reset_timeout_ms,
+            half_open_max_calls: limits.half_open_max_calls,
+            success_threshold: limits.success_threshold,
+            probe_timeout_ms: DEFAULT_PROBE_TIMEOUT_MS,
+            slow_call_ns: None,
+            failure_rate: None,
+            slow_call_rate: None,
+            window_us: DEFAULT_WINDOW_US,
+            min_calls: DEFAULT_MIN_CALLS,
+            backoff: 1.0,
+            max_reset_timeout_ms: None,
+            jitter: 0.0,
+        }
+    }
+}
+
+/// Some options to store (`configure` stores only the ones it was given, so that concurrent
+/// `configure`s of different options in different processes all land).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct OptionsPatch {
+    pub failure_threshold: Option<u64>,
+    pub reset_timeout_ms: Option<u64>,
+    pub half_open_max_calls: Option<u64>,
+    pub success_threshold: Option<u64>,
+    pub probe_timeout_ms: Option<u64>,
+    pub slow_call_ns: Option<Option<u64>>,
+    pub failure_rate: Option<Option<f64>>,
+    pub slow_call_rate: Option<Option<f64>>,
+    pub window_us: Option<u64>,
+    pub min_calls: Option<u64>,
+    pub backoff: Option<f64>,
+    pub max_reset_timeout_ms: Option<Option<u64>>,
+    pub jitter: Option<f64>,
+}
+
+impl From<&TableOptions> for OptionsPatch {
+    fn from(o: &TableOptions) -> Self {
+        OptionsPatch {
+            failure_threshold: Some(o.failure_threshold),
+            reset_timeout_ms: Some(o.reset_timeout_ms),
+            half_open_max_calls: Some(o.half_open_max_calls),
+            success_threshold: Some(o.success_threshold),
+            probe_timeout_ms: Some(o.probe_timeout_ms),
+            slow_call_ns: Some(o.slow_call_ns),
+            failure_rate: Some(o.failure_rate),
+            slow_call_rate: Some(o.slow_call_rate),
+            window_us: Some(o.window_us),
+            min_calls: Some(o.min_calls),
+            backoff: Some(o.backoff),
+            max_reset_timeout_ms: Some(o.max_reset_timeout_ms),
+            jitter: Some(o.jitter),
+        }
+    }
+}
+
+/// A ratio's word: its `f64` bits, 0 for none (0.0 is no valid ratio).
+fn ratio_word(ratio: Option<f64>) -> u64 {
+    ratio.map_or(0, f64::to_bits)
+}
+
+fn optional_word(value: Option<u64>) -> u64 {
+    value.unwrap_or(NONE)
+}
+
+impl OptionsPatch {
+    /// The words to store, in slot order (see [`Slot::option_words`]); `None`: left as it is.
+    pub fn encode(&self) -> [Option<u64>; OPTION_WORDS] {
+        [
+            self.failure_threshold,
+            self.reset_timeout_ms,
+            self.half_open_max_calls,
+            self.success_threshold,
+            self.probe_timeout_ms,
+            self.slow_call_ns.map(optional_word),
+            self.failure_rate.map(ratio_word),
+            self.slow_call_rate.map(ratio_word),
+            self.window_us,
+            self.min_calls,
+            self.backoff.map(f64::to_bits),
+            self.max_reset_timeout_ms.map(optional_word),
+            self.jitter.map(f64::to_bits),
+        ]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.encode().iter().all(Option::is_none)
+    }
+}
+
+/// A ratio in (0, 1], or none (0, NaN, anything out of range: that rule off).
+fn decode_ratio(word: u64) -> Option<f64> {
+    let ratio = f64::from_bits(word);
+    (ratio > 0.0 && ratio <= 1.0).then_some(ratio)
+}
+
+impl TableOptions {
+    /// Options from any 13 words (slot order), each validated on its own, then made to fit
+    /// together. Out-of-range values fall back as follows, so that the breaker keeps working and
+    /// keeps a trip rule, whoever wrote the words:
+    /// - counts and durations are clamped into their range (`failure_threshold`, `min_calls`: 1 ..
+    ///   2^32 - 1; `half_open_max_calls`, `success_threshold`: 1 .. 65535; durations: at most
+    ///   2^35 ms; `window`: 100 µs .. 2^35 ms), `u64::MAX` meaning none where an option can be
+    ///   none (`failure_threshold`, `slow_call_duration`, `max_reset_timeout`);
+    /// - `probe_timeout` of 0 or none is the default 60 s (a shared breaker must have one);
+    /// - a rate that is not in (0, 1] (0, NaN, negative, above 1) is none: that rule is off;
+    /// - `backoff` that is not a finite number >= 1 is 1 (no growth); `jitter` outside [0, 1) is 0;
+    /// - `slow_call_rate` without `slow_call_duration` is none, and `max_reset_timeout` below
+    ///   `reset_timeout` is `reset_timeout` (what the engine makes of them anyway);
+    /// - with no trip rule left (the consecutive rule off and no rate rule), the consecutive rule
+    ///   is back with the default `failure_threshold` of 5.
+    pub fn decode(words: [u64; OPTION_WORDS]) -> TableOptions {
+        let [failure_threshold, reset_timeout_ms, half_open_max_calls, success_threshold, probe_timeout_ms, slow_call_ns, failure_rate, slow_call_rate, window_us, min_calls, backoff, max_reset_timeout_ms, jitter] =
+            words;
+        let reset_timeout_ms = reset_timeout_ms.min(MAX_DURATION_MS);
+        let slow_call_ns = (slow_call_ns != NONE).then(|| slow_call_ns.min(MAX_SLOW_CALL_NS));
+        let slow_call_rate = decode_ratio(slow_call_rate).filter(|_| slow_call_ns.is_some());
+        let failure_rate = decode_ratio(failure_rate);
+        let mut failure_threshold = match failure_threshold {
+            NO_FAILURE_THRESHOLD => NO_FAILURE_THRESHOLD,
+            threshold => threshold.clamp(1, MAX_FAILURE_THRESHOLD),
+        };
+        if failure_threshold == NO_FAILURE_THRESHOLD
+            && failure_rate.is_none()
+            && slow_call_rate.is_none()
+        {
+            failure_threshold = Limits::default().failure_threshold;
+        }
+        let backoff = f64::from_bits(backoff);
+        let jitter = f64::from_bits(jitter);
+        TableOptions {
+            failure_threshold,
+            reset_timeout_ms,
+            half_open_max_calls: half_open_max_calls.clamp(1, MAX_PROBE_COUNT),
+            success_threshold: success_threshold.clamp(1, MAX_PROBE_COUNT),
+            probe_timeout_ms: match probe_timeout_ms {
+                0 | NONE => DEFAULT_PROBE_TIMEOUT_MS,
+                ms => ms.min(MAX_DURATION_MS),
+            },
+            slow_call_ns,
+            failure_rate,
+            slow_call_rate,
+            window_us: window_us.clamp(MIN_WINDOW_US, MAX_WINDOW_US),
+            min_calls: min_calls.clamp(1, MAX_FAILURE_THRESHOLD),
+            backoff: if backoff.is_finite() && backoff >= 1.0 {
+                backoff
+            } else {
+                1.0
+            },
+            max_reset_timeout_ms: (max_reset_timeout_ms != NONE)
+                .then(|| max_reset_timeout_ms.clamp(reset_timeout_ms, MAX_DURATION_MS)),
+            jitter: if (0.0..1.0).contains(&jitter) {
+                jitter
+            } else {
+                0.0
+            },
+        }
+    }
+
+    /// What the engine runs with.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            failure_threshold: self.failure_threshold,
+            reset_timeout_ms: self.reset_timeout_ms,
+            half_open_max_calls: self.half_open_max_calls,
+            success_threshold: self.success_threshold,
+            probe_timeout_ms: Some(self.probe_timeout_ms),
+            rate: (self.failure_rate.is_some() || self.slow_call_rate.is_some()).then_some(
+                RatePolicy {
+                    window_us: self.window_us,
+                    min_calls: self.min_calls,
+                    failure_rate: self.failure_rate,
+                    slow_call_rate: self.slow_call_rate,
+                },
+            ),
+            open_time: OpenTime {
+                backoff: self.backoff,
+                max_ms: self.max_reset_timeout_ms.unwrap_or(MAX_DURATION_MS),
+                jitter: self.jitter,
+            },
+        }
+    }
+
+    /// The width of the window's buckets for these options (set in the slot's window when the
+    /// name is created, and by a `configure` that changes `window`).
+    pub fn bucket_us(&self) -> u64 {
+        bucket_us(self.window_us)
+    }
+}
+
+/// The bucket width of a window of `window_us` (see `RatePolicy::bucket_us`).
+pub fn bucket_us(window_us: u64) -> u64 {
+    RatePolicy {
+        window_us,
+        min_calls: 1,
+        failure_rate: None,
+        slow_call_rate: None,
+    }
+    .bucket_us()
+}
+
+/// Options read from a slot, and whether they are one writer's whole set (`false`: a writer was
+/// in flight at every attempt, or one died in flight; each option was read on its own).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ReadOptions {
+    pub options: TableOptions,
+    pub whole: bool,
+}
+
+impl Slot {
+    /// The option words, in the order of [`OptionsPatch::encode`] and [`TableOptions::decode`].
+    pub fn option_words(&self) -> [&AtomicU64; OPTION_WORDS] {
+        [
+            &self.failure_threshold,
+            &self.reset_timeout_ms,
+            &self.half_open_max_calls,
+            &self.success_threshold,
+            &self.probe_timeout_ms,
+            &self.slow_call_ns,
+            &self.failure_rate,
+            &self.slow_call_rate,
+            &self.window_us,
+            &self.min_calls,
+            &self.backoff,
+            &self.max_reset_timeout_ms,
+            &self.jitter,
+        ]
+    }
+
+    /// Stores the options `patch` gives, for every process (see the module documentation).
+    pub fn store_options(&self, patch: &OptionsPatch) {
+        self.options_seq
+            .fetch_add(SEQUENCE + WRITER, Ordering::SeqCst);
+        for (word, value) in self.option_words().into_iter().zip(patch.encode()) {
+            if let Some(value) = value {
+                word.store(value, Ordering::SeqCst);
+            }
+        }
+        // One writer less (the borrow of `- WRITER` is the carry of `+ SEQUENCE`).
+        self.options_seq
+            .fetch_add(SEQUENCE.wrapping_sub(WRITER), Ordering::SeqCst);
+    }
+
+    /// The options, as one writer's whole set if a few attempts can get one (see the module
+    /// documentation); never waits longer, and any words give options in range.
+    pub fn read_options(&self) -> ReadOptions {
+        let words = self.option_words();
+        let mut values = [0u64; OPTION_WORDS];
+        for attempt in 1..=READ_ATTEMPTS {
+            let before = self.options_seq.load(Ordering::SeqCst);
+            for (value, word) in values.iter_mut().zip(words) {
+                *value = word.load(Ordering::SeqCst);
+            }
+            let after = self.options_seq.load(Ordering::SeqCst);
+            if before == after && before & WRITERS_MASK == 0 {
+                return ReadOptions {
+                    options: TableOptions::decode(values),
+                    whole: true,
+                };
+            }
+            if attempt < READ_ATTEMPTS {
+                crate::sync::spin();
+            }
+        }
+        ReadOptions {
+            options: TableOptions::decode(values),
+            whole: false,
+        }
+    }
+
+    /// What the engine runs with (`read_options`, then `TableOptions::limits`).
+    pub fn limits(&self) -> Limits {
+        self.read_options().options.limits()
+    }
+
+    /// `slow_call_duration` alone (one load, validated like the others): whether calls of this
+    /// breaker are timed, which the closed fast path asks at every call.
+    #[inline]
+    pub fn slow_call_ns(&self) -> Option<u64> {
+        let ns = self.slow_call_ns.load(Ordering::Relaxed);
+        (ns != NONE).then(|| ns.min(MAX_SLOW_CALL_NS))
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn sample() -> TableOptions {
+        TableOptions {
+            failure_threshold: NO_FAILURE_THRESHOLD,
+            reset_timeout_ms: 1_500,
+            half_open_max_calls: 3,
+            success_threshold: 2,
+            probe_timeout_ms: 9_000,
+            slow_call_ns: Some(250_000_000),
+            failure_rate: Some(0.25),
+            slow_call_rate: Some(0.75),
+            window_us: 2_000_000,
+            min_calls: 7,
+            backoff: 2.5,
+            max_reset_timeout_ms: Some(60_000),
+            jitter: 0.125,
+        }
+    }
+
+    fn stored(slot: &Slot) -> [u64; OPTION_WORDS] {
+        slot.option_words().map(|w| w.load(Ordering::Relaxed))
+    }
+
+    #[test]
+    fn options_round_trip_through_a_slot() {
+        let slot = Slot::zeroed();
+        for options in [TableOptions::default(), sample()] {
+            slot.store_options(&OptionsPatch::from(&options));
+            let read = slot.read_options();
+            assert_eq!(
+                read,
+                ReadOptions {
+                    options,
+                    whole: true
+                }
+            );
+            assert_eq!(slot.slow_call_ns(), options.slow_call_ns);
+        }
+        let limits = sample().limits();
+        let rate = limits.rate.expect("a rate rule");
+        assert_eq!((rate.window_us, rate.min_calls), (2_000_000, 7));
+        assert_eq!(limits.open_time.max_ms, 60_000);
+        assert_eq!(TableOptions::default().limits().rate, None);
+    }
+
+    #[test]
+    fn a_patch_changes_only_the_options_it_gives() {
+        let slot = Slot::zeroed();
+        slot.store_options(&OptionsPatch::from(&sample()));
+        slot.store_options(&OptionsPatch {
+            min_calls: Some(40),
+            failure_rate: Some(None),
+            ..OptionsPatch::default()
+        });
+        let read = slot.read_options();
+        assert!(read.whole);
+        assert_eq!(
+            read.options,
+            TableOptions {
+                min_calls: 40,
+                failure_rate: None,
+                ..sample()
+            }
+        );
+        assert!(OptionsPatch::default().is_empty());
+    }
+
+    #[test]
+    fn a_writer_that_died_in_flight_leaves_readers_reading_each_word() {
+        let slot = Slot::zeroed();
+        slot.store_options(&OptionsPatch::from(&sample()));
+        // A writer's first update, and nothing after it.
+        slot.options_seq
+            .fetch_add(SEQUENCE + WRITER, Ordering::SeqCst);
+        let read = slot.read_options();
+        assert_eq!(
+            read,
+            ReadOptions {
+                options: sample(),
+                whole: false
+            }
+        );
+        // Later writers still store, and readers still read (each word on its own).
+        slot.store_options(&OptionsPatch {
+            min_calls: Some(3),
+            ..OptionsPatch::default()
+        });
+        assert_eq!(slot.read_options().options.min_calls, 3);
+    }
+
+    #[test]
+    fn garbage_decodes_to_options_in_range_that_fit_together() {
+        let garbage = TableOptions::decode([
+            NO_FAILURE_THRESHOLD,
+            u64::MAX - 1,
+            0,
+            u64::MAX - 1,
+            0,
+            u64::MAX - 1,
+            f64::NAN.to_bits(),
+            0.5f64.to_bits(),
+            0,
+            0,
+            f64::NEG_INFINITY.to_bits(),
+            3,
+            1.0f64.to_bits(),
+        ]);
+        assert_eq!(
+            garbage,
+            TableOptions {
+                failure_threshold: NO_FAILURE_THRESHOLD, // the slow-call rate is a trip rule
+                reset_timeout_ms: MAX_DURATION_MS,
+                half_open_max_calls: 1,
+                success_threshold: MAX_PROBE_COUNT,
+                probe_timeout_ms: DEFAULT_PROBE_TIMEOUT_MS,
+                slow_call_ns: Some(MAX_SLOW_CALL_NS),
+                failure_rate: None,
+                slow_call_rate: Some(0.5),
+                window_us: MIN_WINDOW_US,
+                min_calls: 1,
+                backoff: 1.0,
+                max_reset_timeout_ms: Some(MAX_DURATION_MS),
+                jitter: 0.0,
+            }
+        );
+        // No trip rule left: the consecutive rule is back, with the default threshold.
+        let mut words = OptionsPatch::from(&sample()).encode().map(Option::unwrap);
+        words[6] = 2.0f64.to_bits(); // failure_rate above 1
+        words[5] = NONE; // no slow_call_duration, so no slow-call rate
+        let options = TableOptions::decode(words);
+        assert_eq!(
+            (
+                options.failure_threshold,
+                options.failure_rate,
+                options.slow_call_rate
+            ),
+            (5, None, None)
+        );
+    }
+
+    /// Any words: decoding never panics, and what it gives is in range and fits together.
+    #[test]
+    fn fuzz_option_words() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let specials = [
+            0,
+            1,
+            NONE,
+            NONE - 1,
+            f64::NAN.to_bits(),
+            f64::INFINITY.to_bits(),
+            (-1.0f64).to_bits(),
+            0.5f64.to_bits(),
+            1.0f64.to_bits(),
+            1e300f64.to_bits(),
+        ];
+        let slot = Slot::zeroed();
+        for round in 0..50_000 {
+            let words: [u64; OPTION_WORDS] = std::array::from_fn(|_| match next() % 3 {
+                0 => specials[(next() % specials.len() as u64) as usize],
+                1 => next() % 100_000,
+                _ => next(),
+            });
+            for (word, value) in slot.option_words().into_iter().zip(words) {
+                word.store(value, Ordering::Relaxed);
+            }
+            if round % 5 == 0 {
+                slot.options_seq.store(next(), Ordering::Relaxed);
+            }
+            let read = slot.read_options();
+            assert_eq!(stored(&slot), words, "reading changes nothing");
+            let o = read.options;
+            assert!(o.failure_threshold == NO_FAILURE_THRESHOLD || o.failure_threshold >= 1);
+            assert!(o.failure_threshold != NO_FAILURE_THRESHOLD || o.limits().rate.is_some());
+            assert!(o.reset_timeout_ms <= MAX_DURATION_MS);
+            assert!((1..=MAX_PROBE_COUNT).contains(&o.half_open_max_calls));
+            assert!((1..=MAX_PROBE_COUNT).contains(&o.success_threshold));
+            assert!((1..=MAX_DURATION_MS).contains(&o.probe_timeout_ms));
+            assert!(o.slow_call_ns.is_none_or(|ns| ns <= MAX_SLOW_CALL_NS));
+            for rate in [o.failure_rate, o.slow_call_rate].into_iter().flatten() {
+                assert!(rate > 0.0 && rate <= 1.0);
+            }
+            assert!(o.slow_call_rate.is_none() || o.slow_call_ns.is_some());
+            assert!((MIN_WINDOW_US..=MAX_WINDOW_US).contains(&o.window_us));
+            assert!((1..=MAX_FAILURE_THRESHOLD).contains(&o.min_calls));
+            assert!(o.backoff.is_finite() && o.backoff >= 1.0);
+            assert!((0.0..1.0).contains(&o.jitter));
+            assert!(o
+                .max_reset_timeout_ms
+                .is_none_or(|ms| (o.reset_timeout_ms..=MAX_DURATION_MS).contains(&ms)));
+            assert!(slot.slow_call_ns().is_none_or(|ns| ns <= MAX_SLOW_CALL_NS));
+            // The engine runs with them without panicking.
+            let limits = o.limits();
+            let now = next();
+            let machine = slot.machine.machine(&limits).with_window(&slot.window);
+            machine.observe(|| now);
+            let _ = machine.retry_after_ms(slot.machine.machine_word(), || now);
+        }
+    }
+}
