@@ -251,16 +251,17 @@ impl BreakerCore {
         }
     }
 
-    /// The window the rate rules count in: the table's for a shared breaker (one for every
-    /// process), else this breaker's own, made with the first configuration that has a rate rule.
+    /// The window the rate rules count in, once this process has given the breaker a rate rule
+    /// (its own window is made with the first such configuration): the table's for a live shared
+    /// breaker (one for every process), else the breaker's own. `None` before that, local or
+    /// shared, so that a healthy success of a breaker without a rate rule reads no clock and
+    /// writes nothing (the slot's window always exists: bug 33, docs/reliability.md).
     #[inline]
     fn window(&self) -> Option<&Window> {
-        match self.storage.shared() {
-            Some(shared) => match shared.live() {
-                Some(slot) => Some(&slot.window),
-                None => self.window.get().map(|w| &**w), // deleted: words of its own
-            },
-            None => self.window.get().map(|w| &**w),
+        let own: &Window = self.window.get()?;
+        match self.storage.shared().and_then(SharedWords::live) {
+            Some(slot) => Some(&slot.window),
+            None => Some(own), // local, or deleted: words of its own
         }
     }
 
