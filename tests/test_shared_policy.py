@@ -11,7 +11,7 @@ import time
 
 import panelboard
 import pytest
-from helpers import Boom, fail, run_python, start_workers, stop_workers
+from helpers import Boom, fail, run_python, segment_path, start_workers, stop_workers
 from panelboard import CircuitOpenError, Registry, State
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX shared memory and fork")
@@ -57,6 +57,56 @@ def test_the_failure_rate_is_judged_over_every_process_calls(method, table):
         assert window_in(first, "dep") == window_in(second, "dep") == (0, 0)
     finally:
         stop_workers(workers)
+
+
+def changed_words(before: bytes, after: bytes) -> dict[int, int]:
+    """Offset to increase of every 8-byte word of a segment that differs between two reads."""
+    words = f"<{len(before) // 8}Q"
+    old, new = struct.unpack(words, before), struct.unpack(words, after)
+    return {8 * i: b - a for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b}
+
+
+def ok() -> str:
+    return "ok"
+
+
+HEALTHY_SUCCESSES = {
+    "call": lambda registry, b, guarded: registry.call("dep", ok),
+    "handle": lambda registry, b, guarded: b.call(ok),
+    "decorated": lambda registry, b, guarded: guarded(),
+}
+
+
+@pytest.mark.parametrize("entry_point", list(HEALTHY_SUCCESSES))
+def test_a_healthy_success_writes_nothing_shared_but_its_count(table, entry_point):
+    """Design rule 5 on a shared breaker: without a rate rule, a closed success (the fast path)
+    changes one word of the whole segment, this process's success count; the slot's rate window is
+    left alone (bug 33: every success counted in it, reading the clock and writing a word that
+    every process calling the breaker writes too)."""
+    registry = Registry(shared=table)
+    b = registry.breaker("dep")
+    guarded = b(ok)
+    assert b.call(ok) == "ok"  # the first count chooses this process's counter stripe (a header word)
+    before = segment_path(table).read_bytes()
+    for _ in range(7):
+        HEALTHY_SUCCESSES[entry_point](registry, b, guarded)
+    changed = changed_words(before, segment_path(table).read_bytes())
+    assert list(changed.values()) == [7], changed
+    assert b.metrics().successes == 8
+
+
+def test_a_success_with_a_rate_rule_is_counted_in_the_shared_window(table):
+    """The other side of the test above: with a rate rule, the fast path's success does count in
+    the slot's window, where every process sees it."""
+    registry = Registry(shared=table, **POLICY)
+    b = registry.breaker("dep")
+    assert b.call(ok) == "ok"
+    before = segment_path(table).read_bytes()
+    for _ in range(7):
+        b.call(ok)
+    changed = changed_words(before, segment_path(table).read_bytes())
+    assert len(changed) >= 2, changed  # the success count, and the window's words
+    assert b.metrics().window_calls == 8
 
 
 def test_a_process_without_a_rate_rule_follows_the_tables(table):

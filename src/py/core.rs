@@ -264,13 +264,17 @@ impl BreakerCore {
         }
     }
 
-    /// The window the rate rules count in: the table's for a shared breaker (one for every
-    /// process), else this breaker's own, made with the first configuration that has a rate rule.
+    /// The window the rate rules count in: for a live shared breaker the table's, while the
+    /// table's options have a rate rule (one window for every process); else the breaker's own,
+    /// made with this process's first configuration that has a rate rule. `None` otherwise, so
+    /// that a healthy success of a breaker without a rate rule reads no clock and writes nothing
+    /// (the slot's window always exists: bug 33, docs/reliability.md).
     #[inline]
     pub fn window(&self) -> Option<&Window> {
         match self.storage.shared() {
             Some(shared) => match shared.live() {
-                Some(slot) => Some(&slot.window),
+                // The table's options say whether the breaker has a rate rule, for every process.
+                Some(slot) => slot.has_rate_rule().then_some(&slot.window),
                 None => self.window.get().map(|w| &**w), // deleted: words of its own
             },
             None => self.window.get().map(|w| &**w),

@@ -355,6 +355,16 @@ impl Slot {
         self.read_options().options.limits()
     }
 
+    /// Whether the options have a rate rule (`failure_rate`, or `slow_call_rate` with
+    /// `slow_call_duration`), read word by word and validated like the others: the closed fast
+    /// path asks it at every success, to count the success in the slot's window only then (bug 33).
+    #[inline]
+    pub fn has_rate_rule(&self) -> bool {
+        decode_ratio(self.failure_rate.load(Ordering::Relaxed)).is_some()
+            || (decode_ratio(self.slow_call_rate.load(Ordering::Relaxed)).is_some()
+                && self.slow_call_ns().is_some())
+    }
+
     /// `slow_call_duration` alone (one load, validated like the others): whether calls of this
     /// breaker are timed, which the closed fast path asks at every call.
     #[inline]
