@@ -53,6 +53,7 @@
 //! and dicts clear themselves), and nothing is dropped behind a running call's back.
 
 use arc_swap::ArcSwap;
+use once_cell::race::OnceBox;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
@@ -60,7 +61,6 @@ use pyo3::{PyTraverseError, PyVisit};
 use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use once_cell::race::OnceBox;
 use std::sync::Arc;
 
 use super::clock::Clock;

@@ -7,11 +7,11 @@
 //! block, and a thread blocked there could be stopped for a garbage collection that then
 //! traverses this map).
 
+use arc_swap::ArcSwapOption;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use pyo3::{PyTraverseError, PyVisit};
-use arc_swap::ArcSwapOption;
 use std::sync::{Arc, OnceLock};
 
 use super::clock::{Clock, ManualClock};
@@ -612,7 +612,12 @@ impl Registry {
                         .ok_or_else(|| PyValueError::new_err("shared table slot out of range"))?;
                     CoreRef::new(
                         py,
-                        BreakerCore::shared(Name::new(&name), config, self.hub.clone_ref(py), words),
+                        BreakerCore::shared(
+                            Name::new(&name),
+                            config,
+                            self.hub.clone_ref(py),
+                            words,
+                        ),
                     )
                 }),
             };

@@ -7,8 +7,8 @@
 //! it was assigned (relaxed atomics, so two threads sharing a stripe still lose nothing), and a read
 //! sums everything.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use once_cell::race::OnceBox;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::OnceLock;
 
 #[derive(Clone, Copy, Debug)]
@@ -97,9 +97,9 @@ impl Counters {
         if mine {
             self.local.0[counter as usize].fetch_add(1, Relaxed);
         } else {
-            let stripes = self.stripes.get_or_init(|| {
-                Box::new((0..stripe_count()).map(|_| Stripe::default()).collect())
-            });
+            let stripes = self
+                .stripes
+                .get_or_init(|| Box::new((0..stripe_count()).map(|_| Stripe::default()).collect()));
             stripes[me & (stripes.len() - 1)].0[counter as usize].fetch_add(1, Relaxed);
         }
     }
