@@ -18,7 +18,10 @@ Three measurements, each against the issue's target:
 * **Memory per breaker at 100,000 names**: the resident-size growth of a fresh process creating
   100,000 rate-policy breakers and calling each once, divided by 100,000; the same for
   consecutive-only breakers. Target: at most 512 B per rate-policy breaker. (``tracemalloc`` sees
-  only Python's allocations, not the Rust ones, so the resident size is what is measured.)
+  only Python's allocations, not the Rust ones, so the resident size is what is measured.) Beside
+  it, where it goes: the C heap's bytes in use (glibc ``mallinfo2``: the Rust allocations, chunk
+  headers included) and the Python objects (``sys.getallocatedblocks``; a breaker is one
+  ``_BreakerCore`` of ``__basicsize__`` bytes plus CPython's GC header).
 
 Options: ``--quick`` (a smoke run), ``--no-ft``, ``--no-memory``, ``--ft-python PATH``,
 ``--rounds N``, ``--names N``, ``--md PATH``; ``--child ...`` modes are internal.
@@ -189,6 +192,29 @@ def run_scaling(rounds: int, duration: float, seed: int) -> dict[str, Any]:
 # Memory (a fresh process per measurement)
 
 
+def malloc_in_use() -> int | None:
+    """Bytes the C heap has handed out (glibc's ``mallinfo2``: ``uordblks`` + ``hblkhd``), or
+    ``None`` where that is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks")
+            + ("uordblks", "fordblks", "keepcost")
+        ]
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError, TypeError):
+        return None
+    mallinfo2.restype = MallInfo2
+    info = mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
 def child_memory(names: int, kind: str) -> dict[str, Any]:
     import panelboard
 
@@ -199,6 +225,7 @@ def child_memory(names: int, kind: str) -> dict[str, Any]:
     reg.breaker("warm-up").call(f)
     keys = [fmt(i) for i in range(names)]  # the names themselves are not the breakers' cost
     base = bench.rss_bytes()
+    base_malloc, base_blocks = malloc_in_use(), sys.getallocatedblocks()
     for k in keys:
         reg.breaker(k)
     created = bench.rss_bytes()
@@ -206,6 +233,7 @@ def child_memory(names: int, kind: str) -> dict[str, Any]:
     for k in keys:
         call(k, f)
     called = bench.rss_bytes()
+    end_malloc, end_blocks = malloc_in_use(), sys.getallocatedblocks()
     if kind == "rate":
         assert reg.breaker(keys[-1]).metrics().window_calls == 1
     return {
@@ -213,7 +241,22 @@ def child_memory(names: int, kind: str) -> dict[str, Any]:
         "names": names,
         "per_breaker_created": (created - base) / names,
         "per_breaker_called": (called - base) / names,
+        # Where it goes (after the calls): the C heap (Rust), and Python objects.
+        "malloc_per_breaker": None
+        if base_malloc is None or end_malloc is None
+        else (end_malloc - base_malloc) / names,
+        "python_blocks_per_breaker": (end_blocks - base_blocks) / names,
+        "core_basicsize": core_basicsize(reg),
     }
+
+
+def core_basicsize(reg: Any) -> int | None:
+    """The size of a breaker's Python object (its type is not exported: found among what the
+    registry reports to the garbage collector)."""
+    for o in gc.get_referents(reg):
+        if type(o).__name__ == "_BreakerCore":
+            return int(type(o).__basicsize__)
+    return None
 
 
 def run_memory(python: str, names: int) -> dict[str, Any]:
@@ -311,6 +354,14 @@ def report(raw: dict[str, Any], command: str) -> str:
                 f"| the same, consecutive-only breakers | {plain_m['per_breaker_called']:.0f} B "
                 f"(created: {plain_m['per_breaker_created']:.0f} B) | — | |"
             )
+        for label, m in (("rate-policy", rate_m), ("consecutive-only", plain_m)):
+            if m.get("malloc_per_breaker") is not None:
+                lines.append(
+                    f"| where a {label} breaker's bytes go | C heap (Rust allocations, chunk headers "
+                    f"included) {m['malloc_per_breaker']:.0f} B; Python objects "
+                    f"{m['python_blocks_per_breaker']:.2f} per breaker (`_BreakerCore`: "
+                    f"{m['core_basicsize']} B + the GC header) | — | |"
+                )
     lines += [
         "",
         "The machine these numbers come from has 2 vCPUs shared with other work: the 3.13t rows measured",

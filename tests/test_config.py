@@ -582,3 +582,45 @@ def test_failure_on_rejects_base_exceptions_that_are_always_ignored(bad):
     with pytest.raises(ValueError, match="failure_on"):
         registry.breaker("x", failure_on=bad)
     assert "x" not in registry
+
+
+# --- breakers configured alike share their options (issue 11, memory per breaker) -----------------
+
+
+def test_configuring_one_of_the_breakers_made_alike_leaves_the_others_as_they_were(clock):
+    # Breakers made with the same options share one configuration (the registry defaults, or the
+    # same call options): configure must change the one breaker only (copy on configure).
+    registry = Registry(clock=clock, failure_threshold=2, reset_timeout=5.0)
+    by_defaults = [registry.breaker(f"d{i}") for i in range(3)]
+    by_options = [registry.breaker(f"o{i}", failure_threshold=3, failure_rate=0.5) for i in range(3)]
+    registry.configure("d0", failure_threshold=1, reset_timeout=1.0)
+    registry.configure("o0", failure_threshold=1, failure_rate=None)
+    for b in (by_defaults[0], by_options[0]):
+        fail_with(b, Boom())
+        assert b.state is State.OPEN, b.name
+    for b in by_defaults[1:]:
+        fail_with(b, Boom())
+        assert b.state is State.CLOSED, f"{b.name} kept failure_threshold=2"
+        fail_with(b, Boom())
+        assert b.state is State.OPEN
+    clock.advance(1.0)
+    assert by_defaults[0].state is State.HALF_OPEN
+    assert [b.state for b in by_defaults[1:]] == [State.OPEN] * 2, "reset_timeout=5.0 kept"
+    for b in by_options[1:]:
+        fail_with(b, Boom(), times=2)
+        assert b.state is State.CLOSED, f"{b.name} kept failure_threshold=3"
+        assert b.metrics().window_calls == 2, f"{b.name} kept its rate rule"
+
+
+@pytest.mark.parametrize("options", [{}, {"ignore": ClientError}, {"success": bool}])
+def test_failure_on_exception_given_explicitly_is_the_default(registry, options):
+    explicit = registry.breaker("explicit", failure_threshold=1, failure_on=Exception, **options)
+    default = registry.breaker("default", failure_threshold=1, **options)
+    for b in (explicit, default):
+        fail_with(b, KeyboardInterrupt())
+        assert (b.state, b.metrics().ignored) == (State.CLOSED, 1), "a BaseException is ignored"
+        fail_with(b, ClientError())
+        if "ignore" in options:
+            assert (b.state, b.metrics().ignored) == (State.CLOSED, 2), (b.name, options)
+        else:
+            assert (b.state, b.metrics().failures) == (State.OPEN, 1), (b.name, options)

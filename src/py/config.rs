@@ -18,8 +18,10 @@ use pyo3::{PyTraverseError, PyVisit};
 pub struct PolicyObjects {
     /// Result predicate; `None` means every returned value is a success.
     pub success: Option<Py<PyAny>>,
-    /// Exception type or tuple of types counted as failures.
-    pub failure_on: Py<PyAny>,
+    /// Exception type or tuple of types counted as failures; `None` for `Exception` (the default),
+    /// so that a configuration with the default options holds no Python object and can be shared
+    /// by every breaker configured alike (see `Config::is_shareable`).
+    pub failure_on: Option<Py<PyAny>>,
     /// Exception types ignored even when they match `failure_on`; `None` when there are none.
     pub ignore: Option<Py<PyAny>>,
 }
@@ -44,7 +46,7 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn defaults(py: Python<'_>) -> Config {
+    pub fn defaults() -> Config {
         let limits = Limits::default();
         Config {
             limits,
@@ -54,7 +56,7 @@ impl Config {
             slow_call_ns: None,
             objects: ReleasedAttached::new(PolicyObjects {
                 success: None,
-                failure_on: py.get_type::<PyException>().into_any().unbind(),
+                failure_on: None,
                 ignore: None,
             }),
             default_exceptions: true,
@@ -82,6 +84,30 @@ impl Config {
             max_reset_timeout_ms: self.policy.max_reset_timeout.map(|(_, ms)| ms),
             jitter: self.policy.jitter,
         }
+    }
+
+    /// Whether this configuration holds no Python object (no `success`, `ignore`, nor a
+    /// `failure_on` other than `Exception`). Only such a configuration is ever shared between
+    /// breakers (and the registry): it reports nothing to the garbage collector, so sharing it
+    /// cannot make two owners report one reference (see `core` on ownership). A configuration
+    /// with objects stays each breaker's own.
+    pub fn is_shareable(&self) -> bool {
+        self.objects.success.is_none()
+            && self.objects.failure_on.is_none()
+            && self.objects.ignore.is_none()
+    }
+
+    /// Whether a breaker made with `other` would behave exactly as one made with `self` (the
+    /// version aside, which only orders one breaker's configurations): for sharing.
+    pub fn same_options(&self, other: &Config) -> bool {
+        self.is_shareable()
+            && other.is_shareable()
+            && self.limits == other.limits
+            && self.reset_timeout.to_bits() == other.reset_timeout.to_bits()
+            && self.probe_timeout.map(f64::to_bits) == other.probe_timeout.map(f64::to_bits)
+            && self.policy == other.policy
+            && self.slow_call_ns == other.slow_call_ns
+            && self.default_exceptions == other.default_exceptions
     }
 
     /// Whether a call needs this configuration to be recorded: a `success` predicate to classify
@@ -114,7 +140,11 @@ impl Config {
                 return Outcome::Ignored;
             }
         }
-        if upcall::is_instance(value, self.objects.failure_on.bind(py)).unwrap_or(false) {
+        let counted = match &self.objects.failure_on {
+            Some(failure_on) => upcall::is_instance(value, failure_on.bind(py)).unwrap_or(false),
+            None => true, // `Exception`, checked above
+        };
+        if counted {
             Outcome::Failure
         } else {
             Outcome::Ignored
@@ -163,19 +193,17 @@ impl Config {
             Some(new) => clone(new),
             None => clone(&self.objects.success),
         };
-        let failure_on = patch
-            .failure_on
-            .as_ref()
-            .unwrap_or(&self.objects.failure_on)
-            .clone_ref(py);
+        let failure_on = match &patch.failure_on {
+            // `Exception` itself is the default: kept as `None` (no object held).
+            Some(new) if new.bind(py).is(py.get_type::<PyException>().as_any()) => None,
+            Some(new) => Some(new.clone_ref(py)),
+            None => clone(&self.objects.failure_on),
+        };
         let ignore = match &patch.ignore {
             Some(new) => clone(new),
             None => clone(&self.objects.ignore),
         };
-        let default_exceptions = ignore.is_none()
-            && failure_on
-                .bind(py)
-                .is(py.get_type::<PyException>().as_any());
+        let default_exceptions = ignore.is_none() && failure_on.is_none();
         Ok(Config {
             limits,
             reset_timeout,
@@ -195,7 +223,7 @@ impl Config {
 
 /// The trip-policy options of a configuration, as given (seconds and ratios), with the whole
 /// units the engine uses next to the seconds.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PolicyOptions {
     pub failure_rate: Option<f64>,
     /// Seconds and nanoseconds.

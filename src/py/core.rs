@@ -21,11 +21,15 @@
 //! So the shared holders are themselves Python objects, tracked by the collector, and every owner
 //! holds its own strong reference to them (one `Py_INCREF` each, not a shared `Arc`):
 //! - `Registry` reports its `Hub`, each `BreakerCore` in its map (one reference per map entry) and
-//!   the objects of its default configuration (a `Config` of its own, never shared);
+//!   the objects of its default configuration (a `Config` of its own, never shared while it holds
+//!   any);
 //! - `Breaker`, `Guarded` report their `BreakerCore` (and `Guarded` its function and `__dict__`);
-//! - `BreakerCore` reports its `Hub` and the objects of its current configuration; each breaker has
-//!   a configuration of its own (breakers created with the defaults get a copy), so no two
-//!   breakers, and not the registry, report the same object;
+//! - `BreakerCore` reports its `Hub` and the objects of its current configuration; a configuration
+//!   that holds Python objects is each breaker's own (breakers created with such defaults get a
+//!   copy), so no two breakers, and not the registry, report the same object. A configuration
+//!   that holds none (`Config::is_shareable`: the default options, whatever the numbers) reports
+//!   nothing, so it is shared by every breaker configured alike and by the registry (one
+//!   configuration, not one per breaker: issue 11's memory per breaker);
 //! - `Hub` reports the listeners in its current list.
 //!
 //! Each reported edge is then one strong reference owned by the reporter alone, and the collector
@@ -49,6 +53,7 @@
 //! and dicts clear themselves), and nothing is dropped behind a running call's back.
 
 use arc_swap::ArcSwap;
+use once_cell::race::OnceBox;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
@@ -56,7 +61,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use super::clock::Clock;
 use super::config::{Config, Patch};
@@ -64,6 +69,7 @@ use super::errors::{CircuitOpenError, RejectionName};
 use super::ffi::objects::is_coroutine;
 use super::ffi::refs::AttachedRef;
 use super::ffi::upcall;
+use super::name::Name;
 use super::pyrefs;
 use super::storage::{LocalWords, SharedWords, Storage};
 use crate::engine::remote::FleetGate;
@@ -107,16 +113,18 @@ impl Hub {
 /// every handle on it (see the module documentation).
 #[pyclass(frozen, module = "panelboard._core", name = "_BreakerCore")]
 pub struct BreakerCore {
-    pub name: Arc<[u8]>,
+    pub name: Name,
     /// The state words and counters: on the heap, or in a slot of a shared table.
     pub storage: Storage,
     /// Calls slower than `slow_call_duration`, ever (slow calls are rare: one shared counter).
     pub slow_calls: AtomicU64,
     /// The sliding window of the rate rules, made when a configuration with a rate rule is first
-    /// installed (a breaker without one pays a null pointer). Kept by this process, also for a
-    /// shared breaker (see docs/shared-memory.md).
-    window: OnceLock<Box<Window>>,
-    /// This breaker's own configuration (never shared with another breaker or the registry).
+    /// installed (a breaker without one pays a null pointer: one word, not the two of a
+    /// `OnceLock`). Kept by this process, also for a shared breaker (see docs/shared-memory.md).
+    window: OnceBox<Window>,
+    /// This breaker's configuration: its own while it holds Python objects, else possibly shared
+    /// with the breakers configured alike (see the module documentation). `configure` swaps in a
+    /// new one for this breaker alone.
     pub config: ArcSwap<Config>,
     /// Whether the configuration has a `success` predicate, so that the closed fast path can skip
     /// loading the configuration at all. Published after the configuration it describes.
@@ -154,17 +162,17 @@ pub struct Breaker {
 pub type CoreRef = AttachedRef<BreakerCore>;
 
 impl BreakerCore {
-    pub fn new(name: Arc<[u8]>, config: Arc<Config>, hub: Py<Hub>) -> Self {
+    pub fn new(name: Name, config: Arc<Config>, hub: Py<Hub>) -> Self {
         BreakerCore::with_storage(name, config, hub, Storage::Local(LocalWords::new()))
     }
 
     /// A breaker whose words are a slot of a shared table.
-    pub fn shared(name: Arc<[u8]>, config: Arc<Config>, hub: Py<Hub>, words: SharedWords) -> Self {
+    pub fn shared(name: Name, config: Arc<Config>, hub: Py<Hub>, words: SharedWords) -> Self {
         BreakerCore::with_storage(name, config, hub, Storage::Shared(words))
     }
 
-    fn with_storage(name: Arc<[u8]>, config: Arc<Config>, hub: Py<Hub>, storage: Storage) -> Self {
-        let window = OnceLock::new();
+    fn with_storage(name: Name, config: Arc<Config>, hub: Py<Hub>, storage: Storage) -> Self {
+        let window = OnceBox::new();
         if let Some(rate) = config.limits.rate {
             // A shared breaker counts in the table's window instead, whose width the table's
             // `window` option set (this one is for after its name is deleted).
@@ -188,7 +196,7 @@ impl BreakerCore {
         let hub = Py::new(py, Hub::new(Clock::monotonic()))?;
         CoreRef::new(
             py,
-            BreakerCore::new(Arc::from(&[][..]), Arc::new(Config::defaults(py)), hub),
+            BreakerCore::new(Name::new(b""), Arc::new(Config::defaults()), hub),
         )
     }
 
@@ -275,9 +283,9 @@ impl BreakerCore {
             Some(shared) => match shared.live() {
                 // The table's options say whether the breaker has a rate rule, for every process.
                 Some(slot) => slot.has_rate_rule().then_some(&slot.window),
-                None => self.window.get().map(|w| &**w), // deleted: words of its own
+                None => self.window.get(), // deleted: words of its own
             },
-            None => self.window.get().map(|w| &**w),
+            None => self.window.get(),
         }
     }
 

@@ -75,11 +75,12 @@ impl CircuitOpenError {
 /// A breaker's name as the `str` its `CircuitOpenError`s carry. With the GIL it is made on the
 /// first rejection and shared by the next ones (decoding it each time was a tenth of a rejection's
 /// instructions). Free-threaded builds make a new one each time: threads rejected at once would
-/// otherwise all write the shared string's reference count.
+/// otherwise all write the shared string's reference count. (A `OnceBox`, one word until the
+/// first rejection, not the two of a `OnceLock`: every breaker carries one.)
 #[derive(Default)]
 pub struct RejectionName {
     #[cfg(not(Py_GIL_DISABLED))]
-    made: std::sync::OnceLock<Py<pyo3::types::PyString>>,
+    made: once_cell::race::OnceBox<Py<pyo3::types::PyString>>,
 }
 
 impl RejectionName {
@@ -91,8 +92,8 @@ impl RejectionName {
         let name = pyrefs::name_str(py, key)?;
         #[cfg(not(Py_GIL_DISABLED))]
         if let Ok(made) = name.cast::<pyo3::types::PyString>() {
-            if let Err(lost) = self.made.set(made.clone().unbind()) {
-                drop(lost.into_bound(py)); // released at once: this thread is attached
+            if let Err(lost) = self.made.set(Box::new(made.clone().unbind())) {
+                drop((*lost).into_bound(py)); // released at once: this thread is attached
             }
         }
         Ok(name)
@@ -104,7 +105,7 @@ impl Drop for RejectionName {
     /// Releases the string at once. A breaker can be dropped inside the fast entry points, where
     /// PyO3 does not count the thread as attached and would queue the release (as `Config` does).
     fn drop(&mut self) {
-        let mut made = self.made.take();
+        let mut made = Some(std::mem::take(&mut self.made));
         Python::try_attach(|_| drop(made.take()));
         drop(made);
     }

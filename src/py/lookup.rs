@@ -55,6 +55,7 @@ use thread_local::ThreadLocal;
 
 use super::core::CoreRef;
 use super::ffi::refs::AttachedObject;
+use super::name::Name;
 
 /// Names one thread's cache holds at most, per registry.
 const CAPACITY: usize = 256;
@@ -102,7 +103,7 @@ pub struct Lookups {
 struct ThreadCache {
     /// The registry's version when every entry below was found in the map.
     version: u64,
-    by_name: HashMap<Arc<[u8]>, CachedCore, foldhash::fast::RandomState>,
+    by_name: HashMap<Name, CachedCore, foldhash::fast::RandomState>,
     /// The last name looked up, by identity: the `str` object itself (held, so that no other
     /// object can take its address) and its breaker, which is also in `by_name`. A hit skips
     /// reading and hashing the name.
@@ -112,7 +113,7 @@ struct ThreadCache {
 /// What a cache lets go of, dropped after its guard (a breaker's last reference may run Python code).
 #[derive(Default)]
 struct Released {
-    by_name: Option<HashMap<Arc<[u8]>, CachedCore, foldhash::fast::RandomState>>,
+    by_name: Option<HashMap<Name, CachedCore, foldhash::fast::RandomState>>,
     /// `last` of a cache that restarted, and the `last` that `remember` replaced.
     restarted_last: Option<(AttachedObject, CachedCore)>,
     last: Option<(AttachedObject, CachedCore)>,

@@ -9,14 +9,16 @@
 //!    released while attached, the module definition). It imports no other binding module, except
 //!    that `ffi::module_def`, CPython's way in, calls `init_module` (this module, the top).
 //! 2. `config` (options, their validation, classification of outcomes), then `clock`, `pyrefs`
-//!    (the Python objects looked up once, name keys) and `errors` (`CircuitOpenError`).
+//!    (the Python objects looked up once, name keys), `name` (a breaker's name as stored) and
+//!    `errors` (`CircuitOpenError`).
 //! 3. `core`: one breaker as the bindings hold it (and the `Breaker` handle's type), and `guarded`
 //!    (admit, call, classify, record).
 //! 4. `permit`: the `Permit` class.
 //! 5. `block`: the `with breaker:` blocks (each settles its own permit).
 //! 6. `handle`: the methods of `Breaker` (its `__enter__` starts a block), `Guarded` with its
 //!    vectorcall entry point, `Metrics`.
-//! 7. `lookup`: each thread's cache in front of a registry's map; then `registry`: the `Registry`
+//! 7. `names`: a registry's map of breakers by name; `lookup`: each thread's cache in front of
+//!    it; then `registry`: the `Registry`
 //!    class, and `default_api`: the process-wide default registry and its exported methods.
 //!    `fleet`: the Redis sync worker's private entry points (read a breaker, install the fleet's
 //!    state, hold or release its fleet gate).
@@ -50,6 +52,10 @@ mod fleet;
 mod handle;
 #[forbid(unsafe_code)]
 mod lookup;
+#[forbid(unsafe_code)]
+mod name;
+#[forbid(unsafe_code)]
+mod names;
 #[forbid(unsafe_code)]
 mod permit;
 #[forbid(unsafe_code)]

@@ -1,14 +1,13 @@
 //! The registry: named breakers in a concurrent map.
 //!
-//! The map is only ever touched by short Rust sections that clone a reference out (or put one in)
-//! and drop the shard guard before any Python code runs; values removed from it are dropped after
-//! the guard is released, so not even a `__del__` can run under it. No reference to a Python
-//! object is released under a guard either (on free-threaded CPython a release may block, and a
-//! thread blocked there could be stopped for a garbage collection that then traverses this map):
-//! the keys are plain name bytes.
+//! The map (`names`) is only ever touched by short Rust sections that clone a reference out (or put
+//! one in) and drop the shard guard before any Python code runs; values removed from it are
+//! dropped after the guard is released, so not even a `__del__` can run under it. No reference to
+//! a Python object is released under a guard either (on free-threaded CPython a release may
+//! block, and a thread blocked there could be stopped for a garbage collection that then
+//! traverses this map).
 
-use dashmap::mapref::entry::Entry as MapEntry;
-use dashmap::DashMap;
+use arc_swap::ArcSwapOption;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -22,6 +21,8 @@ use super::core::{guarded, shield, BreakerCore, CoreRef, Hub};
 use super::ffi::upcall;
 use super::handle::{not_callable, Metrics};
 use super::lookup::{CachedCore, Lookups};
+use super::name::Name;
+use super::names::{Inserted, Names};
 use super::pyrefs;
 use super::shared::{self, SharedTable};
 use super::storage::SharedWords;
@@ -30,12 +31,17 @@ use crate::engine::Mode;
 /// Named circuit breakers; `call` creates a breaker on first use of a name.
 #[pyclass(frozen, module = "panelboard", weakref)]
 pub struct Registry {
-    /// Name bytes (shared with the breaker, which keeps its name) to breaker.
-    breakers: DashMap<Arc<[u8]>, CoreRef, foldhash::fast::RandomState>,
+    /// The breakers by name (the name each breaker keeps is the key).
+    breakers: Names,
     hub: Py<Hub>,
-    /// The registry's own configuration for new breakers, each of which gets a copy: no Python
-    /// object in it is shared with a breaker (see `core` on ownership).
-    defaults: Config,
+    /// The registry's own configuration for new breakers. One that holds Python objects is never
+    /// shared: each breaker gets a copy (see `core` on ownership); one that holds none is shared
+    /// by every breaker created with it (`config_for`).
+    defaults: Arc<Config>,
+    /// The last object-free configuration made for new breakers from options of their own
+    /// (`call`/`breaker` keywords), shared by the next breakers given the same options: breakers
+    /// configured alike pay for one configuration, not one each.
+    interned: ArcSwapOption<Config>,
     /// The Redis sync worker (`panelboard._redis`) of a registry made with `redis=`; it holds only
     /// a weak reference back, so a registry dropped without `close()` still goes away.
     fleet: OnceLock<Py<PyAny>>,
@@ -52,11 +58,7 @@ impl Registry {
     #[inline(never)]
     fn find(&self, py: Python<'_>, key: &[u8]) -> Option<CoreRef> {
         // Taking a reference never blocks, so it may happen under the guard.
-        let cached = self
-            .breakers
-            .get(key)
-            .map(|entry| entry.value().clone_ref(py));
-        match cached {
+        match self.breakers.get(py, key) {
             // A local breaker is always current; a shared one while its slot holds it.
             Some(core) if core.storage.is_current() => Some(core),
             _ if self.shared.is_none() => None,
@@ -69,7 +71,7 @@ impl Registry {
     fn find_shared(&self, py: Python<'_>, key: &[u8]) -> Option<CoreRef> {
         let table = &self.shared.as_ref()?.table;
         let (index, claim) = py.detach(|| table.find(key))?;
-        let config = self.defaults.with(py, &Patch::default()).ok()?;
+        let config = self.config_for(py, &Patch::default()).ok()?;
         self.adopt(py, key, index, claim, config).ok()
     }
 
@@ -81,41 +83,56 @@ impl Registry {
         key: &[u8],
         index: usize,
         claim: u64,
-        config: Config,
+        config: Arc<Config>,
     ) -> PyResult<CoreRef> {
         let Some(shared) = &self.shared else {
             return Err(PyValueError::new_err("not a shared registry"));
         };
-        let name: Arc<[u8]> = Arc::from(key);
         let words = SharedWords::new(shared.table.clone(), index, claim)
             .ok_or_else(|| PyValueError::new_err("shared table slot out of range"))?;
         let config = shared::with_table_options(py, config, &shared.table, index);
         let fresh = CoreRef::new(
             py,
-            BreakerCore::shared(
-                name.clone(),
-                Arc::new(config),
-                self.hub.clone_ref(py),
-                words,
-            ),
+            BreakerCore::shared(Name::new(key), config, self.hub.clone_ref(py), words),
         )?;
-        let mut replaced = None;
-        let existing = match self.breakers.entry(name) {
-            MapEntry::Occupied(mut entry) => {
-                if entry.get().storage.is_current() {
-                    Some(entry.get().clone_ref(py))
-                } else {
-                    replaced = Some(entry.insert(fresh.clone_ref(py)));
-                    None
+        // A current breaker already there wins; a stale one is replaced, and dropped here, after
+        // the shard guard is gone.
+        Ok(
+            match self
+                .breakers
+                .insert(py, &fresh, |there| !there.storage.is_current())
+            {
+                Inserted::Existing(existing) => existing,
+                Inserted::Replaced(stale) => {
+                    drop(stale);
+                    fresh
                 }
+                Inserted::Fresh => fresh,
+            },
+        )
+    }
+
+    /// The configuration of a new breaker: the registry defaults plus `patch`. Shared when it holds
+    /// no Python object: the defaults themselves for no options, else the last configuration made
+    /// alike (`interned`); a configuration with objects is the breaker's own (see `core`).
+    fn config_for(&self, py: Python<'_>, patch: &Patch) -> PyResult<Arc<Config>> {
+        if patch.is_empty() && self.defaults.is_shareable() {
+            return Ok(Arc::clone(&self.defaults));
+        }
+        let config = self.defaults.with(py, patch)?;
+        if !config.is_shareable() {
+            return Ok(Arc::new(config));
+        }
+        if let Some(last) = &*self.interned.load() {
+            if last.same_options(&config) {
+                return Ok(Arc::clone(last));
             }
-            MapEntry::Vacant(slot) => {
-                slot.insert(fresh.clone_ref(py));
-                None
-            }
-        };
-        drop(replaced); // after the shard guard is gone
-        Ok(existing.unwrap_or(fresh))
+        }
+        let config = Arc::new(config);
+        // Another thread may store its own meanwhile: either one is a valid configuration to
+        // share, the other breakers simply keep theirs.
+        self.interned.store(Some(Arc::clone(&config)));
+        Ok(config)
     }
 
     /// The breaker named `key`, created with the registry defaults plus `patch` if it is new.
@@ -141,7 +158,7 @@ impl Registry {
         }
         if let Some(shared) = &self.shared {
             patch.check_shared()?;
-            let config = self.defaults.with(py, patch)?;
+            let config = self.config_for(py, patch)?;
             // Stored only if this process creates the name: the first creation's options win.
             let options = config.table_options();
             let table = &shared.table;
@@ -154,24 +171,16 @@ impl Registry {
                 None => shared.warn_full(py, &pyrefs::name_str(py, key)?),
             }
         }
-        let config = Arc::new(self.defaults.with(py, patch)?);
-        let name: Arc<[u8]> = Arc::from(key);
+        let config = self.config_for(py, patch)?;
         let fresh = CoreRef::new(
             py,
-            BreakerCore::new(name.clone(), config, self.hub.clone_ref(py)),
+            BreakerCore::new(Name::new(key), config, self.hub.clone_ref(py)),
         )?;
-        // `fresh` is moved into the map only if the name is still free; otherwise it is dropped
-        // after the guard (only the name bytes are dropped under it).
-        let existing = match self.breakers.entry(name) {
-            MapEntry::Occupied(existing) => Some(existing.get().clone_ref(py)),
-            MapEntry::Vacant(slot) => {
-                slot.insert(fresh.clone_ref(py));
-                None
-            }
-        };
-        Ok(match existing {
-            Some(winner) => (winner, false),
-            None => (fresh, true),
+        // `fresh` goes into the map only if the name is still free; otherwise it is dropped here,
+        // after the guard.
+        Ok(match self.breakers.insert(py, &fresh, |_| false) {
+            Inserted::Existing(winner) => (winner, false),
+            Inserted::Fresh | Inserted::Replaced(_) => (fresh, true), // never replaced here
         })
     }
 
@@ -252,7 +261,7 @@ impl Registry {
             },
         };
         let patch = Patch::parse(defaults)?;
-        let mut base = Config::defaults(py);
+        let mut base = Config::defaults();
         let mut clock = clock;
         if is_shared {
             patch.check_shared()?;
@@ -356,7 +365,7 @@ impl Registry {
     /// Forgets `name`; calls in flight on it finish normally, and handles keep their breaker.
     fn delete(&self, name: &Bound<'_, PyAny>) -> PyResult<()> {
         let key = pyrefs::name_key(name)?;
-        let removed = self.breakers.remove(&*key);
+        let removed = self.breakers.remove(&key);
         if removed.is_some() {
             self.lookups.removed(&key);
         }
@@ -467,9 +476,7 @@ impl Registry {
         // The collector runs with every other thread stopped at a safe point (or, with the GIL,
         // not running); no thread is ever stopped inside a map operation (nothing under a guard
         // runs Python code or releases a reference), so these read guards never wait.
-        for entry in self.breakers.iter() {
-            visit.call(entry.value().as_py())?;
-        }
+        self.breakers.for_each(|core| visit.call(core.as_py()))?;
         self.lookups.traverse(&visit)
     }
 
@@ -477,11 +484,11 @@ impl Registry {
         match &self.shared {
             None => self.breakers.len(),
             Some(shared) => {
-                let local = self
-                    .breakers
-                    .iter()
-                    .filter(|entry| entry.value().storage.shared().is_none())
-                    .count();
+                let mut local = 0;
+                let _ = self.breakers.for_each(|core| {
+                    local += usize::from(core.storage.shared().is_none());
+                    Ok::<(), ()>(())
+                });
                 shared.table.live().len() + local
             }
         }
@@ -559,7 +566,7 @@ impl Registry {
 
     /// A registry with the default configuration (the process-wide default registry).
     pub(crate) fn with_defaults(py: Python<'_>) -> PyResult<Registry> {
-        let defaults = Config::defaults(py).with(py, &Patch::parse(None)?)?;
+        let defaults = Config::defaults().with(py, &Patch::parse(None)?)?;
         Registry::with_parts(py, Clock::monotonic(), defaults, None)
     }
 
@@ -571,9 +578,10 @@ impl Registry {
         shared: Option<SharedTable>,
     ) -> PyResult<Registry> {
         Ok(Registry {
-            breakers: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            breakers: Names::new(),
             hub: Py::new(py, Hub::new(clock))?,
-            defaults,
+            defaults: Arc::new(defaults),
+            interned: ArcSwapOption::empty(),
             fleet: OnceLock::new(),
             lookups: Lookups::new(),
             shared,
@@ -584,11 +592,7 @@ impl Registry {
     /// a shared registry: every live breaker of the table (attached in this process), then this
     /// process's local ones (made while the table was full).
     pub(crate) fn cores(&self, py: Python<'_>) -> Vec<CoreRef> {
-        let cached: Vec<CoreRef> = self
-            .breakers
-            .iter()
-            .map(|entry| entry.value().clone_ref(py))
-            .collect();
+        let cached: Vec<CoreRef> = self.breakers.cores(py);
         let Some(shared) = &self.shared else {
             return cached;
         };
@@ -603,7 +607,7 @@ impl Registry {
                 cores.push(core.clone_ref(py));
                 continue;
             }
-            let Ok(config) = self.defaults.with(py, &Patch::default()) else {
+            let Ok(config) = self.config_for(py, &Patch::default()) else {
                 continue;
             };
             let core = match shared::slot_key(&shared.table, index) {
@@ -621,8 +625,8 @@ impl Registry {
                     CoreRef::new(
                         py,
                         BreakerCore::shared(
-                            Arc::from(&*name),
-                            Arc::new(config),
+                            Name::new(&name),
+                            config,
                             self.hub.clone_ref(py),
                             words,
                         ),

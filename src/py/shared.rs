@@ -224,10 +224,16 @@ pub fn shared_table_rows<'py>(
 /// process attaching to a breaker of the table runs with (and keeps if the name is deleted). The
 /// table's options are read at each call anyway; this keeps the configuration's own copy (its
 /// closed fast path, a deleted name's breaker) in step with them.
-pub fn with_table_options(py: Python<'_>, config: Config, table: &Table, index: usize) -> Config {
+pub fn with_table_options(
+    py: Python<'_>,
+    config: Arc<Config>,
+    table: &Table,
+    index: usize,
+) -> Arc<Config> {
     match table.slot(index) {
         Some(slot) => config
             .with(py, &Patch::from_table(&slot.read_options().options))
+            .map(Arc::new)
             .unwrap_or(config),
         None => config,
     }

@@ -46,8 +46,10 @@ pub struct SharedWords {
     claim: u64,
     /// What this process's listeners last heard.
     heard: Heard,
-    /// This process's own words once the slot is deleted.
-    orphan: OnceLock<LocalWords>,
+    /// This process's own words once the slot is deleted (boxed: only a deleted shared breaker
+    /// needs them, and inline they would make every breaker's `Storage`, local ones included, as
+    /// large as this struct).
+    orphan: OnceLock<Box<LocalWords>>,
 }
 
 impl SharedWords {
@@ -85,7 +87,7 @@ impl SharedWords {
     }
 
     fn orphan(&self) -> &LocalWords {
-        self.orphan.get_or_init(LocalWords::new)
+        self.orphan.get_or_init(|| Box::new(LocalWords::new()))
     }
 
     /// Whether the word's generation differs from the last one this process reported.

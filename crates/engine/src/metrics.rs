@@ -7,6 +7,7 @@
 //! it was assigned (relaxed atomics, so two threads sharing a stripe still lose nothing), and a read
 //! sums everything.
 
+use once_cell::race::OnceBox;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::OnceLock;
 
@@ -43,8 +44,10 @@ pub struct Counters {
     /// The thread (see `this_thread`) that counts in `local`; `NO_THREAD` until the first count.
     home: AtomicUsize,
     local: Block,
-    /// Made when a second thread counts; from then on every thread counts in its own stripe.
-    stripes: OnceLock<Box<[Stripe]>>,
+    /// Made when a second thread counts; from then on every thread counts in its own stripe. One
+    /// word until then (a `OnceBox`; a `OnceLock` of the slice would be three): most breakers are
+    /// only ever counted by one thread, and every breaker carries this.
+    stripes: OnceBox<Box<[Stripe]>>,
 }
 
 /// One stripe per core (a power of two, at most 8): enough to keep threads apart on the machines
@@ -73,7 +76,7 @@ impl Counters {
         Counters {
             home: AtomicUsize::new(NO_THREAD),
             local: Block::default(),
-            stripes: OnceLock::new(),
+            stripes: OnceBox::new(),
         }
     }
 
@@ -96,7 +99,7 @@ impl Counters {
         } else {
             let stripes = self
                 .stripes
-                .get_or_init(|| (0..stripe_count()).map(|_| Stripe::default()).collect());
+                .get_or_init(|| Box::new((0..stripe_count()).map(|_| Stripe::default()).collect()));
             stripes[me & (stripes.len() - 1)].0[counter as usize].fetch_add(1, Relaxed);
         }
     }
