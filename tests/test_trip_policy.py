@@ -305,6 +305,25 @@ def test_a_success_lifting_the_window_to_min_calls_trips_the_slow_call_rate_too(
     assert b.state is State.OPEN, b.metrics()
 
 
+def test_on_the_monotonic_clock_fast_successes_count_at_once_and_trip():
+    """On the real clock a wide window times the successes of its healthy path with the coarse
+    clock, which lags the exact one that failures and metrics read: every success still shows in
+    the window at once, and the success that lifts it to ``min_calls`` (with a failure in it, so
+    judged on that path) trips it, for an open time read exactly."""
+    registry = Registry()
+    b = registry.breaker("x", failure_rate=0.5, min_calls=20, window=10.0, reset_timeout=60.0, **RATE)
+    for n in range(1, 4):
+        b.call(ok)
+        assert window_of(b.metrics()) == (n, 0, 0)
+    registry.reset("x")
+    outcomes(b, "F" * 10 + "S" * 9)  # the 8 successes after the first are on the fast path
+    assert window_of(b.metrics()) == (19, 10, 0) and b.state is State.CLOSED
+    b.call(ok)  # 10 / 20 >= 0.5 at min_calls
+    assert b.state is State.OPEN, b.metrics()
+    assert b.metrics().times_opened == 1
+    assert 59.0 < b.metrics().retry_after <= 60.0
+
+
 def test_min_calls_one_trips_on_the_first_failure_at_rate_one(registry):
     b = registry.breaker("x", failure_rate=1.0, min_calls=1, **RATE)
     outcomes(b, "F")

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::config::finite_seconds;
 use super::ffi::monotonic;
+use crate::engine::RatePolicy;
 
 /// Time shared between a `ManualClock` and every registry that reads it.
 pub struct ManualTime {
@@ -57,6 +58,46 @@ impl Clock {
 
     pub fn now_ms(&self) -> u64 {
         self.now_ns() / 1_000_000
+    }
+
+    /// The width word of a rate rule's window on this clock (`RatePolicy::bucket_word`): on the
+    /// monotonic clocks, sized for the coarse clock's lag when the window is wide enough for it,
+    /// so that the closed fast path counts successes with coarse readings (`window_now_us`); the
+    /// exact width on a `ManualClock`, whose readings never lag. Every process of a host computes
+    /// the same word for a shared window (one kernel, one tick).
+    pub fn bucket_word(&self, rate: &RatePolicy) -> u64 {
+        rate.bucket_word(self.coarse_lag_us())
+    }
+
+    /// How far this clock's coarse readings may lag, in µs: `None` on a `ManualClock` (whose
+    /// readings never lag, so its windows keep the exact width) or where there is no coarse clock.
+    pub fn coarse_lag_us(&self) -> Option<u64> {
+        match self {
+            Clock::Manual(_) => None,
+            Clock::Monotonic(_) | Clock::Host => {
+                monotonic::coarse_lag_ns().map(|ns| ns.div_ceil(1000))
+            }
+        }
+    }
+
+    /// Microseconds since the clock's epoch for counting a success in a window: a coarse reading
+    /// (as of the last timer tick: no time-stamp counter read) when the window `tolerates_lag`,
+    /// else `now_us`.
+    #[inline]
+    pub fn window_now_us(&self, tolerates_lag: bool) -> u64 {
+        let read = || {
+            if tolerates_lag {
+                monotonic::coarse_now_ns()
+            } else {
+                monotonic::now_ns()
+            }
+        };
+        let ns = match self {
+            Clock::Monotonic(epoch) => read().saturating_sub(*epoch),
+            Clock::Manual(time) => time.elapsed_ns(),
+            Clock::Host => read(),
+        };
+        ns / 1000
     }
 }
 

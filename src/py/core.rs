@@ -78,7 +78,7 @@ use crate::engine::{
     Window,
 };
 use crate::metrics::Counter;
-use crate::shm::options::bucket_us;
+use crate::shm::options::bucket_word;
 
 /// What the breakers of one registry share: its clock and its state-change listeners. Owned by the
 /// registry and by each of its breakers (see the module documentation).
@@ -176,7 +176,8 @@ impl BreakerCore {
         if let Some(rate) = config.limits.rate {
             // A shared breaker counts in the table's window instead, whose width the table's
             // `window` option set (this one is for after its name is deleted).
-            let _ = window.set(Box::new(Window::new(rate.bucket_us())));
+            let width = hub.get().clock.bucket_word(&rate);
+            let _ = window.set(Box::new(Window::new(width)));
         }
         BreakerCore {
             name,
@@ -219,14 +220,16 @@ impl BreakerCore {
         if let Some(rate) = candidate.limits.rate {
             // Before the configuration that needs it is published. A new width forgets the old
             // buckets (their tags mean other times).
+            let width = self.hub.get().clock.bucket_word(&rate);
             self.window
-                .get_or_init(|| Box::new(Window::new(rate.bucket_us())))
-                .set_bucket_us(rate.bucket_us());
+                .get_or_init(|| Box::new(Window::new(width)))
+                .set_bucket_us(width);
         }
         if let (Some(slot), Some(window_us)) = (slot, patch.window_us()) {
             // The table's window, for every process; only a `window` given changes its width (a
             // concurrent `configure` of another option must not put back the width it read).
-            slot.window.set_bucket_us(bucket_us(window_us));
+            let lag = self.hub.get().clock.coarse_lag_us();
+            slot.window.set_bucket_us(bucket_word(window_us, lag));
         }
         drop(candidate);
         let mut error = None;
@@ -302,16 +305,22 @@ impl BreakerCore {
     /// the breaker's window, which exists once a configuration had a rate rule (the fast path does
     /// not load the configuration; a window kept after the rule was configured away is counted in
     /// and never judged): a clock reading, one CAS, one load; the window is judged only when it
-    /// holds a failure or a slow call.
+    /// holds a failure or a slow call. The reading is a coarse one (no time-stamp counter read)
+    /// when the window's buckets were sized for its lag (`Clock::bucket_word`).
     #[inline(always)]
     fn count_fast_success(&self, py: Python<'_>, window: &Window, fast: FastTicket) {
-        let now_us = self.hub.get().clock.now_us();
+        let clock = &self.hub.get().clock;
         let generation = fast.ticket().generation();
         let still_current = || {
             let word = self.storage.slots().machine_word();
             word.mode() == Mode::Closed && word.generation() == generation
         };
-        if window.record_success(generation, now_us, still_current) {
+        let counted = window.count_success(
+            generation,
+            |tolerates_lag| clock.window_now_us(tolerates_lag),
+            still_current,
+        );
+        if let Some(now_us) = counted {
             self.judge_window(py, generation, now_us);
         }
     }
@@ -320,10 +329,12 @@ impl BreakerCore {
     fn judge_window(&self, py: Python<'_>, generation: u32, now_us: u64) {
         let config = self.config.load();
         let limits = self.limits(&config);
-        // The open time in the word is in milliseconds of the same clock.
+        // The open time in the word is in milliseconds of the same clock, read exactly (`now_us`
+        // may be a coarse reading, up to a few ms early).
+        let clock = &self.hub.get().clock;
         let transition = self
             .machine(&limits)
-            .judge_window(generation, now_us, || now_us / 1000);
+            .judge_window(generation, now_us, || clock.now_ms());
         self.count_opening(transition);
         self.report(py, transition);
     }

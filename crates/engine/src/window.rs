@@ -12,6 +12,15 @@
 //! from [`MIN_WINDOW_US`] up). Times are microseconds, not the state word's milliseconds, so that a
 //! window of a few milliseconds still has ten buckets.
 //!
+//! Readings that lag: the closed fast path of a breaker on the monotonic clock counts its
+//! successes with a coarse reading (Linux's `CLOCK_MONOTONIC_COARSE`, the time of the last timer
+//! tick, which costs no time-stamp counter read), behind the true time by up to two ticks. A
+//! window wide enough for that lag (about 21 lags: 0.2 s for a lag of 8 ms) gets buckets a little
+//! wider, `window/10 + lag/9` ([`RatePolicy::lagging_bucket_us`]), so that the contract above
+//! holds for readings up to the lag late; its width word carries the [`LAGGING`] mark, which tells
+//! the fast path that a coarse reading will do. Narrower windows, and a `ManualClock`'s, keep
+//! `window/10` and exact readings.
+//!
 //! Each counter of a bucket is one word, `tag << 32 | count`, where the tag is the breaker
 //! generation (low 8 bits) and the bucket's time index (`time / bucket_us`, low 24 bits). A word
 //! whose tag is not the one a recorder expects is stale (an older time, or an older generation):
@@ -55,6 +64,11 @@ pub const BUCKETS: usize = 10;
 /// they check, the atomicity of counting, resetting and judging, does not depend on the count).
 #[cfg(loom)]
 pub const BUCKETS: usize = 2;
+
+/// The mark, in a window's width word, of a width sized for readings that lag
+/// ([`RatePolicy::lagging_bucket_us`]): [`Window::tolerates_lag`] tells the recorders of
+/// successes that a coarse reading will do.
+pub const LAGGING: u64 = 1 << 63;
 
 /// The shortest window (in microseconds) whose buckets, whole microseconds wide, keep the
 /// forgetting error within a tenth of it.
@@ -123,6 +137,37 @@ impl RatePolicy {
         self.window_us.div_ceil(BUCKETS as u64).max(1)
     }
 
+    /// Width of one bucket when the times counted in the window may each be up to `lag_us` behind
+    /// the true time (a coarse clock, read as of its last tick), if the window is wide enough for
+    /// that: `None` otherwise (then count with an exact clock and [`RatePolicy::bucket_us`]).
+    ///
+    /// With buckets `w` wide, the window holds an outcome while the bucket of its reading is fewer
+    /// than [`BUCKETS`] (10) buckets before the reader's: a reading age up to `9w` always counts,
+    /// one of `10w` or more never does. Each of the two readings may be late by up to `lag_us`, so
+    /// a true age `a` reads as `a ± lag_us`; the contract (younger than `0.9 × window` always
+    /// counts, older than `1.1 × window` never does) holds when `9w >= 0.9 × window + lag_us` and
+    /// `10w <= 1.1 × window - lag_us`. The narrowest such `w` is taken; one exists once the window
+    /// is at least about `21 × lag_us` (170 ms for a lag of 8 ms).
+    pub fn lagging_bucket_us(&self, lag_us: u64) -> Option<u64> {
+        let window = self.window_us;
+        let lag = lag_us.saturating_mul(10);
+        let width = window.saturating_mul(9).saturating_add(lag).div_ceil(90);
+        (width.saturating_mul(100).saturating_add(lag) <= window.saturating_mul(11))
+            .then_some(width)
+    }
+
+    /// What the width word of this policy's [`Window`] holds (`Window::new`,
+    /// `Window::set_bucket_us`) on a clock whose coarse readings lag by up to `coarse_lag_us`
+    /// (`None`: no coarse clock): the [lagging width](RatePolicy::lagging_bucket_us) marked
+    /// [`LAGGING`], so that the closed fast path may count its successes with coarse readings, or
+    /// else the exact width.
+    pub fn bucket_word(&self, coarse_lag_us: Option<u64>) -> u64 {
+        match coarse_lag_us.and_then(|lag| self.lagging_bucket_us(lag)) {
+            Some(width) => width | LAGGING,
+            None => self.bucket_us(),
+        }
+    }
+
     /// Whether a window holding `counts` opens the breaker.
     pub fn trips(&self, counts: Counts) -> bool {
         if counts.calls == 0 || counts.calls < self.min_calls {
@@ -148,7 +193,7 @@ pub struct Counts {
 #[derive(Debug)]
 #[repr(C)] // a shared-memory slot holds one as is (crates/shm, docs/shared-memory.md)
 pub struct Window {
-    /// Bucket width in microseconds.
+    /// Bucket width in microseconds, marked [`LAGGING`] when sized for readings that lag.
     bucket_us: AtomicU64,
     /// The newest bucket index any call was counted in (whole, not wrapped): a recorder whose
     /// bucket is a full window older is late, and drops its count.
@@ -158,6 +203,42 @@ pub struct Window {
     calls: [AtomicU64; BUCKETS],
     failures: [AtomicU64; BUCKETS],
     slow: [AtomicU64; BUCKETS],
+}
+
+/// Times are below 2^55 µs (a `u64` of nanoseconds divided by 1000 is); later ones are taken as
+/// the last of them.
+const TIME_BITS: u32 = 55;
+const MAX_TIME_US: u64 = (1 << TIME_BITS) - 1;
+/// A width word holds the width's reciprocal (`MAGIC_BITS` bits) and a shift (6 bits) instead of
+/// the width, so that finding a bucket takes a multiplication, not a 64-bit division (10 to 18
+/// cycles on the machines measured, on the closed fast path of every success).
+const MAGIC_BITS: u32 = 56;
+const MAGIC_MASK: u64 = (1 << MAGIC_BITS) - 1;
+
+/// The width word of buckets `width` µs wide (a width that may carry the [`LAGGING`] mark; 0
+/// reads as 1): `LAGGING | shift << 56 | magic`, where `shift = ceil(log2 width)` and
+/// `magic = ceil(2^(55 + shift) / width)`, which makes `t * magic >> (55 + shift)` exactly
+/// `t / width` for every `t < 2^55` (Granlund and Montgomery, "Division by invariant integers
+/// using multiplication", theorem 4.2: `magic * width - 2^(55 + shift) < width <= 2^shift`).
+/// The magic has at most 56 bits: `width > 2^(shift - 1)`.
+fn width_word(width: u64) -> u64 {
+    let mark = width & LAGGING;
+    let width = (width & !LAGGING).max(1);
+    let shift = u64::BITS - (width - 1).leading_zeros();
+    let magic = (1u128 << (TIME_BITS + shift)).div_ceil(u128::from(width));
+    mark | u64::from(shift) << MAGIC_BITS | (magic as u64 & MAGIC_MASK)
+}
+
+/// The bucket index of `now_us` in buckets of the width word `word` (see [`width_word`]; a zeroed
+/// word puts every time in bucket 0).
+#[inline]
+fn index_of(word: u64, now_us: u64) -> u64 {
+    let magic = u128::from(word & MAGIC_MASK);
+    let shift = ((word >> MAGIC_BITS) & 0x3F) as u32;
+    // `t * magic >> (55 + shift)` as the high word of `(t << 9) * magic`, shifted: no shift of a
+    // 128-bit value by a variable amount.
+    let t = u128::from(now_us.min(MAX_TIME_US) << (u64::BITS - TIME_BITS));
+    ((t * magic >> u64::BITS) as u64) >> shift
 }
 
 /// Adds one to `word` under `tag`: resets a stale word to `tag` with a count of one, unless
@@ -190,10 +271,11 @@ impl Window {
     /// Bytes a window occupies (for a shared-memory slot): `3 + 3 * BUCKETS` words.
     pub const SIZE: usize = std::mem::size_of::<[u64; 3 + 3 * BUCKETS]>();
 
-    /// An empty window of buckets `bucket_us` wide (see [`RatePolicy::bucket_us`]).
+    /// An empty window of buckets `bucket_us` wide (see [`RatePolicy::bucket_us`]; or
+    /// [`RatePolicy::bucket_word`], a width that may carry the [`LAGGING`] mark).
     pub fn new(bucket_us: u64) -> Window {
         Window {
-            bucket_us: AtomicU64::new(bucket_us),
+            bucket_us: AtomicU64::new(width_word(bucket_us)),
             newest_index: AtomicU64::new(0),
             newest_bad: AtomicU64::new(0),
             calls: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -205,7 +287,14 @@ impl Window {
     /// The bucket index of `now_us`.
     #[inline]
     fn index(&self, now_us: u64) -> u64 {
-        now_us / self.bucket_us.load(Ordering::Relaxed).max(1)
+        index_of(self.bucket_us.load(Ordering::Relaxed), now_us)
+    }
+
+    /// Whether the window's width was sized for readings that lag by up to a coarse clock's lag
+    /// ([`RatePolicy::bucket_word`]): then a success may be counted with a coarse reading.
+    #[inline]
+    pub fn tolerates_lag(&self) -> bool {
+        self.bucket_us.load(Ordering::Relaxed) & LAGGING != 0
     }
 
     /// The last bucket of the window a reader at `now_us` sums: its own, or the newest any
@@ -221,11 +310,13 @@ impl Window {
             .max(self.newest_index.load(Ordering::SeqCst))
     }
 
-    /// Gives the window buckets `bucket_us` wide; a change of width forgets everything (the old
+    /// Gives the window buckets `bucket_us` wide (a width word, see [`Window::new`]); a change of
+    /// width, or of its mark, forgets everything (the old
     /// tags mean other times). A recorder running concurrently may still land a count of the old
     /// width, which only makes one window approximate.
     pub fn set_bucket_us(&self, bucket_us: u64) {
-        if self.bucket_us.swap(bucket_us, Ordering::AcqRel) != bucket_us {
+        let word = width_word(bucket_us);
+        if self.bucket_us.swap(word, Ordering::AcqRel) != word {
             self.newest_index.store(0, Ordering::SeqCst);
             self.newest_bad.store(0, Ordering::SeqCst);
             for words in [&self.calls, &self.failures, &self.slow] {
@@ -249,11 +340,30 @@ impl Window {
         now_us: u64,
         still_current: impl Fn() -> bool,
     ) -> bool {
-        let index = self.index(now_us);
+        self.count_success(generation, |_| now_us, still_current)
+            .is_some()
+    }
+
+    /// [`Window::record_success`] at the time `clock(tolerates_lag)` reads, where `tolerates_lag`
+    /// says whether a reading that lags (a coarse clock's) will do (see [`Window::tolerates_lag`]:
+    /// the one load of the width word serves both). Returns the time read when the window may now
+    /// trip (judge it at that time), `None` when it cannot. Always inlined: it is most of the
+    /// closed fast path of a rate-policy success (a call out of line costs 10% more instructions).
+    #[inline(always)]
+    pub fn count_success(
+        &self,
+        generation: u32,
+        clock: impl FnOnce(bool) -> u64,
+        still_current: impl Fn() -> bool,
+    ) -> Option<u64> {
+        let width = self.bucket_us.load(Ordering::Relaxed);
+        let now_us = clock(width & LAGGING != 0);
+        let index = index_of(width, now_us);
         let tag = Tag::new(generation, index);
         let late = self.lateness(index, tag, still_current);
-        add(&self.calls[(index % BUCKETS as u64) as usize], tag, &late) != 0
-            && self.may_trip(generation, index)
+        (add(&self.calls[(index % BUCKETS as u64) as usize], tag, &late) != 0
+            && self.may_trip(generation, index))
+        .then_some(now_us)
     }
 
     /// The test of a recorder of `tag` (bucket `index`) finding another tag in its slot: late when
@@ -599,6 +709,89 @@ mod tests {
         assert_eq!(w.record(7, later, false, false, || true), 1);
         assert_eq!(w.record(7 + 200, later + 1, true, false, || true), 1);
         assert_eq!(w.counts(7 + 200, later + 1).failures, 1);
+    }
+
+    /// The lagging width keeps the contract for readings up to the lag late, whichever of the
+    /// two readings (the recorder's, the reader's) lags: true ages just under 0.9 windows always
+    /// count, ages just over 1.1 windows never do, counted through a window itself.
+    #[test]
+    fn a_lagging_width_keeps_the_contract_for_readings_up_to_its_lag_late() {
+        for lag in [1_000u64, 2_000, 8_000, 20_000] {
+            assert_eq!(policy(20 * lag, 1, 0.5).lagging_bucket_us(lag), None);
+            assert_eq!(policy(20 * lag, 1, 0.5).bucket_word(Some(lag)), 2 * lag);
+            for window_us in [
+                22 * lag + 100,
+                50 * lag,
+                10_000_000,
+                10_000_001,
+                123_456_789,
+            ] {
+                let p = policy(window_us, 1, 0.5);
+                let width = p
+                    .lagging_bucket_us(lag)
+                    .expect("a window of 22 lags and 100 µs fits the lag");
+                let word = p.bucket_word(Some(lag));
+                assert_eq!(word, width | LAGGING);
+                assert_eq!(p.bucket_word(None), p.bucket_us());
+                let keep = (9 * window_us).div_ceil(10) - 1; // younger than 0.9 windows
+                let forget = 11 * window_us / 10 + 1; // older than 1.1 windows
+                for finished in [lag, lag + 1, lag + width - 1, lag + 7 * width + 3] {
+                    for (recorder_lag, reader_lag) in [(0, 0), (lag, 0), (0, lag), (lag, lag)] {
+                        for (age, counts) in [(keep, 1), (keep / 2, 1), (0, 1), (forget, 0)] {
+                            let w = Window::new(word);
+                            assert!(w.tolerates_lag());
+                            w.record(1, finished - recorder_lag, false, false, || true);
+                            let read = finished + age - reader_lag;
+                            assert_eq!(
+                                w.counts(1, read).calls,
+                                counts,
+                                "window {window_us} µs, lag {lag}: finished at {finished}, \
+                                 age {age}, readings {recorder_lag} and {reader_lag} late"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert!(!Window::new(policy(1000, 1, 0.5).bucket_us()).tolerates_lag());
+    }
+
+    /// The width word's reciprocal finds the same bucket as a division, for widths from 1 µs to
+    /// the widest window's tenth and times up to 2^55 µs, around every multiple of the width.
+    #[test]
+    fn the_reciprocal_of_a_width_divides_exactly() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let widest = (crate::machine::MAX_DURATION_MS * 1000).div_ceil(BUCKETS as u64);
+        let mut widths = vec![1, 2, 3, 7, 10, 100, 1000, 1_000_889, widest, (1 << 41) + 1];
+        widths.extend((0..2000).map(|_| 1 + next() % widest));
+        widths.extend((0..42).map(|bits| 1u64 << bits));
+        for width in widths {
+            for marked in [width, width | LAGGING] {
+                let word = width_word(marked);
+                assert_eq!(word & LAGGING, marked & LAGGING);
+                let mut times = vec![0, 1, MAX_TIME_US, MAX_TIME_US - 1];
+                for _ in 0..20 {
+                    let multiple = (next() % (MAX_TIME_US / width)) * width;
+                    times.extend([multiple, multiple.saturating_sub(1), multiple + 1]);
+                    times.push(next() % (1 << 45));
+                }
+                for t in times {
+                    assert_eq!(index_of(word, t), t / width, "{t} / {width}");
+                }
+            }
+        }
+        assert_eq!(
+            index_of(width_word(0), 12_345),
+            12_345,
+            "a width of 0 reads as 1"
+        );
+        assert_eq!(index_of(0, 12_345), 0, "a zeroed word: one bucket");
     }
 
     #[test]

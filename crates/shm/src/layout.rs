@@ -622,10 +622,15 @@ impl Slot {
     }
 
     /// Fresh state, counters and options for a new breaker (while the slot is claimed): the
-    /// options of the process that creates it, which every process then follows.
-    pub fn reset_contents(&self, options: &crate::options::TableOptions) {
+    /// options of the process that creates it, which every process then follows; the window's
+    /// width is sized for the host's coarse clock lag (`TableOptions::bucket_word`).
+    pub fn reset_contents(
+        &self,
+        options: &crate::options::TableOptions,
+        coarse_lag_us: Option<u64>,
+    ) {
         self.store_options(&crate::options::OptionsPatch::from(options));
-        self.window.set_bucket_us(options.bucket_us());
+        self.window.set_bucket_us(options.bucket_word(coarse_lag_us));
         let limits = options.limits();
         let machine = self.machine.machine(&limits);
         machine.set_mode(panelboard_engine::Mode::Closed);

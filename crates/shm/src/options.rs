@@ -263,22 +263,23 @@ impl TableOptions {
         }
     }
 
-    /// The width of the window's buckets for these options (set in the slot's window when the
-    /// name is created, and by a `configure` that changes `window`).
-    pub fn bucket_us(&self) -> u64 {
-        bucket_us(self.window_us)
+    /// The width word of the window's buckets for these options on a host whose coarse clock
+    /// lags by up to `coarse_lag_us` (set in the slot's window when the name is created, and by a
+    /// `configure` that changes `window`). Every process of a host computes the same word.
+    pub fn bucket_word(&self, coarse_lag_us: Option<u64>) -> u64 {
+        bucket_word(self.window_us, coarse_lag_us)
     }
 }
 
-/// The bucket width of a window of `window_us` (see `RatePolicy::bucket_us`).
-pub fn bucket_us(window_us: u64) -> u64 {
+/// The width word of a window of `window_us` (see `RatePolicy::bucket_word`).
+pub fn bucket_word(window_us: u64, coarse_lag_us: Option<u64>) -> u64 {
     RatePolicy {
         window_us,
         min_calls: 1,
         failure_rate: None,
         slow_call_rate: None,
     }
-    .bucket_us()
+    .bucket_word(coarse_lag_us)
 }
 
 /// Options read from a slot, and whether they are one writer's whole set (`false`: a writer was

@@ -247,7 +247,7 @@ mod tests {
     }
 
     fn init(slot: &Slot) {
-        slot.reset_contents(&TableOptions::default());
+        slot.reset_contents(&TableOptions::default(), None);
     }
 
     fn create(slots: &[Slot], hash: IndexHash, key: &str) -> Option<(usize, u64, bool)> {

@@ -67,7 +67,7 @@ fn table(n: usize) -> Arc<Vec<Slot>> {
 fn create(slots: &[Slot], key: &str, host: &ModelHost) -> Option<(usize, u64, bool)> {
     let home = IndexHash::Colliding.home(key.as_bytes(), slots.len());
     table::find_or_create(slots, home, &StoredName::of(key.as_bytes()), host, |slot| {
-        slot.reset_contents(&TableOptions::default())
+        slot.reset_contents(&TableOptions::default(), None)
     })
 }
 

@@ -14,7 +14,7 @@ fn path(tag: &str) -> String {
 }
 
 fn init(slot: &panelboard_shm::layout::Slot) {
-    slot.reset_contents(&TableOptions::default());
+    slot.reset_contents(&TableOptions::default(), None);
 }
 
 #[test]
