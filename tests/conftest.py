@@ -27,12 +27,12 @@ import pytest
 from hypothesis import HealthCheck, settings
 from panelboard._flaky_server import FlakyServer
 
-# A real redis-server for the Redis-sharing tests (tests/redis_fixtures.py says what each one does).
-from redis_fixtures import namespace, redis_server, redis_server_factory, redis_url, registries  # noqa: F401
-
-# Plain `assert`s in the shared helpers and the reference model explain their failures too (they
-# are imported by the test modules, after this file).
+# Plain `assert`s in the shared helpers and the reference model explain their failures too: registered
+# before anything imports them (redis_fixtures below imports helpers).
 pytest.register_assert_rewrite("helpers", "model")
+
+# A real redis-server for the Redis-sharing tests (tests/redis_fixtures.py says what each one does).
+from redis_fixtures import namespace, redis_server, redis_server_factory, redis_url, registries  # noqa: E402, F401
 
 # CI machines are small and busy: a slow example is not a failure. Tests that set their own
 # `settings` keep these for whatever they leave out.
