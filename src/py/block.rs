@@ -28,8 +28,9 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
+use super::awaitable;
 use super::core::Breaker;
-use super::ffi::{frame, upcall};
+use super::ffi::frame;
 use super::permit::Permit;
 use super::pyrefs;
 use crate::engine::{Outcome, Ticket};
@@ -215,11 +216,10 @@ impl BlockExit {
                 pop_permit(&breaker)?.get().settle_block(py, &exc)?;
             }
         }
-        let suppress = PyBool::new(py, false).to_owned().into_any();
-        if !block.asynchronous {
-            return Ok(suppress);
+        if block.asynchronous {
+            return awaitable::ready_false(py);
         }
-        upcall::call(pyrefs::refs(py)?.aio_ready.bind(py), [&suppress])
+        Ok(PyBool::new(py, false).to_owned().into_any())
     }
 
     fn __repr__(&self) -> String {
