@@ -567,9 +567,8 @@ impl Ready {
 
     fn close(&self) {}
 
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(self.value.as_py())
-    }
+    // No `__traverse__`: like a `Permit`, a `_Ready` is not tracked by the collector, so that
+    // `async with` costs it no work; all it holds is the breaker it was entered on.
 }
 
 /// The `am_send` of `_Ready`: returns its value at once.

@@ -241,7 +241,8 @@ fn as_c_fastcall(entry: FastcallEntry) -> ffi::PyCFunctionFastWithKeywords {
 }
 
 /// The per-instance vectorcall pointer CPython finds through the type's `tp_vectorcall_offset`.
-/// One class uses it (`Guarded`): `install_vectorcall_slot` records where it sits.
+/// Two classes use it: `Guarded` (`install_vectorcall_slot` records where it sits, for
+/// `instance_dict`) and a `with` block's exit (`install_plain_vectorcall_slot`).
 #[repr(transparent)]
 pub struct VectorcallSlot(#[allow(dead_code)] ffi::vectorcallfunc);
 
@@ -294,11 +295,29 @@ pub fn install_method<M: FastMethod>(
 static SLOT_OFFSET: AtomicUsize = AtomicUsize::new(0);
 
 /// Points the type of `probe` (a `#[pyclass(dict)]` instance) at the `VectorcallSlot` field
-/// `slot` of `probe`, which every instance has at the same offset.
+/// `slot` of `probe`, which every instance has at the same offset, and records that offset for
+/// `instance_dict` (one class, `Guarded`).
 pub fn install_vectorcall_slot<T: PyClass>(
     probe: &Bound<'_, T>,
     slot: &VectorcallSlot,
 ) -> PyResult<()> {
+    let offset = install_vectorcall_slot_of(probe, slot)?;
+    SLOT_OFFSET.store(offset, Ordering::Release);
+    Ok(())
+}
+
+/// `install_vectorcall_slot` for a class without an instance dict (a block's exit).
+pub fn install_plain_vectorcall_slot<T: PyClass>(
+    probe: &Bound<'_, T>,
+    slot: &VectorcallSlot,
+) -> PyResult<()> {
+    install_vectorcall_slot_of(probe, slot).map(drop)
+}
+
+fn install_vectorcall_slot_of<T: PyClass>(
+    probe: &Bound<'_, T>,
+    slot: &VectorcallSlot,
+) -> PyResult<usize> {
     let ty = probe.py().get_type::<T>();
     // SAFETY: reads a field of a live type object.
     let object_size = unsafe { (*ty.as_type_ptr()).tp_basicsize } as usize;
@@ -312,7 +331,6 @@ pub fn install_vectorcall_slot<T: PyClass>(
             offset > 0 && offset + std::mem::size_of::<VectorcallSlot>() <= object_size
         })
         .ok_or_else(|| PyValueError::new_err("unexpected layout of a vectorcall class"))?;
-    SLOT_OFFSET.store(offset, Ordering::Release);
     // SAFETY: set once, while the module initialises and before any instance is called; the field
     // lives inside every instance at the same offset and always holds a `vectorcall_entry`.
     unsafe {
@@ -329,7 +347,7 @@ pub fn install_vectorcall_slot<T: PyClass>(
         }
         ffi::PyType_Modified(tp);
     }
-    Ok(())
+    Ok(offset)
 }
 
 /// The instance `__dict__` of the object whose `VectorcallSlot` field is `slot` (PyO3 does not
@@ -376,7 +394,16 @@ impl<'a, 'py> FastArgs<'a, 'py> {
             // SAFETY: a non-null `kwnames` is a live tuple (see `new`).
             unsafe { ffi::PyTuple_GET_SIZE(self.kwnames) as usize }
         };
-        let values = (0..self.nargs + keywords)
+        let count = self.nargs + keywords;
+        if count == 0 {
+            // The usual `acall(fn)` / `f()`: nothing to keep (an empty `Vec` allocates nothing).
+            return OwnedArgs {
+                values: std::mem::ManuallyDrop::new(Vec::new()),
+                nargs: 0,
+                kwnames: None,
+            };
+        }
+        let values = (0..count)
             .map(|i| {
                 // SAFETY: `args` holds `nargs` positional arguments and one value per keyword,
                 // all live for `'a` (see `new`).
