@@ -459,7 +459,7 @@ impl GuardedCoroutine {
         as_next_result(self.send(py, &py.None().into_bound(py)))
     }
 
-    #[pyo3(name = "send")]
+    #[pyo3(name = "send", signature = (value, /))]
     fn py_send<'py>(&self, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         as_method_result(self.send(value.py(), value))
     }
@@ -551,6 +551,7 @@ impl Ready {
         as_next_result(Ok(Sent::Returned(self.value.bind(py).clone())))
     }
 
+    #[pyo3(signature = (value, /))]
     fn send<'py>(&self, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         Err(stop_iteration(self.value.bind(value.py()).clone()))
     }
