@@ -18,6 +18,7 @@ __all__ = [
     "Registry",
     "Breaker",
     "Guarded",
+    "GuardedCoroutine",
     "Permit",
     "Metrics",
     "ManualClock",
@@ -129,8 +130,27 @@ class Permit:
         """True once an outcome has been reported."""
 
 @final
+class GuardedCoroutine(Coroutine[Any, Any, _T_co]):
+    """What ``Breaker.acall`` and a decorated ``async def`` function return: a native awaitable,
+    registered as a ``collections.abc.Coroutine``. It admits the call when it is first awaited (a
+    rejection raises ``CircuitOpenError`` there), drives ``fn``'s coroutine, and records the outcome
+    once; ``close()``, or collection before it finishes, counts the call as ignored."""
+
+    def __await__(self) -> Self: ...  # type: ignore[override]
+    def __next__(self) -> Any: ...
+    def send(self, value: Any, /) -> Any: ...
+    @overload
+    def throw(
+        self, typ: type[BaseException], val: BaseException | object = None, tb: TracebackType | None = None, /
+    ) -> Any: ...
+    @overload
+    def throw(self, typ: BaseException, val: None = None, tb: TracebackType | None = None, /) -> Any: ...
+    def close(self) -> None: ...
+
+@final
 class Guarded(Generic[_P, _T_co]):
-    """A (sync) function decorated with a breaker: calling it calls the function through the breaker.
+    """A function decorated with a breaker: calling it calls the function through the breaker. For
+    an ``async def`` function, calling it returns a ``GuardedCoroutine`` (``_AsyncGuarded``).
 
     Generic only in the stub: annotate with ``"Guarded[...]"`` strings or ``from __future__ import
     annotations``.
@@ -171,8 +191,9 @@ class _GeneratorGuarded(Protocol[_P, _T_co]):
     ) -> Callable[_Q, _T]: ...
 
 class _AsyncGuarded(Protocol[_P, _T_co]):
-    """What decorating an ``async def`` function returns: a coroutine function (a plain Python
-    function made with ``functools.wraps``) with a ``breaker`` attribute."""
+    """What decorating an ``async def`` function returns: a coroutine function (a native ``Guarded``
+    with the metadata ``functools.wraps`` copies, for which ``inspect.iscoroutinefunction`` is true;
+    a plain Python function for ``@breaker(timeout=...)``) with a ``breaker`` attribute."""
 
     @property
     def __wrapped__(self) -> Callable[_P, Awaitable[_T_co]]: ...

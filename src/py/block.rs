@@ -24,12 +24,15 @@
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyTuple};
+use pyo3::Borrowed;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
-use super::core::Breaker;
-use super::ffi::{frame, upcall};
+use super::awaitable;
+use super::core::{shield, Breaker};
+use super::ffi::entry::{install_plain_vectorcall_slot, FastArgs, FastMethod, VectorcallSlot};
+use super::ffi::frame;
 use super::permit::Permit;
 use super::pyrefs;
 use crate::engine::{Outcome, Ticket};
@@ -42,8 +45,10 @@ struct Block {
     breaker: OnceLock<Py<Breaker>>,
     /// The class-level lookup: called with the breaker as its first argument.
     unbound: bool,
-    /// The ticket, and when the call started if the breaker times calls.
-    ticket: OnceLock<(Ticket, Option<u64>)>,
+    /// The ticket, and when the call started if the breaker times calls. Set once, by the
+    /// `__enter__` that takes this block; the mutex is held only to copy it in or out (a
+    /// `OnceLock`'s one-time initialisation cost more than the rest of `__enter__`'s bookkeeping).
+    ticket: Mutex<Option<(Ticket, Option<u64>)>>,
     settled: AtomicBool,
     /// Where `__exit__` was looked up (see `frame::FrameMark`): only an `__enter__` called from
     /// that frame may give this block its permit, and for a lookup on the instance (`with b:`)
@@ -54,14 +59,25 @@ struct Block {
     lookup_frame: Option<frame::FrameMark>,
 }
 
+impl Block {
+    /// The ticket, once `__enter__` stored it.
+    fn ticket(&self) -> Option<(Ticket, Option<u64>)> {
+        *self.ticket.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 impl Drop for Block {
     fn drop(&mut self) {
         // A block whose frame went away without leaving it: ignored, which frees a half-open slot
         // and never moves the breaker (so no listener has to run, and no Python is needed).
-        if let (Some((ticket, _)), Some(breaker)) = (self.ticket.get(), self.breaker.get()) {
+        let ticket = *self
+            .ticket
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let (Some((ticket, _)), Some(breaker)) = (ticket, self.breaker.get()) {
             if !*self.settled.get_mut() {
                 let core = &breaker.get().core;
-                core.record(&core.config.load(), *ticket, Outcome::Ignored, None);
+                core.record(&core.config.load(), ticket, Outcome::Ignored, None);
             }
         }
     }
@@ -89,7 +105,7 @@ fn set_pending(block: &Arc<Block>) {
 fn take_pending(breaker: &Bound<'_, Breaker>, asynchronous: bool) -> Option<Arc<Block>> {
     let block = PENDING.try_with(Cell::take).ok()?.upgrade()?;
     let fits = block.asynchronous == asynchronous
-        && block.ticket.get().is_none()
+        && block.ticket().is_none()
         && block
             .breaker
             .get()
@@ -120,8 +136,10 @@ pub fn enter(breaker: &Bound<'_, Breaker>, asynchronous: bool) -> PyResult<()> {
     if let Some(block) = block {
         // Set once: `take_pending` checked the block holds no ticket, and only this thread can
         // take a pending block.
-        let _ = block.breaker.set(breaker.clone().unbind());
-        let _ = block.ticket.set((ticket, started));
+        if block.breaker.get().is_none() {
+            let _ = block.breaker.set(breaker.clone().unbind());
+        }
+        *block.ticket.lock().unwrap_or_else(PoisonError::into_inner) = Some((ticket, started));
         return Ok(());
     }
     let permit = Bound::new(py, Permit::new(core.clone_ref(py), ticket, started))?;
@@ -157,13 +175,13 @@ impl ExitDescriptor {
             asynchronous: self.asynchronous,
             breaker,
             unbound,
-            ticket: OnceLock::new(),
+            ticket: Mutex::new(None),
             settled: AtomicBool::new(false),
             lookup_frame: frame::current_frame(instance.py()),
         });
         // Made pending only once allocated: an allocation may run a garbage collection, and the
         // finalizers it runs may enter blocks of their own.
-        let exit = Bound::new(instance.py(), BlockExit { block })?;
+        let exit = Bound::new(instance.py(), BlockExit::new(block))?;
         set_pending(&exit.get().block);
         Ok(exit)
     }
@@ -174,24 +192,38 @@ impl ExitDescriptor {
 /// class.
 #[pyclass(frozen, module = "panelboard", name = "_BlockExit")]
 pub struct BlockExit {
+    vectorcall: VectorcallSlot,
     block: Arc<Block>,
 }
 
-#[pymethods]
 impl BlockExit {
-    #[pyo3(signature = (*args))]
-    fn __call__<'py>(&self, args: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAny>> {
-        let py = args.py();
+    fn new(block: Arc<Block>) -> BlockExit {
+        BlockExit {
+            vectorcall: VectorcallSlot::of::<CallBlockExit>(),
+            block,
+        }
+    }
+}
+
+impl BlockExit {
+    /// Leaves the block: `nargs` positional arguments, `arg(i)` the `i`-th.
+    fn leave<'py>(
+        &self,
+        py: Python<'py>,
+        nargs: usize,
+        arg: impl Fn(usize) -> Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let block = &self.block;
         let expected = if block.unbound { 4 } else { 3 };
-        if args.len() != expected {
-            return Err(PyTypeError::new_err(format!(
-                "__exit__ takes {expected} positional arguments but {} were given",
-                args.len()
-            )));
-        }
-        let exc = args.get_item(expected - 2)?;
-        match (block.ticket.get(), block.breaker.get()) {
+        let exc = match arg(expected - 2) {
+            Some(exc) if nargs == expected => exc,
+            _ => {
+                return Err(PyTypeError::new_err(format!(
+                    "__exit__ takes {expected} positional arguments but {nargs} were given"
+                )))
+            }
+        };
+        match (block.ticket(), block.breaker.get()) {
             (Some((ticket, started)), Some(breaker)) => {
                 if block.settled.swap(true, Ordering::AcqRel) {
                     return Err(PyRuntimeError::new_err("this block was already left"));
@@ -201,30 +233,58 @@ impl BlockExit {
                 let outcome = if exc.is_none() {
                     Outcome::Success
                 } else {
-                    config.classify_error(py, &PyErr::from_value(exc))
+                    config.classify_exception(&exc)
                 };
-                core.finish(py, &config, *ticket, outcome, *started);
+                core.finish(py, &config, ticket, outcome, started);
             }
             _ => {
                 // No permit of its own: a manual `__enter__` left by a manual `__exit__`.
-                let first = args.get_item(0)?;
-                let breaker = match block.breaker.get() {
-                    Some(breaker) => breaker.bind(py).clone(),
-                    None => first.cast::<Breaker>()?.clone(),
+                let breaker = match (block.breaker.get(), arg(0)) {
+                    (Some(breaker), _) => breaker.bind(py).clone(),
+                    (None, Some(first)) => first.cast::<Breaker>()?.clone(),
+                    (None, None) => return Err(PyTypeError::new_err("__exit__ needs a breaker")),
                 };
                 pop_permit(&breaker)?.get().settle_block(py, &exc)?;
             }
         }
-        let suppress = PyBool::new(py, false).to_owned().into_any();
-        if !block.asynchronous {
-            return Ok(suppress);
+        if block.asynchronous {
+            return awaitable::ready_false(py);
         }
-        upcall::call(pyrefs::refs(py)?.aio_ready.bind(py), [&suppress])
+        Ok(PyBool::new(py, false).to_owned().into_any())
+    }
+}
+
+/// Calling a block's exit: its vectorcall entry point (`with` passes three arguments, which need
+/// no tuple this way).
+struct CallBlockExit;
+
+impl FastMethod for CallBlockExit {
+    fn call<'a, 'py>(
+        py: Python<'py>,
+        slf: Borrowed<'a, 'py, PyAny>,
+        args: FastArgs<'a, 'py>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let exit = shield(|| Ok(slf.cast::<BlockExit>()?))?;
+        if args.keywords().next().is_some() {
+            return Err(PyTypeError::new_err("__exit__ takes no keyword arguments"));
+        }
+        exit.get().leave(py, args.positional_count(), |i| {
+            args.positional(i).map(Borrowed::to_owned)
+        })
+    }
+}
+
+#[pymethods]
+impl BlockExit {
+    /// The slow-path entry (`PyObject_Call` with a tuple); `with` uses vectorcall.
+    #[pyo3(signature = (*args))]
+    fn __call__<'py>(&self, args: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAny>> {
+        self.leave(args.py(), args.len(), |i| args.get_item(i).ok())
     }
 
     fn __repr__(&self) -> String {
         let state = match (
-            self.block.ticket.get(),
+            self.block.ticket(),
             self.block.settled.load(Ordering::Acquire),
         ) {
             (None, _) => "not entered",
@@ -259,8 +319,21 @@ fn pop_permit<'py>(breaker: &Bound<'py, Breaker>) -> PyResult<Bound<'py, Permit>
     ))
 }
 
-/// Installs the `__exit__`/`__aexit__` descriptors on `Breaker`.
+/// Installs the `__exit__`/`__aexit__` descriptors on `Breaker`, and the exits' vectorcall entry
+/// point (found on a throwaway exit).
 pub fn install(py: Python<'_>) -> PyResult<()> {
+    let probe = Bound::new(
+        py,
+        BlockExit::new(Arc::new(Block {
+            asynchronous: false,
+            breaker: OnceLock::new(),
+            unbound: true,
+            ticket: Mutex::new(None),
+            settled: AtomicBool::new(false),
+            lookup_frame: None,
+        })),
+    )?;
+    install_plain_vectorcall_slot(&probe, &probe.get().vectorcall)?;
     let ty = py.get_type::<Breaker>();
     ty.setattr(
         "__exit__",

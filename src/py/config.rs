@@ -128,13 +128,18 @@ impl Config {
     /// Classifies an exception raised by the guarded function. A `BaseException` that is not an
     /// `Exception` (KeyboardInterrupt, SystemExit, CancelledError) is always ignored.
     pub fn classify_error(&self, py: Python<'_>, err: &PyErr) -> Outcome {
-        if !err.is_instance_of::<PyException>(py) {
+        self.classify_exception(err.value(py).as_any())
+    }
+
+    /// `classify_error` for the exception object itself (a `with` block's exit is handed one).
+    pub fn classify_exception(&self, value: &Bound<'_, PyAny>) -> Outcome {
+        if !value.is_instance_of::<PyException>() {
             return Outcome::Ignored;
         }
         if self.default_exceptions {
             return Outcome::Failure;
         }
-        let value = err.value(py);
+        let py = value.py();
         if let Some(ignore) = &self.objects.ignore {
             if upcall::is_instance(value, ignore.bind(py)).unwrap_or(false) {
                 return Outcome::Ignored;

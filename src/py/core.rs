@@ -732,3 +732,92 @@ fn refuse_coroutine(coroutine: Bound<'_, PyAny>) -> PyErr {
          guard: decorate the async def function itself, or use `await breaker.acall(fn)`"
     ))
 }
+
+/// A call admitted for a guarded coroutine (`awaitable`), kept across its suspensions. It borrows
+/// no configuration (a guard must not be held that long): the configuration is loaded again when
+/// the outcome is recorded, as a `Permit` does.
+#[derive(Clone, Copy)]
+pub enum HeldTicket {
+    /// Admitted on the closed fast path, as `guarded` admits a call (no predicate, no timer).
+    Fast(FastTicket),
+    /// Admitted with the configuration: the ticket, and when the call started if it is timed.
+    Configured(Ticket, Option<u64>),
+}
+
+impl HeldTicket {
+    fn parts(self) -> (Ticket, Option<u64>) {
+        match self {
+            HeldTicket::Fast(fast) => (fast.ticket(), None),
+            HeldTicket::Configured(ticket, started) => (ticket, started),
+        }
+    }
+}
+
+impl BreakerCore {
+    /// Admits a call whose outcome comes later (a guarded coroutine, when it is first awaited),
+    /// as `guarded` admits a sync call; raises `CircuitOpenError` when rejected.
+    #[inline]
+    pub fn admit_held(&self, py: Python<'_>) -> PyResult<HeldTicket> {
+        if let Some(fast) = self.storage.slots().admit_fast(&self.predicate_flag) {
+            self.report_fast(py, fast);
+            return Ok(HeldTicket::Fast(fast));
+        }
+        let config = self.config.load();
+        let ticket = self.admit(py, &config)?;
+        Ok(HeldTicket::Configured(ticket, self.start_timer(&config)))
+    }
+
+    /// Records a held call that returned `value`: classified by the `success` predicate (a call
+    /// admitted on the fast path had none), whose exception, if it raised, is handed back.
+    #[inline]
+    pub fn settle_held_result(
+        &self,
+        py: Python<'_>,
+        held: HeldTicket,
+        value: &Bound<'_, PyAny>,
+    ) -> Option<PyErr> {
+        match held {
+            HeldTicket::Fast(fast) => {
+                if self.storage.slots().record_fast_success(fast) {
+                    // Healthy and unchanged, as in `guarded`: only the count (and the window).
+                    self.storage.count(Counter::Successes);
+                    if let Some(window) = self.window() {
+                        self.count_fast_success(py, window, fast);
+                    }
+                } else {
+                    let config = self.config.load();
+                    self.finish(py, &config, fast.ticket(), Outcome::Success, None);
+                }
+                None
+            }
+            HeldTicket::Configured(ticket, started) => {
+                let config = self.config.load();
+                let (outcome, predicate_error) = config.classify_result(value);
+                self.finish(py, &config, ticket, outcome, started);
+                predicate_error
+            }
+        }
+    }
+
+    /// Records a held call that raised `err`, classified by `failure_on` and `ignore`.
+    pub fn settle_held_error(&self, py: Python<'_>, held: HeldTicket, err: &PyErr) {
+        let (ticket, started) = held.parts();
+        let config = self.config.load();
+        let outcome = config.classify_error(py, err);
+        self.finish(py, &config, ticket, outcome, started);
+    }
+
+    /// Records a held call as ignored (a function given to `acall` that returned no awaitable).
+    pub fn settle_held_ignored(&self, py: Python<'_>, held: HeldTicket) {
+        let (ticket, started) = held.parts();
+        self.finish(py, &self.config.load(), ticket, Outcome::Ignored, started);
+    }
+
+    /// Records a held call that will never finish (its coroutine was collected unfinished) as
+    /// ignored, without Python: that releases a half-open slot and never moves the breaker, so no
+    /// listener has to run (as for a dropped `Permit`).
+    pub fn abandon_held(&self, held: HeldTicket) {
+        let (ticket, _) = held.parts();
+        self.record(&self.config.load(), ticket, Outcome::Ignored, None);
+    }
+}

@@ -8,16 +8,19 @@
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::{PyDict, PyString, PyTuple};
 // Arguments are `Borrowed`, not `Bound`: taking a new reference to the shared breaker and
 // function objects on every call would make threads contend on their reference counts
 // (free-threaded CPython), which is all the read-only fast path is there to avoid.
 use pyo3::Borrowed;
 
+use super::awaitable::GuardedCoroutine;
 use super::core::Breaker;
 use super::core::{guarded, shield};
-use super::ffi::entry::{install_method, FastArgs, FastMethod};
-use super::handle::{not_callable, Guarded};
+use super::ffi::entry::{install_method, FastArgs, FastMethod, OwnedArgs};
+use super::ffi::upcall;
+use super::handle::{not_callable, timeout_seconds, Guarded};
+use super::pyrefs;
 use super::registry::Registry;
 
 /// `Breaker.call(fn, /, *args, **kwargs)`.
@@ -44,6 +47,80 @@ impl FastMethod for BreakerCall {
         })?;
         guarded(&breaker.get().core, py, || rest.forward(&func))
     }
+}
+
+/// `Breaker.acall(fn, /, *args, **kwargs)`: a `GuardedCoroutine` holding the arguments (admitted,
+/// and `fn` called, when it is awaited). The keyword `timeout` is the breaker's own: given (and not
+/// `None`), the call takes the Python helper that cancels it after that long (`_aio.acall`).
+struct BreakerAcall;
+
+impl FastMethod for BreakerAcall {
+    fn call<'a, 'py>(
+        py: Python<'py>,
+        slf: Borrowed<'a, 'py, PyAny>,
+        args: FastArgs<'a, 'py>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        shield(|| {
+            let breaker = slf.cast::<Breaker>()?;
+            let Some((func, rest)) = args.split_first() else {
+                return Err(PyTypeError::new_err(
+                    "Breaker.acall() missing required argument 'fn'",
+                ));
+            };
+            let mut timeout = None;
+            for (key, value) in rest.keywords() {
+                if is_timeout(&key) {
+                    timeout = Some(value);
+                }
+            }
+            if !func.is_callable() {
+                return Err(not_callable("fn", &func));
+            }
+            let core = breaker.get().core.clone_ref(py);
+            let Some(timeout) = timeout else {
+                let coroutine = GuardedCoroutine::new(core, &func, rest.to_owned());
+                return Ok(Bound::new(py, coroutine)?.into_any());
+            };
+            let timeout = timeout_seconds(py, Some(&timeout))?;
+            let positional: Vec<_> = (0..rest.positional_count())
+                .filter_map(|i| rest.positional(i))
+                .collect();
+            let keywords = rest.keywords().filter(|(key, _)| !is_timeout(key));
+            if timeout.is_none() {
+                let args = OwnedArgs::from_parts(
+                    py,
+                    positional.into_iter().map(|a| a.to_owned()),
+                    keywords
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect(),
+                )?;
+                let coroutine = GuardedCoroutine::new(core, &func, args);
+                return Ok(Bound::new(py, coroutine)?.into_any());
+            }
+            let positional = PyTuple::new(py, positional)?;
+            let kwargs = PyDict::new(py);
+            for (key, value) in keywords {
+                kwargs.set_item(key, value)?;
+            }
+            let acall = pyrefs::refs(py)?.aio_acall.bind(py);
+            upcall::call(
+                acall,
+                [
+                    breaker.as_any(),
+                    &*func,
+                    positional.as_any(),
+                    kwargs.as_any(),
+                    &timeout,
+                ],
+            )
+        })
+    }
+}
+
+/// Whether a keyword name is `timeout` (keyword names are `str`s).
+fn is_timeout(key: &Bound<'_, PyAny>) -> bool {
+    key.cast::<PyString>()
+        .is_ok_and(|name| name.to_str().is_ok_and(|name| name == "timeout"))
 }
 
 /// `Registry.call(name, fn, **options)`: `name` and `fn` by position or keyword, every other
@@ -101,6 +178,11 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
         &py.get_type::<Breaker>(),
         c"call",
         c"call($self, fn, /, *args, **kwargs)\n--\n\nCalls fn(*args, **kwargs) through the breaker.",
+    )?;
+    install_method::<BreakerAcall>(
+        &py.get_type::<Breaker>(),
+        c"acall",
+        c"acall($self, fn, /, *args, **kwargs)\n--\n\nAwaits fn(*args, **kwargs) through the breaker: returns a GuardedCoroutine, admitted when awaited. The keyword `timeout` is the breaker's own: the call is cancelled after that many seconds, which raises `TimeoutError` and counts as a failure.",
     )?;
     install_method::<RegistryCall>(
         &py.get_type::<Registry>(),

@@ -1,15 +1,15 @@
 //! The Python-facing breaker handle's methods (`Breaker` itself is declared in `core`, below the
 //! `with` blocks that need its type), the decorated-function wrapper and metrics.
 
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{Borrowed, PyTraverseError, PyVisit};
 
+use super::awaitable::{self, GuardedCoroutine};
 use super::block;
 use super::core::{guarded, shield, Breaker, BreakerCore, CoreRef};
 use super::ffi::entry::{
-    install_vectorcall_slot, instance_dict, FastArgs, FastMethod, VectorcallSlot,
+    install_vectorcall_slot, instance_dict, FastArgs, FastMethod, OwnedArgs, VectorcallSlot,
 };
 use super::ffi::upcall;
 use super::permit::Permit;
@@ -38,35 +38,8 @@ impl Breaker {
     // `call(fn, /, *args, **kwargs)` is installed by `fastcall::install` as a METH_FASTCALL method
     // that forwards its arguments to `fn` without building a tuple or dict.
 
-    /// Awaits `fn(*args, **kwargs)` through the breaker (returns a coroutine). The keyword
-    /// `timeout` is the breaker's own: the call is cancelled after that many seconds, which raises
-    /// `TimeoutError` and counts as a failure.
-    #[pyo3(signature = (r#fn, /, *args, **kwargs))]
-    fn acall<'py>(
-        slf: &Bound<'py, Self>,
-        r#fn: &Bound<'py, PyAny>,
-        args: &Bound<'py, PyTuple>,
-        kwargs: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        let kwargs = match kwargs {
-            Some(k) => k.clone(),
-            None => PyDict::new(py),
-        };
-        let timeout = kwargs.get_item(intern!(py, "timeout"))?;
-        if timeout.is_some() {
-            kwargs.del_item(intern!(py, "timeout"))?;
-        }
-        if !r#fn.is_callable() {
-            return Err(not_callable("fn", r#fn));
-        }
-        let timeout = timeout_seconds(py, timeout.as_ref())?;
-        let acall = pyrefs::refs(py)?.aio_acall.bind(py);
-        upcall::call(
-            acall,
-            [slf.as_any(), r#fn, args.as_any(), kwargs.as_any(), &timeout],
-        )
-    }
+    // `acall(fn, /, *args, **kwargs)` is installed by `fastcall::install` as a METH_FASTCALL
+    // method too: it returns a `GuardedCoroutine` holding the caller's arguments.
 
     /// Decorates a function so that every call goes through the breaker: `@breaker`, or
     /// `@breaker(timeout=seconds)` for an async function. Generator and async-generator functions
@@ -99,16 +72,26 @@ impl Breaker {
             refs.aio_decorate.bind(py),
             [slf.as_any(), func.as_ref().unwrap_or(&none), &timeout],
         )?;
-        // `None`: a plain sync function, which gets the native wrapper (and `decorate` never
-        // answers `None` without a function).
-        let (true, Some(func)) = (decorated.is_none(), func) else {
+        // `None`: a plain sync function, which gets the native wrapper; `NATIVE_ASYNC`: an
+        // `async def` function without a timeout, which gets the native wrapper whose calls
+        // return a `GuardedCoroutine` (`decorate` answers neither without a function).
+        let asynchronous = decorated.as_ptr() == refs.aio_native_async.as_ptr();
+        let (true, Some(func)) = (decorated.is_none() || asynchronous, func) else {
             return Ok(decorated);
         };
-        let guarded = Bound::new(
-            py,
-            Guarded::new(slf.get().core.clone_ref(py), func.clone().unbind()),
-        )?;
-        upcall::call(refs.update_wrapper.bind(py), [guarded.as_any(), &func])?;
+        let core = slf.get().core.clone_ref(py);
+        let unbound = func.clone().unbind();
+        let guarded = if asynchronous {
+            Bound::new(py, Guarded::new_async(core, unbound))?
+        } else {
+            Bound::new(py, Guarded::new(core, unbound))?
+        };
+        let wrap = if asynchronous {
+            &refs.aio_wrap_native_async
+        } else {
+            &refs.update_wrapper
+        };
+        upcall::call(wrap.bind(py), [guarded.as_any(), &func])?;
         Ok(guarded.into_any())
     }
 
@@ -140,8 +123,7 @@ impl Breaker {
 
     fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         block::enter(slf, true)?;
-        let py = slf.py();
-        upcall::call(pyrefs::refs(py)?.aio_ready.bind(py), [slf.as_any()])
+        awaitable::ready(slf.as_any())
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -165,7 +147,7 @@ impl Breaker {
 
 /// `timeout=` of `acall` and of async decoration: `None`, or a positive, finite number of seconds
 /// (as a `float` for the helpers).
-fn timeout_seconds<'py>(
+pub(crate) fn timeout_seconds<'py>(
     py: Python<'py>,
     value: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
@@ -191,12 +173,15 @@ pub fn not_callable(what: &str, value: &Bound<'_, PyAny>) -> PyErr {
 }
 
 /// A function decorated with a breaker: calling it is one native call. Instances carry a
-/// vectorcall entry point (`CallGuarded`), so arguments reach the function without a tuple.
+/// vectorcall entry point (`CallGuarded`), so arguments reach the function without a tuple. An
+/// `async def` function's wrapper (`asynchronous`) has its own entry point (`CallAsyncGuarded`):
+/// calling it returns a `GuardedCoroutine`, which calls the function when it is awaited.
 #[pyclass(frozen, dict, weakref, module = "panelboard")]
 pub struct Guarded {
     pub(crate) vectorcall: VectorcallSlot,
     pub(crate) core: CoreRef,
     pub(crate) func: Py<PyAny>,
+    asynchronous: bool,
 }
 
 impl Guarded {
@@ -205,6 +190,17 @@ impl Guarded {
             vectorcall: VectorcallSlot::of::<CallGuarded>(),
             core,
             func,
+            asynchronous: false,
+        }
+    }
+
+    /// The wrapper of an `async def` function.
+    pub(crate) fn new_async(core: CoreRef, func: Py<PyAny>) -> Guarded {
+        Guarded {
+            vectorcall: VectorcallSlot::of::<CallAsyncGuarded>(),
+            core,
+            func,
+            asynchronous: true,
         }
     }
 
@@ -233,6 +229,28 @@ impl FastMethod for CallGuarded {
     }
 }
 
+/// Calling a decorated `async def` function: a `GuardedCoroutine` that holds the caller's
+/// arguments (nothing is admitted or called before it is awaited).
+pub(crate) struct CallAsyncGuarded;
+
+impl FastMethod for CallAsyncGuarded {
+    #[inline]
+    fn call<'a, 'py>(
+        py: Python<'py>,
+        slf: Borrowed<'a, 'py, PyAny>,
+        args: FastArgs<'a, 'py>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let guarded_fn = shield(|| Ok(slf.cast::<Guarded>()?))?;
+        let guarded_fn = guarded_fn.get();
+        let coroutine = GuardedCoroutine::new(
+            guarded_fn.core.clone_ref(py),
+            guarded_fn.func.bind(py),
+            args.to_owned(),
+        );
+        Ok(Bound::new(py, coroutine)?.into_any())
+    }
+}
+
 #[pymethods]
 impl Guarded {
     /// The slow-path entry (`PyObject_Call` with a tuple); ordinary calls use vectorcall.
@@ -244,6 +262,15 @@ impl Guarded {
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let func = self.func.bind(py);
+        if self.asynchronous {
+            let keywords = match kwargs {
+                Some(kwargs) => kwargs.iter().collect(),
+                None => Vec::new(),
+            };
+            let args = OwnedArgs::from_parts(py, args.iter(), keywords)?;
+            let coroutine = GuardedCoroutine::new(self.core.clone_ref(py), func, args);
+            return Ok(Bound::new(py, coroutine)?.into_any());
+        }
         guarded(&self.core, py, || upcall::call_with(func, args, kwargs))
     }
 

@@ -13,7 +13,8 @@
 //!    `errors` (`CircuitOpenError`).
 //! 3. `core`: one breaker as the bindings hold it (and the `Breaker` handle's type), and `guarded`
 //!    (admit, call, classify, record).
-//! 4. `permit`: the `Permit` class.
+//! 4. `permit`: the `Permit` class; `awaitable`: the native awaitables (`GuardedCoroutine`, what
+//!    `acall` and decorated `async def` functions return, and the ready ones of `async with`).
 //! 5. `block`: the `with breaker:` blocks (each settles its own permit).
 //! 6. `handle`: the methods of `Breaker` (its `__enter__` starts a block), `Guarded` with its
 //!    vectorcall entry point, `Metrics`.
@@ -32,6 +33,8 @@
 #[allow(unsafe_code)]
 mod ffi;
 
+#[forbid(unsafe_code)]
+mod awaitable;
 #[forbid(unsafe_code)]
 mod block;
 #[forbid(unsafe_code)]
@@ -77,6 +80,7 @@ fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handle::Guarded>()?;
     m.add_class::<permit::Permit>()?;
     m.add_class::<handle::Metrics>()?;
+    m.add_class::<awaitable::GuardedCoroutine>()?;
     m.add_class::<clock::ManualClock>()?;
     m.add_class::<errors::CircuitOpenError>()?;
     m.add_function(wrap_pyfunction!(fleet::fleet_breakers, m)?)?;
@@ -87,6 +91,7 @@ fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(pyo3::wrap_pyfunction!(shared::shared_table_rows, m)?)?;
     fastcall::install(m.py())?;
     block::install(m.py())?;
+    awaitable::install(m.py())?;
     pyrefs::init(m.py())?;
     default_api::add(m)?;
     Ok(())

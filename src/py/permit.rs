@@ -93,7 +93,7 @@ impl Permit {
     fn _settle_error(&self, py: Python<'_>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
         self.claim()?;
         let config = self.core.config.load();
-        let outcome = config.classify_error(py, &PyErr::from_value(exc.clone()));
+        let outcome = config.classify_exception(exc);
         self.core
             .finish(py, &config, self.ticket, outcome, self.started);
         Ok(())

@@ -21,10 +21,15 @@ pub struct Refs {
     /// `contextvars.ContextVar` holding the stack of permits taken by `with`/`async with` blocks
     /// in the current thread or task, as nested `(permit, rest)` tuples.
     permit_stack: Py<PyAny>,
-    /// The coroutine helpers of `panelboard._aio` (an `async def` frame is what asyncio needs).
-    pub aio_ready: Py<PyAny>,
+    /// The helpers of `panelboard._aio`: `acall` with a timeout (it needs `asyncio.timeout`),
+    /// `decorate` (which kind of function is decorated), and the rare paths of the native
+    /// awaitables (`src/py/awaitable.rs`).
     pub aio_acall: Py<PyAny>,
     pub aio_decorate: Py<PyAny>,
+    pub aio_native_async: Py<PyAny>,
+    pub aio_wrap_native_async: Py<PyAny>,
+    pub aio_await_iterator: Py<PyAny>,
+    pub aio_not_awaitable: Py<PyAny>,
     pub update_wrapper: Py<PyAny>,
     pub method_type: Py<PyAny>,
 }
@@ -50,9 +55,12 @@ impl Refs {
                 .getattr("ContextVar")?
                 .call1(("panelboard_permits",))?
                 .unbind(),
-            aio_ready: attr("panelboard._aio", "ready")?,
             aio_acall: attr("panelboard._aio", "acall")?,
             aio_decorate: attr("panelboard._aio", "decorate")?,
+            aio_native_async: attr("panelboard._aio", "NATIVE_ASYNC")?,
+            aio_wrap_native_async: attr("panelboard._aio", "wrap_native_async")?,
+            aio_await_iterator: attr("panelboard._aio", "await_iterator")?,
+            aio_not_awaitable: attr("panelboard._aio", "not_awaitable")?,
             update_wrapper: attr("functools", "update_wrapper")?,
             method_type: attr("types", "MethodType")?,
         })

@@ -241,7 +241,8 @@ fn as_c_fastcall(entry: FastcallEntry) -> ffi::PyCFunctionFastWithKeywords {
 }
 
 /// The per-instance vectorcall pointer CPython finds through the type's `tp_vectorcall_offset`.
-/// One class uses it (`Guarded`): `install_vectorcall_slot` records where it sits.
+/// Two classes use it: `Guarded` (`install_vectorcall_slot` records where it sits, for
+/// `instance_dict`) and a `with` block's exit (`install_plain_vectorcall_slot`).
 #[repr(transparent)]
 pub struct VectorcallSlot(#[allow(dead_code)] ffi::vectorcallfunc);
 
@@ -294,11 +295,29 @@ pub fn install_method<M: FastMethod>(
 static SLOT_OFFSET: AtomicUsize = AtomicUsize::new(0);
 
 /// Points the type of `probe` (a `#[pyclass(dict)]` instance) at the `VectorcallSlot` field
-/// `slot` of `probe`, which every instance has at the same offset.
+/// `slot` of `probe`, which every instance has at the same offset, and records that offset for
+/// `instance_dict` (one class, `Guarded`).
 pub fn install_vectorcall_slot<T: PyClass>(
     probe: &Bound<'_, T>,
     slot: &VectorcallSlot,
 ) -> PyResult<()> {
+    let offset = install_vectorcall_slot_of(probe, slot)?;
+    SLOT_OFFSET.store(offset, Ordering::Release);
+    Ok(())
+}
+
+/// `install_vectorcall_slot` for a class without an instance dict (a block's exit).
+pub fn install_plain_vectorcall_slot<T: PyClass>(
+    probe: &Bound<'_, T>,
+    slot: &VectorcallSlot,
+) -> PyResult<()> {
+    install_vectorcall_slot_of(probe, slot).map(drop)
+}
+
+fn install_vectorcall_slot_of<T: PyClass>(
+    probe: &Bound<'_, T>,
+    slot: &VectorcallSlot,
+) -> PyResult<usize> {
     let ty = probe.py().get_type::<T>();
     // SAFETY: reads a field of a live type object.
     let object_size = unsafe { (*ty.as_type_ptr()).tp_basicsize } as usize;
@@ -312,7 +331,6 @@ pub fn install_vectorcall_slot<T: PyClass>(
             offset > 0 && offset + std::mem::size_of::<VectorcallSlot>() <= object_size
         })
         .ok_or_else(|| PyValueError::new_err("unexpected layout of a vectorcall class"))?;
-    SLOT_OFFSET.store(offset, Ordering::Release);
     // SAFETY: set once, while the module initialises and before any instance is called; the field
     // lives inside every instance at the same offset and always holds a `vectorcall_entry`.
     unsafe {
@@ -329,7 +347,7 @@ pub fn install_vectorcall_slot<T: PyClass>(
         }
         ffi::PyType_Modified(tp);
     }
-    Ok(())
+    Ok(offset)
 }
 
 /// The instance `__dict__` of the object whose `VectorcallSlot` field is `slot` (PyO3 does not
@@ -352,5 +370,126 @@ pub fn instance_dict(slot: &VectorcallSlot) -> Option<&Py<PyAny>> {
         }
         let dict_slot = (object as *mut u8).offset(dict_offset) as *const Option<Py<PyAny>>;
         (*dict_slot).as_ref()
+    }
+}
+
+/// Arguments kept for a later call: a guarded coroutine calls its function with them once it is
+/// admitted, on its first send (`await`). Strong references, laid out as a vectorcall takes them,
+/// and released at once when dropped, like an `AttachedObject` (same rule: dropped only by a
+/// thread attached to the interpreter, never moved into `Python::detach` or a thread of Rust's own).
+pub struct OwnedArgs {
+    /// The positional arguments, then one value per name in `kwnames`.
+    values: std::mem::ManuallyDrop<Vec<Py<PyAny>>>,
+    nargs: usize,
+    /// A tuple of `str`, when keywords were passed.
+    kwnames: Option<super::refs::AttachedObject>,
+}
+
+impl<'a, 'py> FastArgs<'a, 'py> {
+    /// The same arguments, kept for a call made later.
+    pub fn to_owned(&self) -> OwnedArgs {
+        let keywords = if self.kwnames.is_null() {
+            0
+        } else {
+            // SAFETY: a non-null `kwnames` is a live tuple (see `new`).
+            unsafe { ffi::PyTuple_GET_SIZE(self.kwnames) as usize }
+        };
+        let count = self.nargs + keywords;
+        if count == 0 {
+            // The usual `acall(fn)` / `f()`: nothing to keep (an empty `Vec` allocates nothing).
+            return OwnedArgs {
+                values: std::mem::ManuallyDrop::new(Vec::new()),
+                nargs: 0,
+                kwnames: None,
+            };
+        }
+        let values = (0..count)
+            .map(|i| {
+                // SAFETY: `args` holds `nargs` positional arguments and one value per keyword,
+                // all live for `'a` (see `new`).
+                unsafe {
+                    Borrowed::from_ptr(self.py, *self.args.add(i))
+                        .to_owned()
+                        .unbind()
+                }
+            })
+            .collect();
+        let kwnames = (!self.kwnames.is_null()).then(|| {
+            // SAFETY: a live tuple (see `new`).
+            let names = unsafe { Borrowed::from_ptr(self.py, self.kwnames) };
+            super::refs::AttachedObject::new(&names)
+        });
+        OwnedArgs {
+            values: std::mem::ManuallyDrop::new(values),
+            nargs: self.nargs,
+            kwnames,
+        }
+    }
+}
+
+impl OwnedArgs {
+    /// Positional arguments and (name, value) keyword pairs.
+    pub fn from_parts<'py>(
+        py: Python<'py>,
+        positional: impl IntoIterator<Item = Bound<'py, PyAny>>,
+        keywords: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    ) -> PyResult<OwnedArgs> {
+        let mut values: Vec<Py<PyAny>> = positional.into_iter().map(Bound::unbind).collect();
+        let nargs = values.len();
+        let kwnames = if keywords.is_empty() {
+            None
+        } else {
+            let names = pyo3::types::PyTuple::new(py, keywords.iter().map(|(name, _)| name))?;
+            values.extend(keywords.into_iter().map(|(_, value)| value.unbind()));
+            Some(super::refs::AttachedObject::new(names.as_any()))
+        };
+        Ok(OwnedArgs {
+            values: std::mem::ManuallyDrop::new(values),
+            nargs,
+            kwnames,
+        })
+    }
+
+    /// `func(*args, **kwargs)` with these arguments.
+    pub fn call<'py>(&self, func: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let kwnames = self
+            .kwnames
+            .as_ref()
+            .map_or(null_mut(), |k| k.as_py().as_ptr());
+        // SAFETY: `Py<PyAny>` is a transparent non-null object pointer, so `values` is an array
+        // of `nargs` positional arguments followed by one value per name in `kwnames` (a tuple of
+        // `str`, or null), all held by `self` for the duration of the call. No
+        // `PY_VECTORCALL_ARGUMENTS_OFFSET`: the slot before the array is not ours to lend.
+        unsafe {
+            vectorcall(
+                func,
+                self.values.as_ptr().cast::<*mut ffi::PyObject>(),
+                self.nargs,
+                kwnames,
+            )
+        }
+    }
+
+    /// Reports the references to the garbage collector.
+    pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        for value in self.values.iter() {
+            visit.call(value)?;
+        }
+        match &self.kwnames {
+            Some(names) => visit.call(names.as_py()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for OwnedArgs {
+    fn drop(&mut self) {
+        // SAFETY: taken exactly once, here, and not used again.
+        let values = unsafe { std::mem::ManuallyDrop::take(&mut self.values) };
+        // SAFETY: the thread is attached (the rule above).
+        let py = unsafe { Python::assume_attached() };
+        for value in values {
+            drop(value.into_bound(py));
+        }
     }
 }

@@ -6,11 +6,14 @@
 //! These modules import no other binding module (they are the bottom layer), with one exception:
 //! `module_def` is CPython's entry into the whole extension and calls `init_module` at the top.
 //!
-//! - `upcall`: every call from the bindings into Python code, declared `"C-unwind"`, parking a
-//!   thread that the interpreter ends at shutdown;
+//! - `upcall`: every call from the bindings into Python code (`PyIter_Send` included), declared
+//!   `"C-unwind"`, parking a thread that the interpreter ends at shutdown;
 //! - `entry`: the C side of the vectorcall / `METH_FASTCALL` entry points (`Breaker.call`,
 //!   `Registry.call`, calling a decorated function): the argument array as a safe `FastArgs`,
-//!   method definitions, and the per-instance vectorcall slot;
+//!   method definitions, the per-instance vectorcall slot, and arguments kept for a later call
+//!   (`OwnedArgs`, what a guarded coroutine calls its function with once admitted);
+//! - `awaitable`: the `am_await`/`am_send` slots of the native awaitables (`await` without a
+//!   `StopIteration`);
 //! - `refs`: references released with the thread counted as attached;
 //! - `immortal`: process-lifetime objects whose reference counts no thread writes (3.13t);
 //! - `objects`: small object-level helpers (`is_coroutine`, UTF-8 with surrogates, exception args);
@@ -19,6 +22,7 @@
 //! - `module_def`: the hand-written module definition that refuses subinterpreters;
 //! - `monotonic`: the monotonic clock in one `clock_gettime` (a rate rule's window reads it per call).
 
+pub mod awaitable;
 pub mod contextvar;
 pub mod entry;
 pub mod frame;

@@ -96,10 +96,25 @@ impl AttachedObject {
         AttachedObject(ManuallyDrop::new(object.clone().unbind()))
     }
 
+    /// Keeps the caller's own reference.
+    pub fn take(object: Bound<'_, PyAny>) -> AttachedObject {
+        AttachedObject(ManuallyDrop::new(object.unbind()))
+    }
+
     /// Is `other` this very object?
     #[inline]
     pub fn is(&self, other: &Bound<'_, PyAny>) -> bool {
         self.0.as_ptr() == other.as_ptr()
+    }
+
+    #[inline]
+    pub fn bind<'py>(&self, py: Python<'py>) -> &Bound<'py, PyAny> {
+        self.0.bind(py)
+    }
+
+    /// The reference itself, for `__traverse__`.
+    pub fn as_py(&self) -> &Py<PyAny> {
+        &self.0
     }
 }
 

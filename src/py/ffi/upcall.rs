@@ -69,6 +69,27 @@ extern "C-unwind" {
 
     #[link_name = "PyErr_WriteUnraisable"]
     fn PyErr_WriteUnraisable_unwinding(object: *mut ffi::PyObject);
+
+    #[link_name = "PyObject_SetAttr"]
+    fn PyObject_SetAttr_unwinding(
+        object: *mut ffi::PyObject,
+        name: *mut ffi::PyObject,
+        value: *mut ffi::PyObject,
+    ) -> std::ffi::c_int;
+
+    #[link_name = "PyErr_WarnEx"]
+    fn PyErr_WarnEx_unwinding(
+        category: *mut ffi::PyObject,
+        message: *const std::ffi::c_char,
+        stacklevel: ffi::Py_ssize_t,
+    ) -> std::ffi::c_int;
+
+    #[link_name = "PyIter_Send"]
+    fn PyIter_Send_unwinding(
+        iter: *mut ffi::PyObject,
+        arg: *mut ffi::PyObject,
+        result: *mut *mut ffi::PyObject,
+    ) -> ffi::PySendResult;
 }
 
 /// Whether the interpreter has begun to shut down (the only time CPython ends a thread this way).
@@ -145,6 +166,37 @@ pub fn call<'py, const N: usize>(
     unsafe { vectorcall(func, pointers.as_ptr(), N, null_mut()) }
 }
 
+/// What driving an awaitable one step gave: a value it yields (it is suspended) or the value it
+/// returned (it is finished).
+pub enum Sent<'py> {
+    Yielded(Bound<'py, PyAny>),
+    Returned(Bound<'py, PyAny>),
+}
+
+/// `PyIter_Send(iter, value)`: resumes a coroutine, generator or `__await__` iterator with
+/// `value`, as `await` does (the value it returns comes back without a `StopIteration`).
+pub fn send<'py>(iter: &Bound<'py, PyAny>, value: &Bound<'py, PyAny>) -> PyResult<Sent<'py>> {
+    let py = iter.py();
+    let mut result = null_mut();
+    // SAFETY: two borrowed objects and storage for the one reference the call writes.
+    let status = parked_on_exit(|| unsafe {
+        PyIter_Send_unwinding(iter.as_ptr(), value.as_ptr(), &mut result)
+    });
+    // SAFETY: `result` is a new reference for PYGEN_NEXT and PYGEN_RETURN, null with an exception
+    // set for PYGEN_ERROR.
+    unsafe {
+        match status {
+            ffi::PySendResult::PYGEN_NEXT => {
+                Bound::from_owned_ptr_or_err(py, result).map(Sent::Yielded)
+            }
+            ffi::PySendResult::PYGEN_RETURN => {
+                Bound::from_owned_ptr_or_err(py, result).map(Sent::Returned)
+            }
+            ffi::PySendResult::PYGEN_ERROR => Err(PyErr::fetch(py)),
+        }
+    }
+}
+
 /// `func(*args, **kwargs)` with a tuple and an optional dict (the non-vectorcall protocol).
 pub fn call_with<'py>(
     func: &Bound<'py, PyAny>,
@@ -219,6 +271,57 @@ pub fn getattr<'py>(object: &Bound<'py, PyAny>, name: &str) -> PyResult<Bound<'p
     unsafe {
         let result = parked_on_exit(|| PyObject_GetAttr_unwinding(object.as_ptr(), name.as_ptr()));
         Bound::from_owned_ptr_or_err(object.py(), result)
+    }
+}
+
+/// `setattr(object, name, value)`, which may run `__setattr__` or a descriptor.
+pub fn setattr(object: &Bound<'_, PyAny>, name: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
+    let name = pyo3::types::PyString::new(object.py(), name);
+    // SAFETY: three borrowed objects.
+    let result = parked_on_exit(|| unsafe {
+        PyObject_SetAttr_unwinding(object.as_ptr(), name.as_ptr(), value.as_ptr())
+    });
+    match result {
+        -1 => Err(PyErr::fetch(object.py())),
+        _ => Ok(()),
+    }
+}
+
+/// `warnings.warn(message, RuntimeWarning)`, which may run the warning filters and
+/// `showwarning`; a warning turned into an error goes to `sys.unraisablehook`.
+pub fn warn_runtime(py: Python<'_>, message: &std::ffi::CStr) {
+    // SAFETY: a static exception type and a C string that outlives the call.
+    let result = parked_on_exit(|| unsafe {
+        PyErr_WarnEx_unwinding(ffi::PyExc_RuntimeWarning, message.as_ptr(), 1)
+    });
+    if result == -1 {
+        write_unraisable(py, PyErr::fetch(py));
+    }
+}
+
+/// Runs `f` with the exception being raised (if any) put aside, and restores it afterwards, as
+/// CPython's finalizers do: an object can be deallocated while an exception propagates, and Python
+/// code must not be called with one set.
+pub fn with_exception_saved<R>(py: Python<'_>, f: impl FnOnce() -> R) -> R {
+    let _ = py;
+    #[cfg(Py_3_12)]
+    {
+        // SAFETY: the thread is attached (`py`); the exception's reference moves out and back.
+        let saved = unsafe { ffi::PyErr_GetRaisedException() };
+        let result = f();
+        // SAFETY: as above; restoring null clears nothing that `f` left (it leaves nothing set).
+        unsafe { ffi::PyErr_SetRaisedException(saved) };
+        result
+    }
+    #[cfg(not(Py_3_12))]
+    {
+        let (mut kind, mut value, mut traceback) = (null_mut(), null_mut(), null_mut());
+        // SAFETY: the thread is attached (`py`); the three references move out and back.
+        unsafe { ffi::PyErr_Fetch(&mut kind, &mut value, &mut traceback) };
+        let result = f();
+        // SAFETY: as above.
+        unsafe { ffi::PyErr_Restore(kind, value, traceback) };
+        result
     }
 }
 
