@@ -238,7 +238,7 @@ fn index_of(word: u64, now_us: u64) -> u64 {
     // `t * magic >> (55 + shift)` as the high word of `(t << 9) * magic`, shifted: no shift of a
     // 128-bit value by a variable amount.
     let t = u128::from(now_us.min(MAX_TIME_US) << (u64::BITS - TIME_BITS));
-    ((t * magic >> u64::BITS) as u64) >> shift
+    (((t * magic) >> u64::BITS) as u64) >> shift
 }
 
 /// Adds one to `word` under `tag`: resets a stale word to `tag` with a count of one, unless
