@@ -529,6 +529,18 @@ enum Reached {
     Direct(CoreRef),
 }
 
+/// `Registry.call` on a breaker reached straight from the map: apart, so that the cached path
+/// keeps its own inlined copy of `guarded` with nothing more to check.
+#[cold]
+#[inline(never)]
+fn call_direct<'py>(
+    core: CoreRef,
+    py: Python<'py>,
+    func: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    guarded(&core, py, || upcall::call(func, []))
+}
+
 impl Registry {
     /// Calls `func()` through the breaker `name`, creating it with `options` if the name is new
     /// (options of later calls are validated but ignored, as in the reference).
@@ -574,11 +586,10 @@ impl Registry {
                 })?),
             })
         })?;
-        let core: &BreakerCore = match &core {
-            Reached::Cached(cached) => cached,
-            Reached::Direct(direct) => direct,
-        };
-        guarded(core, py, || upcall::call(func, []))
+        match core {
+            Reached::Cached(core) => guarded(&core, py, || upcall::call(func, [])),
+            Reached::Direct(core) => call_direct(core, py, func),
+        }
     }
 
     /// A registry with the default configuration (the process-wide default registry).
