@@ -1,40 +1,51 @@
-//! The registry's map from name to breaker: hash tables of breakers behind read-write locks, in
-//! shards so that threads creating breakers do not all wait on one lock.
+//! The registry's map from name to breaker: a `DashMap` (the design's map: sharded read-write
+//! locks, so that threads creating breakers do not all wait on one lock) whose keys are the
+//! breakers themselves and whose values are empty.
 //!
 //! Each entry is the breaker alone (one word): its name, which the breaker keeps anyway, is the key
-//! (hashed and compared through the breaker). A map of name to breaker would store the name a
-//! second time, or a pointer to it, in every entry (issue 11: memory per breaker).
+//! (hashed, compared and borrowed as `[u8]` through the breaker, `ByName`). A map of name to
+//! breaker would store the name a second time, or a pointer to it, in every entry (issue 11:
+//! memory per breaker).
 //!
-//! The guards are only ever held by the short sections here, which run no Python code, take
+//! The shard guards are only ever held by the short sections here, which run no Python code, take
 //! references (which never blocks) and release none: what the caller lets go of (a breaker that
-//! lost a race, one removed or replaced) is handed back and dropped after the guard. On
-//! free-threaded CPython a release may block, and a thread blocked under a guard could be stopped
-//! for a garbage collection that then traverses this map (`for_each`).
+//! lost a race, one removed or replaced, the lookup's own reference to the breaker it inserts) is
+//! handed back and dropped after the guard. On free-threaded CPython a release may block, and a
+//! thread blocked under a guard could be stopped for a garbage collection that then traverses this
+//! map (`for_each`).
 
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
 use pyo3::prelude::*;
-use std::hash::BuildHasher;
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-
-use hashbrown::HashTable;
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
 
 use super::core::CoreRef;
 
-/// One shard, alone on its pair of cache lines (threads taking the locks of two shards must not
-/// write the same line).
-#[repr(align(128))]
-struct Shard(RwLock<HashTable<CoreRef>>);
+/// A breaker as a key: hashed and compared by its name, as the `[u8]` it borrows as (the two
+/// must agree, which `Borrow` requires: both hash the name's bytes the way `[u8]` does).
+struct ByName(CoreRef);
 
-impl Shard {
-    // A poisoned lock only means that a thread panicked while holding it; nothing here can leave
-    // a table half-changed (hashbrown's operations are panic-safe), so the table is used as is.
-    fn read(&self) -> RwLockReadGuard<'_, HashTable<CoreRef>> {
-        self.0.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, HashTable<CoreRef>> {
-        self.0.write().unwrap_or_else(PoisonError::into_inner)
+impl Borrow<[u8]> for ByName {
+    fn borrow(&self) -> &[u8] {
+        &self.0.name
     }
 }
+
+impl Hash for ByName {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let name: &[u8] = self.borrow();
+        name.hash(state);
+    }
+}
+
+impl PartialEq for ByName {
+    fn eq(&self, other: &ByName) -> bool {
+        *self.0.name == *other.0.name
+    }
+}
+
+impl Eq for ByName {}
 
 /// What an insertion found under the name.
 pub enum Inserted {
@@ -48,43 +59,19 @@ pub enum Inserted {
 }
 
 pub struct Names {
-    hasher: foldhash::fast::RandomState,
-    shards: Box<[Shard]>,
+    map: DashMap<ByName, (), foldhash::fast::RandomState>,
 }
 
 impl Names {
     pub fn new() -> Names {
-        // As many shards as a `DashMap` has: four per core, a power of two.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let count = (cores * 4).next_power_of_two();
         Names {
-            hasher: foldhash::fast::RandomState::default(),
-            shards: (0..count)
-                .map(|_| Shard(RwLock::new(HashTable::new())))
-                .collect(),
+            map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
         }
-    }
-
-    #[inline]
-    fn hash(&self, key: &[u8]) -> u64 {
-        self.hasher.hash_one(key)
-    }
-
-    /// The shard of a hash: its high bits (the tables use the low ones for their buckets, and
-    /// the top seven for their control bytes).
-    #[inline]
-    fn shard(&self, hash: u64) -> &Shard {
-        let index = (hash >> 40) as usize & (self.shards.len() - 1);
-        &self.shards[index]
     }
 
     /// The breaker named `key`, cloned out.
     pub fn get(&self, py: Python<'_>, key: &[u8]) -> Option<CoreRef> {
-        let hash = self.hash(key);
-        let table = self.shard(hash).read();
-        table
-            .find(hash, |core| *core.name == *key)
-            .map(|core| core.clone_ref(py))
+        self.map.get(key).map(|entry| entry.key().0.clone_ref(py))
     }
 
     /// Puts `fresh` in the map under its name if the name is free, or if the breaker holding it is
@@ -95,20 +82,23 @@ impl Names {
         fresh: &CoreRef,
         replace: impl FnOnce(&CoreRef) -> bool,
     ) -> Inserted {
-        let key: &[u8] = &fresh.name;
-        let hash = self.hash(key);
-        let mut table = self.shard(hash).write();
-        let rehash = |core: &CoreRef| self.hash(&core.name);
-        match table.entry(hash, |core| *core.name == *key, rehash) {
-            hashbrown::hash_table::Entry::Occupied(mut entry) => {
-                if replace(entry.get()) {
-                    Inserted::Replaced(std::mem::replace(entry.get_mut(), fresh.clone_ref(py)))
+        // The entry API takes the key by value: a reference of our own to `fresh`, which the
+        // caller still holds (so letting go of ours never frees it).
+        match self.map.entry(ByName(fresh.clone_ref(py))) {
+            Entry::Occupied(entry) => {
+                if replace(&entry.key().0) {
+                    // Returns once the guard is gone.
+                    let (replaced, ()) = entry.replace_entry(());
+                    Inserted::Replaced(replaced.0)
                 } else {
-                    Inserted::Existing(entry.get().clone_ref(py))
+                    let existing = entry.key().0.clone_ref(py);
+                    // `into_key` lets go of the guard first; our reference to `fresh` goes after.
+                    drop(entry.into_key());
+                    Inserted::Existing(existing)
                 }
             }
-            hashbrown::hash_table::Entry::Vacant(entry) => {
-                entry.insert(fresh.clone_ref(py));
+            Entry::Vacant(entry) => {
+                entry.insert(());
                 Inserted::Fresh
             }
         }
@@ -116,19 +106,14 @@ impl Names {
 
     /// Takes the breaker named `key` out of the map (to be dropped by the caller).
     pub fn remove(&self, key: &[u8]) -> Option<CoreRef> {
-        let hash = self.hash(key);
-        let mut table = self.shard(hash).write();
-        let entry = table.find_entry(hash, |core| *core.name == *key).ok()?;
-        Some(entry.remove().0)
+        self.map.remove(key).map(|(removed, ())| removed.0)
     }
 
     /// Calls `f` on every breaker, shard by shard under its read guard: `f` must run no Python
     /// code and release no reference (reporting to the garbage collector, cloning out).
     pub fn for_each<E>(&self, mut f: impl FnMut(&CoreRef) -> Result<(), E>) -> Result<(), E> {
-        for shard in self.shards.iter() {
-            for core in shard.read().iter() {
-                f(core)?;
-            }
+        for entry in self.map.iter() {
+            f(&entry.key().0)?;
         }
         Ok(())
     }
@@ -144,6 +129,6 @@ impl Names {
     }
 
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|shard| shard.read().len()).sum()
+        self.map.len()
     }
 }
