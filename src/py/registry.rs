@@ -163,8 +163,7 @@ impl Registry {
             let options = config.table_options();
             let coarse_lag_us = self.hub.get().clock.coarse_lag_us();
             let table = &shared.table;
-            let claimed =
-                py.detach(|| {
+            let claimed = py.detach(|| {
                 table.find_or_create(key, |slot| slot.reset_contents(&options, coarse_lag_us))
             });
             match claimed {

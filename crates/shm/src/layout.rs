@@ -630,7 +630,8 @@ impl Slot {
         coarse_lag_us: Option<u64>,
     ) {
         self.store_options(&crate::options::OptionsPatch::from(options));
-        self.window.set_bucket_us(options.bucket_word(coarse_lag_us));
+        self.window
+            .set_bucket_us(options.bucket_word(coarse_lag_us));
         let limits = options.limits();
         let machine = self.machine.machine(&limits);
         machine.set_mode(panelboard_engine::Mode::Closed);
