@@ -440,14 +440,14 @@ def test_awaitables_of_every_kind_are_driven(registry):
 # --- misuse ----------------------------------------------------------------------------------------
 
 
-def test_reentrant_send_is_a_runtime_error_and_changes_nothing(registry):
+def test_reentrant_send_is_a_value_error_as_for_a_coroutine_and_changes_nothing(registry):
     b = registry.breaker("svc", failure_threshold=100)
     holder = {}
 
     async def reenters():
-        with pytest.raises(RuntimeError, match="already executing"):
+        with pytest.raises(ValueError, match="already executing"):
             holder["coro"].send(None)
-        with pytest.raises(RuntimeError, match="already executing"):
+        with pytest.raises(ValueError, match="already executing"):
             holder["coro"].close()
         return "ok"
 
@@ -458,7 +458,35 @@ def test_reentrant_send_is_a_runtime_error_and_changes_nothing(registry):
     assert counts(b) == (1, 1, 0, 0, 0)
 
 
-def test_a_second_thread_driving_the_same_awaitable_gets_a_runtime_error(registry):
+def test_running_misuse_raises_what_a_running_coroutine_raises(registry):
+    # Code written for coroutines catches `ValueError` here (CPython's `gen_send_ex2`): the native
+    # awaitable must raise the same type, not another.
+    b = registry.breaker("svc", failure_threshold=100)
+    seen = {}
+
+    def misuse(key):
+        try:
+            seen[key] = None
+            return seen["coro_" + key].send(None)
+        except Exception as exc:  # noqa: BLE001 - compared below
+            seen[key] = type(exc)
+
+    async def plain():
+        misuse("plain")
+
+    async def guarded():
+        misuse("guarded")
+
+    seen["coro_plain"] = plain()
+    seen["coro_guarded"] = b.acall(guarded)
+    for key in ("plain", "guarded"):
+        with pytest.raises(StopIteration):
+            seen["coro_" + key].send(None)
+    assert seen["plain"] is ValueError
+    assert seen["guarded"] is seen["plain"]
+
+
+def test_a_second_thread_driving_the_same_awaitable_gets_a_value_error(registry):
     b = registry.breaker("svc", failure_threshold=100)
     inside, release = threading.Event(), threading.Event()
 
@@ -479,7 +507,7 @@ def test_a_second_thread_driving_the_same_awaitable_gets_a_runtime_error(registr
     join = in_thread(drive)
     assert inside.wait(30)
     for attempt in (lambda: coro.send(None), lambda: coro.throw(Boom()), coro.close, lambda: next(coro)):
-        with pytest.raises(RuntimeError, match="already executing"):
+        with pytest.raises(ValueError, match="already executing"):
             attempt()
     release.set()
     join()
@@ -503,7 +531,7 @@ def test_hammering_one_awaitable_from_many_threads_records_at_most_one_outcome(r
                         coro.close()
                     else:
                         coro.send(None)
-                except (StopIteration, RuntimeError):
+                except (StopIteration, RuntimeError, ValueError):  # finished / already executing
                     pass
                 except BaseException as exc:  # noqa: BLE001 - reported below
                     errors.append(exc)

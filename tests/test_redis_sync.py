@@ -271,6 +271,26 @@ def test_values_beyond_the_engine_limits_in_redis_are_garbage(
     wait_until(lambda: a.state("svc") is not State.OPEN, BOUND, "the 1 s open period ended")
 
 
+@pytest.mark.parametrize(
+    "options", [{}, {"backoff": 2.0, "max_reset_timeout": 10.0}], ids=["fixed", "backoff"]
+)
+def test_an_open_timer_beyond_the_engine_limits_in_redis_is_garbage(
+    redis_server: Any, namespace: str, registries: Any, options: dict[str, Any]
+) -> None:
+    """An open timer whose expiry no client sets (beyond the longest open period, 2^35 ms), written
+    over the fleet's, is never used: reported, and the breaker does not stay open for years."""
+    a = registries(redis_server.url, namespace, failure_threshold=1, reset_timeout=1.0, **options)
+    a.breaker("svc")
+    with pytest.raises(Boom):
+        a.call("svc", fail)
+    admin, key = redis_server.admin(), state_key(namespace, "svc") + ":open"
+    wait_until(lambda: admin.pttl(key) > 0, BOUND, "the trip reached Redis")
+    admin.pexpire(key, 2**40)
+    wait_until(lambda: a.sync_status()["malformed"] > 0, BOUND, "the garbage was reported")
+    wait_until(lambda: a.state("svc") is not State.OPEN, BOUND, "the 1 s open period ended")
+    assert a.breaker("svc").metrics().retry_after <= 10.0
+
+
 def test_index_garbage_neither_hides_breakers_nor_makes_any(
     redis_server: Any, namespace: str, registries: Any
 ) -> None:

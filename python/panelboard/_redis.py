@@ -343,11 +343,13 @@ for i = 0, ((#KEYS - 1) / 4) - 1 do
     fg = g
   end
 
-  -- The open timer: its remaining time, on the server's clock (-2: none; -1: garbage, no expiry).
+  -- The open timer: its remaining time, on the server's clock (-2: none; -1: garbage, no expiry;
+  -- beyond the longest open period, garbage too: no client sets one, and trusted it would hold
+  -- the whole fleet open for years).
   local pttl = -2
   if m == 1 then
     pttl = redis.call('PTTL', ok_)
-    if pttl == -1 then garbage = 1; redis.call('DEL', ok_); pttl = -2 end
+    if pttl == -1 or pttl > MAX_DURATION_MS then garbage = 1; redis.call('DEL', ok_); pttl = -2 end
   end
   local timer = pttl > 0
   local moved = false

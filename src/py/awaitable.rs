@@ -28,10 +28,10 @@
 //!
 //! One task drives it at a time. Its stage is taken out of a mutex for the duration of a step and
 //! put back afterwards, so no lock is held while Python runs; a second thread (or a reentrant
-//! call) that finds the stage taken gets CPython's "coroutine already executing" `RuntimeError`.
+//! call) that finds the stage taken gets CPython's "coroutine already executing" `ValueError`.
 
 use pyo3::exceptions::{
-    PyAttributeError, PyGeneratorExit, PyRuntimeError, PyStopIteration, PyTypeError,
+    PyAttributeError, PyGeneratorExit, PyRuntimeError, PyStopIteration, PyTypeError, PyValueError,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyTuple, PyType};
@@ -94,7 +94,8 @@ impl GuardedCoroutine {
     fn take(&self) -> PyResult<Stage> {
         let mut stage = self.stage.lock().unwrap_or_else(PoisonError::into_inner);
         if matches!(*stage, Stage::Running) {
-            return Err(PyRuntimeError::new_err("coroutine already executing"));
+            // A `ValueError`, as CPython raises for a coroutine that is running (`gen_send_ex2`).
+            return Err(PyValueError::new_err("coroutine already executing"));
         }
         Ok(std::mem::replace(&mut *stage, Stage::Running))
     }
