@@ -26,7 +26,7 @@ from helpers import (
     wait_synced,
     wait_until,
 )
-from panelboard import Registry, State
+from panelboard import Registry, State, _core
 
 pytestmark = pytest.mark.usefixtures("redis_server")
 
@@ -416,5 +416,103 @@ def test_garbage_in_the_fleets_window_is_ignored_with_one_warning(
     # The window works again: the next failures trip the fleet (40 failures: over the rate even
     # if the 16 successes above were still in the window, on a machine so loaded that their push
     # came late).
+    record(b, "SSSSS" + "F" * 40)
+    wait_until(lambda: b.state is State.OPEN, 5.0, "the fleet's window tripped after the garbage")
+
+
+# --------------------------------------------------------------------------------------------------
+# A numeric configure of the trip-policy options in one process reaches every process
+
+BEFORE = {
+    "failure_threshold": None,
+    "failure_rate": 0.9,
+    "min_calls": 1000,
+    "window": 10.0,
+    "reset_timeout": 0.3,
+    "half_open_max_calls": 1,
+}
+AFTER = {"failure_rate": 0.5, "min_calls": 12, "backoff": 4.0}
+
+
+def configured_elsewhere(index: int, barrier: Any, url: str, ns: str) -> dict[str, Any]:
+    registry = redis_registry(url, ns, **BEFORE)
+    try:
+        # One breaker per process, each published by all before anyone configures it (a breaker
+        # configured before its first sync adopts the fleet's options: the first creation wins).
+        mine = registry.breaker(f"{NAME}{index}")
+        for other in range(FLEET):
+            registry.breaker(f"{NAME}{other}")
+        wait_synced(registry)
+        barrier.wait()
+        if index == 0:
+            for other in range(FLEET):
+                registry.configure(f"{NAME}{other}", **AFTER)
+        time.sleep(8 * SYNC_INTERVAL)  # pushed, and applied everywhere
+        barrier.wait()
+        # The options this process now runs with (the worker's private read).
+        policy = _core._fleet_read(mine)[6][6]
+        options = {"failure_rate": policy[0], "min_calls": policy[4], "backoff": policy[5]}
+        # 12 calls, 6 of them failures, in this process only: the fleet's window (judged in Redis
+        # by the stored options) trips the breaker only under the new ones.
+        record(mine, "SF" * 6)
+        tripped = poll(lambda: rejects(mine), 5.0) is not None
+        alone = Registry(**BEFORE).breaker(NAME)
+        record(alone, "SF" * 6)
+        # A failed probe reopens it for reset_timeout * backoff: this process's own draw, from its
+        # own options.
+        reopened = None
+        if tripped and poll(lambda: mine.state is State.HALF_OPEN, 5.0) is not None:
+            fail_a_probe(mine)
+            reopened = mine.metrics().retry_after
+        return {"options": options, "tripped": tripped, "alone": alone.state, "reopened": reopened}
+    finally:
+        finish(barrier, registry)
+
+
+def test_a_configure_of_the_rate_options_reaches_every_process(
+    fleet: Fleet, redis_url: str, namespace: str
+) -> None:
+    results = fleet.run(configured_elsewhere, redis_url, namespace)
+    assert [r["alone"] for r in results] == [State.CLOSED] * FLEET, "the control: the old options hold"
+    assert [r["options"] for r in results] == [AFTER] * FLEET, results
+    assert [r["tripped"] for r in results] == [True] * FLEET, results
+    # 0.3 s * 4 = 1.2 s (0.3 s under the old backoff of 1).
+    assert all(r["reopened"] is not None and r["reopened"] >= 1.0 for r in results), results
+
+
+# --------------------------------------------------------------------------------------------------
+# Garbage in the state hash's trip-policy fields (one process)
+
+POLICY_GARBAGE = {
+    "not-a-number": {"fr": "half"},
+    "out-of-range": {"mc": "0", "w": "-1"},
+    "a-float": {"bo": "1.5"},
+    "no-trip-rule": {"ft": "-1", "fr": "-1", "sr": "-1"},
+    "rate-without-duration": {"sr": "500000000", "sd": "-1"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(POLICY_GARBAGE))
+def test_garbage_in_the_fleets_rate_options_is_ignored_with_one_warning(
+    redis_server: Any, namespace: str, registries: Any, records: list[logging.LogRecord], kind: str
+) -> None:
+    a = registries(redis_server.url, namespace, **GARBAGE_OPTIONS)
+    b = a.breaker(NAME)
+    record(b, "S")
+    wait_synced(a)
+    admin = redis_server.admin()
+    state_key = f"{namespace}:{{b{NAME.encode().hex()}}}"
+    assert admin.hget(state_key, "fr") == b"500000000", "failure_rate 0.5 is stored in billionths"
+    for _ in range(3):  # written again and again while the worker runs
+        admin.hset(state_key, mapping=POLICY_GARBAGE[kind])
+        record(b, "SSSSS")
+        time.sleep(4 * SYNC_INTERVAL)
+    assert b.state is State.CLOSED
+    assert a.sync_status()["connected"]
+    warnings = [r for r in sync_warnings(records) if "malformed" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    # Re-published from this process's options, which the garbage never changed.
+    stored = admin.hmget(state_key, ["fr", "mc", "w", "bo", "sr"])
+    assert stored == [b"500000000", b"10", b"1000000", b"1000000", b"-1"], stored
     record(b, "SSSSS" + "F" * 40)
     wait_until(lambda: b.state is State.OPEN, 5.0, "the fleet's window tripped after the garbage")

@@ -112,7 +112,8 @@ SCRIPT = """\
 -- namespace's index (sorted set: hex name -> server time it was published).
 -- ARGV[1] process token, ARGV[2] tombstone TTL (ms), ARGV[3] index cursor (-1: no discovery this
 -- round), then FIELDS values per breaker (see below).
--- Reply, per breaker: {g, mode, f, open_pttl, my_leases, cv, ft, rt, hm, st, pt, garbage, k},
+-- Reply, per breaker: {g, mode, f, open_pttl, my_leases, cv, ft, rt, hm, st, pt, garbage, k,
+-- fr, sd, sr, w, mc, bo, mr, jt},
 -- then {new cursor, hex names published after the cursor...}
 --   mode: 0 closed, 1 open (timer running), 2 half-open (open, timer over: probes by lease),
 --         3 forced open, 4 disabled, 5 deleted.
@@ -120,7 +121,7 @@ SCRIPT = """\
 -- generation its sender last saw (-1: its first sync, which matches any) and is applied only if
 -- `g` still has that value; operator commands (reset, force_open, disable, delete) always apply.
 -- A breaker that nothing changes costs one HMGET per round (two while open): reads never write.
-local FIELDS = 23
+local FIELDS = 27
 local STATE_TTL = 86400000 -- a breaker nobody changes for a day is forgotten (and re-published)
 local token = ARGV[1]
 local tomb_ttl = tonumber(ARGV[2]) or 60000
@@ -149,28 +150,41 @@ local MAX_PROBE_COUNT = 65535
 local MAX_REOPENS = 2047 -- the engine's open-time word keeps 11 bits of reopen count
 local BUCKETS = 10 -- buckets per window, as the engine's (crates/engine/src/window.rs)
 local MAX_WINDOW_FIELDS = 3 * (BUCKETS + 1) + 2
-local function limits_ok(ft, rt, hm, st, pt)
-  return ft ~= nil and rt ~= nil and hm ~= nil and st ~= nil and pt ~= nil
+-- The trip-policy options (issue 11), as whole numbers: fr failure_rate and sr slow_call_rate in
+-- billionths (-1: off), sd slow_call_duration in µs (-1: none), w window in µs, mc min_calls, bo
+-- backoff in millionths, mr max_reset_timeout in ms (-1: none), jt jitter in billionths.
+local RATIO = 1000000000
+local MAX_DURATION_US = MAX_DURATION_MS * 1000
+local MIN_WINDOW_US = 100
+local POLICY_DEFAULTS = {-1, -1, -1, 10000000, 10, 1000000, -1, 0}
+local function limits_ok(ft, rt, hm, st, pt, p)
+  if not (ft ~= nil and rt ~= nil and hm ~= nil and st ~= nil and pt ~= nil
     and (ft == -1 or (ft >= 1 and ft <= MAX_FAILURE_THRESHOLD))
     and rt >= 0 and rt <= MAX_DURATION_MS
     and hm >= 1 and hm <= MAX_PROBE_COUNT and st >= 1 and st <= MAX_PROBE_COUNT
-    and (pt == -1 or (pt >= 1 and pt <= MAX_DURATION_MS))
+    and (pt == -1 or (pt >= 1 and pt <= MAX_DURATION_MS))) then return false end
+  for j = 1, 8 do if p[j] == nil then return false end end
+  local fr, sd, sr, w, mc, bo, mr, jt = p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]
+  return (fr == -1 or (fr >= 1 and fr <= RATIO))
+    and (sd == -1 or (sd >= 1 and sd <= MAX_DURATION_US))
+    and (sr == -1 or (sr >= 1 and sr <= RATIO))
+    and w >= MIN_WINDOW_US and w <= MAX_DURATION_US
+    and mc >= 1 and mc <= MAX_FAILURE_THRESHOLD
+    and bo >= 1000000 and bo <= 1e15
+    and (mr == -1 or (mr >= rt and mr <= MAX_DURATION_MS))
+    and jt >= 0 and jt < RATIO
+    and (ft ~= -1 or fr ~= -1 or sr ~= -1) -- a breaker needs a trip rule
+    and (sr == -1 or sd ~= -1) -- slow_call_rate needs slow_call_duration
 end
 
 local out = {}
--- A rate in (0, 1], else nil (the rule is off).
-local function rate(v)
-  local r = tonumber(v)
-  if r == nil or r ~= r or r <= 0 or r > 1 then return nil end
-  return r
-end
 
 -- The fleet's window of a breaker at generation `g`: adds the sender's new counts (dc calls, df
 -- failures, ds slow) to the bucket of the server's time and returns the window's sums (calls,
 -- failures, slow) and whether garbage was found. One hash per breaker: `g` the generation the
 -- counts belong to (another generation's window is dropped: a transition starts an empty one),
--- `w` the bucket width in ms (the first sender's; a window of another width only starts with the
--- next generation), and `c<i>`, `f<i>`, `s<i>` the counts of bucket i (server ms / w). Buckets
+-- `w` the bucket width in ms (the fleet's window's when it was started; a window of another width
+-- only starts with the next generation), and `c<i>`, `f<i>`, `s<i>` the counts of bucket i (server ms / w). Buckets
 -- that left the window are deleted as the window moves, and the key expires one window after its
 -- last count: a bounded number of fields, never an entry per call.
 local function window_add(wk, g, bw, dc, df, ds)
@@ -227,28 +241,34 @@ for i = 0, ((#KEYS - 1) / 4) - 1 do
   local lmode, lcount, lremain, cfgch = int(ARGV[a + 5]), int(ARGV[a + 6]), int(ARGV[a + 7]), int(ARGV[a + 8])
   local cft, crt, chm, cst, cpt = int(ARGV[a + 9]), int(ARGV[a + 10]), int(ARGV[a + 11]), int(ARGV[a + 12]), int(ARGV[a + 13])
   -- The sender's open period's reopen count (backoff), its draw for a trip from closed, the
-  -- counts its window gained since its last round, and its rate rules (bucket width ms, min_calls,
-  -- failure_rate, slow_call_rate; bw -1: no rate rule).
+  -- counts its window gained since its last round, and its trip-policy options (cp: what it
+  -- publishes with the five above).
   local lreopens, trip = int(ARGV[a + 14]), int(ARGV[a + 15])
   local dc, df, ds = int(ARGV[a + 16]), int(ARGV[a + 17]), int(ARGV[a + 18])
-  local bw, mc, fr, sr = int(ARGV[a + 19]), int(ARGV[a + 20]), rate(ARGV[a + 21]), rate(ARGV[a + 22])
+  local cp = {}
+  for j = 1, 8 do cp[j] = int(ARGV[a + 18 + j]) end
   if lreopens == nil or lreopens < 0 or lreopens > MAX_REOPENS then lreopens = 0 end
   if trip == nil or trip < 0 or trip > MAX_DURATION_MS then trip = nil end
   if not (dc and df and ds and dc > 0 and df >= 0 and ds >= 0 and df <= dc and ds <= dc) then dc = 0 end
-  if not (bw and bw >= 1 and bw <= MAX_DURATION_MS and mc and mc >= 1 and (fr or sr)) then bw = nil end
 
   -- Garbage in our keys (someone else wrote them): dropped and re-published, never trusted.
   local garbage = 0
   local g, m, f, cv, ft, rt, hm, st, pt, e, k
-  local h = redis.pcall('HMGET', sk, 'g', 'm', 'f', 'cv', 'ft', 'rt', 'hm', 'st', 'pt', 'e', 'k')
+  local p = {}
+  local h = redis.pcall('HMGET', sk, 'g', 'm', 'f', 'cv', 'ft', 'rt', 'hm', 'st', 'pt', 'e', 'k',
+    'fr', 'sd', 'sr', 'w', 'mc', 'bo', 'mr', 'jt')
   if type(h) == 'table' and h.err == nil then
     g, m, f, cv = int(h[1]), int(h[2]), int(h[3]), int(h[4])
     ft, rt, hm, st, pt, e = int(h[5]), int(h[6]), int(h[7]), int(h[8]), int(h[9]), int(h[10])
     k = 0
     if h[11] then k = int(h[11]) end -- missing in a state written before reopens were kept
+    -- Missing in a state written before the trip-policy options travelled: their defaults.
+    for j = 1, 8 do
+      if h[11 + j] then p[j] = int(h[11 + j]) else p[j] = POLICY_DEFAULTS[j] end
+    end
     if not (g and m and f and cv and ft and rt and hm and st and pt and e and k)
-      or m < 0 or m > 5 or f < 0 or k < 0 or k > MAX_REOPENS or not limits_ok(ft, rt, hm, st, pt) then
-      for j = 1, 11 do if h[j] then garbage = 1 end end
+      or m < 0 or m > 5 or f < 0 or k < 0 or k > MAX_REOPENS or not limits_ok(ft, rt, hm, st, pt, p) then
+      for j = 1, 19 do if h[j] then garbage = 1 end end
       g = nil
     elseif m == 5 and fg == -1 and op ~= 5 then
       g = nil -- a tombstone, and a breaker made since under that name: it starts afresh
@@ -291,7 +311,8 @@ for i = 0, ((#KEYS - 1) / 4) - 1 do
     elseif lmode == 3 or lmode == 4 then m = lmode
     else m = 0 end
     cv, ft, rt, hm, st, pt = 1, 5, 30000, 1, 1, -1
-    if limits_ok(cft, crt, chm, cst, cpt) then ft, rt, hm, st, pt = cft, crt, chm, cst, cpt end
+    p = POLICY_DEFAULTS
+    if limits_ok(cft, crt, chm, cst, cpt, cp) then ft, rt, hm, st, pt, p = cft, crt, chm, cst, cpt, cp end
     if op == 5 then m = 5 end
     op = 0
     if m ~= 5 then
@@ -310,9 +331,9 @@ for i = 0, ((#KEYS - 1) / 4) - 1 do
     dirty = true
   end
 
-  if cfgch == 1 and limits_ok(cft, crt, chm, cst, cpt) then
+  if cfgch == 1 and limits_ok(cft, crt, chm, cst, cpt, cp) then
     cv = cv + 1
-    ft, rt, hm, st, pt = cft, crt, chm, cst, cpt
+    ft, rt, hm, st, pt, p = cft, crt, chm, cst, cpt, cp
     dirty = true
   end
 
@@ -375,12 +396,15 @@ for i = 0, ((#KEYS - 1) / 4) - 1 do
     if ft > 0 and f >= ft then open_now(trip, 0); moved = true end
     dirty = true
   end
-  -- The rate rules judge the fleet's window (the sender's rules on everyone's counts), with the
-  -- same compare-and-swap on `g`: counts of another generation never land in this one's window.
-  if matches and not moved and m == 0 and dc > 0 and bw then
+  -- The rate rules judge the fleet's window (the fleet's stored rules on everyone's counts), with
+  -- the same compare-and-swap on `g`: counts of another generation never land in this one's window.
+  -- Buckets: a tenth of the window, in whole milliseconds of the server's clock.
+  local fr, sr, mc = p[1], p[3], p[5]
+  if matches and not moved and m == 0 and dc > 0 and (fr > 0 or sr > 0) then
+    local bw = math.max(math.ceil(p[4] / BUCKETS / 1000), 1)
     local calls, fails, slow, bad = window_add(wk, g, bw, dc, df, ds)
     if bad then garbage = 1 end
-    if calls >= mc and ((fr and fails / calls >= fr) or (sr and slow / calls >= sr)) then
+    if calls >= mc and ((fr > 0 and fails / calls >= fr / RATIO) or (sr > 0 and slow / calls >= sr / RATIO)) then
       open_now(trip, 0)
       moved = true
       redis.call('DEL', wk)
@@ -427,13 +451,14 @@ for i = 0, ((#KEYS - 1) / 4) - 1 do
   end
 
   if dirty then
-    redis.call('HSET', sk, 'g', g, 'm', m, 'f', f, 'cv', cv, 'ft', ft, 'rt', rt, 'hm', hm, 'st', st, 'pt', pt, 'e', e, 'k', k)
+    redis.call('HSET', sk, 'g', g, 'm', m, 'f', f, 'cv', cv, 'ft', ft, 'rt', rt, 'hm', hm, 'st', st, 'pt', pt, 'e', e, 'k', k,
+      'fr', p[1], 'sd', p[2], 'sr', p[3], 'w', p[4], 'mc', p[5], 'bo', p[6], 'mr', p[7], 'jt', p[8])
     if m == 5 then redis.call('PEXPIRE', sk, tomb_ttl) else redis.call('PEXPIRE', sk, STATE_TTL) end
   end
 
   local mode = m
   if m == 1 and not timer then mode = 2 end
-  out[i + 1] = {g, mode, f, pttl, mine, cv, ft, rt, hm, st, pt, garbage, k}
+  out[i + 1] = {g, mode, f, pttl, mine, cv, ft, rt, hm, st, pt, garbage, k, p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]}
 end
 
 -- Discovery: breakers other processes published since the cursor (forgotten after a day). Only

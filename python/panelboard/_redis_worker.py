@@ -24,8 +24,8 @@ _log = logging.getLogger("panelboard")
 SYNC, TRIP, PROBE_OK, PROBE_FAIL, SET_MODE, DELETE = range(6)
 # Local modes (`_core._fleet_read`) and fleet modes (the script's reply).
 CLOSED, OPEN, HALF_OPEN, FORCED_OPEN, DISABLED, DELETED = range(6)
-FIELDS = 23
-REPLY_FIELDS = 13
+FIELDS = 27
+REPLY_FIELDS = 21
 KEYS_PER_BREAKER = 4
 # Breakers per script call: bounds the time one call holds Redis.
 BATCH = 256
@@ -41,6 +41,17 @@ MAX_PROBE_COUNT = 65535
 MAX_REOPENS = 2047
 # A breaker's state hash (docs/redis.md), as the script reads it.
 STATE_FIELDS = ("g", "m", "f", "cv", "ft", "rt", "hm", "st", "pt", "e")
+# The trip-policy options (issue 11) the fleet shares with the five above, as whole numbers (Lua
+# numbers and Redis replies carry no floats safely): failure_rate, slow_call_duration (µs),
+# slow_call_rate, window (µs), min_calls, backoff (millionths), max_reset_timeout (ms), jitter;
+# ratios in billionths; -1 for None. A state hash without them (written before they travelled)
+# has the defaults.
+POLICY_FIELDS = ("fr", "sd", "sr", "w", "mc", "bo", "mr", "jt")
+POLICY_DEFAULTS = (-1, -1, -1, 10_000_000, 10, 1_000_000, -1, 0)
+RATIO_UNIT = 1_000_000_000
+BACKOFF_UNIT = 1_000_000
+MAX_BACKOFF = 10**15  # the script's largest whole number: a backoff of 10^9
+MIN_WINDOW_US = 100
 
 
 class Track:
@@ -92,42 +103,77 @@ def _fleet_threshold(failure_threshold: int) -> int:
     return -1 if failure_threshold == NO_FAILURE_THRESHOLD else failure_threshold
 
 
-def _published_state(fields: object) -> bool:
-    """Whether an HMGET of STATE_FIELDS is a live breaker's state within the engine's limits
-    (the script's `limits_ok`): what discovery needs before it makes a breaker."""
-    if not isinstance(fields, list) or len(fields) != len(STATE_FIELDS):
-        return False
-    try:
-        g, m, f, cv, ft, rt, hm, st, pt, e = (int(v) for v in fields)
-    except (TypeError, ValueError):
-        return False
+def _ratio(value: float | None) -> int:
+    return -1 if value is None else min(max(round(value * RATIO_UNIT), 1), RATIO_UNIT)
+
+
+def _fleet_policy(policy: tuple[Any, ...]) -> tuple[int, ...]:
+    """The local trip-policy options (`_fleet_read`) as the fleet stores them (POLICY_FIELDS)."""
+    failure_rate, slow_ns, slow_rate, window_us, min_calls, backoff, max_reset_ms, jitter = policy
     return (
-        0 <= m <= 4
-        and f >= 0
-        and (ft == -1 or 1 <= ft <= MAX_FAILURE_THRESHOLD)
+        _ratio(failure_rate),
+        -1 if slow_ns is None else min(max((slow_ns + 500) // 1000, 1), MAX_DURATION_MS * 1000),
+        _ratio(slow_rate),
+        window_us,
+        min_calls,
+        min(round(backoff * BACKOFF_UNIT), MAX_BACKOFF),
+        -1 if max_reset_ms is None else max_reset_ms,
+        min(round(jitter * RATIO_UNIT), RATIO_UNIT - 1),
+    )
+
+
+def _options_ok(options: tuple[int, ...]) -> bool:
+    """Whether the fleet's numeric options (the five, then POLICY_FIELDS) are within the engine's
+    limits and fit together (the script's `limits_ok`)."""
+    ft, rt, hm, st, pt, fr, sd, sr, w, mc, bo, mr, jt = options
+    return (
+        (ft == -1 or 1 <= ft <= MAX_FAILURE_THRESHOLD)
         and 0 <= rt <= MAX_DURATION_MS
         and 1 <= hm <= MAX_PROBE_COUNT
         and 1 <= st <= MAX_PROBE_COUNT
         and (pt == -1 or 1 <= pt <= MAX_DURATION_MS)
+        and (fr == -1 or 1 <= fr <= RATIO_UNIT)
+        and (sd == -1 or 1 <= sd <= MAX_DURATION_MS * 1000)
+        and (sr == -1 or 1 <= sr <= RATIO_UNIT)
+        and MIN_WINDOW_US <= w <= MAX_DURATION_MS * 1000
+        and 1 <= mc <= MAX_FAILURE_THRESHOLD
+        and BACKOFF_UNIT <= bo <= MAX_BACKOFF
+        and (mr == -1 or rt <= mr <= MAX_DURATION_MS)
+        and 0 <= jt < RATIO_UNIT
+        and (ft != -1 or fr != -1 or sr != -1)
+        and (sr == -1 or sd != -1)
     )
+
+
+def _published_state(fields: object) -> bool:
+    """Whether an HMGET of STATE_FIELDS + POLICY_FIELDS is a live breaker's state within the
+    engine's limits (the script's `limits_ok`): what discovery needs before it makes a breaker."""
+    if not isinstance(fields, list) or len(fields) != len(STATE_FIELDS) + len(POLICY_FIELDS):
+        return False
+    base = len(STATE_FIELDS)
+    policy = [d if v is None else v for v, d in zip(fields[base:], POLICY_DEFAULTS)]
+    try:
+        g, m, f, cv, ft, rt, hm, st, pt, e = (int(v) for v in fields[:base])
+        options = (ft, rt, hm, st, pt, *(int(v) for v in policy))
+    except (TypeError, ValueError):
+        return False
+    return 0 <= m <= 4 and f >= 0 and _options_ok(options)
 
 
 def _int(value: object) -> int | None:
     return value if type(value) is int else None
 
 
-def _window_delta(
-    track: Track, mode: int, gen: int, window: Any
-) -> tuple[int, int, int, int, int, float, float]:
+def _window_delta(track: Track, mode: int, gen: int, window: Any) -> tuple[int, int, int]:
     """What the sync script needs for the fleet's window: the counts the local window gained since
     the last push (calls, failures, slow; only while closed, of the local generation, bucket by
-    bucket: a bucket's counts only grow while it is in the window), then the rate rules (bucket
-    width ms, min_calls, failure_rate, slow_call_rate; -1 when off). The buckets as read become
-    `track.pushed` once the round succeeds (`Track.pending`)."""
+    bucket: a bucket's counts only grow while it is in the window). The script judges them by the
+    fleet's stored rate rules. The buckets as read become `track.pushed` once the round succeeds
+    (`Track.pending`)."""
     if window is None:
         track.pending = None
-        return 0, 0, 0, -1, 0, -1.0, -1.0
-    bucket_ms, min_calls, failure_rate, slow_call_rate, buckets = window
+        return 0, 0, 0
+    buckets = window[4]
     pushed = track.pushed if track.wgen == gen else {}
     now = {index: (calls, failures, slow) for index, calls, failures, slow in buckets}
     dc = df = ds = 0
@@ -138,7 +184,7 @@ def _window_delta(
             df += max(failures - before[1], 0)
             ds += max(slow - before[2], 0)
     track.pending = (gen, now)
-    return dc, df, ds, bucket_ms, min_calls, failure_rate, slow_call_rate
+    return dc, df, ds
 
 
 class Worker:
@@ -333,7 +379,7 @@ class Worker:
             track = self._tracks[name]
             keys += self._keys(track)
             args += [DELETE, track.fg, 0, 0, 0, CLOSED, 0, 0, 0, 1, 0, 1, 1, -1]
-            args += [0, -1, 0, 0, 0, -1, 0, -1, -1]
+            args += [0, -1, 0, 0, 0, *POLICY_DEFAULTS]
             work.append((name, track, None, DELETE))
         discover = self._rounds % DISCOVERY_ROUNDS == 0
         for start in range(0, max(len(work), 1), BATCH):
@@ -377,7 +423,7 @@ class Worker:
         if names:
             pipe = self._client.pipeline(transaction=False)
             for key in names.values():
-                pipe.hmget(key, STATE_FIELDS)
+                pipe.hmget(key, STATE_FIELDS + POLICY_FIELDS)
             self._commands += len(names)
             replies = pipe.execute(raise_on_error=False)
             for name, reply in zip(names, replies):
@@ -394,7 +440,7 @@ class Worker:
 
     def _entry(self, track: Track, read: tuple[Any, ...], keys: list[str], args: list[object]) -> int:
         _bits, mode, gen, count, rejected, remaining, config, reopens, trip_ms, window = read
-        version, ft, rt, hm, st, pt = config
+        version, ft, rt, hm, st, pt, policy = config
         op, add, reset = SYNC, 0, 0
         if gen == track.lgen and mode == track.lmode:
             if mode == CLOSED:
@@ -423,6 +469,7 @@ class Worker:
         args += [op, track.fg, add, reset, want, mode, count, remaining, cfg_changed]
         args += [_fleet_threshold(ft), rt, hm, st, pt, reopens, trip_ms]
         args += _window_delta(track, mode, gen, window)
+        args += _fleet_policy(policy)
         return op
 
     def _apply(
@@ -444,10 +491,11 @@ class Worker:
         if len(values) != REPLY_FIELDS or any(v is None for v in values):
             self._malformed_state(name, track)
             return
-        g, mode, f, pttl, mine, cv, ft, rt, hm, st, pt, garbage, reopens = values  # type: ignore[misc]
+        g, mode, f, pttl, mine, cv, garbage, reopens = (*values[:6], *values[11:13])  # type: ignore[misc]
+        options: tuple[int, ...] = (*values[6:11], *values[13:])  # type: ignore[arg-type]
         if garbage:
             self._malformed_state(name, track)
-        if not 0 <= reopens <= MAX_REOPENS or pttl < 0:
+        if not 0 <= reopens <= MAX_REOPENS or pttl < 0 or not _options_ok(options):
             self._malformed_state(name, track)
             return
         if read is None or mode == DELETED:
@@ -462,7 +510,7 @@ class Worker:
         bits, lmode, lgen, count, _rejected, remaining, config = read[:7]
         if cv != track.cv:
             track.cv = cv
-            self._apply_config(registry, name, track, config, (ft, rt, hm, st, pt))
+            self._apply_config(registry, name, track, config, options)
         else:
             track.cfg_version = config[0]
         track.fg = g
@@ -505,11 +553,14 @@ class Worker:
         registry: Any,
         name: str,
         track: Track,
-        local: tuple[int, ...],
-        fleet: tuple[int, int, int, int, int],
+        local: tuple[Any, ...],
+        fleet: tuple[int, ...],
     ) -> None:
-        ft, rt, hm, st, pt = fleet
-        if (_fleet_threshold(local[1]), *local[2:]) != fleet:
+        """Applies the fleet's numeric options (a newer config version) with one `configure`: the
+        engine validates them together, so a combination it refuses is garbage, never half
+        applied."""
+        ft, rt, hm, st, pt, fr, sd, sr, w, mc, bo, mr, jt = fleet
+        if (_fleet_threshold(local[1]), *local[2:6], *_fleet_policy(local[6])) != fleet:
             try:
                 registry.configure(
                     name,
@@ -518,6 +569,14 @@ class Worker:
                     half_open_max_calls=hm,
                     success_threshold=st,
                     probe_timeout=None if pt < 0 else pt / 1000,
+                    failure_rate=None if fr < 0 else fr / RATIO_UNIT,
+                    slow_call_duration=None if sd < 0 else sd / 1_000_000,
+                    slow_call_rate=None if sr < 0 else sr / RATIO_UNIT,
+                    window=w / 1_000_000,
+                    min_calls=mc,
+                    backoff=bo / BACKOFF_UNIT,
+                    max_reset_timeout=None if mr < 0 else mr / 1000,
+                    jitter=jt / RATIO_UNIT,
                 )
             except (TypeError, ValueError) as error:
                 self._malformed_state(name, track, error)

@@ -41,7 +41,9 @@ pub fn fleet_breakers<'py>(py: Python<'py>, registry: &Registry) -> PyResult<Bou
 
 /// `(bits, mode, generation, count, rejected, open_remaining_ms, (config_version,
 /// failure_threshold, reset_timeout_ms, half_open_max_calls, success_threshold,
-/// probe_timeout_ms or -1), reopens, trip_ms, window)`: `count` is the failures of a closed word or
+/// probe_timeout_ms or -1, policy), reopens, trip_ms, window)`, where `policy` is the trip-policy
+/// options `(failure_rate, slow_call_ns, slow_call_rate, window_us, min_calls, backoff,
+/// max_reset_timeout_ms, jitter)` (`None` where unset), which the fleet shares with the five: `count` is the failures of a closed word or
 /// the permits out of a half-open one; modes are 0 closed, 1 open, 2 half-open, 3 forced open,
 /// 4 disabled. `reopens`: which reopen since the breaker closed the current open period is (0
 /// unless open times vary); `trip_ms`: a fresh draw of the open time of a trip from closed (what
@@ -56,6 +58,7 @@ pub fn fleet_read<'py>(py: Python<'py>, breaker: &Breaker) -> PyResult<Bound<'py
     let config = core.config.load();
     let word = core.storage.slots().machine_word();
     let limits = &config.limits;
+    let policy = &config.policy;
     let count = match word.mode() {
         Mode::HalfOpen => word.in_flight(),
         Mode::Closed => word.failures(),
@@ -112,6 +115,16 @@ pub fn fleet_read<'py>(py: Python<'py>, breaker: &Breaker) -> PyResult<Bound<'py
             limits.half_open_max_calls,
             limits.success_threshold,
             probe_timeout,
+            (
+                policy.failure_rate,
+                config.slow_call_ns,
+                policy.slow_call_rate,
+                policy.window.1,
+                policy.min_calls,
+                policy.backoff,
+                policy.max_reset_timeout.map(|(_, ms)| ms),
+                policy.jitter,
+            ),
         ),
         reopens,
         trip_ms,
