@@ -32,7 +32,15 @@ from panelboard._flaky_server import FlakyServer
 pytest.register_assert_rewrite("helpers", "model")
 
 # A real redis-server for the Redis-sharing tests (tests/redis_fixtures.py says what each one does).
-from redis_fixtures import namespace, redis_server, redis_server_factory, redis_url, registries  # noqa: E402, F401
+from redis_fixtures import (  # noqa: E402, F401
+    fleet,
+    namespace,
+    records,
+    redis_server,
+    redis_server_factory,
+    redis_url,
+    registries,
+)
 
 # CI machines are small and busy: a slow example is not a failure. Tests that set their own
 # `settings` keep these for whatever they leave out.

@@ -42,6 +42,7 @@ import multiprocessing
 import os
 import select
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -518,6 +519,44 @@ class Fleet:
     def close(self) -> None:
         self.pool.terminate()
         self.pool.join()
+
+
+def report(what: str, values: list[float]) -> None:
+    """Prints a fleet measurement (shown with ``pytest -s``): count, median and maximum in ms."""
+    print(
+        f"\n{what}: n={len(values)} median={statistics.median(values) * 1000:.1f} ms "
+        f"max={max(values) * 1000:.1f} ms"
+    )
+
+
+def poll(predicate: Callable[[], object], timeout: float, pause: float = 0.001) -> float | None:
+    """The monotonic time at which ``predicate()`` first held, or None after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return time.monotonic()
+        time.sleep(pause)
+    return None
+
+
+def finish(barrier: Any, registry: Any) -> None:
+    """Closes a fleet process's registry once every process is done: a process that acted last must
+    not stop its worker (and drop its last push) while the others still wait to see it."""
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        pass
+    finally:
+        close_registry(registry)
+
+
+def rejects(b: Any) -> bool:
+    """Whether ``b`` rejects a call now (a permit it gives is handed back, ignored)."""
+    permit = b.try_acquire()
+    if permit is None:
+        return True
+    permit.ignore()
+    return False
 
 
 _fleet_barrier: Any = None

@@ -26,6 +26,7 @@ not installed the tests that need it are skipped, except under CI (``CI`` set), 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import signal
@@ -505,3 +506,31 @@ def registries() -> Iterator[Any]:
     finally:
         for registry in made:
             helpers.close_registry(registry)
+
+
+@pytest.fixture
+def records() -> Iterator[list[logging.LogRecord]]:
+    """Every record the ``panelboard`` logger emits during the test, at any level."""
+    kept: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            kept.append(record)
+
+    logger = logging.getLogger("panelboard")
+    handler = Keep(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield kept
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[helpers.Fleet]:
+    """Eight spawned processes for a test module's fleet runs (``helpers.Fleet``)."""
+    fleet = helpers.Fleet(8)
+    try:
+        yield fleet
+    finally:
+        fleet.close()

@@ -15,14 +15,24 @@ import math
 import multiprocessing
 import os
 import signal
-import statistics
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import SYNC_INTERVAL, TIMEOUT, Fleet, close_registry, redis_registry, wait_synced, wait_until
+from helpers import (
+    SYNC_INTERVAL,
+    TIMEOUT,
+    Fleet,
+    close_registry,
+    finish,
+    poll,
+    redis_registry,
+    rejects,
+    report,
+    wait_synced,
+    wait_until,
+)
 from panelboard import ManualClock, Registry, State
 
 pytestmark = pytest.mark.usefixtures("redis_server")
@@ -33,52 +43,6 @@ NAME = "payments"
 MARGIN = 0.25
 #: "Every process rejects within sync_interval plus a round trip" (README, Fleet guarantees).
 PROPAGATION_BOUND = SYNC_INTERVAL + MARGIN
-
-
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
-    fleet = Fleet(FLEET)
-    try:
-        yield fleet
-    finally:
-        fleet.close()
-
-
-def report(what: str, delays: list[float]) -> None:
-    print(
-        f"\n{what}: n={len(delays)} median={statistics.median(delays) * 1000:.1f} ms "
-        f"max={max(delays) * 1000:.1f} ms"
-    )
-
-
-def poll(predicate: Any, timeout: float, poll: float = 0.001) -> float | None:
-    """The monotonic time at which ``predicate()`` first held, or None after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return time.monotonic()
-        time.sleep(poll)
-    return None
-
-
-def finish(barrier: Any, registry: Any) -> None:
-    """Closes the registry once every process is done: a process that acted last must not stop its
-    worker (and drop its last push) while the others still wait to see it."""
-    try:
-        barrier.wait()
-    except threading.BrokenBarrierError:
-        pass
-    finally:
-        close_registry(registry)
-
-
-def rejects(b: Any) -> bool:
-    """Whether ``b`` rejects a call now (a permit it gives is handed back, ignored)."""
-    permit = b.try_acquire()
-    if permit is None:
-        return True
-    permit.ignore()
-    return False
 
 
 # --------------------------------------------------------------------------------------------------

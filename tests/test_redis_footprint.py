@@ -11,9 +11,7 @@
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -32,23 +30,6 @@ from redis_fixtures import RedisServer
 
 CONVERGENCE_BOUND = 5.0
 PROPAGATION_BOUND = SYNC_INTERVAL + 0.25
-
-
-@pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    kept: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            kept.append(record)
-
-    logger = logging.getLogger("panelboard")
-    handler = Keep(logging.DEBUG)
-    logger.addHandler(handler)
-    try:
-        yield kept
-    finally:
-        logger.removeHandler(handler)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,18 +10,18 @@ a loaded 2-core machine); the measured values are printed (``pytest -s``) for th
 from __future__ import annotations
 
 import logging
-import statistics
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from helpers import (
     SYNC_INTERVAL,
     Fleet,
-    close_registry,
+    finish,
+    poll,
     redis_registry,
+    rejects,
+    report,
     sync_warnings,
     wait_synced,
     wait_until,
@@ -38,49 +38,6 @@ MARGIN = 0.25
 #: they were recorded (README, Fleet guarantees).
 RATE_TRIP_BOUND = 2 * SYNC_INTERVAL + MARGIN
 PROPAGATION_BOUND = SYNC_INTERVAL + MARGIN
-
-
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
-    fleet = Fleet(FLEET)
-    try:
-        yield fleet
-    finally:
-        fleet.close()
-
-
-def report(what: str, values: list[float]) -> None:
-    print(
-        f"\n{what}: n={len(values)} median={statistics.median(values) * 1000:.1f} ms "
-        f"max={max(values) * 1000:.1f} ms"
-    )
-
-
-def finish(barrier: Any, registry: Any) -> None:
-    """Closes the registry once every process is done (see test_redis_fleet.py)."""
-    try:
-        barrier.wait()
-    except threading.BrokenBarrierError:
-        pass
-    finally:
-        close_registry(registry)
-
-
-def poll(predicate: Any, timeout: float, pause: float = 0.001) -> float | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return time.monotonic()
-        time.sleep(pause)
-    return None
-
-
-def rejects(b: Any) -> bool:
-    permit = b.try_acquire()
-    if permit is None:
-        return True
-    permit.ignore()
-    return False
 
 
 def record_until_rejected(b: Any, outcomes: str) -> None:
@@ -352,23 +309,6 @@ def test_every_process_reports_the_backed_off_period_held_in_redis(
 
 # --------------------------------------------------------------------------------------------------
 # Garbage in the fleet's window (one process)
-
-
-@pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    kept: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            kept.append(record)
-
-    logger = logging.getLogger("panelboard")
-    handler = Keep(logging.DEBUG)
-    logger.addHandler(handler)
-    try:
-        yield kept
-    finally:
-        logger.removeHandler(handler)
 
 
 GARBAGE_OPTIONS = {"failure_threshold": None, "failure_rate": 0.5, "min_calls": 10, "window": 1.0}
