@@ -76,6 +76,15 @@ SPREAD = {
 }
 
 
+def delays_after_the_last_count(results: list[dict[str, Any]], what: str) -> list[float]:
+    """How long after the fleet's last recorded call (``done``) each process first rejected
+    (``seen``), reported under ``what``."""
+    last = max(r["done"] for r in results)
+    delays = [max(r["seen"] - last, 0.0) for r in results]
+    report(what, delays)
+    return delays
+
+
 def below_min_calls_each(index: int, barrier: Any, url: str, ns: str) -> dict[str, Any]:
     registry = redis_registry(url, ns, **SPREAD)
     try:
@@ -104,9 +113,7 @@ def test_the_fleets_window_trips_when_no_process_alone_would(
     results = fleet.run(below_min_calls_each, redis_url, namespace)
     assert [r["alone"] for r in results] == [State.CLOSED] * FLEET
     assert all(r["seen"] is not None for r in results), f"a process never rejected: {results}"
-    last = max(r["done"] for r in results)
-    delays = [max(r["seen"] - last, 0.0) for r in results]
-    report("fleet rate trip after the last count", delays)
+    delays = delays_after_the_last_count(results, "fleet rate trip after the last count")
     assert max(delays) <= RATE_TRIP_BOUND, delays
 
 
@@ -165,9 +172,7 @@ def test_one_process_over_the_rate_does_not_trip_the_fleet_under_it(
     # The fleet's window: 174 calls, 29 failures (17%): nobody opened.
     assert [r["under"] for r in results] == [State.CLOSED] * FLEET, results
     assert all(r["seen"] is not None for r in results), f"the fleet never tripped: {results}"
-    last = max(r["done"] for r in results)
-    delays = [max(r["seen"] - last, 0.0) for r in results]
-    report("fleet rate trip once the fleet's rate crossed", delays)
+    delays = delays_after_the_last_count(results, "fleet rate trip once the fleet's rate crossed")
     assert max(delays) <= RATE_TRIP_BOUND, delays
 
 
@@ -214,9 +219,7 @@ def test_buckets_that_left_the_fleets_window_no_longer_count(
     results = fleet.run(counts_that_age_out, redis_url, namespace)
     assert [r["after_age_out"] for r in results] == [State.CLOSED] * FLEET, results
     assert all(r["seen"] is not None for r in results), f"the fleet never tripped: {results}"
-    last = max(r["done"] for r in results)
-    delays = [max(r["seen"] - last, 0.0) for r in results]
-    report("fleet rate trip, short window", delays)
+    delays = delays_after_the_last_count(results, "fleet rate trip, short window")
     assert max(delays) <= RATE_TRIP_BOUND, delays
     # The trip dropped the fleet's window (the open breaker's next window starts empty).
     assert redis_server.admin().exists(window_key(namespace, NAME)) == 0
