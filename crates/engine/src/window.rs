@@ -393,18 +393,22 @@ impl Window {
     }
 
     /// Whether the newest bucket with a failure or slow call is of `generation` and inside the
-    /// window that ends at bucket `index`.
+    /// window that ends at bucket `index`, or one bucket after it: a success counted with a coarse
+    /// reading (up to a lag behind, and a lagging width is more than twice the lag) may land in
+    /// the bucket before that of a failure recorded just before it with an exact reading, and
+    /// must still ask for judging (bug 36: the breaker tripped one call late). The judge sums the
+    /// window that ends at the newest bucket anyway (`judged_index`).
     #[inline]
     fn may_trip(&self, generation: u32, index: u64) -> bool {
-        let (Some((noted_generation, noted_index)), Some(age)) = (
-            unpack_note(self.newest_bad.load(Ordering::SeqCst)),
-            Some(index & NOTE_INDEX_MASK),
-        ) else {
+        let Some((noted_generation, noted_index)) =
+            unpack_note(self.newest_bad.load(Ordering::SeqCst))
+        else {
             return false;
         };
+        let index = index & NOTE_INDEX_MASK;
         noted_generation == u64::from(generation) & GENERATION_TAG_MASK
-            && age >= noted_index
-            && age - noted_index < BUCKETS as u64
+            && index + 1 >= noted_index
+            && index.saturating_sub(noted_index) < BUCKETS as u64
     }
 
     /// Notes that bucket `index` of `generation` holds a failure or a slow call: never moving the
@@ -633,6 +637,27 @@ mod tests {
             "and gone a window later"
         );
         assert!(!w.record_success(5, 20, || true), "another generation");
+    }
+
+    /// Bug 36: a success counted with a coarse reading that lags into the bucket before the
+    /// failure recorded just before it (with an exact reading) still asks for judging, and the
+    /// judge counts both.
+    #[test]
+    fn a_lagging_success_just_after_a_failure_in_a_newer_bucket_asks_for_judging() {
+        let lag = 4_000;
+        let p = policy(60_000_000, 2, 0.5);
+        let word = p.bucket_word(Some(lag));
+        let width = word & !LAGGING;
+        let w = Window::new(word);
+        let boundary = 7 * width;
+        w.record(2, boundary + 1, true, false, || true); // exact reading: the newer bucket
+        let coarse = boundary - lag / 2; // the next success's coarse reading: the bucket before
+        assert!(w.record_success(2, coarse, || true));
+        assert!(w.trips(&p, 2, coarse, false), "1 failure in 2 calls >= 0.5");
+        assert!(
+            !w.record_success(2, boundary - width - 1, || true),
+            "two buckets before: not a lagging reading of after the failure"
+        );
     }
 
     #[test]
