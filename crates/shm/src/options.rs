@@ -110,7 +110,10 @@ impl SeqWord {
     }
 
     /// Writers are counted, and the last one started more than [`STALE_WRITER_MS`] before
-    /// `now_ms` (a stamp from the future reads as one from long ago: never a wait without end).
+    /// `now_ms`. Every caller reads its clock after loading the word, so a live writer's stamp is
+    /// never ahead of it (one clock for the whole table: processes in other time namespaces are
+    /// refused); a stamp from the future is garbage and reads as one from long ago, so that no
+    /// wait is without end.
     pub fn stale(self, now_ms: u64) -> bool {
         self.writers() != 0 && now_ms.wrapping_sub(self.stamp()) % STAMPS > STALE_WRITER_MS
     }
@@ -406,7 +409,7 @@ impl Slot {
     /// Stores the options `patch` gives, for every process (see the module documentation): the
     /// creation's store (the slot is claimed), or a store whose slot nobody can re-create.
     pub fn store_options(&self, patch: &OptionsPatch) {
-        self.write_options(None, patch, crate::sync::now_ms(), || ());
+        self.write_options(None, patch, crate::sync::now_ms, || ());
     }
 
     /// `configure`'s store: the options `patch` gives, and `also` (the window's new width) in the
@@ -425,14 +428,14 @@ impl Slot {
         also: impl FnOnce(),
         now_ms: u64,
     ) -> bool {
-        self.write_options(Some(claim), patch, now_ms, also)
+        self.write_options(Some(claim), patch, || now_ms, also)
     }
 
     fn write_options(
         &self,
         claim: Option<u64>,
         patch: &OptionsPatch,
-        now_ms: u64,
+        now_ms: impl Fn() -> u64,
         also: impl FnOnce(),
     ) -> bool {
         let epoch = self.begin_options_write(now_ms);
@@ -452,11 +455,13 @@ impl Slot {
         still
     }
 
-    /// Counts a writer in (see [`SeqWord::started`]); returns the epoch it is counted in.
-    pub fn begin_options_write(&self, now_ms: u64) -> u64 {
+    /// Counts a writer in (see [`SeqWord::started`]); returns the epoch it is counted in. The
+    /// clock is read after each load of the word, so that a stamp another writer put there is
+    /// never in the future of this one's reading (it would look stale, and that writer forgotten).
+    pub fn begin_options_write(&self, now_ms: impl Fn() -> u64) -> u64 {
         let mut seen = self.options_seq.load(Ordering::SeqCst);
         loop {
-            let (word, epoch) = SeqWord(seen).started(now_ms);
+            let (word, epoch) = SeqWord(seen).started(now_ms());
             match self.options_seq.compare_exchange(
                 seen,
                 word.0,
@@ -658,7 +663,7 @@ mod tests {
         let slot = Slot::zeroed();
         slot.store_options(&OptionsPatch::from(&sample()));
         // A writer's first update at time 5_000, and nothing after it.
-        let _ = slot.begin_options_write(5_000);
+        let _ = slot.begin_options_write(|| 5_000);
         let seq = |slot: &Slot| SeqWord(slot.options_seq.load(Ordering::SeqCst));
         let stuck = seq(&slot);
         assert_eq!(stuck.writers(), 1);
@@ -691,9 +696,9 @@ mod tests {
             }
         );
         // A stuck writer is also forgotten by the next writer that finds it stale.
-        let _ = slot.begin_options_write(9_000);
-        let _ = slot.begin_options_write(9_000);
-        let epoch = slot.begin_options_write(9_001 + STALE_WRITER_MS);
+        let _ = slot.begin_options_write(|| 9_000);
+        let _ = slot.begin_options_write(|| 9_000);
+        let epoch = slot.begin_options_write(|| 9_001 + STALE_WRITER_MS);
         assert_eq!(seq(&slot).writers(), 1, "the two stuck ones forgotten");
         slot.end_options_write(epoch);
         assert!(slot.read_options_at(|| panic!("no writers")).whole);
@@ -702,10 +707,10 @@ mod tests {
     #[test]
     fn a_writer_presumed_dead_that_finishes_counts_out_nobody_else() {
         let slot = Slot::zeroed();
-        let stopped = slot.begin_options_write(0);
+        let stopped = slot.begin_options_write(|| 0);
         // Presumed dead (a reader forgets it), then another writer starts.
         let _ = slot.read_options_at(|| STALE_WRITER_MS + 1);
-        let live = slot.begin_options_write(STALE_WRITER_MS + 2);
+        let live = slot.begin_options_write(|| STALE_WRITER_MS + 2);
         // The stopped one finishes: the live one is still counted, so readers are not misled.
         slot.end_options_write(stopped);
         assert_eq!(
@@ -740,7 +745,7 @@ mod tests {
         let slot = Slot::zeroed();
         slot.wait_for_option_writers(|| panic!("no writers: no clock"), |_| panic!("no wait"));
         // A writer that never finishes: waited for until stale, on the caller's clock.
-        let _ = slot.begin_options_write(100);
+        let _ = slot.begin_options_write(|| 100);
         let now = std::cell::Cell::new(100);
         slot.wait_for_option_writers(|| now.get(), |_| now.set(now.get() + 10));
         assert!(now.get() > 100 + STALE_WRITER_MS);
@@ -756,7 +761,7 @@ mod tests {
             slot.wait_for_option_writers(|| now.get(), |_| now.set(now.get() + 1));
             assert!(now.get().wrapping_sub(start) <= STALE_WRITER_MS + 1);
             let _ = slot.read_options_at(|| start);
-            let epoch = slot.begin_options_write(start);
+            let epoch = slot.begin_options_write(|| start);
             slot.end_options_write(epoch);
         }
     }

@@ -439,7 +439,7 @@ fn a_killed_writer_is_forgotten_and_whole_reads_are_never_torn() {
         let slot = Arc::new(Slot::zeroed());
         slot.store_options(&OptionsPatch::from(&options_a()));
         // The killed writer, at time 0: counted in, stored min_calls=20, died.
-        let _ = slot.begin_options_write(0);
+        let _ = slot.begin_options_write(|| 0);
         slot.min_calls.store(20, SeqCst);
         let writer = {
             let slot = slot.clone();
