@@ -258,7 +258,7 @@ def test_garbage_option_words_are_survived(tmp_path):
         assert registry.state("dep") is State.OPEN
         assert worker.exec(ONE_CALL.format(name="dep", failing=False)) == "rejected"
         assert registry.breaker("dep").metrics().retry_after > 3e7
-        # configure still works (each option read on its own, the writer count being stuck).
+        # configure still works (the writers counted in the word, stamped long ago, are forgotten).
         worker.exec(
             "registry.configure('dep', failure_threshold=None, failure_rate=0.5, min_calls=2, reset_timeout=1.0)"
         )
