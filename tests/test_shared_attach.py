@@ -101,7 +101,7 @@ def test_the_option_words_are_the_documented_ones(tmp_path):
 
     assert word(data, slot + 32) == (1 << 64) - 1  # failure_threshold None
     assert [word(data, slot + offset) for offset in (40, 48, 56, 64)] == [7000, 2, 3, 9000]
-    assert word(data, slot + 96) & 0xFFFF == 0, "no writer in flight"
+    assert word(data, slot + 96) & 0xFFF == 0, "no writer in flight"
     assert word(data, slot + 104) == 500_000_000  # slow_call_duration, ns
     assert (real(112), real(120)) == (0.25, 0.75)
     assert (word(data, slot + 520), word(data, slot + 528)) == (3_000_000, 6)  # window µs, min_calls

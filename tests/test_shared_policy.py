@@ -258,7 +258,7 @@ def test_garbage_option_words_are_survived(tmp_path):
         assert registry.state("dep") is State.OPEN
         assert worker.exec(ONE_CALL.format(name="dep", failing=False)) == "rejected"
         assert registry.breaker("dep").metrics().retry_after > 3e7
-        # configure still works (each option read on its own, the writer count being stuck).
+        # configure still works (the writers counted in the word, stamped long ago, are forgotten).
         worker.exec(
             "registry.configure('dep', failure_threshold=None, failure_rate=0.5, min_calls=2, reset_timeout=1.0)"
         )
@@ -270,6 +270,66 @@ def test_garbage_option_words_are_survived(tmp_path):
         assert registry.state("dep") is State.OPEN
         assert registry.breaker("dep").metrics().retry_after <= 1.0
         assert run_python("-m", "panelboard", "inspect", path, timeout=60).returncode == 0
+    finally:
+        stop_workers([worker])
+
+
+def options_seq_at(path: str, slot: int) -> int:
+    with open(path, "rb") as f:
+        f.seek(HEADER_SIZE + slot * SLOT_SIZE + 96)
+        return struct.unpack("<Q", f.read(8))[0]
+
+
+def stuck_writer(path: str, slot: int, started_ms: int) -> int:
+    """Leaves ``options_seq`` as a process killed mid-``configure`` at host time ``started_ms``
+    does (docs/shared-memory.md, "Torn reads": ``stamp << 40 | sequence << 16 | epoch << 12 |
+    writers``): one writer counted, never counted out. Returns the word."""
+    word = (started_ms % (1 << 24)) << 40 | 7 << 16 | 1
+    with open(path, "r+b") as f:
+        f.seek(HEADER_SIZE + slot * SLOT_SIZE + 96)
+        f.write(struct.pack("<Q", word))
+    return word
+
+
+def test_a_writer_killed_mid_configure_is_forgotten_once_stale(tmp_path):
+    """A process killed between the two updates of a ``configure`` leaves the options' writer count
+    raised (bug 38): every later read of the options in every process (admission and recording
+    off the closed fast path, ``configure``) paid its four attempts, for good. Once the last writer
+    started more than a second ago, the first reader or writer, in any process, forgets it; a
+    younger count (a writer that may still be storing) is left alone."""
+    path = str(tmp_path / "table")
+    registry = Registry(shared=path, failure_threshold=3)
+    names = ["young", "old-read", "old-write"]
+    for name in names:
+        registry.breaker(name)
+    slots = {row["name"]: row["slot"] for row in panelboard._core.shared_table_rows(path)}
+    writers = 0xFFF
+    (worker,) = start_workers("spawn", path, 1)
+    try:
+        now_ms = int(time.monotonic() * 1000)  # CLOCK_MONOTONIC, as the table's clock
+        for name in ["old-read", "old-write"]:
+            stuck_writer(path, slots[name], now_ms - 60_000)
+        young = stuck_writer(path, slots["young"], now_ms)
+        poked = time.monotonic()
+        with pytest.raises(Boom):
+            registry.call("young", fail)  # recording reads the options
+        if time.monotonic() - poked < 0.5:  # still young when read (the stamp is 1 s from stale)
+            assert options_seq_at(path, slots["young"]) == young, "a writer that may be storing"
+        # A read in this process forgets the stale writer: the count is 0, in a new epoch.
+        with pytest.raises(Boom):
+            registry.call("old-read", fail)
+        assert options_seq_at(path, slots["old-read"]) & writers == 0
+        assert options_seq_at(path, slots["old-read"]) >> 12 & 0xF == 1
+        # So does a configure in another process (its own writer counted out again).
+        worker.exec("registry.configure('old-write', failure_threshold=2)\nresult = None")
+        assert options_seq_at(path, slots["old-write"]) & writers == 0
+        rows = {row["name"]: row for row in panelboard._core.shared_table_rows(path)}
+        assert rows["old-write"]["options"]["failure_threshold"] == 2
+        # And the breaker works as its options say: the second failure opens it.
+        for _ in range(2):
+            with pytest.raises(Boom):
+                registry.call("old-write", fail)
+        assert registry.state("old-write") is State.OPEN
     finally:
         stop_workers([worker])
 

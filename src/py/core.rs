@@ -206,7 +206,8 @@ impl BreakerCore {
     pub fn reconfigure(&self, py: Python<'_>, patch: &Patch) -> PyResult<()> {
         // A shared breaker's numeric options are the table's: the patch applies over them (and is
         // checked against them), whatever this process's configuration says.
-        let slot = self.storage.shared().and_then(|s| s.live());
+        let shared = self.storage.shared();
+        let slot = shared.and_then(|s| s.live());
         let table = slot.map(|slot| Patch::from_table(&slot.read_options().options));
         let apply = |current: &Config| -> PyResult<Config> {
             match &table {
@@ -225,12 +226,6 @@ impl BreakerCore {
                 .get_or_init(|| Box::new(Window::new(width)))
                 .set_bucket_us(width);
         }
-        if let (Some(slot), Some(window_us)) = (slot, patch.window_us()) {
-            // The table's window, for every process; only a `window` given changes its width (a
-            // concurrent `configure` of another option must not put back the width it read).
-            let lag = self.hub.get().clock.coarse_lag_us();
-            slot.window.set_bucket_us(bucket_word(window_us, lag));
-        }
         drop(candidate);
         let mut error = None;
         let previous = self.config.rcu(|current| match apply(current) {
@@ -248,9 +243,19 @@ impl BreakerCore {
             return Err(err);
         }
         drop(previous);
-        if let Some(slot) = slot {
-            // The numeric options given are the table's, for every process.
-            slot.store_options(&patch.table_patch());
+        if let (Some(shared), Some(slot)) = (shared, slot) {
+            // The numeric options given are the table's, for every process, and so is the window,
+            // whose width only a `window` given changes (a concurrent `configure` of another
+            // option must not put back the width it read). Stored only while the slot still holds
+            // this breaker: a name deleted and made again meanwhile keeps its creator's (bug 37).
+            let width = patch
+                .window_us()
+                .map(|window_us| bucket_word(window_us, self.hub.get().clock.coarse_lag_us()));
+            slot.store_options_of(shared.claim(), &patch.table_patch(), || {
+                if let Some(width) = width {
+                    slot.window.set_bucket_us(width);
+                }
+            });
         }
         // Each call publishes the configuration current after its own was installed, so once it
         // returns the flag describes that one or a newer one (the flag ignores older versions).

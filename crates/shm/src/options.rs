@@ -4,28 +4,44 @@
 //! breaker by the same rules.
 //!
 //! Thirteen words hold them. Writers and readers agree through one more word, `options_seq`
-//! (`sequence << 16 | writers in flight`), without any lock:
-//! - a writer adds one writer and moves the sequence on, stores the words it changes, then takes
-//!   its writer away and moves the sequence on again (two read-modify-writes, so concurrent writers
-//!   count each other and never wait for one another);
+//! (`stamp << 40 | sequence << 16 | epoch << 12 | writers in flight`, see [`SeqWord`]), without
+//! any lock:
+//! - a writer adds one writer, moves the sequence on and stamps the word with the time it starts,
+//!   stores the words it changes, then takes its writer away and moves the sequence on again (two
+//!   compare-and-swaps, so concurrent writers count each other and never wait for one another);
 //! - a reader loads the sequence, the words, and the sequence again: the words are one writer's
 //!   whole set when both loads are equal and no writer was in flight. Otherwise it tries again, a
 //!   bounded number of times ([`READ_ATTEMPTS`]), and then uses the words as they are, each valid
-//!   on its own. It never waits for a writer: a writer killed between its two updates leaves the
-//!   writer count raised for good, and every reader then reads each option on its own (which is
-//!   all a torn read can cost: a mix of old and new values, each in range), until the table is
-//!   removed.
+//!   on its own (which is all a torn read can cost: a mix of old and new values, each in range).
+//!   It never waits for a writer.
+//!
+//! **A writer killed in flight** leaves its count raised. Writers are in flight for a few stores,
+//! so writers counted while the last one started more than [`STALE_WRITER_MS`] ago are presumed
+//! dead: the next reader that finds them so (the sequence unchanged while it read) forgets them
+//! (one CAS: no writers, a new epoch), and so does the next writer. Until then readers pay their
+//! few attempts; afterwards nobody does (bug 38, docs/reliability.md). A writer presumed dead that
+//! was only stopped finishes harmlessly: its removal counts only in the epoch it was counted in
+//! (the worst it can cause is the torn read above, for a writer stopped that long mid-store).
+//!
+//! **A name deleted and made again while a process configures it** (bug 37): `configure` stores
+//! only while the slot's claim is still the incarnation it configures ([`Slot::store_options_of`]:
+//! counted in first, then the claim checked, with a `SeqCst` fence between), and a creator that
+//! claims the slot waits, after a `SeqCst` fence, until the writers in flight are gone or stale
+//! ([`Slot::wait_for_option_writers`]) before it writes the new incarnation's options. Of the two
+//! fences one comes first: either the creator sees the writer counted and waits for its stores
+//! to be done (its own then replace them), or the writer sees the claim changed and stores nothing.
 //!
 //! Every access of the protocol is `SeqCst`: in the one total order of those accesses, a word a
 //! reader loads between its two loads of the sequence was stored before the second, so a writer
 //! whose store it saw had moved the sequence on before that load (or finished before the first).
-//! Model-checked in `tests/loom.rs` (`options_*`).
+//! Model-checked in `tests/loom.rs` (`options_*`, `a_configure_of_a_deleted_incarnation_*`,
+//! `a_killed_writer_*`).
 //!
 //! Nothing read from the mapping is trusted: [`TableOptions::decode`] turns any 13 words into
 //! options in range that fit together (see its documentation for each fallback), and never panics.
 
 use crate::layout::Slot;
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{fence, AtomicU64, Ordering};
 use panelboard_engine::{
     Limits, OpenTime, RatePolicy, MAX_DURATION_MS, MAX_FAILURE_THRESHOLD, MAX_PROBE_COUNT,
     MIN_WINDOW_US, NO_FAILURE_THRESHOLD,
@@ -46,9 +62,89 @@ pub const MAX_WINDOW_US: u64 = MAX_DURATION_MS * 1_000;
 pub const DEFAULT_WINDOW_US: u64 = 10_000_000;
 pub const DEFAULT_MIN_CALLS: u64 = 10;
 
-const WRITER: u64 = 1;
-const WRITERS_MASK: u64 = 0xFFFF;
-const SEQUENCE: u64 = 1 << 16;
+/// A writer counted in `options_seq` while the last writer started longer ago than this is
+/// presumed dead (killed between its two updates): a writer is in flight for a few stores.
+pub const STALE_WRITER_MS: u64 = 1_000;
+
+const WRITERS_MASK: u64 = (1 << 12) - 1;
+const EPOCH_SHIFT: u32 = 12;
+const EPOCHS: u64 = 1 << 4;
+const SEQUENCE_SHIFT: u32 = 16;
+const SEQUENCES: u64 = 1 << 24;
+const STAMP_SHIFT: u32 = 40;
+const STAMPS: u64 = 1 << 24;
+
+/// The word `options_seq`, decoded (any 64 bits are some word):
+/// - bits 0..12: writers in flight;
+/// - bits 12..16: the epoch, moved on each time writers presumed dead are forgotten (a writer's
+///   removal counts only in the epoch that counted it);
+/// - bits 16..40: the sequence, moved on by every update;
+/// - bits 40..64: when the last writer started, host monotonic milliseconds modulo 2^24 (4.6 hours).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqWord(pub u64);
+
+impl SeqWord {
+    pub fn writers(self) -> u64 {
+        self.0 & WRITERS_MASK
+    }
+
+    pub fn epoch(self) -> u64 {
+        (self.0 >> EPOCH_SHIFT) % EPOCHS
+    }
+
+    fn sequence(self) -> u64 {
+        (self.0 >> SEQUENCE_SHIFT) % SEQUENCES
+    }
+
+    fn stamp(self) -> u64 {
+        self.0 >> STAMP_SHIFT
+    }
+
+    fn of(stamp: u64, sequence: u64, epoch: u64, writers: u64) -> SeqWord {
+        SeqWord(
+            (stamp % STAMPS) << STAMP_SHIFT
+                | (sequence % SEQUENCES) << SEQUENCE_SHIFT
+                | (epoch % EPOCHS) << EPOCH_SHIFT
+                | writers.min(WRITERS_MASK),
+        )
+    }
+
+    /// Writers are counted, and the last one started more than [`STALE_WRITER_MS`] before
+    /// `now_ms`. Every caller reads its clock after loading the word, so a live writer's stamp is
+    /// never ahead of it (one clock for the whole table: processes in other time namespaces are
+    /// refused); a stamp from the future is garbage and reads as one from long ago, so that no
+    /// wait is without end.
+    pub fn stale(self, now_ms: u64) -> bool {
+        self.writers() != 0 && now_ms.wrapping_sub(self.stamp()) % STAMPS > STALE_WRITER_MS
+    }
+
+    /// A writer more, starting at `now_ms`: `(word, the epoch it is counted in)`. Writers presumed
+    /// dead (or a count that cannot grow, which only garbage makes) are forgotten first.
+    fn started(self, now_ms: u64) -> (SeqWord, u64) {
+        let (epoch, writers) = if self.stale(now_ms) || self.writers() == WRITERS_MASK {
+            (self.epoch() + 1, 1)
+        } else {
+            (self.epoch(), self.writers() + 1)
+        };
+        let word = SeqWord::of(now_ms, self.sequence() + 1, epoch, writers);
+        (word, word.epoch())
+    }
+
+    /// The writer counted in `epoch` gone (if its epoch is still the word's).
+    fn finished(self, epoch: u64) -> SeqWord {
+        let writers = if self.epoch() == epoch {
+            self.writers().saturating_sub(1)
+        } else {
+            self.writers()
+        };
+        SeqWord::of(self.stamp(), self.sequence() + 1, self.epoch(), writers)
+    }
+
+    /// The writers presumed dead forgotten.
+    fn forgotten(self) -> SeqWord {
+        SeqWord::of(self.stamp(), self.sequence() + 1, self.epoch() + 1, 0)
+    }
+}
 
 /// Times a reader tries for one writer's whole set before it reads each word on its own.
 #[cfg(not(loom))]
@@ -310,36 +406,153 @@ impl Slot {
         ]
     }
 
-    /// Stores the options `patch` gives, for every process (see the module documentation).
+    /// Stores the options `patch` gives, for every process (see the module documentation): the
+    /// creation's store (the slot is claimed), or a store whose slot nobody can re-create.
     pub fn store_options(&self, patch: &OptionsPatch) {
-        self.options_seq
-            .fetch_add(SEQUENCE + WRITER, Ordering::SeqCst);
-        for (word, value) in self.option_words().into_iter().zip(patch.encode()) {
-            if let Some(value) = value {
-                word.store(value, Ordering::SeqCst);
+        self.write_options(None, patch, crate::sync::now_ms, || ());
+    }
+
+    /// `configure`'s store: the options `patch` gives, and `also` (the window's new width) in the
+    /// same section, only while the slot's claim is still `claim`, the incarnation configured.
+    /// `false`, having stored nothing, when the name was deleted meanwhile: its next incarnation
+    /// keeps its creator's options (bug 37).
+    pub fn store_options_of(&self, claim: u64, patch: &OptionsPatch, also: impl FnOnce()) -> bool {
+        self.store_options_of_at(claim, patch, also, crate::sync::now_ms())
+    }
+
+    /// [`Slot::store_options_of`], at host time `now_ms`.
+    pub fn store_options_of_at(
+        &self,
+        claim: u64,
+        patch: &OptionsPatch,
+        also: impl FnOnce(),
+        now_ms: u64,
+    ) -> bool {
+        self.write_options(Some(claim), patch, || now_ms, also)
+    }
+
+    fn write_options(
+        &self,
+        claim: Option<u64>,
+        patch: &OptionsPatch,
+        now_ms: impl Fn() -> u64,
+        also: impl FnOnce(),
+    ) -> bool {
+        let epoch = self.begin_options_write(now_ms);
+        // Counted in before the claim is checked, and a creator claims before it looks for
+        // writers: with a fence on each side, one of the two sees the other.
+        fence(Ordering::SeqCst);
+        let still = claim.is_none_or(|claim| self.claim.load(Ordering::SeqCst) == claim);
+        if still {
+            also();
+            for (word, value) in self.option_words().into_iter().zip(patch.encode()) {
+                if let Some(value) = value {
+                    word.store(value, Ordering::SeqCst);
+                }
             }
         }
-        // One writer less (the borrow of `- WRITER` is the carry of `+ SEQUENCE`).
-        self.options_seq
-            .fetch_add(SEQUENCE.wrapping_sub(WRITER), Ordering::SeqCst);
+        self.end_options_write(epoch);
+        still
+    }
+
+    /// Counts a writer in (see [`SeqWord::started`]); returns the epoch it is counted in. The
+    /// clock is read after each load of the word, so that a stamp another writer put there is
+    /// never in the future of this one's reading (it would look stale, and that writer forgotten).
+    pub fn begin_options_write(&self, now_ms: impl Fn() -> u64) -> u64 {
+        let mut seen = self.options_seq.load(Ordering::SeqCst);
+        loop {
+            let (word, epoch) = SeqWord(seen).started(now_ms());
+            match self.options_seq.compare_exchange(
+                seen,
+                word.0,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return epoch,
+                Err(actual) => seen = actual,
+            }
+        }
+    }
+
+    /// Counts the writer of `epoch` out.
+    pub fn end_options_write(&self, epoch: u64) {
+        let mut seen = self.options_seq.load(Ordering::SeqCst);
+        loop {
+            let word = SeqWord(seen).finished(epoch);
+            match self.options_seq.compare_exchange(
+                seen,
+                word.0,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return,
+                Err(actual) => seen = actual,
+            }
+        }
+    }
+
+    /// Waits until no writer of the options is in flight, or those in flight are stale: what a
+    /// creator does after claiming the slot (and a `SeqCst` fence) and before writing the new
+    /// incarnation's options, which a `configure` of the deleted incarnation that checked its
+    /// claim in time is still storing (bug 37). A writer is in flight for a few stores; one that
+    /// is not done [`STALE_WRITER_MS`] after the last writer started is presumed dead, so the
+    /// wait is bounded whatever the word holds.
+    pub fn wait_for_option_writers(&self, now_ms: impl Fn() -> u64, pause: impl Fn(u32)) {
+        let mut round = 0u32;
+        loop {
+            let seen = SeqWord(self.options_seq.load(Ordering::SeqCst));
+            if seen.writers() == 0 || seen.stale(now_ms()) {
+                return;
+            }
+            pause(round);
+            round = round.saturating_add(1);
+        }
     }
 
     /// The options, as one writer's whole set if a few attempts can get one (see the module
     /// documentation); never waits longer, and any words give options in range.
     pub fn read_options(&self) -> ReadOptions {
+        self.read_options_at(crate::sync::now_ms)
+    }
+
+    /// [`Slot::read_options`], with the host's clock `now_ms` (read only when writers are counted
+    /// and none started or finished during an attempt: to tell whether they are presumed dead, and
+    /// then forget them).
+    pub fn read_options_at(&self, now_ms: impl FnOnce() -> u64) -> ReadOptions {
         let words = self.option_words();
         let mut values = [0u64; OPTION_WORDS];
+        let mut clock = Some(now_ms);
         for attempt in 1..=READ_ATTEMPTS {
             let before = self.options_seq.load(Ordering::SeqCst);
             for (value, word) in values.iter_mut().zip(words) {
                 *value = word.load(Ordering::SeqCst);
             }
             let after = self.options_seq.load(Ordering::SeqCst);
-            if before == after && before & WRITERS_MASK == 0 {
-                return ReadOptions {
-                    options: TableOptions::decode(values),
-                    whole: true,
-                };
+            if before == after {
+                let seen = SeqWord(before);
+                if seen.writers() == 0 {
+                    return ReadOptions {
+                        options: TableOptions::decode(values),
+                        whole: true,
+                    };
+                }
+                // Counted writers, none starting or finishing meanwhile: ones in flight now, or
+                // ones killed in flight. Stale ones are forgotten, once, by whoever sees it first.
+                if let Some(now_ms) = clock.take() {
+                    if seen.stale(now_ms())
+                        && self
+                            .options_seq
+                            .compare_exchange(
+                                before,
+                                seen.forgotten().0,
+                                Ordering::SeqCst,
+                                Ordering::SeqCst,
+                            )
+                            .is_ok()
+                    {
+                        break;
+                    }
+                }
             }
             if attempt < READ_ATTEMPTS {
                 crate::sync::spin();
@@ -446,13 +659,16 @@ mod tests {
     }
 
     #[test]
-    fn a_writer_that_died_in_flight_leaves_readers_reading_each_word() {
+    fn a_writer_that_died_in_flight_is_forgotten_once_stale() {
         let slot = Slot::zeroed();
         slot.store_options(&OptionsPatch::from(&sample()));
-        // A writer's first update, and nothing after it.
-        slot.options_seq
-            .fetch_add(SEQUENCE + WRITER, Ordering::SeqCst);
-        let read = slot.read_options();
+        // A writer's first update at time 5_000, and nothing after it.
+        let _ = slot.begin_options_write(|| 5_000);
+        let seq = |slot: &Slot| SeqWord(slot.options_seq.load(Ordering::SeqCst));
+        let stuck = seq(&slot);
+        assert_eq!(stuck.writers(), 1);
+        // Young: it may be storing; readers take each word on their own and forget nothing.
+        let read = slot.read_options_at(|| 5_000 + STALE_WRITER_MS);
         assert_eq!(
             read,
             ReadOptions {
@@ -460,12 +676,94 @@ mod tests {
                 whole: false
             }
         );
-        // Later writers still store, and readers still read (each word on its own).
-        slot.store_options(&OptionsPatch {
+        assert_eq!(
+            seq(&slot),
+            stuck,
+            "a reader changes nothing while it may be alive"
+        );
+        // Stale: the first reader forgets it; the next reads are whole at the first attempt,
+        // and never read the clock again.
+        let read = slot.read_options_at(|| 5_001 + STALE_WRITER_MS);
+        assert!(!read.whole);
+        assert_eq!(seq(&slot).writers(), 0);
+        assert_ne!(seq(&slot).epoch(), stuck.epoch());
+        let read = slot.read_options_at(|| panic!("no clock read without writers"));
+        assert_eq!(
+            read,
+            ReadOptions {
+                options: sample(),
+                whole: true
+            }
+        );
+        // A stuck writer is also forgotten by the next writer that finds it stale.
+        let _ = slot.begin_options_write(|| 9_000);
+        let _ = slot.begin_options_write(|| 9_000);
+        let epoch = slot.begin_options_write(|| 9_001 + STALE_WRITER_MS);
+        assert_eq!(seq(&slot).writers(), 1, "the two stuck ones forgotten");
+        slot.end_options_write(epoch);
+        assert!(slot.read_options_at(|| panic!("no writers")).whole);
+    }
+
+    #[test]
+    fn a_writer_presumed_dead_that_finishes_counts_out_nobody_else() {
+        let slot = Slot::zeroed();
+        let stopped = slot.begin_options_write(|| 0);
+        // Presumed dead (a reader forgets it), then another writer starts.
+        let _ = slot.read_options_at(|| STALE_WRITER_MS + 1);
+        let live = slot.begin_options_write(|| STALE_WRITER_MS + 2);
+        // The stopped one finishes: the live one is still counted, so readers are not misled.
+        slot.end_options_write(stopped);
+        assert_eq!(
+            SeqWord(slot.options_seq.load(Ordering::SeqCst)).writers(),
+            1
+        );
+        assert!(!slot.read_options_at(|| STALE_WRITER_MS + 3).whole);
+        slot.end_options_write(live);
+        assert!(slot.read_options_at(|| STALE_WRITER_MS + 3).whole);
+    }
+
+    #[test]
+    fn a_configure_of_a_slot_whose_claim_changed_stores_nothing() {
+        let slot = Slot::zeroed();
+        slot.store_options(&OptionsPatch::from(&sample()));
+        slot.claim.store(7, Ordering::SeqCst);
+        let patch = OptionsPatch {
             min_calls: Some(3),
             ..OptionsPatch::default()
-        });
+        };
+        let mut ran = false;
+        assert!(!slot.store_options_of(8, &patch, || ran = true));
+        assert!(!ran);
+        assert_eq!(slot.read_options().options, sample());
+        assert!(slot.store_options_of(7, &patch, || ran = true));
+        assert!(ran);
         assert_eq!(slot.read_options().options.min_calls, 3);
+    }
+
+    #[test]
+    fn waiting_for_writers_is_bounded_whatever_the_word_holds() {
+        let slot = Slot::zeroed();
+        slot.wait_for_option_writers(|| panic!("no writers: no clock"), |_| panic!("no wait"));
+        // A writer that never finishes: waited for until stale, on the caller's clock.
+        let _ = slot.begin_options_write(|| 100);
+        let now = std::cell::Cell::new(100);
+        slot.wait_for_option_writers(|| now.get(), |_| now.set(now.get() + 10));
+        assert!(now.get() > 100 + STALE_WRITER_MS);
+        // Any word (garbage stamps from the future included) ends the wait in bounded time.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            slot.options_seq.store(seed, Ordering::SeqCst);
+            let now = std::cell::Cell::new(seed.rotate_left(17));
+            let start = now.get();
+            slot.wait_for_option_writers(|| now.get(), |_| now.set(now.get() + 1));
+            assert!(now.get().wrapping_sub(start) <= STALE_WRITER_MS + 1);
+            let _ = slot.read_options_at(|| start);
+            let epoch = slot.begin_options_write(|| start);
+            slot.end_options_write(epoch);
+        }
     }
 
     #[test]

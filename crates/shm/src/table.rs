@@ -13,12 +13,14 @@
 //!   of them), so two processes creating one name race for one slot and no duplicate can exist. It
 //!   publishes the slot live (one CAS, release) after writing the name and fresh contents; if its
 //!   claim was recovered meanwhile (it was presumed dead) the CAS fails and it starts again.
+//!   Before writing the options it waits for a `configure` of a deleted incarnation still
+//!   storing them (bounded: `Slot::wait_for_option_writers`).
 //! - A deletion is one CAS from live to deleted, keeping the name.
 //!
 //! Model-checked in `tests/loom.rs`.
 
 use crate::layout::{claim_age_ms, Claim, Slot, StoredName};
-use crate::sync::Ordering;
+use crate::sync::{fence, Ordering};
 
 /// A creation older than this is recovered even if its process seems alive (its pid may have been
 /// reused, or it may live in another pid namespace); one younger is recovered only if its process
@@ -147,6 +149,11 @@ pub fn find_or_create(
         {
             continue; // someone else took it: look again
         }
+        // A process may still be configuring the deleted incarnation (it checked the claim before
+        // the deletion): its stores must be done before the new incarnation's options are written
+        // (bug 37; the fence pairs with the writer's, `Slot::store_options_of`).
+        fence(Ordering::SeqCst);
+        slot.wait_for_option_writers(|| host.now_ms(), |round| host.pause(round));
         if expected == Claim::Empty.encode() {
             // A deleted slot of this name already holds it.
             slot.write_name(name);

@@ -387,3 +387,88 @@ fn concurrent_configures_both_land_and_whole_reads_are_never_torn() {
         );
     });
 }
+
+/// `configure` in a process whose breaker another process deletes and creates again meanwhile
+/// (suspicion 1 of the hostile review): the configure was of the deleted incarnation, so the new
+/// one keeps its creator's options, whole. (A slot is only ever re-created for the same name, so
+/// this is the only slot a late configure could reach.)
+#[test]
+fn a_configure_of_a_deleted_incarnation_never_lands_in_the_next() {
+    model(Some(3), || {
+        let slots = table(1);
+        let (index, claim, _) = create(&slots, "a", &ALIVE(1)).unwrap();
+        let writer = {
+            let slots = slots.clone();
+            thread::spawn(move || {
+                let slot = &slots[index];
+                // What `reconfigure` does: store while the slot holds the breaker configured
+                // (before the fix it checked the claim, then stored whatever happened meanwhile).
+                let patch = OptionsPatch {
+                    failure_rate: Some(Some(0.25)),
+                    min_calls: Some(40),
+                    ..OptionsPatch::default()
+                };
+                slot.store_options_of(claim, &patch, || ())
+            })
+        };
+        assert!(table::delete(&slots, 0, &StoredName::of(b"a"), &ALIVE(2)));
+        let again = table::find_or_create(&slots, 0, &StoredName::of(b"a"), &ALIVE(2), |slot| {
+            slot.reset_contents(&options_a(), None)
+        })
+        .unwrap();
+        let stored = writer.join().unwrap();
+        assert_eq!(again.0, index);
+        let read = slots[index].read_options();
+        assert!(read.whole);
+        assert_eq!(read.options, options_a(), "the creator's options, whole");
+        if stored {
+            // It stored into the incarnation it configured, before the creation replaced them.
+            assert_eq!(Claim::decode(again.1), Claim::Live { incarnation: 2 });
+        }
+    });
+}
+
+/// A writer killed between its two updates (counted in, one of its two words stored) long ago,
+/// then a `configure` in one process while another reads (bug 38): whole reads are never torn by
+/// the live writer, the stale count is forgotten (by the reader or by the writer, whoever comes
+/// first), and afterwards reads are whole again, the live writer's set in full.
+#[test]
+fn a_killed_writer_is_forgotten_and_whole_reads_are_never_torn() {
+    const LATER: u64 = panelboard_shm::options::STALE_WRITER_MS + 10;
+    model(Some(2), || {
+        let slot = Arc::new(Slot::zeroed());
+        slot.store_options(&OptionsPatch::from(&options_a()));
+        // The killed writer, at time 0: counted in, stored min_calls=20, died.
+        let _ = slot.begin_options_write(|| 0);
+        slot.min_calls.store(20, SeqCst);
+        let writer = {
+            let slot = slot.clone();
+            thread::spawn(move || {
+                let claim = slot.claim.load(SeqCst);
+                let patch = OptionsPatch {
+                    failure_rate: Some(Some(0.25)),
+                    min_calls: Some(40),
+                    ..OptionsPatch::default()
+                };
+                assert!(slot.store_options_of_at(claim, &patch, || (), LATER));
+            })
+        };
+        let read = slot.read_options_at(|| LATER);
+        if read.whole {
+            // Before the live writer (the dead one's half-done store is what the table holds),
+            // or after it.
+            let got = pair(&read.options);
+            assert!(
+                got == (Some(0.5), 20) || got == (Some(0.25), 40),
+                "torn: {got:?}"
+            );
+        }
+        writer.join().unwrap();
+        let after = slot.read_options_at(|| LATER);
+        assert!(
+            after.whole,
+            "the dead writer is forgotten: nothing is in flight"
+        );
+        assert_eq!(after.options, options_b());
+    });
+}
