@@ -64,7 +64,7 @@ def valid(tmp_path) -> bytes:
 def test_the_layout_is_the_documented_one(valid):
     assert word(valid, MAGIC_AT) == MAGIC
     assert valid[:8] == b"PSHMTAB1"
-    assert word(valid, VERSION_AT) == 2
+    assert word(valid, VERSION_AT) == 3
     assert word(valid, HEADER_SIZE_AT) == HEADER_SIZE
     assert word(valid, SLOT_SIZE_AT) == SLOT_SIZE
     assert word(valid, CAPACITY_AT) == 4
@@ -147,7 +147,8 @@ def test_a_never_initialised_segment_is_refused_after_a_bounded_wait(tmp_path, v
     ("offset", "value", "problem"),
     [
         (VERSION_AT, 1, "version"),  # a table of the layout without the rate options
-        (VERSION_AT, 3, "version"),
+        (VERSION_AT, 2, "version"),  # options_seq without the stale-writer stamp and epoch
+        (VERSION_AT, 4, "version"),
         (VERSION_AT, 0, "version"),
         (HEADER_SIZE_AT, 8192, "header size"),
         (HEADER_SIZE_AT, 0, "header size"),

@@ -12,7 +12,7 @@ use std::fmt;
 
 /// `PSHMTAB1`, little-endian: the first word of every table, written last by its creator.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PSHMTAB1");
-pub const LAYOUT_VERSION: u64 = 2;
+pub const LAYOUT_VERSION: u64 = 3;
 pub const HEADER_SIZE: usize = 4096;
 pub const SLOT_SIZE: usize = 1088;
 pub const MAX_CAPACITY: u64 = 1 << 20;
@@ -775,7 +775,8 @@ mod tests {
         assert_eq!(corrupt(OFF_MAGIC, 0), Err(LayoutError::NotInitialised));
         assert_eq!(corrupt(OFF_MAGIC, 1), Err(LayoutError::BadMagic(1)));
         assert_eq!(corrupt(OFF_VERSION, 1), Err(LayoutError::Version(1)));
-        assert_eq!(corrupt(OFF_VERSION, 3), Err(LayoutError::Version(3)));
+        assert_eq!(corrupt(OFF_VERSION, 2), Err(LayoutError::Version(2)));
+        assert_eq!(corrupt(OFF_VERSION, 4), Err(LayoutError::Version(4)));
         assert_eq!(corrupt(OFF_HEADER_SIZE, 1), Err(LayoutError::HeaderSize(1)));
         assert_eq!(corrupt(OFF_SLOT_SIZE, 8), Err(LayoutError::SlotSize(8)));
         assert_eq!(corrupt(OFF_LAYOUT_HASH, 3), Err(LayoutError::LayoutHash(3)));
