@@ -16,7 +16,7 @@ use pyo3::Borrowed;
 
 use super::awaitable::GuardedCoroutine;
 use super::core::Breaker;
-use super::core::{guarded, shield};
+use super::core::{guarded, shield, shield_value};
 use super::ffi::entry::{install_method, FastArgs, FastMethod, OwnedArgs};
 use super::ffi::upcall;
 use super::handle::{not_callable, timeout_seconds, Guarded};
@@ -32,19 +32,15 @@ impl FastMethod for BreakerCall {
         slf: Borrowed<'a, 'py, PyAny>,
         args: FastArgs<'a, 'py>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let breaker = shield(|| Ok(slf.cast::<Breaker>()?))?;
+        let breaker = shield_value(|| slf.cast::<Breaker>())?.map_err(PyErr::from)?;
         let Some((func, rest)) = args.split_first() else {
             return Err(PyTypeError::new_err(
                 "Breaker.call() missing required argument 'fn'",
             ));
         };
-        shield(|| {
-            if func.is_callable() {
-                Ok(())
-            } else {
-                Err(not_callable("fn", &func))
-            }
-        })?;
+        if !func.is_callable() {
+            return shield(|| Err(not_callable("fn", &func)));
+        }
         guarded(&breaker.get().core, py, || rest.forward(&func))
     }
 }
@@ -128,48 +124,81 @@ fn is_timeout(key: &Bound<'_, PyAny>) -> bool {
 struct RegistryCall;
 
 impl FastMethod for RegistryCall {
+    #[inline]
     fn call<'a, 'py>(
         py: Python<'py>,
         slf: Borrowed<'a, 'py, PyAny>,
         args: FastArgs<'a, 'py>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (registry, name, func, options) = shield(|| {
-            let registry = slf.cast::<Registry>()?;
-            let nargs = args.positional_count();
-            if nargs > 2 {
-                return Err(PyTypeError::new_err(format!(
-                    "Registry.call() takes 2 positional arguments (name, fn) but {nargs} were given"
-                )));
-            }
-            let (mut name, mut func) = (args.positional(0), args.positional(1));
-            let mut options = None;
-            for (key, value) in args.keywords() {
-                let slot = match key.cast::<PyString>()?.to_str().ok() {
-                    Some("name") => &mut name,
-                    Some("fn") => &mut func,
-                    _ => {
-                        options
-                            .get_or_insert_with(|| PyDict::new(py))
-                            .set_item(key, value)?;
-                        continue;
-                    }
-                };
-                if slot.replace(value).is_some() {
-                    return Err(PyTypeError::new_err(format!(
-                        "Registry.call() got multiple values for argument '{}'",
-                        *key
-                    )));
-                }
-            }
-            let (Some(name), Some(func)) = (name, func) else {
-                return Err(PyTypeError::new_err(
-                    "Registry.call() missing required argument 'name' or 'fn'",
-                ));
-            };
-            Ok((registry, name, func, options))
-        })?;
-        registry.get().call(&name, &func, options.as_ref())
+        let registry = shield_value(|| slf.cast::<Registry>())?.map_err(PyErr::from)?;
+        // The usual call, `call(name, fn)`, needs no parsing.
+        if let (false, 2, Some(name), Some(func)) = (
+            args.has_keywords(),
+            args.positional_count(),
+            args.positional(0),
+            args.positional(1),
+        ) {
+            return registry.get().call_plain(&name, &func);
+        }
+        registry_call_parsed(py, registry.get(), &args)
     }
+}
+
+/// `Registry.call` given keywords or the wrong number of arguments: parsed, then called (out of
+/// line, so that the usual call's entry point stays small enough to be compiled as one piece).
+#[inline(never)]
+fn registry_call_parsed<'py>(
+    py: Python<'py>,
+    registry: &Registry,
+    args: &FastArgs<'_, 'py>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (name, func, options) = shield(|| registry_call_arguments(py, args))?;
+    registry.call(&name, &func, options.as_ref())
+}
+
+/// `name`, `fn` and the options of a `Registry.call` given keywords or the wrong number of
+/// arguments.
+#[allow(clippy::type_complexity)] // the three arguments, as `call` takes them
+fn registry_call_arguments<'a, 'py>(
+    py: Python<'py>,
+    args: &FastArgs<'a, 'py>,
+) -> PyResult<(
+    Borrowed<'a, 'py, PyAny>,
+    Borrowed<'a, 'py, PyAny>,
+    Option<Bound<'py, PyDict>>,
+)> {
+    let nargs = args.positional_count();
+    if nargs > 2 {
+        return Err(PyTypeError::new_err(format!(
+            "Registry.call() takes 2 positional arguments (name, fn) but {nargs} were given"
+        )));
+    }
+    let (mut name, mut func) = (args.positional(0), args.positional(1));
+    let mut options = None;
+    for (key, value) in args.keywords() {
+        let slot = match key.cast::<PyString>()?.to_str().ok() {
+            Some("name") => &mut name,
+            Some("fn") => &mut func,
+            _ => {
+                options
+                    .get_or_insert_with(|| PyDict::new(py))
+                    .set_item(key, value)?;
+                continue;
+            }
+        };
+        if slot.replace(value).is_some() {
+            return Err(PyTypeError::new_err(format!(
+                "Registry.call() got multiple values for argument '{}'",
+                *key
+            )));
+        }
+    }
+    let (Some(name), Some(func)) = (name, func) else {
+        return Err(PyTypeError::new_err(
+            "Registry.call() missing required argument 'name' or 'fn'",
+        ));
+    };
+    Ok((name, func, options))
 }
 
 /// Installs the fast entry points on the classes of the module being initialised.

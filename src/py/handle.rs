@@ -7,7 +7,7 @@ use pyo3::{Borrowed, PyTraverseError, PyVisit};
 
 use super::awaitable::{self, GuardedCoroutine};
 use super::block;
-use super::core::{guarded, shield, Breaker, BreakerCore, CoreRef};
+use super::core::{guarded, shield, shield_value, Breaker, BreakerCore, CoreRef};
 use super::ffi::entry::{
     install_vectorcall_slot, instance_dict, FastArgs, FastMethod, OwnedArgs, VectorcallSlot,
 };
@@ -222,7 +222,7 @@ impl FastMethod for CallGuarded {
         slf: Borrowed<'a, 'py, PyAny>,
         args: FastArgs<'a, 'py>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let guarded_fn = shield(|| Ok(slf.cast::<Guarded>()?))?;
+        let guarded_fn = shield_value(|| slf.cast::<Guarded>())?.map_err(PyErr::from)?;
         let guarded_fn = guarded_fn.get();
         let func = guarded_fn.func.bind(py);
         guarded(&guarded_fn.core, py, || args.forward(func))

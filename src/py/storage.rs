@@ -90,6 +90,14 @@ impl SharedWords {
         self.orphan.get_or_init(|| Box::new(LocalWords::new()))
     }
 
+    #[inline(never)]
+    fn count(&self, counter: Counter) {
+        match self.live() {
+            Some(slot) => slot.add(self.table().lane(), count_of(counter)),
+            None => self.orphan().counters.add(counter),
+        }
+    }
+
     /// Whether the word's generation differs from the last one this process reported.
     #[inline]
     pub fn unseen(&self, generation: u32) -> bool {
@@ -171,14 +179,12 @@ impl Storage {
         }
     }
 
-    #[inline]
+    /// Counts one call. Inlined for a local breaker (every guarded call counts one).
+    #[inline(always)]
     pub fn count(&self, counter: Counter) {
         match self {
             Storage::Local(words) => words.counters.add(counter),
-            Storage::Shared(shared) => match shared.live() {
-                Some(slot) => slot.add(shared.table().lane(), count_of(counter)),
-                None => shared.orphan().counters.add(counter),
-            },
+            Storage::Shared(shared) => shared.count(counter),
         }
     }
 

@@ -92,6 +92,12 @@ impl<'a, 'py> FastArgs<'a, 'py> {
         })
     }
 
+    /// Whether the caller passed keyword arguments (CPython passes no `kwnames` when none).
+    #[inline(always)]
+    pub fn has_keywords(&self) -> bool {
+        !self.kwnames.is_null()
+    }
+
     /// The keyword arguments, as (name, value) pairs in the caller's order.
     pub fn keywords(
         &self,

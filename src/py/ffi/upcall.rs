@@ -157,6 +157,7 @@ pub(super) unsafe fn vectorcall<'py>(
 }
 
 /// `func(*args)`.
+#[inline(always)]
 pub fn call<'py, const N: usize>(
     func: &Bound<'py, PyAny>,
     args: [&Bound<'py, PyAny>; N],
