@@ -68,7 +68,7 @@ use super::config::{Config, Patch};
 use super::errors::{CircuitOpenError, RejectionName};
 use super::ffi::objects::is_coroutine;
 use super::ffi::refs::AttachedRef;
-use super::ffi::upcall;
+use super::ffi::upcall::{self, Returned};
 use super::name::Name;
 use super::pyrefs;
 use super::storage::{LocalWords, SharedWords, Storage};
@@ -659,7 +659,7 @@ fn panic_error(payload: Box<dyn std::any::Any + Send>) -> PyErr {
 pub fn guarded<'py>(
     core: &BreakerCore,
     py: Python<'py>,
-    invoke: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
+    invoke: impl FnOnce() -> Returned<'py>,
 ) -> PyResult<Bound<'py, PyAny>> {
     guarded_as::<false, _>(core, py, invoke)
 }
@@ -672,14 +672,14 @@ pub fn guarded<'py>(
 pub fn guarded_compact<'py>(
     core: &BreakerCore,
     py: Python<'py>,
-    invoke: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
+    invoke: impl FnOnce() -> Returned<'py>,
 ) -> PyResult<Bound<'py, PyAny>> {
     guarded_as::<true, _>(core, py, invoke)
 }
 
 /// `guarded`, with the fast path's success recorded by a call (`COMPACT`) or inlined.
 #[inline(always)]
-fn guarded_as<'py, const COMPACT: bool, F: FnOnce() -> PyResult<Bound<'py, PyAny>>>(
+fn guarded_as<'py, const COMPACT: bool, F: FnOnce() -> Returned<'py>>(
     core: &BreakerCore,
     py: Python<'py>,
     invoke: F,
@@ -709,32 +709,38 @@ fn guarded_as<'py, const COMPACT: bool, F: FnOnce() -> PyResult<Bound<'py, PyAny
         })?,
     };
     // Called from one place only, so that the compiler inlines it.
-    let result = invoke();
-    match admitted {
-        Admitted::Fast(slots, fast) => {
-            let settled = shield_value(|| {
-                if COMPACT {
-                    core.settle_fast_apart(py, slots, fast, &result)
-                } else {
-                    core.settle_fast(py, slots, fast, &result)
+    let result = match invoke() {
+        Ok(value) => {
+            if let Admitted::Fast(slots, fast) = admitted {
+                let settled = shield_value(|| {
+                    if COMPACT {
+                        core.settle_fast_apart(py, slots, fast, &value)
+                    } else {
+                        core.settle_fast(py, slots, fast, &value)
+                    }
+                })?;
+                if settled {
+                    return Ok(value);
                 }
-            })?;
-            if settled {
-                return result;
             }
-            // A call admitted on the fast path had no predicate to apply when it began.
-            shield(move || {
-                settle(
-                    core,
-                    py,
-                    &core.config.load(),
-                    fast.ticket(),
-                    None,
-                    true,
-                    result,
-                )
-            })
+            Ok(value)
         }
+        // The exception is taken at once, before anything else can call into Python.
+        Err(raised) => Err(raised.fetch(py)),
+    };
+    match admitted {
+        // A call admitted on the fast path had no predicate to apply when it began.
+        Admitted::Fast(_, fast) => shield(move || {
+            settle(
+                core,
+                py,
+                &core.config.load(),
+                fast.ticket(),
+                None,
+                true,
+                result,
+            )
+        }),
         Admitted::Configured(config, ticket) => {
             shield(move || settle(core, py, &config, ticket, started, false, result))
         }
@@ -758,10 +764,9 @@ impl BreakerCore {
         py: Python<'_>,
         slots: &Slots,
         fast: FastTicket,
-        result: &PyResult<Bound<'_, PyAny>>,
+        value: &Bound<'_, PyAny>,
     ) -> bool {
-        if !(matches!(result, Ok(value) if !is_coroutine(value)) && slots.record_fast_success(fast))
-        {
+        if is_coroutine(value) || !slots.record_fast_success(fast) {
             return false;
         }
         self.storage.count(Counter::Successes);
@@ -778,9 +783,9 @@ impl BreakerCore {
         py: Python<'_>,
         slots: &Slots,
         fast: FastTicket,
-        result: &PyResult<Bound<'_, PyAny>>,
+        value: &Bound<'_, PyAny>,
     ) -> bool {
-        self.settle_fast(py, slots, fast, result)
+        self.settle_fast(py, slots, fast, value)
     }
 }
 

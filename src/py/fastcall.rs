@@ -16,8 +16,8 @@ use pyo3::Borrowed;
 
 use super::awaitable::GuardedCoroutine;
 use super::core::Breaker;
-use super::core::{guarded, shield, shield_value};
-use super::ffi::entry::{install_method, FastArgs, FastMethod, OwnedArgs};
+use super::core::{guarded, shield};
+use super::ffi::entry::{install_method, is_callable, FastArgs, FastMethodOf, OwnedArgs};
 use super::ffi::upcall;
 use super::handle::{not_callable, timeout_seconds, Guarded};
 use super::pyrefs;
@@ -26,22 +26,23 @@ use super::registry::Registry;
 /// `Breaker.call(fn, /, *args, **kwargs)`.
 struct BreakerCall;
 
-impl FastMethod for BreakerCall {
+impl FastMethodOf for BreakerCall {
+    type Owner = Breaker;
+
     fn call<'a, 'py>(
         py: Python<'py>,
-        slf: Borrowed<'a, 'py, PyAny>,
+        breaker: Borrowed<'a, 'py, Breaker>,
         args: FastArgs<'a, 'py>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let breaker = shield_value(|| slf.cast::<Breaker>())?.map_err(PyErr::from)?;
         let Some((func, rest)) = args.split_first() else {
             return Err(PyTypeError::new_err(
                 "Breaker.call() missing required argument 'fn'",
             ));
         };
-        if !func.is_callable() {
+        if !is_callable(&func) {
             return shield(|| Err(not_callable("fn", &func)));
         }
-        guarded(&breaker.get().core, py, || rest.forward(&func))
+        guarded(&breaker.get().core, py, || rest.forward_returned(&func))
     }
 }
 
@@ -50,14 +51,15 @@ impl FastMethod for BreakerCall {
 /// `None`), the call takes the Python helper that cancels it after that long (`_aio.acall`).
 struct BreakerAcall;
 
-impl FastMethod for BreakerAcall {
+impl FastMethodOf for BreakerAcall {
+    type Owner = Breaker;
+
     fn call<'a, 'py>(
         py: Python<'py>,
-        slf: Borrowed<'a, 'py, PyAny>,
+        breaker: Borrowed<'a, 'py, Breaker>,
         args: FastArgs<'a, 'py>,
     ) -> PyResult<Bound<'py, PyAny>> {
         shield(|| {
-            let breaker = slf.cast::<Breaker>()?;
             let Some((func, rest)) = args.split_first() else {
                 return Err(PyTypeError::new_err(
                     "Breaker.acall() missing required argument 'fn'",
@@ -123,14 +125,15 @@ fn is_timeout(key: &Bound<'_, PyAny>) -> bool {
 /// keyword an option.
 struct RegistryCall;
 
-impl FastMethod for RegistryCall {
+impl FastMethodOf for RegistryCall {
+    type Owner = Registry;
+
     #[inline]
     fn call<'a, 'py>(
         py: Python<'py>,
-        slf: Borrowed<'a, 'py, PyAny>,
+        registry: Borrowed<'a, 'py, Registry>,
         args: FastArgs<'a, 'py>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let registry = shield_value(|| slf.cast::<Registry>())?.map_err(PyErr::from)?;
         // The usual call, `call(name, fn)`, needs no parsing.
         if let (false, 2, Some(name), Some(func)) = (
             args.has_keywords(),
@@ -204,17 +207,17 @@ fn registry_call_arguments<'a, 'py>(
 /// Installs the fast entry points on the classes of the module being initialised.
 pub fn install(py: Python<'_>) -> PyResult<()> {
     install_method::<BreakerCall>(
-        &py.get_type::<Breaker>(),
+        py,
         c"call",
         c"call($self, fn, /, *args, **kwargs)\n--\n\nCalls fn(*args, **kwargs) through the breaker.",
     )?;
     install_method::<BreakerAcall>(
-        &py.get_type::<Breaker>(),
+        py,
         c"acall",
         c"acall($self, fn, /, *args, **kwargs)\n--\n\nAwaits fn(*args, **kwargs) through the breaker: returns a GuardedCoroutine, admitted when awaited. The keyword `timeout` is the breaker's own: the call is cancelled after that many seconds, which raises `TimeoutError` and counts as a failure.",
     )?;
     install_method::<RegistryCall>(
-        &py.get_type::<Registry>(),
+        py,
         c"call",
         c"call($self, name, fn, **options)\n--\n\nCalls fn() through the breaker `name`, creating it with `options` if new.",
     )?;

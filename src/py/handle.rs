@@ -225,7 +225,7 @@ impl FastMethod for CallGuarded {
         let guarded_fn = shield_value(|| slf.cast::<Guarded>())?.map_err(PyErr::from)?;
         let guarded_fn = guarded_fn.get();
         let func = guarded_fn.func.bind(py);
-        guarded(&guarded_fn.core, py, || args.forward(func))
+        guarded(&guarded_fn.core, py, || args.forward_returned(func))
     }
 }
 
@@ -271,7 +271,9 @@ impl Guarded {
             let coroutine = GuardedCoroutine::new(self.core.clone_ref(py), func, args);
             return Ok(Bound::new(py, coroutine)?.into_any());
         }
-        guarded(&self.core, py, || upcall::call_with(func, args, kwargs))
+        guarded(&self.core, py, || {
+            upcall::call_with_returned(func, args, kwargs)
+        })
     }
 
     /// Pickled (and copied) by reference, as functions are: by the name it has in its module,

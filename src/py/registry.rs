@@ -18,6 +18,7 @@ use super::clock::{Clock, ManualClock};
 use super::config::{Config, Patch};
 use super::core::Breaker;
 use super::core::{guarded, guarded_compact, shield, shield_value, BreakerCore, CoreRef, Hub};
+use super::ffi::entry::is_callable;
 use super::ffi::upcall;
 use super::handle::{not_callable, Metrics};
 use super::lookup::{CachedCore, Lookups};
@@ -537,7 +538,7 @@ fn call_direct<'py>(
     py: Python<'py>,
     func: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    guarded(&core, py, || upcall::call(func, []))
+    guarded(&core, py, || upcall::call_returned(func))
 }
 
 impl Registry {
@@ -558,14 +559,14 @@ impl Registry {
         // reading of the name, and neither path writes memory another thread reads.
         let version = self.lookups.version();
         let core = match shield_value(|| self.lookups.last(version, name))? {
-            Some(core) if func.is_callable() => core,
+            Some(core) if is_callable(func) => core,
             // (A function that is not callable is refused there.)
             _ => match shield(|| self.lookup_for_call(py, version, name, func, None))? {
                 Reached::Cached(core) => core,
                 Reached::Direct(core) => return call_direct(core, py, func),
             },
         };
-        guarded_compact(&core, py, || upcall::call(func, []))
+        guarded_compact(&core, py, || upcall::call_returned(func))
     }
 
     /// Calls `func()` through the breaker `name`, creating it with `options` if the name is new
@@ -584,13 +585,13 @@ impl Registry {
             Some(_) => None,
         };
         let core = match last {
-            Some(core) if func.is_callable() => core,
+            Some(core) if is_callable(func) => core,
             _ => match shield(|| self.lookup_for_call(py, version, name, func, options))? {
                 Reached::Cached(core) => core,
                 Reached::Direct(core) => return call_direct(core, py, func),
             },
         };
-        guarded(&core, py, || upcall::call(func, []))
+        guarded(&core, py, || upcall::call_returned(func))
     }
 
     /// The breaker `name` for `call` when it is not this thread's last lookup, or `TypeError` when
