@@ -661,29 +661,6 @@ pub fn guarded<'py>(
     py: Python<'py>,
     invoke: impl FnOnce() -> Returned<'py>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    guarded_as::<false, _>(core, py, invoke)
-}
-
-/// `guarded` for an entry point that does more around the call (`Registry.call`, with its
-/// lookup): the fast path's success is recorded by a plain call. Inlined there, the compiler
-/// compiled the `catch_unwind` around it apart instead, which cost about 30 instructions more
-/// than the call (callgrind, 3.11); in the handle's entry point it is inlined whole.
-#[inline(always)]
-pub fn guarded_compact<'py>(
-    core: &BreakerCore,
-    py: Python<'py>,
-    invoke: impl FnOnce() -> Returned<'py>,
-) -> PyResult<Bound<'py, PyAny>> {
-    guarded_as::<true, _>(core, py, invoke)
-}
-
-/// `guarded`, with the fast path's success recorded by a call (`COMPACT`) or inlined.
-#[inline(always)]
-fn guarded_as<'py, const COMPACT: bool, F: FnOnce() -> Returned<'py>>(
-    core: &BreakerCore,
-    py: Python<'py>,
-    invoke: F,
-) -> PyResult<Bound<'py, PyAny>> {
     // The words are looked up once for both ends of the fast path (a shared breaker deleted
     // meanwhile only makes the success check fail, which records on the words current then).
     // `None`: the breaker's table times its calls, so they take the configured path.
@@ -712,14 +689,7 @@ fn guarded_as<'py, const COMPACT: bool, F: FnOnce() -> Returned<'py>>(
     let result = match invoke() {
         Ok(value) => {
             if let Admitted::Fast(slots, fast) = admitted {
-                let settled = shield_value(|| {
-                    if COMPACT {
-                        core.settle_fast_apart(py, slots, fast, &value)
-                    } else {
-                        core.settle_fast(py, slots, fast, &value)
-                    }
-                })?;
-                if settled {
+                if shield_value(|| core.settle_fast(py, slots, fast, &value))? {
                     return Ok(value);
                 }
             }
@@ -774,18 +744,6 @@ impl BreakerCore {
             self.count_fast_success(py, window, fast);
         }
         true
-    }
-
-    /// `settle_fast` as a call, for `guarded_compact`.
-    #[inline(never)]
-    fn settle_fast_apart(
-        &self,
-        py: Python<'_>,
-        slots: &Slots,
-        fast: FastTicket,
-        value: &Bound<'_, PyAny>,
-    ) -> bool {
-        self.settle_fast(py, slots, fast, value)
     }
 }
 

@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use super::clock::{Clock, ManualClock};
 use super::config::{Config, Patch};
 use super::core::Breaker;
-use super::core::{guarded, guarded_compact, shield, shield_value, BreakerCore, CoreRef, Hub};
+use super::core::{guarded, shield, shield_value, BreakerCore, CoreRef, Hub};
 use super::ffi::entry::is_callable;
 use super::ffi::upcall;
 use super::handle::{not_callable, Metrics};
@@ -566,7 +566,7 @@ impl Registry {
                 Reached::Direct(core) => return call_direct(core, py, func),
             },
         };
-        guarded_compact(&core, py, || upcall::call_returned(func))
+        guarded(&core, py, || upcall::call_returned(func))
     }
 
     /// Calls `func()` through the breaker `name`, creating it with `options` if the name is new
