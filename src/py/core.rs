@@ -68,7 +68,7 @@ use super::config::{Config, Patch};
 use super::errors::{CircuitOpenError, RejectionName};
 use super::ffi::objects::is_coroutine;
 use super::ffi::refs::AttachedRef;
-use super::ffi::upcall::{self, Returned};
+use super::ffi::upcall::{self, raise, Returned};
 use super::name::Name;
 use super::pyrefs;
 use super::storage::{LocalWords, SharedWords, Storage};
@@ -660,68 +660,74 @@ pub fn guarded<'py>(
     core: &BreakerCore,
     py: Python<'py>,
     invoke: impl FnOnce() -> Returned<'py>,
-) -> PyResult<Bound<'py, PyAny>> {
-    // The words are looked up once for both ends of the fast path (a shared breaker deleted
-    // meanwhile only makes the success check fail, which records on the words current then).
-    // `None`: the breaker's table times its calls, so they take the configured path.
-    let slots = core.storage.fast_slots();
-    // When a timed call started: kept out of `Admitted`, which the fast path returns.
-    let mut started = None;
+) -> Returned<'py> {
     // Fast path: a closed breaker without a result predicate needs no configuration to admit a
     // call or to record its success: one atomic load now, one after the call, no write. The
     // admission is two loads (nothing that can panic); only a shared breaker has news to report.
-    let fast = slots.and_then(|slots| Some((slots, slots.admit_fast(&core.predicate_flag)?)));
-    let admitted = match fast {
-        Some((slots, fast)) => {
+    // It is a branch of its own, with its own call of `invoke`, so that nothing about the
+    // configured path is kept (in registers or on the stack) across the user's call.
+    // The words are looked up once for both ends (a shared breaker deleted meanwhile only makes
+    // the success check fail, which records on the words current then); `None`: the breaker's
+    // table times its calls, so they take the configured path.
+    if let Some(slots) = core.storage.fast_slots() {
+        if let Some(fast) = slots.admit_fast(&core.predicate_flag) {
             if core.storage.shared().is_some() {
-                shield_value(|| core.report_fast(py, fast))?;
+                raise(py, shield_value(|| core.report_fast(py, fast)))?;
             }
-            Admitted::Fast(slots, fast)
-        }
-        None => shield(|| {
-            let config = core.config.load();
-            let ticket = core.admit(py, &config)?;
-            started = core.start_timer(&config);
-            Ok(Admitted::Configured(config, ticket))
-        })?,
-    };
-    // Called from one place only, so that the compiler inlines it.
-    let result = match invoke() {
-        Ok(value) => {
-            if let Admitted::Fast(slots, fast) = admitted {
-                if shield_value(|| core.settle_fast(py, slots, fast, &value))? {
-                    return Ok(value);
+            return match invoke() {
+                Ok(value) => {
+                    if raise(
+                        py,
+                        shield_value(|| core.settle_fast(py, slots, fast, &value)),
+                    )? {
+                        return Ok(value);
+                    }
+                    settle_fast_admitted(core, py, fast, Ok(value))
                 }
-            }
-            Ok(value)
-        }
-        // The exception is taken at once, before anything else can call into Python.
-        Err(raised) => Err(raised.fetch(py)),
-    };
-    match admitted {
-        // A call admitted on the fast path had no predicate to apply when it began.
-        Admitted::Fast(_, fast) => shield(move || {
-            settle(
-                core,
-                py,
-                &core.config.load(),
-                fast.ticket(),
-                None,
-                true,
-                result,
-            )
-        }),
-        Admitted::Configured(config, ticket) => {
-            shield(move || settle(core, py, &config, ticket, started, false, result))
+                // The exception is taken at once, before anything else can call into Python.
+                Err(raised) => settle_fast_admitted(core, py, fast, Err(raised.fetch(py))),
+            };
         }
     }
+    let (config, ticket, started) = raise(
+        py,
+        shield(|| {
+            let config = core.config.load();
+            let ticket = core.admit(py, &config)?;
+            let started = core.start_timer(&config);
+            Ok((config, ticket, started))
+        }),
+    )?;
+    let result = invoke().map_err(|raised| raised.fetch(py));
+    raise(
+        py,
+        shield(move || settle(core, py, &config, ticket, started, false, result)),
+    )
 }
 
-/// How a call was admitted: on the fast path (closed, no result predicate: no configuration
-/// needed) or with the configuration it was admitted under.
-enum Admitted<'a> {
-    Fast(&'a Slots, FastTicket),
-    Configured(arc_swap::Guard<Arc<Config>>, Ticket),
+/// Records the outcome of a call admitted on the fast path that `settle_fast` could not settle
+/// (a failure, a coroutine, a breaker that changed or had failures): with no predicate to apply,
+/// since none was set when it began. Out of line: the fast path only calls it.
+#[cold]
+#[inline(never)]
+fn settle_fast_admitted<'py>(
+    core: &BreakerCore,
+    py: Python<'py>,
+    fast: FastTicket,
+    result: PyResult<Bound<'py, PyAny>>,
+) -> Returned<'py> {
+    let settled = shield(move || {
+        settle(
+            core,
+            py,
+            &core.config.load(),
+            fast.ticket(),
+            None,
+            true,
+            result,
+        )
+    });
+    raise(py, settled)
 }
 
 impl BreakerCore {

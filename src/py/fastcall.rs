@@ -18,7 +18,7 @@ use super::awaitable::GuardedCoroutine;
 use super::core::Breaker;
 use super::core::{guarded, shield};
 use super::ffi::entry::{install_method, is_callable, FastArgs, FastMethodOf, OwnedArgs};
-use super::ffi::upcall;
+use super::ffi::upcall::{self, raise, Returned};
 use super::handle::{not_callable, timeout_seconds, Guarded};
 use super::pyrefs;
 use super::registry::Registry;
@@ -33,14 +33,17 @@ impl FastMethodOf for BreakerCall {
         py: Python<'py>,
         breaker: Borrowed<'a, 'py, Breaker>,
         args: FastArgs<'a, 'py>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> Returned<'py> {
         let Some((func, rest)) = args.split_first() else {
-            return Err(PyTypeError::new_err(
-                "Breaker.call() missing required argument 'fn'",
-            ));
+            return raise(
+                py,
+                Err(PyTypeError::new_err(
+                    "Breaker.call() missing required argument 'fn'",
+                )),
+            );
         };
         if !is_callable(&func) {
-            return shield(|| Err(not_callable("fn", &func)));
+            return raise(py, shield(|| Err(not_callable("fn", &func))));
         }
         guarded(&breaker.get().core, py, || rest.forward_returned(&func))
     }
@@ -58,8 +61,8 @@ impl FastMethodOf for BreakerAcall {
         py: Python<'py>,
         breaker: Borrowed<'a, 'py, Breaker>,
         args: FastArgs<'a, 'py>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        shield(|| {
+    ) -> Returned<'py> {
+        let called = shield(|| {
             let Some((func, rest)) = args.split_first() else {
                 return Err(PyTypeError::new_err(
                     "Breaker.acall() missing required argument 'fn'",
@@ -111,7 +114,8 @@ impl FastMethodOf for BreakerAcall {
                     &timeout,
                 ],
             )
-        })
+        });
+        raise(py, called)
     }
 }
 
@@ -133,7 +137,7 @@ impl FastMethodOf for RegistryCall {
         py: Python<'py>,
         registry: Borrowed<'a, 'py, Registry>,
         args: FastArgs<'a, 'py>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> Returned<'py> {
         // The usual call, `call(name, fn)`, needs no parsing.
         if let (false, 2, Some(name), Some(func)) = (
             args.has_keywords(),
@@ -154,8 +158,8 @@ fn registry_call_parsed<'py>(
     py: Python<'py>,
     registry: &Registry,
     args: &FastArgs<'_, 'py>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let (name, func, options) = shield(|| registry_call_arguments(py, args))?;
+) -> Returned<'py> {
+    let (name, func, options) = raise(py, shield(|| registry_call_arguments(py, args)))?;
     registry.call(&name, &func, options.as_ref())
 }
 

@@ -19,7 +19,7 @@ use super::config::{Config, Patch};
 use super::core::Breaker;
 use super::core::{guarded, shield, shield_value, BreakerCore, CoreRef, Hub};
 use super::ffi::entry::is_callable;
-use super::ffi::upcall;
+use super::ffi::upcall::{self, raise, Returned};
 use super::handle::{not_callable, Metrics};
 use super::lookup::{CachedCore, Lookups};
 use super::name::Name;
@@ -533,11 +533,7 @@ enum Reached {
 /// keeps its own inlined copy of `guarded` with nothing more to check.
 #[cold]
 #[inline(never)]
-fn call_direct<'py>(
-    core: CoreRef,
-    py: Python<'py>,
-    func: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
+fn call_direct<'py>(core: CoreRef, py: Python<'py>, func: &Bound<'py, PyAny>) -> Returned<'py> {
     guarded(&core, py, || upcall::call_returned(func))
 }
 
@@ -553,15 +549,18 @@ impl Registry {
         &self,
         name: &Bound<'py, PyAny>,
         func: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> Returned<'py> {
         let py = name.py();
         // This thread's cache first (see `lookup`): the same `str` as its last lookup costs no
         // reading of the name, and neither path writes memory another thread reads.
         let version = self.lookups.version();
-        let core = match shield_value(|| self.lookups.last(version, name))? {
+        let core = match raise(py, shield_value(|| self.lookups.last(version, name)))? {
             Some(core) if is_callable(func) => core,
             // (A function that is not callable is refused there.)
-            _ => match shield(|| self.lookup_for_call(py, version, name, func, None))? {
+            _ => match raise(
+                py,
+                shield(|| self.lookup_for_call(py, version, name, func, None)),
+            )? {
                 Reached::Cached(core) => core,
                 Reached::Direct(core) => return call_direct(core, py, func),
             },
@@ -577,16 +576,19 @@ impl Registry {
         name: &Bound<'py, PyAny>,
         func: &Bound<'py, PyAny>,
         options: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> Returned<'py> {
         let py = name.py();
         let version = self.lookups.version();
         let last = match options {
-            None => shield_value(|| self.lookups.last(version, name))?,
+            None => raise(py, shield_value(|| self.lookups.last(version, name)))?,
             Some(_) => None,
         };
         let core = match last {
             Some(core) if is_callable(func) => core,
-            _ => match shield(|| self.lookup_for_call(py, version, name, func, options))? {
+            _ => match raise(
+                py,
+                shield(|| self.lookup_for_call(py, version, name, func, options)),
+            )? {
                 Reached::Cached(core) => core,
                 Reached::Direct(core) => return call_direct(core, py, func),
             },

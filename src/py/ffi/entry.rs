@@ -34,7 +34,7 @@ pub trait FastMethod {
         py: Python<'py>,
         slf: Borrowed<'a, 'py, PyAny>,
         args: FastArgs<'a, 'py>,
-    ) -> PyResult<Bound<'py, PyAny>>;
+    ) -> Returned<'py>;
 }
 
 /// The body of a fast entry point installed as a method of the class `Owner` (`install_method`):
@@ -46,7 +46,7 @@ pub trait FastMethodOf {
         py: Python<'py>,
         slf: Borrowed<'a, 'py, Self::Owner>,
         args: FastArgs<'a, 'py>,
-    ) -> PyResult<Bound<'py, PyAny>>;
+    ) -> Returned<'py>;
 }
 
 /// The arguments of a vectorcall or `METH_FASTCALL | METH_KEYWORDS` call, as CPython passed them:
@@ -202,19 +202,15 @@ unsafe fn entry_point<M: FastMethod>(
             FastArgs::new(py, args, nargs, nargsf, kwnames),
         )
     };
-    into_c_result(py, M::call(py, slf, args))
+    into_c_result(M::call(py, slf, args))
 }
 
-/// What a C entry point returns for `result`: a new reference, or null with the error restored as
-/// the current exception.
+/// What a C entry point returns for `result`: a new reference, or null (the exception is set).
 #[inline(always)]
-fn into_c_result(py: Python<'_>, result: PyResult<Bound<'_, PyAny>>) -> *mut ffi::PyObject {
+fn into_c_result(result: Returned<'_>) -> *mut ffi::PyObject {
     match result {
         Ok(value) => value.into_ptr(),
-        Err(err) => {
-            err.restore(py);
-            null_mut()
-        }
+        Err(_raised) => null_mut(),
     }
 }
 
@@ -248,7 +244,7 @@ unsafe extern "C-unwind" fn fastcall_entry<M: FastMethodOf>(
             FastArgs::new(py, args, nargs as usize, nargs as usize, kwnames),
         )
     };
-    into_c_result(py, M::call(py, slf, args))
+    into_c_result(M::call(py, slf, args))
 }
 
 /// The vectorcall function for `M` (`nargsf` carries `PY_VECTORCALL_ARGUMENTS_OFFSET`).

@@ -147,10 +147,24 @@ impl Raised {
     pub fn fetch(self, py: Python<'_>) -> PyErr {
         PyErr::fetch(py)
     }
+
+    /// Sets `err` as the thread's current exception, for an entry point to return null with it.
+    #[cold]
+    pub fn restore(py: Python<'_>, err: PyErr) -> Raised {
+        err.restore(py);
+        Raised(())
+    }
 }
 
-/// What a call into Python returned, one word wide: the guarded call's fast path moves it through
-/// `catch_unwind` and the entry point, where a `PyResult` (eight words) was copied at each step.
+/// `result`, its error set as the thread's current exception (`Raised`).
+#[inline(always)]
+pub fn raise<T>(py: Python<'_>, result: PyResult<T>) -> Result<T, Raised> {
+    result.map_err(|err| Raised::restore(py, err))
+}
+
+/// What a call into Python returned, or what an entry point returns, one word wide: the guarded
+/// call's fast path moves it through `catch_unwind` and the entry point, where a `PyResult` (eight
+/// words) was copied at each step.
 pub type Returned<'py> = Result<Bound<'py, PyAny>, Raised>;
 
 /// A new reference, or `Raised` for null.
