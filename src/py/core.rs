@@ -745,7 +745,7 @@ impl BreakerCore {
         if is_coroutine(value) || !slots.record_fast_success(fast) {
             return false;
         }
-        self.storage.count(Counter::Successes);
+        self.storage.count_attached(py, Counter::Successes);
         if let Some(window) = self.window() {
             self.count_fast_success(py, window, fast);
         }

@@ -14,6 +14,9 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use pyo3::Python;
+
+use super::ffi::thread;
 use crate::engine::{Limits, Mode, Slots, Word};
 use crate::metrics::{Counter, Counters, Totals};
 use crate::shm::heard::Heard;
@@ -184,6 +187,16 @@ impl Storage {
     pub fn count(&self, counter: Counter) {
         match self {
             Storage::Local(words) => words.counters.add(counter),
+            Storage::Shared(shared) => shared.count(counter),
+        }
+    }
+
+    /// `count` by a thread attached to the interpreter, which tells its thread by its thread
+    /// state (the guarded call's fast success: no thread-local read).
+    #[inline(always)]
+    pub fn count_attached(&self, py: Python<'_>, counter: Counter) {
+        match self {
+            Storage::Local(words) => words.counters.add_as(counter, thread::key(py)),
             Storage::Shared(shared) => shared.count(counter),
         }
     }
