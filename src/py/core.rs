@@ -68,6 +68,7 @@ use super::config::{Config, Patch};
 use super::errors::{CircuitOpenError, RejectionName};
 use super::ffi::objects::is_coroutine;
 use super::ffi::refs::AttachedRef;
+use super::ffi::thread;
 use super::ffi::upcall::{self, raise, Returned};
 use super::name::Name;
 use super::pyrefs;
@@ -669,16 +670,16 @@ pub fn guarded<'py>(
     // The words are looked up once for both ends (a shared breaker deleted meanwhile only makes
     // the success check fail, which records on the words current then); `None`: the breaker's
     // table times its calls, so they take the configured path.
-    if let Some(slots) = core.storage.fast_slots() {
+    if let Some((slots, local)) = core.storage.fast_slots() {
         if let Some(fast) = slots.admit_fast(&core.predicate_flag) {
-            if core.storage.shared().is_some() {
+            if local.is_none() {
                 raise(py, shield_value(|| core.report_fast(py, fast)))?;
             }
             return match invoke() {
                 Ok(value) => {
                     if raise(
                         py,
-                        shield_value(|| core.settle_fast(py, slots, fast, &value)),
+                        shield_value(|| core.settle_fast(py, slots, local, fast, &value)),
                     )? {
                         return Ok(value);
                     }
@@ -739,14 +740,25 @@ impl BreakerCore {
         &self,
         py: Python<'_>,
         slots: &Slots,
+        local: Option<&LocalWords>,
         fast: FastTicket,
         value: &Bound<'_, PyAny>,
     ) -> bool {
         if is_coroutine(value) || !slots.record_fast_success(fast) {
             return false;
         }
-        self.storage.count_attached(py, Counter::Successes);
-        if let Some(window) = self.window() {
+        let window = match local {
+            // The thread is told by its thread state, not a Rust thread-local (see `ffi::thread`).
+            Some(words) => {
+                words.counters.add_as(Counter::Successes, thread::key(py));
+                self.window.get()
+            }
+            None => {
+                self.storage.count(Counter::Successes);
+                self.window()
+            }
+        };
+        if let Some(window) = window {
             self.count_fast_success(py, window, fast);
         }
         true

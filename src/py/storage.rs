@@ -14,9 +14,6 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use pyo3::Python;
-
-use super::ffi::thread;
 use crate::engine::{Limits, Mode, Slots, Word};
 use crate::metrics::{Counter, Counters, Totals};
 use crate::shm::heard::Heard;
@@ -169,15 +166,17 @@ impl Storage {
 
     /// The state words for the closed fast path, which neither times calls nor loads the
     /// configuration: `None` when the breaker's table times its calls (`slow_call_duration` is
-    /// set there), so that they take the configured path.
+    /// set there), so that they take the configured path. With them, the words of a local
+    /// breaker (`None` for a shared one): the fast path then knows what kind of breaker it runs
+    /// on from this one test, instead of asking `Storage` again at each step.
     #[inline]
-    pub fn fast_slots(&self) -> Option<&Slots> {
+    pub fn fast_slots(&self) -> Option<(&Slots, Option<&LocalWords>)> {
         match self {
-            Storage::Local(words) => Some(&words.slots),
+            Storage::Local(words) => Some((&words.slots, Some(words))),
             Storage::Shared(shared) => match shared.live() {
                 Some(slot) if slot.slow_call_ns().is_some() => None,
-                Some(slot) => Some(&slot.machine),
-                None => Some(&shared.orphan().slots),
+                Some(slot) => Some((&slot.machine, None)),
+                None => Some((&shared.orphan().slots, None)),
             },
         }
     }
@@ -187,16 +186,6 @@ impl Storage {
     pub fn count(&self, counter: Counter) {
         match self {
             Storage::Local(words) => words.counters.add(counter),
-            Storage::Shared(shared) => shared.count(counter),
-        }
-    }
-
-    /// `count` by a thread attached to the interpreter, which tells its thread by its thread
-    /// state (the guarded call's fast success: no thread-local read).
-    #[inline(always)]
-    pub fn count_attached(&self, py: Python<'_>, counter: Counter) {
-        match self {
-            Storage::Local(words) => words.counters.add_as(counter, thread::key(py)),
             Storage::Shared(shared) => shared.count(counter),
         }
     }
