@@ -33,6 +33,7 @@ use super::awaitable;
 use super::core::{shield, Breaker};
 use super::ffi::entry::{install_plain_vectorcall_slot, FastArgs, FastMethod, VectorcallSlot};
 use super::ffi::frame;
+use super::ffi::upcall::{raise, Returned};
 use super::permit::Permit;
 use super::pyrefs;
 use crate::engine::{Outcome, Ticket};
@@ -263,14 +264,20 @@ impl FastMethod for CallBlockExit {
         py: Python<'py>,
         slf: Borrowed<'a, 'py, PyAny>,
         args: FastArgs<'a, 'py>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let exit = shield(|| Ok(slf.cast::<BlockExit>()?))?;
+    ) -> Returned<'py> {
+        let exit = raise(py, shield(|| Ok(slf.cast::<BlockExit>()?)))?;
         if args.keywords().next().is_some() {
-            return Err(PyTypeError::new_err("__exit__ takes no keyword arguments"));
+            return raise(
+                py,
+                Err(PyTypeError::new_err("__exit__ takes no keyword arguments")),
+            );
         }
-        exit.get().leave(py, args.positional_count(), |i| {
-            args.positional(i).map(Borrowed::to_owned)
-        })
+        raise(
+            py,
+            exit.get().leave(py, args.positional_count(), |i| {
+                args.positional(i).map(Borrowed::to_owned)
+            }),
+        )
     }
 }
 

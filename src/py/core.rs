@@ -68,14 +68,15 @@ use super::config::{Config, Patch};
 use super::errors::{CircuitOpenError, RejectionName};
 use super::ffi::objects::is_coroutine;
 use super::ffi::refs::AttachedRef;
-use super::ffi::upcall;
+use super::ffi::thread;
+use super::ffi::upcall::{self, raise, Returned};
 use super::name::Name;
 use super::pyrefs;
 use super::storage::{LocalWords, SharedWords, Storage};
 use crate::engine::remote::FleetGate;
 use crate::engine::{
-    Admission, FastTicket, Limits, Machine, Mode, Outcome, PredicateFlag, Ticket, Transition,
-    Window,
+    Admission, FastTicket, Limits, Machine, Mode, Outcome, PredicateFlag, Slots, Ticket,
+    Transition, Window,
 };
 use crate::metrics::Counter;
 use crate::shm::options::bucket_word;
@@ -630,21 +631,26 @@ fn log_error(py: Python<'_>, message: &str, subject: Option<&Bound<'_, PyAny>>, 
 
 /// Runs `f` with Rust panics turned into `PanicException`.
 pub fn shield<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        let message = payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-            .unwrap_or_else(|| "panic in panelboard".to_owned());
-        Err(PanicException::new_err((message,)))
-    })
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| Err(panic_error(payload)))
 }
 
-/// How a call was admitted: on the fast path (closed, no result predicate: no configuration
-/// needed) or with the configuration it was admitted under.
-enum Admitted {
-    Fast(FastTicket),
-    Configured(arc_swap::Guard<Arc<Config>>, Ticket),
+/// `shield` for a closure that cannot fail otherwise: only its value crosses `catch_unwind`'s
+/// buffer (a `PyResult` is several words larger than a flag or a pointer, and the hot paths pay
+/// for every word copied through it).
+#[inline(always)]
+pub fn shield_value<T>(f: impl FnOnce() -> T) -> PyResult<T> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(panic_error)
+}
+
+/// The `PanicException` for a caught panic.
+#[cold]
+fn panic_error(payload: Box<dyn std::any::Any + Send>) -> PyErr {
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "panic in panelboard".to_owned());
+    PanicException::new_err((message,))
 }
 
 /// The guarded call, entirely in Rust: admit, run `invoke` (which calls the user's function),
@@ -652,73 +658,150 @@ enum Admitted {
 ///
 /// Admission and recording run under `shield` (a Rust panic becomes `PanicException`); the user's
 /// function runs outside it and through `upcall`, which parks a thread that CPython ends there at
-/// shutdown instead of letting that unwind reach a `catch_unwind`.
-#[inline]
+/// shutdown instead of letting that unwind reach a `catch_unwind`. What crosses each `shield` is
+/// kept small (a flag, the ticket): everything a closure takes or returns is copied through
+/// `catch_unwind`'s buffer, which on the closed fast path cost more than the checks themselves.
+#[inline(always)]
 pub fn guarded<'py>(
     core: &BreakerCore,
     py: Python<'py>,
-    invoke: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyAny>> {
-    // When a timed call started: kept out of `Admitted`, which the fast path returns.
-    let mut started = None;
-    // The words are looked up once for both ends of the fast path (a shared breaker deleted
-    // meanwhile only makes the success check fail, which records on the words current then).
-    // `None`: the breaker's table times its calls, so they take the configured path.
-    let slots = core.storage.fast_slots();
-    let admitted = shield(|| {
-        // Fast path: a closed breaker without a result predicate needs no configuration to admit
-        // a call or to record its success: one atomic load now, one after the call, no write.
-        if let Some(fast) = slots.and_then(|slots| slots.admit_fast(&core.predicate_flag)) {
-            core.report_fast(py, fast);
-            return Ok(Admitted::Fast(fast));
-        }
-        let config = core.config.load();
-        let ticket = core.admit(py, &config)?;
-        started = core.start_timer(&config);
-        Ok(Admitted::Configured(config, ticket))
-    })?;
-    let result = invoke();
-    shield(move || {
-        let (config, ticket, fast) = match admitted {
-            Admitted::Fast(fast) => {
-                if matches!(&result, Ok(value) if !is_coroutine(value))
-                    && slots.is_some_and(|slots| slots.record_fast_success(fast))
-                {
-                    // Healthy and unchanged: a success has nothing to record but its count (and,
-                    // with a rate rule, its place in the window).
-                    core.storage.count(Counter::Successes);
-                    if let Some(window) = core.window() {
-                        core.count_fast_success(py, window, fast);
+    invoke: impl FnOnce() -> Returned<'py>,
+) -> Returned<'py> {
+    // Fast path: a closed breaker without a result predicate needs no configuration to admit a
+    // call or to record its success: one atomic load now, one after the call, no write. The
+    // admission is two loads (nothing that can panic); only a shared breaker has news to report.
+    // It is a branch of its own, with its own call of `invoke`, so that nothing about the
+    // configured path is kept (in registers or on the stack) across the user's call.
+    // The words are looked up once for both ends (a shared breaker deleted meanwhile only makes
+    // the success check fail, which records on the words current then); `None`: the breaker's
+    // table times its calls, so they take the configured path.
+    if let Some((slots, local)) = core.storage.fast_slots() {
+        if let Some(fast) = slots.admit_fast(&core.predicate_flag) {
+            if local.is_none() {
+                raise(py, shield_value(|| core.report_fast(py, fast)))?;
+            }
+            return match invoke() {
+                Ok(value) => {
+                    if raise(
+                        py,
+                        shield_value(|| core.settle_fast(py, slots, local, fast, &value)),
+                    )? {
+                        return Ok(value);
                     }
-                    return result;
+                    settle_fast_admitted(core, py, fast, Ok(value))
                 }
-                (core.config.load(), fast.ticket(), true)
+                // The exception is taken at once, before anything else can call into Python.
+                Err(raised) => settle_fast_admitted(core, py, fast, Err(raised.fetch(py))),
+            };
+        }
+    }
+    let (config, ticket, started) = raise(
+        py,
+        shield(|| {
+            let config = core.config.load();
+            let ticket = core.admit(py, &config)?;
+            let started = core.start_timer(&config);
+            Ok((config, ticket, started))
+        }),
+    )?;
+    let result = invoke().map_err(|raised| raised.fetch(py));
+    raise(
+        py,
+        shield(move || settle(core, py, &config, ticket, started, false, result)),
+    )
+}
+
+/// Records the outcome of a call admitted on the fast path that `settle_fast` could not settle
+/// (a failure, a coroutine, a breaker that changed or had failures): with no predicate to apply,
+/// since none was set when it began. Out of line: the fast path only calls it.
+#[cold]
+#[inline(never)]
+fn settle_fast_admitted<'py>(
+    core: &BreakerCore,
+    py: Python<'py>,
+    fast: FastTicket,
+    result: PyResult<Bound<'py, PyAny>>,
+) -> Returned<'py> {
+    let settled = shield(move || {
+        settle(
+            core,
+            py,
+            &core.config.load(),
+            fast.ticket(),
+            None,
+            true,
+            result,
+        )
+    });
+    raise(py, settled)
+}
+
+impl BreakerCore {
+    /// Settles a call admitted on the fast path if it succeeded and the breaker is healthy and
+    /// unchanged: such a success has nothing to record but its count (and, with a rate rule, its
+    /// place in the window). `false`: nothing was recorded, `settle` records it.
+    #[inline(always)]
+    fn settle_fast(
+        &self,
+        py: Python<'_>,
+        slots: &Slots,
+        local: Option<&LocalWords>,
+        fast: FastTicket,
+        value: &Bound<'_, PyAny>,
+    ) -> bool {
+        if is_coroutine(value) || !slots.record_fast_success(fast) {
+            return false;
+        }
+        let window = match local {
+            // The thread is told by its thread state, not a Rust thread-local (see `ffi::thread`).
+            Some(words) => {
+                words.counters.add_as(Counter::Successes, thread::key(py));
+                self.window.get()
             }
-            Admitted::Configured(config, ticket) => (config, ticket, false),
+            None => {
+                self.storage.count(Counter::Successes);
+                self.window()
+            }
         };
-        // A sync call that returned a coroutine did not run the work yet: it cannot be guarded.
-        if matches!(&result, Ok(value) if is_coroutine(value)) {
-            core.finish(py, &config, ticket, Outcome::Ignored, started);
-            return Err(refuse_coroutine(result?));
+        if let Some(window) = window {
+            self.count_fast_success(py, window, fast);
         }
-        match result {
-            Ok(value) => {
-                // A call admitted on the fast path had no predicate to apply when it began.
-                let (outcome, predicate_error) = if fast {
-                    (Outcome::Success, None)
-                } else {
-                    config.classify_result(&value)
-                };
-                core.finish(py, &config, ticket, outcome, started);
-                predicate_error.map_or(Ok(value), Err)
-            }
-            Err(err) => {
-                let outcome = config.classify_error(py, &err);
-                core.finish(py, &config, ticket, outcome, started);
-                Err(err)
-            }
+        true
+    }
+}
+
+/// Classifies and records the outcome of a call admitted with `ticket` (`fast`: on the fast path,
+/// with no predicate to apply), and returns what the caller gets.
+fn settle<'py>(
+    core: &BreakerCore,
+    py: Python<'py>,
+    config: &Config,
+    ticket: Ticket,
+    started: Option<u64>,
+    fast: bool,
+    result: PyResult<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // A sync call that returned a coroutine did not run the work yet: it cannot be guarded.
+    if matches!(&result, Ok(value) if is_coroutine(value)) {
+        core.finish(py, config, ticket, Outcome::Ignored, started);
+        return Err(refuse_coroutine(result?));
+    }
+    match result {
+        Ok(value) => {
+            let (outcome, predicate_error) = if fast {
+                (Outcome::Success, None)
+            } else {
+                config.classify_result(&value)
+            };
+            core.finish(py, config, ticket, outcome, started);
+            predicate_error.map_or(Ok(value), Err)
         }
-    })
+        Err(err) => {
+            let outcome = config.classify_error(py, &err);
+            core.finish(py, config, ticket, outcome, started);
+            Err(err)
+        }
+    }
 }
 
 /// The error for a sync call whose function returned a coroutine. The coroutine is closed (it has

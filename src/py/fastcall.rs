@@ -17,8 +17,8 @@ use pyo3::Borrowed;
 use super::awaitable::GuardedCoroutine;
 use super::core::Breaker;
 use super::core::{guarded, shield};
-use super::ffi::entry::{install_method, FastArgs, FastMethod, OwnedArgs};
-use super::ffi::upcall;
+use super::ffi::entry::{install_method, is_callable, FastArgs, FastMethodOf, OwnedArgs};
+use super::ffi::upcall::{self, raise, Returned};
 use super::handle::{not_callable, timeout_seconds, Guarded};
 use super::pyrefs;
 use super::registry::Registry;
@@ -26,26 +26,26 @@ use super::registry::Registry;
 /// `Breaker.call(fn, /, *args, **kwargs)`.
 struct BreakerCall;
 
-impl FastMethod for BreakerCall {
+impl FastMethodOf for BreakerCall {
+    type Owner = Breaker;
+
     fn call<'a, 'py>(
         py: Python<'py>,
-        slf: Borrowed<'a, 'py, PyAny>,
+        breaker: Borrowed<'a, 'py, Breaker>,
         args: FastArgs<'a, 'py>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let breaker = shield(|| Ok(slf.cast::<Breaker>()?))?;
+    ) -> Returned<'py> {
         let Some((func, rest)) = args.split_first() else {
-            return Err(PyTypeError::new_err(
-                "Breaker.call() missing required argument 'fn'",
-            ));
+            return raise(
+                py,
+                Err(PyTypeError::new_err(
+                    "Breaker.call() missing required argument 'fn'",
+                )),
+            );
         };
-        shield(|| {
-            if func.is_callable() {
-                Ok(())
-            } else {
-                Err(not_callable("fn", &func))
-            }
-        })?;
-        guarded(&breaker.get().core, py, || rest.forward(&func))
+        if !is_callable(&func) {
+            return raise(py, shield(|| Err(not_callable("fn", &func))));
+        }
+        guarded(&breaker.get().core, py, || rest.forward_returned(&func))
     }
 }
 
@@ -54,14 +54,15 @@ impl FastMethod for BreakerCall {
 /// `None`), the call takes the Python helper that cancels it after that long (`_aio.acall`).
 struct BreakerAcall;
 
-impl FastMethod for BreakerAcall {
+impl FastMethodOf for BreakerAcall {
+    type Owner = Breaker;
+
     fn call<'a, 'py>(
         py: Python<'py>,
-        slf: Borrowed<'a, 'py, PyAny>,
+        breaker: Borrowed<'a, 'py, Breaker>,
         args: FastArgs<'a, 'py>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        shield(|| {
-            let breaker = slf.cast::<Breaker>()?;
+    ) -> Returned<'py> {
+        let called = shield(|| {
             let Some((func, rest)) = args.split_first() else {
                 return Err(PyTypeError::new_err(
                     "Breaker.acall() missing required argument 'fn'",
@@ -113,7 +114,8 @@ impl FastMethod for BreakerAcall {
                     &timeout,
                 ],
             )
-        })
+        });
+        raise(py, called)
     }
 }
 
@@ -127,65 +129,99 @@ fn is_timeout(key: &Bound<'_, PyAny>) -> bool {
 /// keyword an option.
 struct RegistryCall;
 
-impl FastMethod for RegistryCall {
+impl FastMethodOf for RegistryCall {
+    type Owner = Registry;
+
+    #[inline]
     fn call<'a, 'py>(
         py: Python<'py>,
-        slf: Borrowed<'a, 'py, PyAny>,
+        registry: Borrowed<'a, 'py, Registry>,
         args: FastArgs<'a, 'py>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let (registry, name, func, options) = shield(|| {
-            let registry = slf.cast::<Registry>()?;
-            let nargs = args.positional_count();
-            if nargs > 2 {
-                return Err(PyTypeError::new_err(format!(
-                    "Registry.call() takes 2 positional arguments (name, fn) but {nargs} were given"
-                )));
-            }
-            let (mut name, mut func) = (args.positional(0), args.positional(1));
-            let mut options = None;
-            for (key, value) in args.keywords() {
-                let slot = match key.cast::<PyString>()?.to_str().ok() {
-                    Some("name") => &mut name,
-                    Some("fn") => &mut func,
-                    _ => {
-                        options
-                            .get_or_insert_with(|| PyDict::new(py))
-                            .set_item(key, value)?;
-                        continue;
-                    }
-                };
-                if slot.replace(value).is_some() {
-                    return Err(PyTypeError::new_err(format!(
-                        "Registry.call() got multiple values for argument '{}'",
-                        *key
-                    )));
-                }
-            }
-            let (Some(name), Some(func)) = (name, func) else {
-                return Err(PyTypeError::new_err(
-                    "Registry.call() missing required argument 'name' or 'fn'",
-                ));
-            };
-            Ok((registry, name, func, options))
-        })?;
-        registry.get().call(&name, &func, options.as_ref())
+    ) -> Returned<'py> {
+        // The usual call, `call(name, fn)`, needs no parsing.
+        if let (false, 2, Some(name), Some(func)) = (
+            args.has_keywords(),
+            args.positional_count(),
+            args.positional(0),
+            args.positional(1),
+        ) {
+            return registry.get().call_plain(&name, &func);
+        }
+        registry_call_parsed(py, registry.get(), &args)
     }
+}
+
+/// `Registry.call` given keywords or the wrong number of arguments: parsed, then called (out of
+/// line, so that the usual call's entry point stays small enough to be compiled as one piece).
+#[inline(never)]
+fn registry_call_parsed<'py>(
+    py: Python<'py>,
+    registry: &Registry,
+    args: &FastArgs<'_, 'py>,
+) -> Returned<'py> {
+    let (name, func, options) = raise(py, shield(|| registry_call_arguments(py, args)))?;
+    registry.call(&name, &func, options.as_ref())
+}
+
+/// `name`, `fn` and the options of a `Registry.call` given keywords or the wrong number of
+/// arguments.
+#[allow(clippy::type_complexity)] // the three arguments, as `call` takes them
+fn registry_call_arguments<'a, 'py>(
+    py: Python<'py>,
+    args: &FastArgs<'a, 'py>,
+) -> PyResult<(
+    Borrowed<'a, 'py, PyAny>,
+    Borrowed<'a, 'py, PyAny>,
+    Option<Bound<'py, PyDict>>,
+)> {
+    let nargs = args.positional_count();
+    if nargs > 2 {
+        return Err(PyTypeError::new_err(format!(
+            "Registry.call() takes 2 positional arguments (name, fn) but {nargs} were given"
+        )));
+    }
+    let (mut name, mut func) = (args.positional(0), args.positional(1));
+    let mut options = None;
+    for (key, value) in args.keywords() {
+        let slot = match key.cast::<PyString>()?.to_str().ok() {
+            Some("name") => &mut name,
+            Some("fn") => &mut func,
+            _ => {
+                options
+                    .get_or_insert_with(|| PyDict::new(py))
+                    .set_item(key, value)?;
+                continue;
+            }
+        };
+        if slot.replace(value).is_some() {
+            return Err(PyTypeError::new_err(format!(
+                "Registry.call() got multiple values for argument '{}'",
+                *key
+            )));
+        }
+    }
+    let (Some(name), Some(func)) = (name, func) else {
+        return Err(PyTypeError::new_err(
+            "Registry.call() missing required argument 'name' or 'fn'",
+        ));
+    };
+    Ok((name, func, options))
 }
 
 /// Installs the fast entry points on the classes of the module being initialised.
 pub fn install(py: Python<'_>) -> PyResult<()> {
     install_method::<BreakerCall>(
-        &py.get_type::<Breaker>(),
+        py,
         c"call",
         c"call($self, fn, /, *args, **kwargs)\n--\n\nCalls fn(*args, **kwargs) through the breaker.",
     )?;
     install_method::<BreakerAcall>(
-        &py.get_type::<Breaker>(),
+        py,
         c"acall",
         c"acall($self, fn, /, *args, **kwargs)\n--\n\nAwaits fn(*args, **kwargs) through the breaker: returns a GuardedCoroutine, admitted when awaited. The keyword `timeout` is the breaker's own: the call is cancelled after that many seconds, which raises `TimeoutError` and counts as a failure.",
     )?;
     install_method::<RegistryCall>(
-        &py.get_type::<Registry>(),
+        py,
         c"call",
         c"call($self, name, fn, **options)\n--\n\nCalls fn() through the breaker `name`, creating it with `options` if new.",
     )?;

@@ -7,11 +7,11 @@ use pyo3::{Borrowed, PyTraverseError, PyVisit};
 
 use super::awaitable::{self, GuardedCoroutine};
 use super::block;
-use super::core::{guarded, shield, Breaker, BreakerCore, CoreRef};
+use super::core::{guarded, shield, shield_value, Breaker, BreakerCore, CoreRef};
 use super::ffi::entry::{
     install_vectorcall_slot, instance_dict, FastArgs, FastMethod, OwnedArgs, VectorcallSlot,
 };
-use super::ffi::upcall;
+use super::ffi::upcall::{self, raise, Returned};
 use super::permit::Permit;
 use super::pyrefs;
 use crate::engine::Mode;
@@ -221,11 +221,14 @@ impl FastMethod for CallGuarded {
         py: Python<'py>,
         slf: Borrowed<'a, 'py, PyAny>,
         args: FastArgs<'a, 'py>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let guarded_fn = shield(|| Ok(slf.cast::<Guarded>()?))?;
+    ) -> Returned<'py> {
+        let guarded_fn = raise(
+            py,
+            shield_value(|| slf.cast::<Guarded>()).and_then(|cast| Ok(cast?)),
+        )?;
         let guarded_fn = guarded_fn.get();
         let func = guarded_fn.func.bind(py);
-        guarded(&guarded_fn.core, py, || args.forward(func))
+        guarded(&guarded_fn.core, py, || args.forward_returned(func))
     }
 }
 
@@ -239,15 +242,15 @@ impl FastMethod for CallAsyncGuarded {
         py: Python<'py>,
         slf: Borrowed<'a, 'py, PyAny>,
         args: FastArgs<'a, 'py>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let guarded_fn = shield(|| Ok(slf.cast::<Guarded>()?))?;
+    ) -> Returned<'py> {
+        let guarded_fn = raise(py, shield(|| Ok(slf.cast::<Guarded>()?)))?;
         let guarded_fn = guarded_fn.get();
         let coroutine = GuardedCoroutine::new(
             guarded_fn.core.clone_ref(py),
             guarded_fn.func.bind(py),
             args.to_owned(),
         );
-        Ok(Bound::new(py, coroutine)?.into_any())
+        raise(py, Bound::new(py, coroutine).map(Bound::into_any))
     }
 }
 
@@ -271,7 +274,10 @@ impl Guarded {
             let coroutine = GuardedCoroutine::new(self.core.clone_ref(py), func, args);
             return Ok(Bound::new(py, coroutine)?.into_any());
         }
-        guarded(&self.core, py, || upcall::call_with(func, args, kwargs))
+        guarded(&self.core, py, || {
+            upcall::call_with_returned(func, args, kwargs)
+        })
+        .map_err(|raised| raised.fetch(py))
     }
 
     /// Pickled (and copied) by reference, as functions are: by the name it has in its module,

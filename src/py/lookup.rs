@@ -190,8 +190,9 @@ impl Lookups {
     }
 
     /// The breaker this thread looked up last, if `name` is that very `str` object and its cache
-    /// is still valid under `version`.
-    #[inline]
+    /// is still valid under `version`. Kept out of line: inlined, it made the entry point of
+    /// `Registry.call` too large for the compiler to inline the guarded call's own pieces.
+    #[inline(never)]
     pub fn last(&self, version: u64, name: &Bound<'_, PyAny>) -> Option<CachedCore> {
         let cache = self.threads.get()?.0.try_lock().ok()?;
         if cache.version != version {

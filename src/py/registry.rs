@@ -17,8 +17,9 @@ use std::sync::{Arc, OnceLock};
 use super::clock::{Clock, ManualClock};
 use super::config::{Config, Patch};
 use super::core::Breaker;
-use super::core::{guarded, shield, BreakerCore, CoreRef, Hub};
-use super::ffi::upcall;
+use super::core::{guarded, shield, shield_value, BreakerCore, CoreRef, Hub};
+use super::ffi::entry::is_callable;
+use super::ffi::upcall::{self, raise, Returned};
 use super::handle::{not_callable, Metrics};
 use super::lookup::{CachedCore, Lookups};
 use super::name::Name;
@@ -532,63 +533,102 @@ enum Reached {
 /// keeps its own inlined copy of `guarded` with nothing more to check.
 #[cold]
 #[inline(never)]
-fn call_direct<'py>(
-    core: CoreRef,
-    py: Python<'py>,
-    func: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
-    guarded(&core, py, || upcall::call(func, []))
+fn call_direct<'py>(core: CoreRef, py: Python<'py>, func: &Bound<'py, PyAny>) -> Returned<'py> {
+    guarded(&core, py, || upcall::call_returned(func))
 }
 
 impl Registry {
+    /// Calls `func()` through the breaker `name`, creating it with the registry's defaults if the
+    /// name is new: `Registry.call(name, fn)`, the usual call, inlined into its entry point.
+    ///
+    /// (`call` below does the same with options. It must not share this code: every function
+    /// inlined in two places, as the pieces of the guarded call would be, is compiled apart and
+    /// called, which cost this path about 30 instructions.)
+    #[inline(always)]
+    pub(crate) fn call_plain<'py>(
+        &self,
+        name: &Bound<'py, PyAny>,
+        func: &Bound<'py, PyAny>,
+    ) -> Returned<'py> {
+        let py = name.py();
+        // This thread's cache first (see `lookup`): the same `str` as its last lookup costs no
+        // reading of the name, and neither path writes memory another thread reads.
+        let version = self.lookups.version();
+        let core = match raise(py, shield_value(|| self.lookups.last(version, name)))? {
+            Some(core) if is_callable(func) => core,
+            // (A function that is not callable is refused there.)
+            _ => match raise(
+                py,
+                shield(|| self.lookup_for_call(py, version, name, func, None)),
+            )? {
+                Reached::Cached(core) => core,
+                Reached::Direct(core) => return call_direct(core, py, func),
+            },
+        };
+        guarded(&core, py, || upcall::call_returned(func))
+    }
+
     /// Calls `func()` through the breaker `name`, creating it with `options` if the name is new
     /// (options of later calls are validated but ignored, as in the reference).
+    #[inline(never)]
     pub(crate) fn call<'py>(
         &self,
         name: &Bound<'py, PyAny>,
         func: &Bound<'py, PyAny>,
         options: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> Returned<'py> {
         let py = name.py();
-        let core: Reached = shield(|| {
-            // This thread's cache first (see `lookup`): the same `str` as its last lookup costs
-            // no reading of the name, and neither path writes memory another thread reads.
-            let version = self.lookups.version();
-            if options.is_none() {
-                if let Some(core) = self.lookups.last(version, name) {
-                    if !func.is_callable() {
-                        return Err(not_callable("fn", func));
-                    }
-                    return Ok(Reached::Cached(core));
-                }
-            }
-            let key = pyrefs::name_key(name)?;
-            if !func.is_callable() {
-                return Err(not_callable("fn", func));
-            }
-            Ok(match options {
-                None => match self
-                    .lookups
-                    .by_name(version, name, &key, || self.find(py, &key))
-                {
-                    Some(core) => Reached::Cached(core),
-                    // Creating may drop references (a breaker that lost a creation race): attach
-                    // properly so PyO3 releases them at once, not at its next call.
-                    None => Reached::Direct(Python::attach(|py| {
-                        self.get_or_create(py, &key, &Patch::default())
-                    })?),
-                },
-                // The options' objects may be dropped here (they are ignored for an existing
-                // breaker): attach properly, as above.
-                Some(options) => Reached::Direct(Python::attach(|py| -> PyResult<_> {
-                    self.get_or_create(py, &key, &Patch::parse(Some(options))?)
-                })?),
-            })
-        })?;
-        match core {
-            Reached::Cached(core) => guarded(&core, py, || upcall::call(func, [])),
-            Reached::Direct(core) => call_direct(core, py, func),
+        let version = self.lookups.version();
+        let last = match options {
+            None => raise(py, shield_value(|| self.lookups.last(version, name)))?,
+            Some(_) => None,
+        };
+        let core = match last {
+            Some(core) if is_callable(func) => core,
+            _ => match raise(
+                py,
+                shield(|| self.lookup_for_call(py, version, name, func, options)),
+            )? {
+                Reached::Cached(core) => core,
+                Reached::Direct(core) => return call_direct(core, py, func),
+            },
+        };
+        guarded(&core, py, || upcall::call_returned(func))
+    }
+
+    /// The breaker `name` for `call` when it is not this thread's last lookup, or `TypeError` when
+    /// `func` is not callable (kept out of line: the last lookup is the path repeated calls take).
+    #[inline(never)]
+    fn lookup_for_call(
+        &self,
+        py: Python<'_>,
+        version: u64,
+        name: &Bound<'_, PyAny>,
+        func: &Bound<'_, PyAny>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Reached> {
+        let key = pyrefs::name_key(name)?;
+        if !func.is_callable() {
+            return Err(not_callable("fn", func));
         }
+        Ok(match options {
+            None => match self
+                .lookups
+                .by_name(version, name, &key, || self.find(py, &key))
+            {
+                Some(core) => Reached::Cached(core),
+                // Creating may drop references (a breaker that lost a creation race): attach
+                // properly so PyO3 releases them at once, not at its next call.
+                None => Reached::Direct(Python::attach(|py| {
+                    self.get_or_create(py, &key, &Patch::default())
+                })?),
+            },
+            // The options' objects may be dropped here (they are ignored for an existing
+            // breaker): attach properly, as above.
+            Some(options) => Reached::Direct(Python::attach(|py| -> PyResult<_> {
+                self.get_or_create(py, &key, &Patch::parse(Some(options))?)
+            })?),
+        })
     }
 
     /// A registry with the default configuration (the process-wide default registry).

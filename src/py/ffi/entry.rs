@@ -14,8 +14,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyType;
-use pyo3::PyClass;
+use pyo3::{PyClass, PyTypeInfo};
 // Arguments are `Borrowed`, not `Bound`: taking a new reference to the shared breaker and
 // function objects on every call would make threads contend on their reference counts
 // (free-threaded CPython), which is all the read-only fast path is there to avoid.
@@ -26,7 +25,7 @@ use std::os::raw::c_char;
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::upcall::vectorcall;
+use super::upcall::{vectorcall, vectorcall_returned, Returned};
 
 /// The body of a fast entry point: `slf` is the object the method was called on (for a
 /// vectorcall, the object being called) and `args` the caller's arguments.
@@ -35,7 +34,19 @@ pub trait FastMethod {
         py: Python<'py>,
         slf: Borrowed<'a, 'py, PyAny>,
         args: FastArgs<'a, 'py>,
-    ) -> PyResult<Bound<'py, PyAny>>;
+    ) -> Returned<'py>;
+}
+
+/// The body of a fast entry point installed as a method of the class `Owner` (`install_method`):
+/// `slf` is the instance the method was called on, already known to be an `Owner`.
+pub trait FastMethodOf {
+    type Owner: PyClass + PyTypeInfo;
+
+    fn call<'a, 'py>(
+        py: Python<'py>,
+        slf: Borrowed<'a, 'py, Self::Owner>,
+        args: FastArgs<'a, 'py>,
+    ) -> Returned<'py>;
 }
 
 /// The arguments of a vectorcall or `METH_FASTCALL | METH_KEYWORDS` call, as CPython passed them:
@@ -92,6 +103,12 @@ impl<'a, 'py> FastArgs<'a, 'py> {
         })
     }
 
+    /// Whether the caller passed keyword arguments (CPython passes no `kwnames` when none).
+    #[inline(always)]
+    pub fn has_keywords(&self) -> bool {
+        !self.kwnames.is_null()
+    }
+
     /// The keyword arguments, as (name, value) pairs in the caller's order.
     pub fn keywords(
         &self,
@@ -136,12 +153,20 @@ impl<'a, 'py> FastArgs<'a, 'py> {
 
     /// `func(*args, **kwargs)`: hands the arguments on without a tuple, exactly as CPython passed
     /// them (`PY_VECTORCALL_ARGUMENTS_OFFSET` included, so that `func` may borrow the slot before
-    /// them).
+    /// them). The exception it raises is left set (`Raised`), for the guarded call to take.
     #[inline(always)]
-    pub fn forward(&self, func: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    pub fn forward_returned(&self, func: &Bound<'py, PyAny>) -> Returned<'py> {
         // SAFETY: the arguments as CPython passed them (see `new`).
-        unsafe { vectorcall(func, self.args, self.nargsf, self.kwnames) }
+        unsafe { vectorcall_returned(func, self.args, self.nargsf, self.kwnames) }
     }
+}
+
+/// `callable(obj)`, inlined: what `PyCallable_Check` does (a type with `tp_call`), without the
+/// call into CPython (about 10 instructions on every guarded call).
+#[inline(always)]
+pub fn is_callable(obj: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: `obj` is a live object, so its type is a live type object.
+    unsafe { (*ffi::Py_TYPE(obj.as_ptr())).tp_call.is_some() }
 }
 
 /// Runs `body` as the body of a C entry point: an error is restored as the current exception.
@@ -177,12 +202,15 @@ unsafe fn entry_point<M: FastMethod>(
             FastArgs::new(py, args, nargs, nargsf, kwnames),
         )
     };
-    match M::call(py, slf, args) {
+    into_c_result(M::call(py, slf, args))
+}
+
+/// What a C entry point returns for `result`: a new reference, or null (the exception is set).
+#[inline(always)]
+fn into_c_result(result: Returned<'_>) -> *mut ffi::PyObject {
+    match result {
         Ok(value) => value.into_ptr(),
-        Err(err) => {
-            err.restore(py);
-            null_mut()
-        }
+        Err(_raised) => null_mut(),
     }
 }
 
@@ -193,14 +221,30 @@ unsafe fn entry_point<M: FastMethod>(
 /// # Safety
 /// Called by CPython only, with the thread attached: `slf` is a live object, and `args` holds
 /// `nargs` positional arguments followed by one value per name in `kwnames` (a tuple, or null).
-unsafe extern "C-unwind" fn fastcall_entry<M: FastMethod>(
+///
+/// No type check of `slf` here: `install_method` installs it only as a method descriptor of
+/// `M::Owner`, and CPython calls a method descriptor's function only with an instance of that
+/// class (`descr_check` on every generic path, binding included; the specialised call instructions
+/// check the exact type first), as CPython's own C methods assume. (The check cost a call and the
+/// copying of its result, about 25 instructions per `Breaker.call`, callgrind on 3.11.)
+unsafe extern "C-unwind" fn fastcall_entry<M: FastMethodOf>(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls a method this way (see above); a method's `nargs` carries no flag.
-    unsafe { entry_point::<M>(slf, args, nargs as usize, nargs as usize, kwnames) }
+    // SAFETY: the thread is attached (CPython calls methods so).
+    let py = unsafe { Python::assume_attached() };
+    // SAFETY: `slf` is a live instance of `M::Owner` (see above), borrowed for the call; `args`
+    // holds `nargs` positional arguments followed by one value per name in `kwnames`, as CPython
+    // calls a method (whose `nargs` carries no flag).
+    let (slf, args) = unsafe {
+        (
+            Borrowed::from_ptr(py, slf).cast_unchecked::<M::Owner>(),
+            FastArgs::new(py, args, nargs as usize, nargs as usize, kwnames),
+        )
+    };
+    into_c_result(M::call(py, slf, args))
 }
 
 /// The vectorcall function for `M` (`nargsf` carries `PY_VECTORCALL_ARGUMENTS_OFFSET`).
@@ -272,13 +316,14 @@ fn method_def(
     }))
 }
 
-/// Installs `M` as the method `name` of `ty`, a `METH_FASTCALL | METH_KEYWORDS` descriptor.
-pub fn install_method<M: FastMethod>(
-    ty: &Bound<'_, PyType>,
+/// Installs `M` as the method `name` of its class, a `METH_FASTCALL | METH_KEYWORDS` descriptor
+/// (the only way its entry point is installed: `fastcall_entry` relies on it).
+pub fn install_method<M: FastMethodOf>(
+    py: Python<'_>,
     name: &'static CStr,
     doc: &'static CStr,
 ) -> PyResult<()> {
-    let py = ty.py();
+    let ty = py.get_type::<M::Owner>();
     let def = method_def(name, doc, as_c_fastcall(fastcall_entry::<M>));
     // SAFETY: a method descriptor for a live type object and a definition that is never freed.
     let descr =

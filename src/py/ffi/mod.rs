@@ -20,7 +20,8 @@
 //! - `frame`: the frame running now (address and code object), for `with` blocks;
 //! - `contextvar`: `ContextVar.get`/`set` through the C API (the permit stack);
 //! - `module_def`: the hand-written module definition that refuses subinterpreters;
-//! - `monotonic`: the monotonic clock in one `clock_gettime` (a rate rule's window reads it per call).
+//! - `monotonic`: the monotonic clock in one `clock_gettime` (a rate rule's window reads it per call);
+//! - `thread`: a number for the calling thread from its thread state (the success counter's stripe).
 
 pub mod awaitable;
 pub mod contextvar;
@@ -31,4 +32,5 @@ pub mod module_def;
 pub mod monotonic;
 pub mod objects;
 pub mod refs;
+pub mod thread;
 pub mod upcall;

@@ -137,10 +137,67 @@ fn parked_on_exit<R>(call: impl FnOnce() -> R) -> R {
     result
 }
 
-/// `PyObject_Vectorcall(func, args, nargsf, kwnames)` as a `PyResult`.
+/// A call into Python that raised: its exception is still the thread's current exception, until
+/// `fetch` takes it. Only this module makes one (from a call that returned null).
+pub struct Raised(());
+
+impl Raised {
+    /// Takes the exception the call raised. Call it before anything else calls into Python.
+    #[inline]
+    pub fn fetch(self, py: Python<'_>) -> PyErr {
+        PyErr::fetch(py)
+    }
+
+    /// Sets `err` as the thread's current exception, for an entry point to return null with it.
+    #[cold]
+    pub fn restore(py: Python<'_>, err: PyErr) -> Raised {
+        err.restore(py);
+        Raised(())
+    }
+}
+
+/// `result`, its error set as the thread's current exception (`Raised`).
+#[inline(always)]
+pub fn raise<T>(py: Python<'_>, result: PyResult<T>) -> Result<T, Raised> {
+    result.map_err(|err| Raised::restore(py, err))
+}
+
+/// What a call into Python returned, or what an entry point returns, one word wide: the guarded
+/// call's fast path moves it through `catch_unwind` and the entry point, where a `PyResult` (eight
+/// words) was copied at each step.
+pub type Returned<'py> = Result<Bound<'py, PyAny>, Raised>;
+
+/// A new reference, or `Raised` for null.
+///
+/// SAFETY: `result` is a new reference, or null with an exception set.
+#[inline(always)]
+unsafe fn returned(py: Python<'_>, result: *mut ffi::PyObject) -> Returned<'_> {
+    // SAFETY: as the caller promised (above).
+    unsafe { Bound::from_owned_ptr_or_opt(py, result) }.ok_or(Raised(()))
+}
+
+/// `PyObject_Vectorcall(func, args, nargsf, kwnames)`, its exception left set (`Raised`).
 ///
 /// SAFETY: `args` holds `PyVectorcall_NARGS(nargsf)` positional arguments followed by one value per
 /// name in `kwnames` (a tuple of `str`, or null), as CPython hands them to a vectorcall entry point.
+#[inline(always)]
+pub(super) unsafe fn vectorcall_returned<'py>(
+    func: &Bound<'py, PyAny>,
+    args: *const *mut ffi::PyObject,
+    nargsf: usize,
+    kwnames: *mut ffi::PyObject,
+) -> Returned<'py> {
+    // SAFETY: `func` is borrowed for the call; the arguments are as the caller promised (above).
+    let result = parked_on_exit(|| unsafe {
+        PyObject_Vectorcall_unwinding(func.as_ptr(), args, nargsf, kwnames)
+    });
+    // SAFETY: a new reference, or null with an exception set.
+    unsafe { returned(func.py(), result) }
+}
+
+/// `PyObject_Vectorcall(func, args, nargsf, kwnames)` as a `PyResult`.
+///
+/// SAFETY: as `vectorcall_returned`.
 #[inline(always)]
 pub(super) unsafe fn vectorcall<'py>(
     func: &Bound<'py, PyAny>,
@@ -148,15 +205,13 @@ pub(super) unsafe fn vectorcall<'py>(
     nargsf: usize,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<Bound<'py, PyAny>> {
-    // SAFETY: `func` is borrowed for the call; the arguments are as the caller promised (above).
-    let result = parked_on_exit(|| unsafe {
-        PyObject_Vectorcall_unwinding(func.as_ptr(), args, nargsf, kwnames)
-    });
-    // SAFETY: a new reference, or null with an exception set.
-    unsafe { Bound::from_owned_ptr_or_err(func.py(), result) }
+    // SAFETY: as this function's caller promised.
+    unsafe { vectorcall_returned(func, args, nargsf, kwnames) }
+        .map_err(|raised| raised.fetch(func.py()))
 }
 
 /// `func(*args)`.
+#[inline(always)]
 pub fn call<'py, const N: usize>(
     func: &Bound<'py, PyAny>,
     args: [&Bound<'py, PyAny>; N],
@@ -164,6 +219,13 @@ pub fn call<'py, const N: usize>(
     let pointers = args.map(|a| a.as_ptr());
     // SAFETY: `pointers` holds N borrowed arguments that outlive the call; no keywords.
     unsafe { vectorcall(func, pointers.as_ptr(), N, null_mut()) }
+}
+
+/// `func()`, its exception left set (`Raised`).
+#[inline(always)]
+pub fn call_returned<'py>(func: &Bound<'py, PyAny>) -> Returned<'py> {
+    // SAFETY: no arguments; no keywords.
+    unsafe { vectorcall_returned(func, std::ptr::null(), 0, null_mut()) }
 }
 
 /// What driving an awaitable one step gave: a value it yields (it is suspended) or the value it
@@ -203,12 +265,21 @@ pub fn call_with<'py>(
     args: &Bound<'py, PyTuple>,
     kwargs: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    call_with_returned(func, args, kwargs).map_err(|raised| raised.fetch(func.py()))
+}
+
+/// `func(*args, **kwargs)`, its exception left set (`Raised`).
+pub fn call_with_returned<'py>(
+    func: &Bound<'py, PyAny>,
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> Returned<'py> {
     let kwargs = kwargs.map_or(null_mut(), |k| k.as_ptr());
     // SAFETY: a tuple and a dict (or null), borrowed for the duration of the call.
     let result =
         parked_on_exit(|| unsafe { PyObject_Call_unwinding(func.as_ptr(), args.as_ptr(), kwargs) });
     // SAFETY: a new reference, or null with an exception set.
-    unsafe { Bound::from_owned_ptr_or_err(func.py(), result) }
+    unsafe { returned(func.py(), result) }
 }
 
 /// `a == b`, which may run either object's `__eq__`.
