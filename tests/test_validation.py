@@ -6,7 +6,7 @@ import math
 
 import panelboard
 import pytest
-from helpers import Boom, fail, fail_n, names_of, ok
+from helpers import Boom, fail, fail_n, names_of, ok, run_python
 from panelboard import ManualClock, Registry, State
 
 BAD_NAMES = [None, 1, 1.5, b"svc", bytearray(b"svc"), ("svc",), ["svc"], object()]
@@ -231,3 +231,81 @@ def test_manual_clock_advance_validated(bad):
 def test_manual_clock_start_validated(bad):
     with pytest.raises((TypeError, ValueError)):
         ManualClock(bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# self of the fast entry points
+
+# `Breaker.call`, `Breaker.acall` and `Registry.call` do not check the type of `self`: CPython calls
+# a method descriptor's function only with an instance of its class (src/py/ffi/entry.rs). Every
+# way of handing them another object must stay a TypeError, never a crash, so the attempts run in a
+# child interpreter, each call site first specialised (3.11+) on a real instance.
+FOREIGN_SELF = """
+import functools, operator, types
+import panelboard
+from panelboard import Breaker, Registry
+
+registry = Registry()
+breaker = registry.breaker("svc")
+guarded = breaker(lambda: "ok")
+fn = lambda: "ok"
+
+class Plain:
+    pass
+
+class Borrowing:  # a class that borrowed the descriptors
+    call = Breaker.__dict__["call"]
+    acall = Breaker.__dict__["acall"]
+
+def unbound(x): return Breaker.call(x, fn)
+def unbound_acall(x): return Breaker.acall(x, fn)
+def unbound_registry(x): return Registry.call(x, "svc", fn)
+def unbound_registry_keywords(x): return Registry.call(x, name="svc", fn=fn)
+def method(x): return x.call(fn)
+def bound_by_get(x): return Breaker.__dict__["call"].__get__(x)(fn)
+def method_type(x): return types.MethodType(Breaker.call, x)(fn)
+def descriptor_dunder_call(x): return Breaker.call.__call__(x, fn)
+def partial(x): return functools.partial(Registry.call, x)("svc", fn)
+def method_caller(x): return operator.methodcaller("call", fn)(x)
+def guarded_call(x): return type(guarded).__call__(x)
+
+attempts = [
+    (unbound, breaker), (unbound_acall, breaker), (unbound_registry, registry),
+    (unbound_registry_keywords, registry), (method, breaker), (bound_by_get, breaker),
+    (method_type, breaker), (descriptor_dunder_call, breaker), (partial, registry),
+    (method_caller, breaker), (guarded_call, guarded),
+]
+foreign = [object(), Plain(), registry, breaker, guarded, Borrowing(), None, Breaker, 1]
+refused = 0
+for attempt, genuine in attempts:
+    for _ in range(64):  # specialised on the genuine instance
+        result = attempt(genuine)
+        if hasattr(result, "close"):
+            result.close()
+    for x in foreign:
+        if type(x) is type(genuine):
+            continue
+        try:
+            attempt(x)
+        except (TypeError, AttributeError):
+            refused += 1
+        else:
+            raise AssertionError(f"{attempt.__name__} accepted {x!r}")
+# The class's own methods, swapped between the classes, still check.
+Breaker.call = Registry.__dict__["call"]
+try:
+    breaker.call("svc", fn)
+except TypeError:
+    refused += 1
+print(refused, breaker.metrics().calls)
+"""
+
+
+def test_a_fast_method_handed_a_foreign_self_is_a_type_error():
+    result = run_python("-c", FOREIGN_SELF, timeout=60)
+    assert result.returncode == 0, result.stderr
+    refused, calls = map(int, result.stdout.split())
+    assert refused == 11 * 8 + 1, result.stdout
+    # Only the genuine calls were counted (one breaker: `registry.call("svc")` included; the
+    # coroutines of `acall` are closed unawaited).
+    assert calls == 64 * 10
