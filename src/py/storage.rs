@@ -14,6 +14,7 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use super::ffi::thread;
 use crate::engine::{Limits, Mode, Slots, Word};
 use crate::metrics::{Counter, Counters, Totals};
 use crate::shm::heard::Heard;
@@ -181,11 +182,16 @@ impl Storage {
         }
     }
 
-    /// Counts one call. Inlined for a local breaker (every guarded call counts one).
+    /// Counts one call. Inlined for a local breaker (every guarded call counts one), which counts
+    /// under the number the closed fast path counts its successes under (`ffi::thread`), so that
+    /// one thread keeps the counters' inline block (bug 39).
     #[inline(always)]
     pub fn count(&self, counter: Counter) {
         match self {
-            Storage::Local(words) => words.counters.add(counter),
+            Storage::Local(words) => match thread::key_if_attached() {
+                Some(me) => words.counters.add_as(counter, me),
+                None => words.counters.add(counter),
+            },
             Storage::Shared(shared) => shared.count(counter),
         }
     }
