@@ -29,6 +29,17 @@ pub struct LocalWords {
 }
 
 impl LocalWords {
+    /// Counts one call, under the number the closed fast path counts its successes under.
+    /// Out of line: inlined into the fast path (whose shared branch counts through `Storage`),
+    /// it cost the local success 3 instructions (3.11).
+    #[inline(never)]
+    fn count(&self, counter: Counter) {
+        match thread::key_if_attached() {
+            Some(me) => self.counters.add_as(counter, me),
+            None => self.counters.add(counter),
+        }
+    }
+
     pub fn new() -> LocalWords {
         LocalWords {
             slots: Slots::new(),
@@ -188,10 +199,7 @@ impl Storage {
     #[inline(always)]
     pub fn count(&self, counter: Counter) {
         match self {
-            Storage::Local(words) => match thread::key_if_attached() {
-                Some(me) => words.counters.add_as(counter, me),
-                None => words.counters.add(counter),
-            },
+            Storage::Local(words) => words.count(counter),
             Storage::Shared(shared) => shared.count(counter),
         }
     }
