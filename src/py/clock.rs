@@ -48,12 +48,10 @@ impl Clock {
     #[inline]
     pub fn now_ns(&self) -> u64 {
         match self {
-            Clock::Monotonic(epoch_s) => {
-                monotonic::now_ns().saturating_sub(epoch_s.saturating_mul(1_000_000_000))
-            }
+            Clock::Monotonic(epoch_s) => monotonic::now_ns_since(*epoch_s),
             Clock::Manual(time) => time.elapsed_ns(),
             // The same CLOCK_MONOTONIC with no epoch: every process of the host reads the same time.
-            Clock::Host => monotonic::now_ns(),
+            Clock::Host => monotonic::now_ns_since(0),
         }
     }
 
