@@ -26,7 +26,7 @@ impl ManualTime {
 /// timing in nanoseconds, of the same clock.
 #[derive(Clone)]
 pub enum Clock {
-    /// The monotonic clock's reading (nanoseconds) at the epoch.
+    /// The epoch on the monotonic clock, in whole seconds (see `Clock::monotonic`).
     Monotonic(u64),
     Manual(Arc<ManualTime>),
     /// Absolute `CLOCK_MONOTONIC`: one clock for every process of the host (shared registries).
@@ -34,19 +34,24 @@ pub enum Clock {
 }
 
 impl Clock {
-    /// The monotonic clock, with its epoch now.
+    /// The monotonic clock, with its epoch now: the whole second a second before its coarse
+    /// reading now. In whole seconds so that a window's reading is seconds less the epoch's
+    /// (`monotonic::window_now_us`), and that far back so that every reading of the clock, coarse
+    /// or exact, is later (a coarse reading is never ahead of an exact one, nor ever goes back): a
+    /// reading since the epoch never saturates at zero.
     pub fn monotonic() -> Clock {
-        Clock::Monotonic(monotonic::now_ns())
+        let coarse_s = monotonic::window_now_us(true, 0) / 1_000_000;
+        Clock::Monotonic(coarse_s.saturating_sub(1))
     }
 
     /// Nanoseconds since the clock's epoch: how calls are timed against `slow_call_duration`.
     #[inline]
     pub fn now_ns(&self) -> u64 {
         match self {
-            Clock::Monotonic(epoch) => monotonic::now_ns().saturating_sub(*epoch),
+            Clock::Monotonic(epoch_s) => monotonic::now_ns_since(*epoch_s),
             Clock::Manual(time) => time.elapsed_ns(),
             // The same CLOCK_MONOTONIC with no epoch: every process of the host reads the same time.
-            Clock::Host => monotonic::now_ns(),
+            Clock::Host => monotonic::now_ns_since(0),
         }
     }
 
@@ -82,22 +87,16 @@ impl Clock {
 
     /// Microseconds since the clock's epoch for counting a success in a window: a coarse reading
     /// (as of the last timer tick: no time-stamp counter read) when the window `tolerates_lag`,
-    /// else `now_us`.
-    #[inline]
+    /// else exactly `now_us`. Always inlined: it is the clock read of the closed fast path of a
+    /// rate-policy success (seconds and nanoseconds to whole microseconds, less the epoch's).
+    #[inline(always)]
     pub fn window_now_us(&self, tolerates_lag: bool) -> u64 {
-        let read = || {
-            if tolerates_lag {
-                monotonic::coarse_now_ns()
-            } else {
-                monotonic::now_ns()
-            }
+        let epoch_s = match self {
+            Clock::Monotonic(epoch_s) => *epoch_s,
+            Clock::Host => 0,
+            Clock::Manual(time) => return time.elapsed_ns() / 1000,
         };
-        let ns = match self {
-            Clock::Monotonic(epoch) => read().saturating_sub(*epoch),
-            Clock::Manual(time) => time.elapsed_ns(),
-            Clock::Host => read(),
-        };
-        ns / 1000
+        monotonic::window_now_us(tolerates_lag, epoch_s)
     }
 }
 

@@ -112,6 +112,15 @@ impl Tag {
         (self.0 << COUNT_BITS) | (count & COUNT_MASK)
     }
 
+    /// `Tag::new(generation, index).word(0)`, with the fewest instructions (the closed fast path
+    /// compares a bucket's word with it): each part shifted into place, the shifts dropping the
+    /// bits a tag does not keep.
+    #[inline(always)]
+    fn word_of(generation: u32, index: u64) -> u64 {
+        (u64::from(generation) << (u64::BITS - 8))
+            | ((index << (u64::BITS - INDEX_BITS)) >> (u64::BITS - INDEX_BITS - COUNT_BITS))
+    }
+
     fn generation(self) -> u64 {
         self.0 >> INDEX_BITS
     }
@@ -241,6 +250,12 @@ fn index_of(word: u64, now_us: u64) -> u64 {
     (((t * magic) >> u64::BITS) as u64) >> shift
 }
 
+/// The slot of bucket `index` in a window's arrays.
+#[inline]
+fn slot_of(index: u64) -> usize {
+    (index % BUCKETS as u64) as usize
+}
+
 /// Adds one to `word` under `tag`: resets a stale word to `tag` with a count of one, unless
 /// `late(found tag)` says this recorder is the stale one (its generation is no longer current, or
 /// its bucket is a full window older than the newest), which drops the count. Returns the count
@@ -349,6 +364,13 @@ impl Window {
     /// the one load of the width word serves both). Returns the time read when the window may now
     /// trip (judge it at that time), `None` when it cannot. Always inlined: it is most of the
     /// closed fast path of a rate-policy success (a call out of line costs 10% more instructions).
+    ///
+    /// The common case is a straight line: the bucket already holds this generation's count for
+    /// this time (every success but the first of each bucket), so one comparison of the loaded
+    /// word against the tag (which also rules out a saturated count) and one CAS count the call;
+    /// the rest (a stale bucket to reset or a late recorder, a saturated count, a CAS lost to
+    /// another thread) is [`add`]'s loop, out of line. The atomic steps are the same either way:
+    /// a load of the bucket's word, then CASes of the value last seen.
     #[inline(always)]
     pub fn count_success(
         &self,
@@ -359,11 +381,33 @@ impl Window {
         let width = self.bucket_us.load(Ordering::Relaxed);
         let now_us = clock(width & LAGGING != 0);
         let index = index_of(width, now_us);
+        let word = &self.calls[slot_of(index)];
+        let current = word.load(Ordering::SeqCst);
+        // Zero in the tag's bits when the word holds this call's tag; below `COUNT_MASK` when, as
+        // well, its count is not saturated.
+        let counted = (current ^ Tag::word_of(generation, index)) < COUNT_MASK
+            && word
+                .compare_exchange(current, current + 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+        if !counted && !self.count_success_again(word, generation, index, still_current) {
+            return None;
+        }
+        self.may_trip(generation, index).then_some(now_us)
+    }
+
+    /// The rest of [`Window::count_success`], when its one CAS did not count the call: whether it
+    /// is counted now (false: dropped as late).
+    #[cold]
+    #[inline(never)]
+    fn count_success_again(
+        &self,
+        word: &AtomicU64,
+        generation: u32,
+        index: u64,
+        still_current: impl Fn() -> bool,
+    ) -> bool {
         let tag = Tag::new(generation, index);
-        let late = self.lateness(index, tag, still_current);
-        (add(&self.calls[(index % BUCKETS as u64) as usize], tag, &late) != 0
-            && self.may_trip(generation, index))
-        .then_some(now_us)
+        add(word, tag, &self.lateness(index, tag, still_current)) != 0
     }
 
     /// The test of a recorder of `tag` (bucket `index`) finding another tag in its slot: late when
@@ -452,7 +496,7 @@ impl Window {
         still_current: impl Fn() -> bool,
     ) -> u64 {
         let index = self.index(now_us);
-        let slot = (index % BUCKETS as u64) as usize;
+        let slot = slot_of(index);
         let tag = Tag::new(generation, index);
         let late = self.lateness(index, tag, &still_current);
         let in_bucket = add(&self.calls[slot], tag, &late);
@@ -481,7 +525,7 @@ impl Window {
             let Some(bucket_index) = index.checked_sub(age as u64) else {
                 return (0, Counts::default());
             };
-            let slot = (bucket_index % BUCKETS as u64) as usize;
+            let slot = slot_of(bucket_index);
             let tag = Tag::new(generation, bucket_index);
             let count = |words: &[AtomicU64; BUCKETS]| {
                 let word = words[slot].load(Ordering::SeqCst);
@@ -522,7 +566,7 @@ impl Window {
                 let Some(bucket_index) = index.checked_sub(age) else {
                     break;
                 };
-                let word = &words[(bucket_index % BUCKETS as u64) as usize];
+                let word = &words[slot_of(bucket_index)];
                 let word = if newest && age == 0 {
                     word.fetch_add(0, Ordering::SeqCst)
                 } else {
@@ -860,6 +904,40 @@ mod tests {
                 .all(|(i, c)| *i > 0 && c.failures == 0),
             "bucket 0 left the window"
         );
+    }
+
+    /// The closed fast path compares a bucket's word with `Tag::word_of` and counts the call
+    /// with one CAS only when they match: a wrong `word_of` would send every success the long
+    /// way, counting right but slowly, which no other test would see.
+    #[test]
+    fn the_fast_tag_word_is_the_tag_with_a_count_of_zero() {
+        for generation in [0, 1, 7, 255, 256, 0x1FF_FFFF, u32::MAX] {
+            let indices = [
+                0,
+                1,
+                9,
+                12_345,
+                INDEX_MASK,
+                INDEX_MASK + 1,
+                7 << 40,
+                MAX_TIME_US,
+            ];
+            for index in indices {
+                assert_eq!(
+                    Tag::word_of(generation, index),
+                    Tag::new(generation, index).word(0),
+                    "generation {generation}, index {index}"
+                );
+            }
+        }
+        // A bucket's first success resets its word to the tag, the second adds one to it.
+        let w = Window::new(1000);
+        let slot = &w.calls[slot_of(index_of(w.bucket_us.load(Ordering::Relaxed), 5_500))];
+        assert!(!w.record_success(3, 5_500, || true));
+        let first = slot.load(Ordering::SeqCst);
+        assert_eq!(first ^ Tag::word_of(3, 5), 1, "reset to the tag, count 1");
+        assert!(!w.record_success(3, 5_999, || true));
+        assert_eq!(slot.load(Ordering::SeqCst), first + 1);
     }
 
     #[test]

@@ -1495,6 +1495,148 @@ fn window_bucket_roll_races_a_late_recorder() {
     });
 }
 
+/// The closed fast path's count (`Window::record_success`: one load and one CAS when the bucket
+/// already holds its tag, else `add`'s loop) racing a recorder that resets the same slot for a
+/// newer bucket: whichever order, no current count is lost and the old counts never show. Two
+/// fast successes and a failure through `record` in the three-thread model.
+fn fast_success_races_a_bucket_reset(threads: u64) {
+    let lim = rate_limits(100, 1.0);
+    let window = Arc::new(new_window(&lim));
+    // Generation 0, bucket 0: three failures. Bucket 10 (1000 µs) uses the same slot; the fast
+    // recorders find it stale, or reset by the other thread (their one CAS then fails).
+    for _ in 0..3 {
+        window.record(0, 0, true, false, || true);
+    }
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let window = window.clone();
+            thread::spawn(move || {
+                if i == 0 {
+                    assert_ne!(window.record(0, 1000, true, false, || true), 0);
+                } else {
+                    // The failure may be in already: then the window may trip.
+                    let _ = window.record_success(0, 1000, || true);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(
+        window.counts(0, 1000),
+        Counts {
+            calls: threads,
+            failures: 1,
+            slow: 0
+        },
+        "a count was lost, or an old one shows"
+    );
+}
+
+#[test]
+fn window_fast_success_races_a_bucket_reset_two_threads() {
+    model(None, || fast_success_races_a_bucket_reset(2));
+}
+
+#[test]
+fn window_fast_success_races_a_bucket_reset_three_threads() {
+    model(Some(3), || fast_success_races_a_bucket_reset(3));
+}
+
+/// Two fast successes in one bucket that already holds their tag: both CAS the same word, one
+/// loses and counts again. Neither count is lost.
+#[test]
+fn window_fast_successes_race_in_one_bucket() {
+    model(None, || {
+        let lim = rate_limits(100, 1.0);
+        let window = Arc::new(new_window(&lim));
+        assert!(!window.record_success(0, 100, || true));
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let window = window.clone();
+                thread::spawn(move || window.record_success(0, 150, || true))
+            })
+            .collect();
+        for h in handles {
+            assert!(!h.join().unwrap(), "no failure: nothing to judge");
+        }
+        assert_eq!(window.counts(0, 150).calls, 3);
+    });
+}
+
+/// A fast success of generation 0 (its `record_fast_success` passed, then the breaker was reset)
+/// counts into a bucket that still holds generation 0's counts, while the resetting thread counts
+/// generation 1's first success into the same bucket: the late count never lands in generation
+/// 1's window, generation 1's count is never lost.
+#[test]
+fn window_late_fast_success_never_lands_in_the_new_generation() {
+    model(None, || {
+        let lim = rate_limits(1, 1.0);
+        let slots = Arc::new(Slots::new());
+        let window = Arc::new(new_window(&lim));
+        let current = |slots: &Slots, generation: u32| {
+            let w = slots.machine_word();
+            w.mode() == Mode::Closed && w.generation() == generation
+        };
+        assert!(!window.record_success(0, 0, || current(&slots, 0)));
+        let late = {
+            let (slots, window) = (slots.clone(), window.clone());
+            thread::spawn(move || window.record_success(0, 0, || current(&slots, 0)))
+        };
+        let resetter = {
+            let (slots, window) = (slots.clone(), window.clone());
+            thread::spawn(move || {
+                slots.machine(&lim).set_mode(Mode::Closed);
+                let generation = slots.machine_word().generation();
+                assert_eq!(generation, 1);
+                window.record_success(generation, 0, || current(&slots, generation))
+            })
+        };
+        let _ = late.join().unwrap();
+        assert!(!resetter.join().unwrap(), "no failure: nothing to judge");
+        assert_eq!(
+            window.counts(1, 0),
+            Counts {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            },
+            "only generation 1's own success counts"
+        );
+    });
+}
+
+/// A late fast success (its clock read a window ago) races the fast success that rolls the same
+/// slot on to the new bucket: the late count never lands in the new bucket, the new count is
+/// never lost.
+#[test]
+fn window_bucket_roll_races_a_late_fast_success() {
+    model(None, || {
+        let lim = rate_limits(100, 1.0);
+        let window = Arc::new(new_window(&lim));
+        assert!(!window.record_success(0, 40, || true));
+        let late = {
+            let window = window.clone();
+            thread::spawn(move || window.record_success(0, 50, || true))
+        };
+        let roller = {
+            let window = window.clone();
+            thread::spawn(move || window.record_success(0, 1050, || true))
+        };
+        assert!(!late.join().unwrap());
+        assert!(!roller.join().unwrap());
+        assert_eq!(
+            window.counts(0, 1050),
+            Counts {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            }
+        );
+    });
+}
+
 /// The closed fast path of a rate rule (`src/py/core.rs` `guarded` + `count_fast_success`): a
 /// success counted with `Window::record_success` races the failure that, with it, meets the rate
 /// (one success before, min_calls 3, rate 0.3: one failure in three calls). Whichever judges the
