@@ -22,6 +22,7 @@ from helpers import (
     redis_registry,
     rejects,
     report,
+    sync_status,
     sync_warnings,
     wait_synced,
     wait_until,
@@ -38,6 +39,14 @@ MARGIN = 0.25
 #: they were recorded (README, Fleet guarantees).
 RATE_TRIP_BOUND = 2 * SYNC_INTERVAL + MARGIN
 PROPAGATION_BOUND = SYNC_INTERVAL + MARGIN
+#: A sync whose Redis reply takes longer than the worker's socket timeout (`_redis.start`: 4 sync
+#: intervals, at least 0.25 s) fails: the worker waits out the timeout and a backoff of 2 sync
+#: intervals before the next round (README, "Redis is hung or slow"). A 2-core machine running 8
+#: processes and the server stalls a reply that long now and then; when a worker of the fleet
+#: failed a sync during the measurement, every process is held to this bound instead (the fleet
+#: trips only once the counts of the process that failed arrive).
+WORKER_TIMEOUT = min(max(4 * SYNC_INTERVAL, 0.25), 5.0)
+OUTAGE_BOUND = RATE_TRIP_BOUND + WORKER_TIMEOUT + 2 * SYNC_INTERVAL
 
 
 def record_until_rejected(b: Any, outcomes: str) -> None:
@@ -76,13 +85,21 @@ SPREAD = {
 }
 
 
-def delays_after_the_last_count(results: list[dict[str, Any]], what: str) -> list[float]:
-    """How long after the fleet's last recorded call (``done``) each process first rejected
-    (``seen``), reported under ``what``."""
+def failed_syncs(registry: Any) -> int:
+    return int(sync_status(registry)["errors"])
+
+
+def assert_every_process_rejected_in_time(results: list[dict[str, Any]], what: str) -> None:
+    """Every process first rejected (``seen``) within the bound after the fleet's last recorded
+    call (``done``): `RATE_TRIP_BOUND`, or `OUTAGE_BOUND` when a worker failed a sync between
+    the counts and the rejection (``failed``); the delays are reported under ``what``."""
+    assert all(r["seen"] is not None for r in results), f"a process never rejected: {results}"
     last = max(r["done"] for r in results)
     delays = [max(r["seen"] - last, 0.0) for r in results]
     report(what, delays)
-    return delays
+    failed = sum(r["failed"] for r in results)
+    bound = OUTAGE_BOUND if failed else RATE_TRIP_BOUND
+    assert max(delays) <= bound, (f"failed syncs: {failed}", delays)
 
 
 def below_min_calls_each(index: int, barrier: Any, url: str, ns: str) -> dict[str, Any]:
@@ -91,15 +108,17 @@ def below_min_calls_each(index: int, barrier: Any, url: str, ns: str) -> dict[st
         b = registry.breaker(NAME)
         wait_synced(registry)
         barrier.wait()
+        before = failed_syncs(registry)
         # 6 calls, 4 failures: far below min_calls here (a process that starts late may find the
         # breaker already opened by the others' counts).
         record_until_rejected(b, "FSFFSF")
         done = time.monotonic()
         seen = poll(lambda: rejects(b), 5.0)
+        failed = failed_syncs(registry) - before
         # The control: the same calls on a local breaker with the same options leave it closed.
         alone = Registry(**SPREAD).breaker(NAME)
         record(alone, "FSFFSF")
-        return {"done": done, "seen": seen, "alone": alone.state}
+        return {"done": done, "seen": seen, "failed": failed, "alone": alone.state}
     finally:
         finish(barrier, registry)
 
@@ -112,9 +131,7 @@ def test_the_fleets_window_trips_when_no_process_alone_would(
     soon after the last of them recorded its calls."""
     results = fleet.run(below_min_calls_each, redis_url, namespace)
     assert [r["alone"] for r in results] == [State.CLOSED] * FLEET
-    assert all(r["seen"] is not None for r in results), f"a process never rejected: {results}"
-    delays = delays_after_the_last_count(results, "fleet rate trip after the last count")
-    assert max(delays) <= RATE_TRIP_BOUND, delays
+    assert_every_process_rejected_in_time(results, "fleet rate trip after the last count")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -152,11 +169,12 @@ def one_bad_process(index: int, barrier: Any, url: str, ns: str) -> dict[str, An
         barrier.wait()
         result["under"] = b.state
         barrier.wait()
+        before = failed_syncs(registry)
         # Now everyone fails 25 times: the fleet's window (374 calls, 229 failures) crosses 50%.
         record_until_rejected(b, "F" * 25)
         done = time.monotonic()
         seen = poll(lambda: rejects(b), 5.0)
-        result.update(done=done, seen=seen)
+        result.update(done=done, seen=seen, failed=failed_syncs(registry) - before)
         return result
     finally:
         finish(barrier, registry)
@@ -171,9 +189,7 @@ def test_one_process_over_the_rate_does_not_trip_the_fleet_under_it(
     assert results[0]["alone"] is State.OPEN, "the control: alone, these calls trip the breaker"
     # The fleet's window: 174 calls, 29 failures (17%): nobody opened.
     assert [r["under"] for r in results] == [State.CLOSED] * FLEET, results
-    assert all(r["seen"] is not None for r in results), f"the fleet never tripped: {results}"
-    delays = delays_after_the_last_count(results, "fleet rate trip once the fleet's rate crossed")
-    assert max(delays) <= RATE_TRIP_BOUND, delays
+    assert_every_process_rejected_in_time(results, "fleet rate trip once the fleet's rate crossed")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,10 +220,11 @@ def counts_that_age_out(index: int, barrier: Any, url: str, ns: str) -> dict[str
         barrier.wait()
         result: dict[str, Any] = {"after_age_out": b.state}
         barrier.wait()
+        before = failed_syncs(registry)
         record_until_rejected(b, "F")  # 24 in the window: over min_calls
         done = time.monotonic()
         seen = poll(lambda: rejects(b), 5.0)
-        result.update(done=done, seen=seen)
+        result.update(done=done, seen=seen, failed=failed_syncs(registry) - before)
         return result
     finally:
         finish(barrier, registry)
@@ -218,9 +235,7 @@ def test_buckets_that_left_the_fleets_window_no_longer_count(
 ) -> None:
     results = fleet.run(counts_that_age_out, redis_url, namespace)
     assert [r["after_age_out"] for r in results] == [State.CLOSED] * FLEET, results
-    assert all(r["seen"] is not None for r in results), f"the fleet never tripped: {results}"
-    delays = delays_after_the_last_count(results, "fleet rate trip, short window")
-    assert max(delays) <= RATE_TRIP_BOUND, delays
+    assert_every_process_rejected_in_time(results, "fleet rate trip, short window")
     # The trip dropped the fleet's window (the open breaker's next window starts empty).
     assert redis_server.admin().exists(window_key(namespace, NAME)) == 0
 
