@@ -519,11 +519,14 @@ def records() -> Iterator[list[logging.LogRecord]]:
 
     logger = logging.getLogger("panelboard")
     handler = Keep(logging.DEBUG)
+    old_level = logger.level
     logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
     try:
         yield kept
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(old_level)
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,7 @@ and that the fleet converges after recovery (the time it took is printed: ``pyte
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -39,26 +37,6 @@ CONVERGENCE_BOUND = 5.0
 #: How long a change takes to reach the other registry while Redis is healthy (sync + margin).
 PROPAGATION_BOUND = SYNC_INTERVAL + 0.25
 NAME = "inventory"
-
-
-@pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    kept: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            kept.append(record)
-
-    logger = logging.getLogger("panelboard")
-    handler = Keep(logging.DEBUG)
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield kept
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
 
 def call_for(b: Any, seconds: float) -> tuple[int, float]:
