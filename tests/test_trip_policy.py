@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import model
 import panelboard
@@ -322,6 +323,23 @@ def test_on_the_monotonic_clock_fast_successes_count_at_once_and_trip():
     assert b.state is State.OPEN, b.metrics()
     assert b.metrics().times_opened == 1
     assert 50.0 < b.metrics().retry_after <= 60.0  # read exactly at the trip (a loaded machine may stall)
+
+
+def test_on_the_monotonic_clock_the_window_forgets_a_window_later():
+    """On the real clock, the successes of the healthy path (a coarse reading, through the vDSO)
+    and the failures (an exact one) land in the same time frame as what forgets them: both still
+    count while less than ``window - window/10`` has passed, and neither once more than
+    ``window + window/10`` has."""
+    window = 1.0
+    registry = Registry()
+    b = registry.breaker("x", failure_rate=1.0, min_calls=100, window=window, **RATE)
+    started = time.monotonic()
+    outcomes(b, "S" * 3 + "F")
+    held = window_of(b.metrics())
+    if time.monotonic() - started < window * 0.9:  # else the machine stalled the test itself
+        assert held == (4, 1, 0)
+    time.sleep(max(0.0, started + window * 1.1 + 0.05 - time.monotonic()))
+    assert window_of(b.metrics()) == (0, 0, 0) and b.metrics().failure_rate is None
 
 
 def test_min_calls_one_trips_on_the_first_failure_at_rate_one(registry):
