@@ -34,9 +34,9 @@ pub fn key_if_attached() -> Option<usize> {
 /// counters pick a stripe by the number's low bits, so threads started one after the other (a
 /// pool) count in different stripes. A hash of the thread state's address, used before, put two
 /// threads on one stripe in about half of all processes (the addresses move with ASLR; 2 stripes
-/// on 2 cores): both threads then wrote that cache line on every guarded call, which made
-/// `panelboard.call` on 3.13t cost 1.37x per call on 2 threads in some runs, 1.09x in others
-/// (issue 10, item 4).
+/// on 2 cores): both threads then wrote that cache line on every guarded call, one `lock inc`
+/// each (issue 10, item 4: a suspect for `panelboard.call` costing 1.37x per call on 2 threads in
+/// some runs and 1.09x in others; the cost was not measurable on a loaded 2-core machine).
 ///
 /// With the GIL one thread runs at a time, so a shared stripe only moves at a thread switch: the
 /// hash of the address stays, which costs no call (the id is a call into CPython, 4 instructions
