@@ -12,6 +12,22 @@ use pyo3::Python;
 /// A number that tells the calling thread apart from the other threads attached to the
 /// interpreter now: the address of its thread state, mixed so that its low bits (by which the
 /// counters pick a stripe) differ between threads. Below `usize::MAX`.
+///
+/// With a GIL, only one thread attached to the interpreter runs at a time, so no two threads ever
+/// count at once and telling them apart buys nothing: every thread is given the number 0 (they
+/// share the counters' inline block, which is what stripes would save them from contending on).
+/// This spares the call that reads the thread state (and its mixing), about 9 instructions, on
+/// every guarded call (3.11). A local breaker belongs to one interpreter, whose GIL serializes
+/// its threads even where interpreters have GILs of their own.
+#[cfg(not(Py_GIL_DISABLED))]
+#[inline(always)]
+pub fn key(_attached: Python<'_>) -> usize {
+    mixed(0)
+}
+
+/// A number that tells the calling thread apart from the other threads attached to the
+/// interpreter now (see above; free-threaded build).
+#[cfg(Py_GIL_DISABLED)]
 #[inline(always)]
 pub fn key(_attached: Python<'_>) -> usize {
     // SAFETY: the thread is attached (the token says so), so it has a current thread state, which
@@ -30,6 +46,14 @@ pub fn key_if_attached() -> Option<usize> {
     (state != 0).then(|| mixed(state))
 }
 
+/// The number `key` gives the thread whose thread state is at `state`.
+#[cfg(not(Py_GIL_DISABLED))]
+#[inline(always)]
+fn mixed(_state: usize) -> usize {
+    0
+}
+
+#[cfg(Py_GIL_DISABLED)]
 #[inline(always)]
 fn mixed(state: usize) -> usize {
     ((state as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & (usize::MAX >> 1)
