@@ -45,7 +45,7 @@ impl FastMethodOf for BreakerCall {
         if !is_callable(&func) {
             return raise(py, shield(|| Err(not_callable("fn", &func))));
         }
-        guarded(&breaker.get().core, py, || rest.forward_returned(&func))
+        guarded(&breaker.get().core, py, move || rest.forward_returned(&func))
     }
 }
 

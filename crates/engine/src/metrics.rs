@@ -114,6 +114,20 @@ impl Counters {
         }
     }
 
+    /// `add_as` when `me` is the thread that counts in the inline block (the common case: one
+    /// thread counts), which then counts there whether or not other threads have stripes (only
+    /// that thread writes the block; `totals` sums it and the stripes). `false`: nothing was
+    /// counted, `add_as` counts. A load and a relaxed add, nothing that allocates or panics, for
+    /// callers that want no unwinding guard around it.
+    #[inline]
+    pub fn add_at_home(&self, counter: Counter, me: usize) -> bool {
+        if self.home.load(Relaxed) != me {
+            return false;
+        }
+        self.local.0[counter as usize].fetch_add(1, Relaxed);
+        true
+    }
+
     /// True once a second thread has counted here.
     pub fn is_striped(&self) -> bool {
         self.stripes.get().is_some()
