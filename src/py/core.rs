@@ -675,12 +675,31 @@ pub fn guarded<'py>(
     // only, the most common kind: a shared breaker (which has news to report) and the configured
     // path are a function of their own, so that nothing about them is kept (in registers, on the
     // stack, in the frame's prologue) across the user's call on this path.
-    if let Some((slots, Some(local))) = core.storage.fast_slots() {
-        if let Some(fast) = slots.admit_fast(&core.predicate_flag) {
-            return guarded_fast(core, py, slots, Some(local), fast, invoke);
-        }
+    if let Some((slots, local, fast)) = local_fast_admission(core) {
+        return guarded_fast(core, py, slots, Some(local), fast, invoke);
     }
     guarded_elsewise(core, py, invoke)
+}
+
+/// `guarded` when it takes the fast path of a breaker of this process; `None` (and `invoke` not
+/// called, nothing done): the call is for `guarded_unless_local_fast`. For an entry point that
+/// calls that out of line (`Breaker.call`).
+#[inline(always)]
+pub fn guarded_local_fast<'py>(
+    core: &BreakerCore,
+    py: Python<'py>,
+    invoke: impl FnOnce() -> Returned<'py>,
+) -> Option<Returned<'py>> {
+    let (slots, local, fast) = local_fast_admission(core)?;
+    Some(guarded_fast(core, py, slots, Some(local), fast, invoke))
+}
+
+/// The fast path's admission into a breaker of this process (see `guarded`).
+#[inline(always)]
+fn local_fast_admission(core: &BreakerCore) -> Option<(&Slots, &LocalWords, FastTicket)> {
+    let (slots, local) = core.storage.fast_slots()?;
+    let local = local?;
+    Some((slots, local, slots.admit_fast(&core.predicate_flag)?))
 }
 
 /// `guarded` for a shared breaker's fast path, and for the configured path.
@@ -690,15 +709,25 @@ fn guarded_elsewise<'py>(
     py: Python<'py>,
     invoke: impl FnOnce() -> Returned<'py>,
 ) -> Returned<'py> {
-    // The words are looked up once for both ends (a shared breaker deleted meanwhile only makes
-    // the success check fail, which records on the words current then); `None`: the breaker's
-    // table times its calls, so they take the configured path.
-    if let Some((slots, local)) = core.storage.fast_slots() {
+    guarded_unless_local_fast(core, py, invoke)
+}
+
+/// `guarded`, for a caller that found no fast path of a breaker of this process a moment ago
+/// (`guarded_local_fast`): the rest of `guarded`, inlined. Such a breaker takes the configured
+/// path without looking again (it admits a call to a breaker that closed since as well).
+#[inline(always)]
+pub fn guarded_unless_local_fast<'py>(
+    core: &BreakerCore,
+    py: Python<'py>,
+    invoke: impl FnOnce() -> Returned<'py>,
+) -> Returned<'py> {
+    // A shared breaker's words are looked up once for both ends (one deleted meanwhile only
+    // makes the success check fail, which records on the words current then); `None`: the
+    // breaker's table times its calls, so they take the configured path.
+    if let Some((slots, None)) = core.storage.fast_slots() {
         if let Some(fast) = slots.admit_fast(&core.predicate_flag) {
-            if local.is_none() {
-                raise(py, shield_value(|| core.report_fast(py, fast)))?;
-            }
-            return guarded_fast(core, py, slots, local, fast, invoke);
+            raise(py, shield_value(|| core.report_fast(py, fast)))?;
+            return guarded_fast(core, py, slots, None, fast, invoke);
         }
     }
     let (config, ticket, started) = raise(
