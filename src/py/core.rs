@@ -69,7 +69,7 @@ use super::errors::{CircuitOpenError, RejectionName};
 use super::ffi::objects::is_coroutine;
 use super::ffi::refs::AttachedRef;
 use super::ffi::thread;
-use super::ffi::upcall::{self, raise, Returned};
+use super::ffi::upcall::{self, raise, Raised, Returned};
 use super::name::Name;
 use super::pyrefs;
 use super::storage::{LocalWords, SharedWords, Storage};
@@ -769,10 +769,10 @@ fn guarded_fast<'py>(
                 }
                 let me = thread::key(py);
                 if !words.counters.add_at_home(Counter::Successes, me) {
-                    raise(py, count_apart(words, me))?;
+                    count_apart(py, words, me)?;
                 }
                 if let Some(window) = core.window.get() {
-                    raise(py, count_in_window(core, py, window, fast))?;
+                    count_in_window(core, py, window, fast)?;
                 }
                 return Ok(value);
             }
@@ -807,20 +807,26 @@ fn settle_fast_success<'py>(
 /// Out of line: it may allocate the stripes.
 #[cold]
 #[inline(never)]
-fn count_apart(words: &LocalWords, me: usize) -> PyResult<()> {
-    shield_value(|| words.counters.add_as(Counter::Successes, me))
+fn count_apart(py: Python<'_>, words: &LocalWords, me: usize) -> Result<(), Raised> {
+    raise(
+        py,
+        shield_value(|| words.counters.add_as(Counter::Successes, me)),
+    )
 }
 
 /// Counts a local breaker's success in its window. Out of line, so that the fast path keeps
-/// nothing on its stack for it.
+/// nothing on its stack for it (the exception of a panic is set here: only a flag comes back).
 #[inline(never)]
 fn count_in_window(
     core: &BreakerCore,
     py: Python<'_>,
     window: &Window,
     fast: FastTicket,
-) -> PyResult<()> {
-    shield_value(|| core.count_fast_success(py, window, fast))
+) -> Result<(), Raised> {
+    raise(
+        py,
+        shield_value(|| core.count_fast_success(py, window, fast)),
+    )
 }
 
 /// Records the outcome of a call admitted on the fast path that `settle_fast` could not settle
