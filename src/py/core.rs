@@ -69,7 +69,7 @@ use super::errors::{CircuitOpenError, RejectionName};
 use super::ffi::objects::is_coroutine;
 use super::ffi::refs::AttachedRef;
 use super::ffi::thread;
-use super::ffi::upcall::{self, raise, Returned};
+use super::ffi::upcall::{self, raise, Raised, Returned};
 use super::name::Name;
 use super::pyrefs;
 use super::storage::{LocalWords, SharedWords, Storage};
@@ -671,30 +671,63 @@ pub fn guarded<'py>(
 ) -> Returned<'py> {
     // Fast path: a closed breaker without a result predicate needs no configuration to admit a
     // call or to record its success: one atomic load now, one after the call, no write. The
-    // admission is two loads (nothing that can panic); only a shared breaker has news to report.
-    // It is a branch of its own, with its own call of `invoke`, so that nothing about the
-    // configured path is kept (in registers or on the stack) across the user's call.
-    // The words are looked up once for both ends (a shared breaker deleted meanwhile only makes
-    // the success check fail, which records on the words current then); `None`: the breaker's
-    // table times its calls, so they take the configured path.
-    if let Some((slots, local)) = core.storage.fast_slots() {
+    // admission is two loads (nothing that can panic). Inlined for a breaker of this process
+    // only, the most common kind: a shared breaker (which has news to report) and the configured
+    // path are a function of their own, so that nothing about them is kept (in registers, on the
+    // stack, in the frame's prologue) across the user's call on this path.
+    if let Some((slots, local, fast)) = local_fast_admission(core) {
+        return guarded_fast(core, py, slots, Some(local), fast, invoke);
+    }
+    guarded_elsewise(core, py, invoke)
+}
+
+/// `guarded` when it takes the fast path of a breaker of this process; `None` (and `invoke` not
+/// called, nothing done): the call is for `guarded_unless_local_fast`. For an entry point that
+/// calls that out of line (`Breaker.call`).
+#[inline(always)]
+pub fn guarded_local_fast<'py>(
+    core: &BreakerCore,
+    py: Python<'py>,
+    invoke: impl FnOnce() -> Returned<'py>,
+) -> Option<Returned<'py>> {
+    let (slots, local, fast) = local_fast_admission(core)?;
+    Some(guarded_fast(core, py, slots, Some(local), fast, invoke))
+}
+
+/// The fast path's admission into a breaker of this process (see `guarded`).
+#[inline(always)]
+fn local_fast_admission(core: &BreakerCore) -> Option<(&Slots, &LocalWords, FastTicket)> {
+    let (slots, local) = core.storage.fast_slots()?;
+    let local = local?;
+    Some((slots, local, slots.admit_fast(&core.predicate_flag)?))
+}
+
+/// `guarded` for a shared breaker's fast path, and for the configured path.
+#[inline(never)]
+fn guarded_elsewise<'py>(
+    core: &BreakerCore,
+    py: Python<'py>,
+    invoke: impl FnOnce() -> Returned<'py>,
+) -> Returned<'py> {
+    guarded_unless_local_fast(core, py, invoke)
+}
+
+/// `guarded`, for a caller that found no fast path of a breaker of this process a moment ago
+/// (`guarded_local_fast`): the rest of `guarded`, inlined. Such a breaker takes the configured
+/// path without looking again (it admits a call to a breaker that closed since as well).
+#[inline(always)]
+pub fn guarded_unless_local_fast<'py>(
+    core: &BreakerCore,
+    py: Python<'py>,
+    invoke: impl FnOnce() -> Returned<'py>,
+) -> Returned<'py> {
+    // A shared breaker's words are looked up once for both ends (one deleted meanwhile only
+    // makes the success check fail, which records on the words current then); `None`: the
+    // breaker's table times its calls, so they take the configured path.
+    if let Some((slots, None)) = core.storage.fast_slots() {
         if let Some(fast) = slots.admit_fast(&core.predicate_flag) {
-            if local.is_none() {
-                raise(py, shield_value(|| core.report_fast(py, fast)))?;
-            }
-            return match invoke() {
-                Ok(value) => {
-                    if raise(
-                        py,
-                        shield_value(|| core.settle_fast(py, slots, local, fast, &value)),
-                    )? {
-                        return Ok(value);
-                    }
-                    settle_fast_admitted(core, py, fast, Ok(value))
-                }
-                // The exception is taken at once, before anything else can call into Python.
-                Err(raised) => settle_fast_admitted(core, py, fast, Err(raised.fetch(py))),
-            };
+            raise(py, shield_value(|| core.report_fast(py, fast)))?;
+            return guarded_fast(core, py, slots, None, fast, invoke);
         }
     }
     let (config, ticket, started) = raise(
@@ -710,6 +743,89 @@ pub fn guarded<'py>(
     raise(
         py,
         shield(move || settle(core, py, &config, ticket, started, false, result)),
+    )
+}
+
+/// The call and the record of its success on the fast path, for a call admitted with `fast`. It
+/// is a branch of its own, with its own call of `invoke`, so that nothing about the configured
+/// path is kept across the user's call.
+#[inline(always)]
+fn guarded_fast<'py>(
+    core: &BreakerCore,
+    py: Python<'py>,
+    slots: &Slots,
+    local: Option<&LocalWords>,
+    fast: FastTicket,
+    invoke: impl FnOnce() -> Returned<'py>,
+) -> Returned<'py> {
+    match invoke() {
+        Ok(value) => {
+            // A local breaker's success: its checks are loads, and its count, in the common case
+            // (the thread that counts in the inline block), one relaxed add: nothing that can
+            // panic, so no `shield` (whose closure, passed by pointer, cost a dozen instructions).
+            if let Some(words) = local {
+                if is_coroutine(&value) || !slots.record_fast_success(fast) {
+                    return settle_fast_admitted(core, py, fast, Ok(value));
+                }
+                let me = thread::key(py);
+                if !words.counters.add_at_home(Counter::Successes, me) {
+                    count_apart(py, words, me)?;
+                }
+                if let Some(window) = core.window.get() {
+                    count_in_window(core, py, window, fast)?;
+                }
+                return Ok(value);
+            }
+            settle_fast_success(core, py, slots, local, fast, value)
+        }
+        // The exception is taken at once, before anything else can call into Python.
+        Err(raised) => settle_fast_admitted(core, py, fast, Err(raised.fetch(py))),
+    }
+}
+
+/// Records the success of a call admitted on the fast path (`settle_fast`, or `settle` when that
+/// could not).
+#[inline(always)]
+fn settle_fast_success<'py>(
+    core: &BreakerCore,
+    py: Python<'py>,
+    slots: &Slots,
+    local: Option<&LocalWords>,
+    fast: FastTicket,
+    value: Bound<'py, PyAny>,
+) -> Returned<'py> {
+    if raise(
+        py,
+        shield_value(|| core.settle_fast(py, slots, local, fast, &value)),
+    )? {
+        return Ok(value);
+    }
+    settle_fast_admitted(core, py, fast, Ok(value))
+}
+
+/// Counts a local breaker's success in the counters of a thread other than their first one.
+/// Out of line: it may allocate the stripes.
+#[cold]
+#[inline(never)]
+fn count_apart(py: Python<'_>, words: &LocalWords, me: usize) -> Result<(), Raised> {
+    raise(
+        py,
+        shield_value(|| words.counters.add_as(Counter::Successes, me)),
+    )
+}
+
+/// Counts a local breaker's success in its window. Out of line, so that the fast path keeps
+/// nothing on its stack for it (the exception of a panic is set here: only a flag comes back).
+#[inline(never)]
+fn count_in_window(
+    core: &BreakerCore,
+    py: Python<'_>,
+    window: &Window,
+    fast: FastTicket,
+) -> Result<(), Raised> {
+    raise(
+        py,
+        shield_value(|| core.count_fast_success(py, window, fast)),
     )
 }
 

@@ -16,7 +16,7 @@ use pyo3::Borrowed;
 
 use super::awaitable::GuardedCoroutine;
 use super::core::Breaker;
-use super::core::{guarded, shield};
+use super::core::{guarded_local_fast, guarded_unless_local_fast, shield};
 use super::ffi::entry::{install_method, is_callable, FastArgs, FastMethodOf, OwnedArgs};
 use super::ffi::upcall::{self, raise, Returned};
 use super::handle::{not_callable, timeout_seconds, Guarded};
@@ -28,6 +28,7 @@ struct BreakerCall;
 
 impl FastMethodOf for BreakerCall {
     type Owner = Breaker;
+    const TRIES_FAST: bool = true;
 
     fn call<'a, 'py>(
         py: Python<'py>,
@@ -45,7 +46,23 @@ impl FastMethodOf for BreakerCall {
         if !is_callable(&func) {
             return raise(py, shield(|| Err(not_callable("fn", &func))));
         }
-        guarded(&breaker.get().core, py, || rest.forward_returned(&func))
+        // `try_fast` found no fast path of a breaker of this process a moment ago.
+        guarded_unless_local_fast(&breaker.get().core, py, || rest.forward_returned(&func))
+    }
+
+    /// The common call, a callable `fn` and a closed breaker of this process, inlined into the
+    /// entry point; anything else (errors included) is for `call`, out of line.
+    #[inline(always)]
+    fn try_fast<'a, 'py>(
+        py: Python<'py>,
+        breaker: Borrowed<'a, 'py, Breaker>,
+        args: &FastArgs<'a, 'py>,
+    ) -> Option<Returned<'py>> {
+        let (func, rest) = args.split_first()?;
+        if !is_callable(&func) {
+            return None;
+        }
+        guarded_local_fast(&breaker.get().core, py, || rest.forward_returned(&func))
     }
 }
 

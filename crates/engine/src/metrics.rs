@@ -44,7 +44,8 @@ pub struct Counters {
     /// The thread (see `this_thread`) that counts in `local`; `NO_THREAD` until the first count.
     home: AtomicUsize,
     local: Block,
-    /// Made when a second thread counts; from then on every thread counts in its own stripe. One
+    /// Made when a second thread counts; from then on every other thread counts in its own stripe
+    /// (through `add_as`; the first one keeps its block when it counts with `add_at_home`). One
     /// word until then (a `OnceBox`; a `OnceLock` of the slice would be three): most breakers are
     /// only ever counted by one thread, and every breaker carries this.
     stripes: OnceBox<Box<[Stripe]>>,
@@ -112,6 +113,20 @@ impl Counters {
                 .get_or_init(|| Box::new((0..stripe_count()).map(|_| Stripe::default()).collect()));
             stripes[me & (stripes.len() - 1)].0[counter as usize].fetch_add(1, Relaxed);
         }
+    }
+
+    /// `add_as` when `me` is the thread that counts in the inline block (the common case: one
+    /// thread counts), which then counts there whether or not other threads have stripes (only
+    /// that thread writes the block; `totals` sums it and the stripes). `false`: nothing was
+    /// counted, `add_as` counts. A load and a relaxed add, nothing that allocates or panics, for
+    /// callers that want no unwinding guard around it.
+    #[inline]
+    pub fn add_at_home(&self, counter: Counter, me: usize) -> bool {
+        if self.home.load(Relaxed) != me {
+            return false;
+        }
+        self.local.0[counter as usize].fetch_add(1, Relaxed);
+        true
     }
 
     /// True once a second thread has counted here.
@@ -192,6 +207,48 @@ mod tests {
         counters.add(Counter::Failures);
         let t = counters.totals();
         assert_eq!((t.successes, t.failures, t.rejected, t.calls), (2, 1, 1, 3));
+    }
+
+    #[test]
+    fn the_first_thread_counts_at_home_even_once_others_have_stripes() {
+        let counters = Arc::new(Counters::new());
+        // Nobody counted yet: the block has no thread, so `add_at_home` leaves it to `add_as`.
+        assert!(!counters.add_at_home(Counter::Successes, 3));
+        assert_eq!(counters.totals(), Totals::default());
+        counters.add_as(Counter::Successes, 3);
+        assert!(counters.add_at_home(Counter::Successes, 3));
+        assert!(
+            !counters.add_at_home(Counter::Successes, 4),
+            "not its block"
+        );
+        let other = counters.clone();
+        let second = std::thread::spawn(move || {
+            for _ in 0..1_000 {
+                other.add_as(Counter::Successes, 4);
+            }
+        });
+        for _ in 0..1_000 {
+            assert!(counters.add_at_home(Counter::Successes, 3));
+        }
+        second.join().unwrap();
+        let handles: Vec<_> = (0..2)
+            .map(|i| {
+                let c = counters.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        if !c.add_at_home(Counter::Failures, 3 + i) {
+                            c.add_as(Counter::Failures, 3 + i);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert!(counters.is_striped());
+        let t = counters.totals();
+        assert_eq!((t.successes, t.failures, t.calls), (2_002, 20_000, 22_002));
     }
 
     #[test]

@@ -47,6 +47,21 @@ pub trait FastMethodOf {
         slf: Borrowed<'a, 'py, Self::Owner>,
         args: FastArgs<'a, 'py>,
     ) -> Returned<'py>;
+
+    /// Whether the method has a `try_fast`.
+    const TRIES_FAST: bool = false;
+
+    /// What `call` returns, for the calls it can take without calling `call` (which the entry
+    /// point then calls out of line, so that the common call's frame holds none of the rest):
+    /// `None` for any other, having done nothing.
+    #[inline(always)]
+    fn try_fast<'a, 'py>(
+        _py: Python<'py>,
+        _slf: Borrowed<'a, 'py, Self::Owner>,
+        _args: &FastArgs<'a, 'py>,
+    ) -> Option<Returned<'py>> {
+        None
+    }
 }
 
 /// The arguments of a vectorcall or `METH_FASTCALL | METH_KEYWORDS` call, as CPython passed them:
@@ -98,8 +113,13 @@ impl<'a, 'py> FastArgs<'a, 'py> {
     #[inline(always)]
     pub fn positional(&self, i: usize) -> Option<Borrowed<'a, 'py, PyAny>> {
         (i < self.positional_count()).then(|| {
-            // SAFETY: `args` holds `positional_count()` live arguments (see `new`).
-            unsafe { Borrowed::from_ptr(self.py, *self.args.add(i)) }
+            // SAFETY: `args` holds `positional_count()` live arguments (see `new`), so the
+            // pointer is not null: saying so spares `from_ptr`'s null check on every call.
+            unsafe {
+                let arg = *self.args.add(i);
+                std::hint::assert_unchecked(!arg.is_null());
+                Borrowed::from_ptr(self.py, arg)
+            }
         })
     }
 
@@ -195,8 +215,10 @@ unsafe fn entry_point<M: FastMethod>(
 ) -> *mut ffi::PyObject {
     // SAFETY: the thread is attached (the caller promised).
     let py = unsafe { Python::assume_attached() };
-    // SAFETY: as this function's caller promised (above).
+    // SAFETY: as this function's caller promised (above); a live object is not null (said, to
+    // spare `from_ptr`'s check).
     let (slf, args) = unsafe {
+        std::hint::assert_unchecked(!slf.is_null());
         (
             Borrowed::from_ptr(py, slf),
             FastArgs::new(py, args, nargs, nargsf, kwnames),
@@ -233,18 +255,79 @@ unsafe extern "C-unwind" fn fastcall_entry<M: FastMethodOf>(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    if M::TRIES_FAST {
+        // SAFETY: as CPython calls this function (see `fastcall_method`).
+        let (py, slf, fast_args) = unsafe { method_arguments::<M>(slf, args, nargs, kwnames) };
+        if let Some(returned) = M::try_fast(py, slf, &fast_args) {
+            return into_c_result(returned);
+        }
+    }
+    // SAFETY: as CPython calls this function (see above).
+    unsafe { fastcall_method::<M>(slf, args, nargs, kwnames) }
+}
+
+/// `fastcall_entry` calling `M::call`: inlined unless `M` tries a fast path first (the rest of
+/// the method then stays out of the fast path's frame).
+///
+/// # Safety
+/// As `fastcall_entry`.
+#[inline(always)]
+unsafe fn fastcall_method<M: FastMethodOf>(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    if M::TRIES_FAST {
+        // SAFETY: as this function's caller promised.
+        unsafe { fastcall_method_apart::<M>(slf, args, nargs, kwnames) }
+    } else {
+        // SAFETY: as this function's caller promised.
+        let (py, slf, args) = unsafe { method_arguments::<M>(slf, args, nargs, kwnames) };
+        into_c_result(M::call(py, slf, args))
+    }
+}
+
+/// `fastcall_method`, out of line.
+///
+/// # Safety
+/// As `fastcall_entry`.
+#[inline(never)]
+unsafe fn fastcall_method_apart<M: FastMethodOf>(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: as this function's caller promised.
+    let (py, slf, args) = unsafe { method_arguments::<M>(slf, args, nargs, kwnames) };
+    into_c_result(M::call(py, slf, args))
+}
+
+/// The arguments of a method call, as `M`'s bodies take them.
+///
+/// # Safety
+/// As `fastcall_entry`.
+#[inline(always)]
+unsafe fn method_arguments<'a, 'py, M: FastMethodOf>(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> (Python<'py>, Borrowed<'a, 'py, M::Owner>, FastArgs<'a, 'py>) {
     // SAFETY: the thread is attached (CPython calls methods so).
     let py = unsafe { Python::assume_attached() };
-    // SAFETY: `slf` is a live instance of `M::Owner` (see above), borrowed for the call; `args`
-    // holds `nargs` positional arguments followed by one value per name in `kwnames`, as CPython
-    // calls a method (whose `nargs` carries no flag).
+    // SAFETY: `slf` is a live instance of `M::Owner` (see above), borrowed for the call, so not
+    // null (said, to spare `from_ptr`'s check); `args` holds `nargs` positional arguments followed
+    // by one value per name in `kwnames`, as CPython calls a method (whose `nargs` carries no flag).
     let (slf, args) = unsafe {
+        std::hint::assert_unchecked(!slf.is_null());
         (
             Borrowed::from_ptr(py, slf).cast_unchecked::<M::Owner>(),
             FastArgs::new(py, args, nargs as usize, nargs as usize, kwnames),
         )
     };
-    into_c_result(M::call(py, slf, args))
+    (py, slf, args)
 }
 
 /// The vectorcall function for `M` (`nargsf` carries `PY_VECTORCALL_ARGUMENTS_OFFSET`).

@@ -11,6 +11,22 @@ use pyo3::Python;
 
 /// A number that tells the calling thread apart from the other threads attached to the
 /// interpreter now. Below `usize::MAX`.
+///
+/// With a GIL, only one thread attached to the interpreter runs at a time, so no two threads ever
+/// count at once and telling them apart buys nothing: every thread is given the number 0 (they
+/// share the counters' inline block, which is what stripes would save them from contending on).
+/// This spares the call that reads the thread state, about 9 instructions on every guarded call
+/// (3.11). A local breaker belongs to one interpreter, whose GIL serializes its threads even where
+/// interpreters have GILs of their own; the counts are atomic adds, exact whatever the number.
+#[cfg(not(Py_GIL_DISABLED))]
+#[inline(always)]
+pub fn key(_attached: Python<'_>) -> usize {
+    0
+}
+
+/// A number that tells the calling thread apart from the other threads attached to the
+/// interpreter now (free-threaded build: see `of_state`). Below `usize::MAX`.
+#[cfg(Py_GIL_DISABLED)]
 #[inline(always)]
 pub fn key(_attached: Python<'_>) -> usize {
     // SAFETY: the thread is attached (the token says so), so it has a current thread state.
@@ -35,25 +51,20 @@ pub fn key_if_attached() -> Option<usize> {
 /// pool) count in different stripes. A hash of the thread state's address, used before, put two
 /// threads on one stripe in about half of all processes (the addresses move with ASLR; 2 stripes
 /// on 2 cores): both threads then wrote that cache line on every guarded call, one `lock inc`
-/// each (issue 10, item 4: a suspect for `panelboard.call` costing 1.37x per call on 2 threads in
-/// some runs and 1.09x in others; the cost was not measurable on a loaded 2-core machine).
-///
-/// With the GIL one thread runs at a time, so a shared stripe only moves at a thread switch: the
-/// hash of the address stays, which costs no call (the id is a call into CPython, 4 instructions
-/// more per guarded call on 3.11).
+/// each (bug 40; issue 10, item 4).
+#[cfg(Py_GIL_DISABLED)]
 #[inline(always)]
 fn of_state(state: *mut ffi::PyThreadState) -> usize {
-    #[cfg(Py_GIL_DISABLED)]
-    {
-        // SAFETY: `state` is the calling thread's current thread state (the callers' contract),
-        // live while it is current; `PyThreadState_GetID` only reads its id.
-        let id = unsafe { ffi::PyThreadState_GetID(state) };
-        // Ids count up from 1: without the top bit, none is `usize::MAX`.
-        (id as u64 as usize) & (usize::MAX >> 1)
-    }
-    #[cfg(not(Py_GIL_DISABLED))]
-    {
-        ((state as usize as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
-            & (usize::MAX >> 1)
-    }
+    // SAFETY: `state` is the calling thread's current thread state (the callers' contract), live
+    // while it is current; `PyThreadState_GetID` only reads its id.
+    let id = unsafe { ffi::PyThreadState_GetID(state) };
+    // Ids count up from 1: without the top bit, none is `usize::MAX`.
+    (id as u64 as usize) & (usize::MAX >> 1)
+}
+
+/// With the GIL, every thread's number is 0 (see `key`).
+#[cfg(not(Py_GIL_DISABLED))]
+#[inline(always)]
+fn of_state(_state: *mut ffi::PyThreadState) -> usize {
+    0
 }
