@@ -190,6 +190,26 @@ def test_counts_from_sixteen_threads_are_exact_in_the_window(clock):
     assert m.state is State.CLOSED
 
 
+def test_a_new_window_width_forgets_what_every_thread_counted(clock):
+    """On a free-threaded build the successes of threads other than the first are counted in lanes
+    of their own (``src/py/local_window.rs``): a new ``window`` forgets those too, as it forgets
+    the window's own buckets (their time indices mean other times under another width)."""
+    registry = Registry(clock=clock)
+    b = registry.breaker("x", failure_rate=1.0, min_calls=10**6, failure_threshold=None)
+
+    def worker(i: int) -> None:
+        h = registry.breaker("x")
+        for _ in range(100):
+            h.call(ok)
+
+    run_threads(worker, THREADS)
+    assert window_of(b.metrics()) == (THREADS * 100, 0, 0)
+    registry.configure("x", window=5.0)
+    assert window_of(b.metrics()) == (0, 0, 0)
+    run_threads(worker, THREADS)
+    assert window_of(b.metrics()) == (THREADS * 100, 0, 0)
+
+
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_sixteen_threads_under_the_rate_never_trip_while_the_window_slides(clock, round_):
     """The threads move the clock on themselves, 10 ms after every 10 calls (6.4 s in all, over a

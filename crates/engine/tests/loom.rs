@@ -31,8 +31,8 @@ use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 use panelboard_engine::{
-    Admission, Counts, Limits, Machine, Mode, OpenTime, Outcome, PredicateFlag, RatePolicy, Slots,
-    Ticket, Transition, Window, Word, NO_FAILURE_THRESHOLD,
+    Admission, Counts, Lane, Limits, Machine, Mode, OpenTime, Outcome, PredicateFlag, RatePolicy,
+    Slots, Ticket, Transition, Window, Word, NO_FAILURE_THRESHOLD,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1665,6 +1665,152 @@ fn window_success_races_the_failure_that_trips() {
                 to: Mode::Open
             }]
         );
+    });
+}
+
+/// A reader judging the window races a recorder that moves time on and rolls a slot of that
+/// window on to a newer bucket: the reader never adds up the slot's failures without its calls
+/// (bug 41: it tripped a window whose rate was 0.4 by seeing 2 failures in 3 calls). Bucket 0
+/// holds a success and a failure, bucket 1 two successes and a failure (2 / 5 against a rate of
+/// 0.6); the recorder counts a success in bucket 2, which takes bucket 0's slot.
+#[test]
+fn a_judge_never_sums_a_slot_rolled_on_under_it() {
+    model(None, || {
+        let lim = rate_limits(2, 0.6);
+        let policy = lim.rate.expect("a rate rule");
+        let window = Arc::new(new_window(&lim));
+        for (now_us, failure) in [
+            (0, false),
+            (0, true),
+            (500, false),
+            (500, false),
+            (500, true),
+        ] {
+            window.record(0, now_us, failure, false, || true);
+        }
+        let recorder = {
+            let window = window.clone();
+            thread::spawn(move || {
+                window.record_success(0, 1000, || true);
+            })
+        };
+        assert!(!window.trips(&policy, 0, 500, false));
+        recorder.join().unwrap();
+        assert!(!window.trips(&policy, 0, 500, false));
+        let counts = window.counts(0, 1000);
+        assert_eq!((counts.calls, counts.failures), (4, 1));
+    });
+}
+
+/// The same race with the success counted in a lane (`window::Lane`: a second thread's, on a
+/// free-threaded build, `src/py/local_window.rs`): the failure's judge reads the newest call count
+/// of every lane with a read-modify-write too, so whichever judges last sees both counts, and the
+/// breaker opens exactly once. Then every count shows in the window's counts, the lane's included.
+#[test]
+fn a_success_counted_in_a_lane_races_the_failure_that_trips() {
+    model(None, || {
+        let lim = rate_limits(3, 0.3);
+        let slots = Arc::new(Slots::new());
+        let window = Arc::new(new_window(&lim));
+        let lanes = Arc::new([Lane::new()]);
+        let flag = Arc::new(PredicateFlag::new(0, false));
+        {
+            let m = slots
+                .machine(&lim)
+                .with_window(&window)
+                .with_lanes(&lanes[..]);
+            let t = expect_ticket(m.admit(|| 0));
+            m.record(t, Outcome::Success, || 0);
+        }
+        let success = {
+            let (slots, window, lanes, flag) =
+                (slots.clone(), window.clone(), lanes.clone(), flag.clone());
+            thread::spawn(move || {
+                let m = slots
+                    .machine(&lim)
+                    .with_window(&window)
+                    .with_lanes(&lanes[..]);
+                let fast = slots.admit_fast(&flag).expect("closed, no predicate");
+                if slots.record_fast_success(fast) {
+                    let generation = fast.ticket().generation();
+                    let still_current = || {
+                        let w = slots.machine_word();
+                        w.mode() == Mode::Closed && w.generation() == generation
+                    };
+                    let counted =
+                        window.count_success_in(Some(&lanes[0]), generation, |_| 0, still_current);
+                    if let Some(now_us) = counted {
+                        return m.judge_window(generation, now_us, || 0);
+                    }
+                    None
+                } else {
+                    m.record(fast.ticket(), Outcome::Success, || 0)
+                }
+            })
+        };
+        let failure = {
+            let (slots, window, lanes) = (slots.clone(), window.clone(), lanes.clone());
+            thread::spawn(move || {
+                let m = slots
+                    .machine(&lim)
+                    .with_window(&window)
+                    .with_lanes(&lanes[..]);
+                let t = expect_ticket(m.admit(|| 0));
+                m.record(t, Outcome::Failure, || 0)
+            })
+        };
+        let told: Vec<_> = [success.join().unwrap(), failure.join().unwrap()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let fin = slots.machine(&lim).load();
+        assert_eq!((fin.mode(), fin.generation()), (Mode::Open, 1));
+        assert_eq!(
+            told,
+            vec![Transition {
+                from: Mode::Closed,
+                to: Mode::Open
+            }]
+        );
+        let counts = window.counts_with(0, 0, &lanes[..]);
+        assert_eq!((counts.calls, counts.failures), (3, 1));
+    });
+}
+
+/// Successes counted at once in the window's words and in a lane whose word holds an older
+/// generation's count (a lane left from before a trip): the lane's word is reset to the current
+/// generation by the CAS that counts, no count is lost, and the old count is never read.
+#[test]
+fn a_stale_lane_is_reset_by_the_success_that_counts_in_it() {
+    model(None, || {
+        let lim = rate_limits(100, 0.5);
+        let slots = Arc::new(Slots::new());
+        let window = Arc::new(new_window(&lim));
+        let lanes = Arc::new([Lane::new()]);
+        // Generation 0 counts one success in the lane, then a reset starts generation 1.
+        let still_zero = || true;
+        assert!(window
+            .count_success_in(Some(&lanes[0]), 0, |_| 0, still_zero)
+            .is_none());
+        slots.machine(&lim).set_mode(Mode::Closed);
+        let generation = slots.machine_word().generation();
+        assert_eq!(generation, 1);
+        let workers: Vec<_> = [true, false]
+            .into_iter()
+            .map(|in_lane| {
+                let (slots, window, lanes) = (slots.clone(), window.clone(), lanes.clone());
+                thread::spawn(move || {
+                    let still_current = || slots.machine_word().generation() == generation;
+                    let lane = in_lane.then(|| &lanes[0]);
+                    window.count_success_in(lane, generation, |_| 0, still_current);
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert_eq!(window.counts_with(generation, 0, &lanes[..]).calls, 2);
+        assert_eq!(window.counts_with(0, 0, &lanes[..]).calls, 0);
     });
 }
 
