@@ -7,11 +7,14 @@
 //! ([`coarse_lag_ns`]): the same clock as of the last timer tick, which the vDSO returns without
 //! reading the time-stamp counter (`rdtscp`, the costliest instruction of a precise reading).
 //!
-//! On Linux on x86-64 and AArch64 the reading calls the vDSO's own `clock_gettime` ([`vdso`]), the
-//! function glibc's `clock_gettime` ends in: glibc's wrapper in front of it (a PLT jump, the clock
-//! id checks, a load of the pointer and an indirect call) cost about 2.3 ns of the 7.2 ns a coarse
-//! reading took on the AMD EPYC this was measured on, a third of what a rate policy added to a
-//! healthy call (issue 11, `benches/policy.md`).
+//! On Linux on x86-64 and AArch64 that reading calls the vDSO's own `clock_gettime` ([`vdso`]),
+//! the function glibc's `clock_gettime` ends in: glibc's wrapper in front of it (a PLT jump, the
+//! clock id checks, a load of the pointer and an indirect call) cost about 2.3 ns of the 7.2 ns a
+//! coarse reading took on the AMD EPYC this was measured on, a third of what a rate policy added
+//! to a healthy call (issue 11, `benches/policy.md`). The other readings (admission, permits,
+//! slow calls) call the C library as before: under valgrind, which gives its guest no vDSO, the
+//! function pointer costs 3 instructions more per reading than a direct call, which
+//! `make bench-insns` would count against entry points that issue 10 holds to their counts.
 
 use std::sync::OnceLock;
 
@@ -97,9 +100,13 @@ mod vdso {
 /// of a rate-policy success (AMD EPYC, issue 11), a third of what the rate policy added to a call.
 #[cfg(unix)]
 #[inline(always)]
-fn read(clock: libc::clockid_t) -> Option<(u64, u32)> {
+fn read(clock: libc::clockid_t, through_vdso: bool) -> Option<(u64, u32)> {
     let mut now = std::mem::MaybeUninit::<libc::timespec>::uninit();
-    let clock_gettime = clock_gettime_fn();
+    let clock_gettime: ClockGettime = if through_vdso {
+        clock_gettime_fn()
+    } else {
+        libc::clock_gettime
+    };
     // SAFETY: `clock_gettime` is the C library's or the vDSO's, of the same signature and contract
     // (see `vdso`); `now` is valid for a write of a `timespec` and outlives the call, and it writes
     // nothing else; the clocks read here exist on every Unix this builds for
@@ -143,7 +150,7 @@ pub fn window_now_us(coarse: bool, epoch_s: u64) -> u64 {
         let _ = coarse;
         libc::CLOCK_MONOTONIC
     };
-    let Some((seconds, nanoseconds)) = read(clock) else {
+    let Some((seconds, nanoseconds)) = read(clock, true) else {
         return 0;
     };
     u64::from(seconds.wrapping_sub(epoch_s) as u32) * 1_000_000 + u64::from(nanoseconds / 1000)
@@ -155,7 +162,7 @@ pub fn window_now_us(coarse: bool, epoch_s: u64) -> u64 {
 #[cfg(unix)]
 #[inline]
 pub fn now_ns_since(epoch_s: u64) -> u64 {
-    let Some((seconds, nanoseconds)) = read(libc::CLOCK_MONOTONIC) else {
+    let Some((seconds, nanoseconds)) = read(libc::CLOCK_MONOTONIC, false) else {
         return 0;
     };
     seconds
