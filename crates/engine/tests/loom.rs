@@ -1609,106 +1609,14 @@ fn window_bucket_roll_races_a_late_fast_success() {
 }
 
 /// The closed fast path of a rate rule (`src/py/core.rs` `guarded` + `count_fast_success`): a
-/// success counted with `Window::record_success` races the failure that, with it, meets the rate
+/// success counted with `Window::count_success_in` races the failure that, with it, meets the rate
 /// (one success before, min_calls 3, rate 0.3: one failure in three calls). Whichever judges the
-/// window last sees both counts: the breaker always opens, exactly once.
-#[test]
-fn window_success_races_the_failure_that_trips() {
-    model(None, || {
-        let lim = rate_limits(3, 0.3);
-        let slots = Arc::new(Slots::new());
-        let window = Arc::new(new_window(&lim));
-        let flag = Arc::new(PredicateFlag::new(0, false));
-        {
-            let m = slots.machine(&lim).with_window(&window);
-            let t = expect_ticket(m.admit(|| 0));
-            m.record(t, Outcome::Success, || 0);
-        }
-        let success = {
-            let (slots, window, flag) = (slots.clone(), window.clone(), flag.clone());
-            thread::spawn(move || {
-                let m = slots.machine(&lim).with_window(&window);
-                let fast = slots.admit_fast(&flag).expect("closed, no predicate");
-                if slots.record_fast_success(fast) {
-                    let generation = fast.ticket().generation();
-                    let still_current = || {
-                        let w = slots.machine_word();
-                        w.mode() == Mode::Closed && w.generation() == generation
-                    };
-                    if window.record_success(generation, 0, still_current) {
-                        return m.judge_window(generation, 0, || 0);
-                    }
-                    None
-                } else {
-                    m.record(fast.ticket(), Outcome::Success, || 0)
-                }
-            })
-        };
-        let failure = {
-            let (slots, window) = (slots.clone(), window.clone());
-            thread::spawn(move || {
-                let m = slots.machine(&lim).with_window(&window);
-                let t = expect_ticket(m.admit(|| 0));
-                m.record(t, Outcome::Failure, || 0)
-            })
-        };
-        let told: Vec<_> = [success.join().unwrap(), failure.join().unwrap()]
-            .into_iter()
-            .flatten()
-            .collect();
-        let fin = slots.machine(&lim).load();
-        assert_eq!((fin.mode(), fin.generation()), (Mode::Open, 1));
-        assert_eq!(
-            told,
-            vec![Transition {
-                from: Mode::Closed,
-                to: Mode::Open
-            }]
-        );
-    });
-}
-
-/// A reader judging the window races a recorder that moves time on and rolls a slot of that
-/// window on to a newer bucket: the reader never adds up the slot's failures without its calls
-/// (bug 41: it tripped a window whose rate was 0.4 by seeing 2 failures in 3 calls). Bucket 0
-/// holds a success and a failure, bucket 1 two successes and a failure (2 / 5 against a rate of
-/// 0.6); the recorder counts a success in bucket 2, which takes bucket 0's slot.
-#[test]
-fn a_judge_never_sums_a_slot_rolled_on_under_it() {
-    model(None, || {
-        let lim = rate_limits(2, 0.6);
-        let policy = lim.rate.expect("a rate rule");
-        let window = Arc::new(new_window(&lim));
-        for (now_us, failure) in [
-            (0, false),
-            (0, true),
-            (500, false),
-            (500, false),
-            (500, true),
-        ] {
-            window.record(0, now_us, failure, false, || true);
-        }
-        let recorder = {
-            let window = window.clone();
-            thread::spawn(move || {
-                window.record_success(0, 1000, || true);
-            })
-        };
-        assert!(!window.trips(&policy, 0, 500, false));
-        recorder.join().unwrap();
-        assert!(!window.trips(&policy, 0, 500, false));
-        let counts = window.counts(0, 1000);
-        assert_eq!((counts.calls, counts.failures), (4, 1));
-    });
-}
-
-/// The same race with the success counted in a lane (`window::Lane`: a second thread's, on a
-/// free-threaded build, `src/py/local_window.rs`): the failure's judge reads the newest call count
-/// of every lane with a read-modify-write too, so whichever judges last sees both counts, and the
-/// breaker opens exactly once. Then every count shows in the window's counts, the lane's included.
-#[test]
-fn a_success_counted_in_a_lane_races_the_failure_that_trips() {
-    model(None, || {
+/// window last sees both counts: the breaker always opens, exactly once, and every count shows
+/// in the window's counts. `in_lane`: the success is counted in a lane (`window::Lane`: a second
+/// thread's, on a free-threaded build, `src/py/local_window.rs`), whose newest count the
+/// failure's judge reads with a read-modify-write as it does the window's own.
+fn success_races_the_failure_that_trips(in_lane: bool) {
+    model(None, move || {
         let lim = rate_limits(3, 0.3);
         let slots = Arc::new(Slots::new());
         let window = Arc::new(new_window(&lim));
@@ -1737,8 +1645,8 @@ fn a_success_counted_in_a_lane_races_the_failure_that_trips() {
                         let w = slots.machine_word();
                         w.mode() == Mode::Closed && w.generation() == generation
                     };
-                    let counted =
-                        window.count_success_in(Some(&lanes[0]), generation, |_| 0, still_current);
+                    let lane = in_lane.then(|| &lanes[0]);
+                    let counted = window.count_success_in(lane, generation, |_| 0, still_current);
                     if let Some(now_us) = counted {
                         return m.judge_window(generation, now_us, || 0);
                     }
@@ -1774,6 +1682,50 @@ fn a_success_counted_in_a_lane_races_the_failure_that_trips() {
         );
         let counts = window.counts_with(0, 0, &lanes[..]);
         assert_eq!((counts.calls, counts.failures), (3, 1));
+    });
+}
+
+#[test]
+fn window_success_races_the_failure_that_trips() {
+    success_races_the_failure_that_trips(false);
+}
+
+#[test]
+fn a_success_counted_in_a_lane_races_the_failure_that_trips() {
+    success_races_the_failure_that_trips(true);
+}
+
+/// A reader judging the window races a recorder that moves time on and rolls a slot of that
+/// window on to a newer bucket: the reader never adds up the slot's failures without its calls
+/// (bug 41: it tripped a window whose rate was 0.4 by seeing 2 failures in 3 calls). Bucket 0
+/// holds a success and a failure, bucket 1 two successes and a failure (2 / 5 against a rate of
+/// 0.6); the recorder counts a success in bucket 2, which takes bucket 0's slot.
+#[test]
+fn a_judge_never_sums_a_slot_rolled_on_under_it() {
+    model(None, || {
+        let lim = rate_limits(2, 0.6);
+        let policy = lim.rate.expect("a rate rule");
+        let window = Arc::new(new_window(&lim));
+        for (now_us, failure) in [
+            (0, false),
+            (0, true),
+            (500, false),
+            (500, false),
+            (500, true),
+        ] {
+            window.record(0, now_us, failure, false, || true);
+        }
+        let recorder = {
+            let window = window.clone();
+            thread::spawn(move || {
+                window.record_success(0, 1000, || true);
+            })
+        };
+        assert!(!window.trips(&policy, 0, 500, false));
+        recorder.join().unwrap();
+        assert!(!window.trips(&policy, 0, 500, false));
+        let counts = window.counts(0, 1000);
+        assert_eq!((counts.calls, counts.failures), (4, 1));
     });
 }
 
