@@ -326,8 +326,8 @@ def test_on_the_monotonic_clock_fast_successes_count_at_once_and_trip():
 
 
 def test_on_the_monotonic_clock_the_window_forgets_a_window_later():
-    """On the real clock, the successes of the healthy path (a coarse reading, through the vDSO)
-    and the failures (an exact one) land in the same time frame as what forgets them: both still
+    """On the real clock, the successes of the healthy path (a coarse reading) and the failures
+    (an exact one) land in the same time frame as what forgets them: both still
     count while less than ``window - window/10`` has passed, and neither once more than
     ``window + window/10`` has."""
     window = 1.0

@@ -191,9 +191,8 @@ def test_counts_from_sixteen_threads_are_exact_in_the_window(clock):
 
 
 def test_a_new_window_width_forgets_what_every_thread_counted(clock):
-    """On a free-threaded build the successes of threads other than the first are counted in lanes
-    of their own (``src/py/local_window.rs``): a new ``window`` forgets those too, as it forgets
-    the window's own buckets (their time indices mean other times under another width)."""
+    """A new ``window`` forgets every thread's counts (their buckets' time indices mean other times
+    under another width), and the threads count afresh in the new one."""
     registry = Registry(clock=clock)
     b = registry.breaker("x", failure_rate=1.0, min_calls=10**6, failure_threshold=None)
 

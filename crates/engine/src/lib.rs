@@ -17,6 +17,6 @@ pub mod window;
 
 pub use fast_path::{FastTicket, PredicateFlag};
 pub use machine::*;
-pub use window::{Counts, Lane, RatePolicy, Window, BUCKETS, LAGGING, LANES, MIN_WINDOW_US};
+pub use window::{Counts, RatePolicy, Window, BUCKETS, LAGGING, MIN_WINDOW_US};
 // The fleet-synced breaker (issue 13), a child of `machine` in its own file (src/remote.rs).
 pub use machine::remote;

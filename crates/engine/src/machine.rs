@@ -32,7 +32,7 @@
 //! - admitting into a closed breaker and recording a success on one with no failures write nothing.
 
 use crate::sync::{AtomicU64, Ordering};
-use crate::window::{Lane, RatePolicy, Window};
+use crate::window::{RatePolicy, Window};
 
 // The fleet-synced breaker (issue 13): a child module, in its own file, that builds words with the
 // helpers below.
@@ -430,8 +430,6 @@ pub struct Machine<'a> {
     limits: &'a Limits,
     open_time: Option<&'a AtomicU64>,
     window: Option<&'a Window>,
-    /// The window's lanes (`window::Lane`): their calls count with the window's.
-    lanes: &'a [Lane],
     /// A fleet-synced breaker's gate (`remote`): while the fleet holds it, the rate rules are
     /// judged on the fleet's window (by the sync worker, in Redis), not on this one.
     fleet_gate: Option<&'a remote::FleetGate>,
@@ -445,7 +443,6 @@ impl<'a> Machine<'a> {
             limits,
             open_time: None,
             window: None,
-            lanes: &[],
             fleet_gate: None,
         }
     }
@@ -460,12 +457,6 @@ impl<'a> Machine<'a> {
     /// The window the rate rules (`Limits::rate`) count in; without one they are off.
     pub fn with_window(mut self, window: &'a Window) -> Self {
         self.window = Some(window);
-        self
-    }
-
-    /// The window's lanes, whose successes count in it too (`window::Lane`).
-    pub fn with_lanes(mut self, lanes: &'a [Lane]) -> Self {
-        self.lanes = lanes;
         self
     }
 
@@ -837,7 +828,7 @@ impl<'a> Machine<'a> {
         after_bad: bool,
         now: &mut LazyNow<F>,
     ) -> Option<Transition> {
-        if !window.trips_with(policy, generation, now_us, after_bad, self.lanes) {
+        if !window.trips(policy, generation, now_us, after_bad) {
             return None;
         }
         if self
@@ -865,9 +856,7 @@ impl<'a> Machine<'a> {
     pub fn window_counts(&self, now_us: u64) -> crate::window::Counts {
         let current = self.load();
         match (self.window, self.limits.rate.as_ref(), current.mode()) {
-            (Some(window), Some(_), Mode::Closed) => {
-                window.counts_with(current.generation(), now_us, self.lanes)
-            }
+            (Some(window), Some(_), Mode::Closed) => window.counts(current.generation(), now_us),
             _ => crate::window::Counts::default(),
         }
     }

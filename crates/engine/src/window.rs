@@ -57,7 +57,8 @@
 
 use crate::sync::{AtomicU64, Ordering};
 
-/// Sums of a window tried before a reader gives up judging it (see `Window::sum`).
+/// Sums of a window tried before a reader takes a sum that cannot overstate its rates (see
+/// `Window::sum`).
 const SUM_ATTEMPTS: usize = 4;
 
 /// Buckets per window: the fewest that keep the forgetting error within a tenth of the window.
@@ -217,51 +218,6 @@ pub struct Window {
     slow: [AtomicU64; BUCKETS],
 }
 
-/// Lanes a breaker of this process may give its window ([`Lane`]).
-#[cfg(not(loom))]
-pub const LANES: usize = 4;
-/// Under loom, one lane (what the models check, that a count in a lane is summed and judged like
-/// one in the window's own words, does not depend on how many there are).
-#[cfg(loom)]
-pub const LANES: usize = 1;
-
-/// Call counts of a window's successes kept apart from its own words, so that threads counting
-/// successes at once do not all write one cache line (issue 11: two free-threaded threads with
-/// their own handles on one rate-policy breaker). A lane holds what [`Window`]'s `calls` words
-/// hold, in the same tagged words (a stale word is reset by the CAS that counts, a word of another
-/// generation or time is skipped by readers), and only successes counted on the closed fast path
-/// go in one: failures, slow calls and everything judged first go in the window's own words, so
-/// the note of a failing bucket (`newest_bad`) stays the window's. Every reader of call counts
-/// ([`Window::counts_with`], [`Window::buckets_with`], [`Window::trips_with`]) adds the lanes it
-/// is given. Pointer-free and separate from the window: a breaker of this process makes its lanes
-/// when a second thread counts (`src/py/core.rs`); a shared slot's window has none.
-#[derive(Debug)]
-#[repr(C, align(128))] // a lane per pair of cache lines: CPUs fetch lines in pairs
-pub struct Lane {
-    calls: [AtomicU64; BUCKETS],
-}
-
-impl Lane {
-    pub fn new() -> Lane {
-        Lane {
-            calls: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
-    }
-
-    /// Forgets every count (a new bucket width: the old tags mean other times).
-    pub fn clear(&self) {
-        for word in &self.calls {
-            word.store(0, Ordering::SeqCst);
-        }
-    }
-}
-
-impl Default for Lane {
-    fn default() -> Lane {
-        Lane::new()
-    }
-}
-
 /// Times are below 2^55 µs (a `u64` of nanoseconds divided by 1000 is); later ones are taken as
 /// the last of them.
 const TIME_BITS: u32 = 55;
@@ -377,11 +333,9 @@ impl Window {
     /// width, or of its mark, forgets everything (the old
     /// tags mean other times). A recorder running concurrently may still land a count of the old
     /// width, which only makes one window approximate.
-    /// Returns whether the width changed (then the caller clears the window's lanes too).
-    pub fn set_bucket_us(&self, bucket_us: u64) -> bool {
+    pub fn set_bucket_us(&self, bucket_us: u64) {
         let word = width_word(bucket_us);
-        let changed = self.bucket_us.swap(word, Ordering::AcqRel) != word;
-        if changed {
+        if self.bucket_us.swap(word, Ordering::AcqRel) != word {
             self.newest_index.store(0, Ordering::SeqCst);
             self.newest_bad.store(0, Ordering::SeqCst);
             for words in [&self.calls, &self.failures, &self.slow] {
@@ -390,7 +344,6 @@ impl Window {
                 }
             }
         }
-        changed
     }
 
     /// Counts the success of a call of generation `generation` finished at `now_us`, and tells
@@ -429,27 +382,10 @@ impl Window {
         clock: impl FnOnce(bool) -> u64,
         still_current: impl Fn() -> bool,
     ) -> Option<u64> {
-        self.count_success_in(None, generation, clock, still_current)
-    }
-
-    /// [`Window::count_success`], counting the call in `lane` (one of the window's [`Lane`]s)
-    /// instead of the window's own words when given: the same atomic steps on the lane's word.
-    #[inline(always)]
-    pub fn count_success_in(
-        &self,
-        lane: Option<&Lane>,
-        generation: u32,
-        clock: impl FnOnce(bool) -> u64,
-        still_current: impl Fn() -> bool,
-    ) -> Option<u64> {
         let width = self.bucket_us.load(Ordering::Relaxed);
         let now_us = clock(width & LAGGING != 0);
         let index = index_of(width, now_us);
-        let calls = match lane {
-            Some(lane) => &lane.calls,
-            None => &self.calls,
-        };
-        let word = &calls[slot_of(index)];
+        let word = &self.calls[slot_of(index)];
         let current = word.load(Ordering::SeqCst);
         // Zero in the tag's bits when the word holds this call's tag; below `COUNT_MASK` when, as
         // well, its count is not saturated.
@@ -588,16 +524,6 @@ impl Window {
     /// holding another generation or time). Loads only: what the Redis sync worker reads to push
     /// the counts added since its last round (a bucket's counts only grow while it is current).
     pub fn buckets(&self, generation: u32, now_us: u64) -> [(u64, Counts); BUCKETS] {
-        self.buckets_with(generation, now_us, &[])
-    }
-
-    /// [`Window::buckets`], with the calls counted in `lanes` added.
-    pub fn buckets_with(
-        &self,
-        generation: u32,
-        now_us: u64,
-        lanes: &[Lane],
-    ) -> [(u64, Counts); BUCKETS] {
         let index = self.judged_index(now_us);
         std::array::from_fn(|age| {
             let Some(bucket_index) = index.checked_sub(age as u64) else {
@@ -616,8 +542,7 @@ impl Window {
             (
                 bucket_index,
                 Counts {
-                    calls: count(&self.calls)
-                        + lanes.iter().map(|lane| count(&lane.calls)).sum::<u64>(),
+                    calls: count(&self.calls),
                     failures: count(&self.failures),
                     slow: count(&self.slow),
                 },
@@ -632,43 +557,38 @@ impl Window {
 
     /// The counts of generation `generation` in the window that ends at `now_us`.
     pub fn counts(&self, generation: u32, now_us: u64) -> Counts {
-        self.sum(generation, now_us, false, &[])
-    }
-
-    /// [`Window::counts`], with the calls counted in `lanes` added.
-    pub fn counts_with(&self, generation: u32, now_us: u64, lanes: &[Lane]) -> Counts {
-        self.sum(generation, now_us, false, lanes)
+        self.sum(generation, now_us, false)
     }
 
     /// `counts`, reading the current bucket's call count with a read-modify-write when `newest`
-    /// (see the module documentation: what judging after a failure needs), in the window's own
-    /// words and in each lane's (a success counted in a lane races a failure as one counted in
-    /// the window does).
+    /// (see the module documentation: what judging after a failure needs).
     ///
     /// The sum reads failures first, then calls: a reader preempted in between while other
     /// threads moved time on by several buckets would find the calls of those slots rolled on to
     /// newer buckets (not its window's) and add up failures without their calls, a rate the
     /// window never had (bug 41: the 16-thread sliding-window test tripped once on 3.13t under
-    /// load). So a sum during which a slot was given a newer bucket is done again, at that bucket.
-    fn sum(&self, generation: u32, now_us: u64, newest: bool, lanes: &[Lane]) -> Counts {
+    /// load). A slot is only ever given a bucket after the judged one by a recorder that first
+    /// moved `newest_index` past it, so a sum during which `newest_index` did not move past the
+    /// judged bucket is whole; otherwise it is done again at the newer bucket. Should time move
+    /// on under every attempt (a reader preempted again and again), the last sum reads the calls
+    /// first: a slot rolled on under it then loses failures, never calls (only a failure that
+    /// lands during that sum can show without its call: one call's worth).
+    fn sum(&self, generation: u32, now_us: u64, newest: bool) -> Counts {
         let mut index = self.judged_index(now_us);
-        for _ in 0..SUM_ATTEMPTS {
-            let counts = self.sum_at(generation, index, newest, lanes);
-            // A slot of the window is only ever given a bucket after `index` by a recorder that
-            // first moved `newest_index` past it: unmoved, no slot was taken from under the sum.
+        for _ in 1..SUM_ATTEMPTS {
+            let counts = self.sum_at(generation, index, newest, false);
             let newest_now = self.newest_index.load(Ordering::SeqCst);
             if newest_now <= index {
                 return counts;
             }
             index = newest_now;
         }
-        // Time moved on faster than the sums (a reader preempted again and again): the counts of
-        // no torn window, and the next recorder judges again.
-        Counts::default()
+        self.sum_at(generation, index, newest, true)
     }
 
-    /// The counts of the window that ends at bucket `index` (see `sum`).
-    fn sum_at(&self, generation: u32, index: u64, newest: bool, lanes: &[Lane]) -> Counts {
+    /// The counts of the window that ends at bucket `index` (see `sum`), its calls read first
+    /// when `calls_first`.
+    fn sum_at(&self, generation: u32, index: u64, newest: bool, calls_first: bool) -> Counts {
         let sum = |words: &[AtomicU64; BUCKETS], newest: bool| -> u64 {
             let mut total = 0;
             for age in 0..BUCKETS as u64 {
@@ -687,15 +607,22 @@ impl Window {
             }
             total
         };
+        if calls_first {
+            let calls = sum(&self.calls, newest);
+            let failures = sum(&self.failures, false);
+            let slow = sum(&self.slow, false);
+            return Counts {
+                calls,
+                failures,
+                slow,
+            };
+        }
         // Failures and slow calls first: a healthy window (none of either) never needs its calls
-        // summed to know that it does not trip.
+        // summed to know that it does not trip, and a failure that lands meanwhile (its call is
+        // counted before it) cannot show without its call.
         let failures = sum(&self.failures, false);
         let slow = sum(&self.slow, false);
-        let calls = sum(&self.calls, newest)
-            + lanes
-                .iter()
-                .map(|lane| sum(&lane.calls, newest))
-                .sum::<u64>();
+        let calls = sum(&self.calls, newest);
         Counts {
             calls,
             failures,
@@ -714,20 +641,8 @@ impl Window {
         now_us: u64,
         after_bad: bool,
     ) -> bool {
-        self.trips_with(policy, generation, now_us, after_bad, &[])
-    }
-
-    /// [`Window::trips`], with the calls counted in `lanes` added.
-    pub fn trips_with(
-        &self,
-        policy: &RatePolicy,
-        generation: u32,
-        now_us: u64,
-        after_bad: bool,
-        lanes: &[Lane],
-    ) -> bool {
         self.may_trip(generation, self.judged_index(now_us))
-            && policy.trips(self.sum(generation, now_us, after_bad, lanes))
+            && policy.trips(self.sum(generation, now_us, after_bad))
     }
 }
 

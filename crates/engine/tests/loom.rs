@@ -31,8 +31,8 @@ use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 use panelboard_engine::{
-    Admission, Counts, Lane, Limits, Machine, Mode, OpenTime, Outcome, PredicateFlag, RatePolicy,
-    Slots, Ticket, Transition, Window, Word, NO_FAILURE_THRESHOLD,
+    Admission, Counts, Limits, Machine, Mode, OpenTime, Outcome, PredicateFlag, RatePolicy, Slots,
+    Ticket, Transition, Window, Word, NO_FAILURE_THRESHOLD,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1609,35 +1609,25 @@ fn window_bucket_roll_races_a_late_fast_success() {
 }
 
 /// The closed fast path of a rate rule (`src/py/core.rs` `guarded` + `count_fast_success`): a
-/// success counted with `Window::count_success_in` races the failure that, with it, meets the rate
+/// success counted with `Window::record_success` races the failure that, with it, meets the rate
 /// (one success before, min_calls 3, rate 0.3: one failure in three calls). Whichever judges the
-/// window last sees both counts: the breaker always opens, exactly once, and every count shows
-/// in the window's counts. `in_lane`: the success is counted in a lane (`window::Lane`: a second
-/// thread's, on a free-threaded build, `src/py/local_window.rs`), whose newest count the
-/// failure's judge reads with a read-modify-write as it does the window's own.
-fn success_races_the_failure_that_trips(in_lane: bool) {
-    model(None, move || {
+/// window last sees both counts: the breaker always opens, exactly once.
+#[test]
+fn window_success_races_the_failure_that_trips() {
+    model(None, || {
         let lim = rate_limits(3, 0.3);
         let slots = Arc::new(Slots::new());
         let window = Arc::new(new_window(&lim));
-        let lanes = Arc::new([Lane::new()]);
         let flag = Arc::new(PredicateFlag::new(0, false));
         {
-            let m = slots
-                .machine(&lim)
-                .with_window(&window)
-                .with_lanes(&lanes[..]);
+            let m = slots.machine(&lim).with_window(&window);
             let t = expect_ticket(m.admit(|| 0));
             m.record(t, Outcome::Success, || 0);
         }
         let success = {
-            let (slots, window, lanes, flag) =
-                (slots.clone(), window.clone(), lanes.clone(), flag.clone());
+            let (slots, window, flag) = (slots.clone(), window.clone(), flag.clone());
             thread::spawn(move || {
-                let m = slots
-                    .machine(&lim)
-                    .with_window(&window)
-                    .with_lanes(&lanes[..]);
+                let m = slots.machine(&lim).with_window(&window);
                 let fast = slots.admit_fast(&flag).expect("closed, no predicate");
                 if slots.record_fast_success(fast) {
                     let generation = fast.ticket().generation();
@@ -1645,10 +1635,8 @@ fn success_races_the_failure_that_trips(in_lane: bool) {
                         let w = slots.machine_word();
                         w.mode() == Mode::Closed && w.generation() == generation
                     };
-                    let lane = in_lane.then(|| &lanes[0]);
-                    let counted = window.count_success_in(lane, generation, |_| 0, still_current);
-                    if let Some(now_us) = counted {
-                        return m.judge_window(generation, now_us, || 0);
+                    if window.record_success(generation, 0, still_current) {
+                        return m.judge_window(generation, 0, || 0);
                     }
                     None
                 } else {
@@ -1657,12 +1645,9 @@ fn success_races_the_failure_that_trips(in_lane: bool) {
             })
         };
         let failure = {
-            let (slots, window, lanes) = (slots.clone(), window.clone(), lanes.clone());
+            let (slots, window) = (slots.clone(), window.clone());
             thread::spawn(move || {
-                let m = slots
-                    .machine(&lim)
-                    .with_window(&window)
-                    .with_lanes(&lanes[..]);
+                let m = slots.machine(&lim).with_window(&window);
                 let t = expect_ticket(m.admit(|| 0));
                 m.record(t, Outcome::Failure, || 0)
             })
@@ -1680,19 +1665,7 @@ fn success_races_the_failure_that_trips(in_lane: bool) {
                 to: Mode::Open
             }]
         );
-        let counts = window.counts_with(0, 0, &lanes[..]);
-        assert_eq!((counts.calls, counts.failures), (3, 1));
     });
-}
-
-#[test]
-fn window_success_races_the_failure_that_trips() {
-    success_races_the_failure_that_trips(false);
-}
-
-#[test]
-fn a_success_counted_in_a_lane_races_the_failure_that_trips() {
-    success_races_the_failure_that_trips(true);
 }
 
 /// A reader judging the window races a recorder that moves time on and rolls a slot of that
@@ -1726,43 +1699,6 @@ fn a_judge_never_sums_a_slot_rolled_on_under_it() {
         assert!(!window.trips(&policy, 0, 500, false));
         let counts = window.counts(0, 1000);
         assert_eq!((counts.calls, counts.failures), (4, 1));
-    });
-}
-
-/// Successes counted at once in the window's words and in a lane whose word holds an older
-/// generation's count (a lane left from before a trip): the lane's word is reset to the current
-/// generation by the CAS that counts, no count is lost, and the old count is never read.
-#[test]
-fn a_stale_lane_is_reset_by_the_success_that_counts_in_it() {
-    model(None, || {
-        let lim = rate_limits(100, 0.5);
-        let slots = Arc::new(Slots::new());
-        let window = Arc::new(new_window(&lim));
-        let lanes = Arc::new([Lane::new()]);
-        // Generation 0 counts one success in the lane, then a reset starts generation 1.
-        let still_zero = || true;
-        assert!(window
-            .count_success_in(Some(&lanes[0]), 0, |_| 0, still_zero)
-            .is_none());
-        slots.machine(&lim).set_mode(Mode::Closed);
-        let generation = slots.machine_word().generation();
-        assert_eq!(generation, 1);
-        let workers: Vec<_> = [true, false]
-            .into_iter()
-            .map(|in_lane| {
-                let (slots, window, lanes) = (slots.clone(), window.clone(), lanes.clone());
-                thread::spawn(move || {
-                    let still_current = || slots.machine_word().generation() == generation;
-                    let lane = in_lane.then(|| &lanes[0]);
-                    window.count_success_in(lane, generation, |_| 0, still_current);
-                })
-            })
-            .collect();
-        for w in workers {
-            w.join().unwrap();
-        }
-        assert_eq!(window.counts_with(generation, 0, &lanes[..]).calls, 2);
-        assert_eq!(window.counts_with(0, 0, &lanes[..]).calls, 0);
     });
 }
 

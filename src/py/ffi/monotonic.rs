@@ -6,90 +6,8 @@
 //! On Linux that path reads `CLOCK_MONOTONIC_COARSE` instead when the window allows it
 //! ([`coarse_lag_ns`]): the same clock as of the last timer tick, which the vDSO returns without
 //! reading the time-stamp counter (`rdtscp`, the costliest instruction of a precise reading).
-//!
-//! On Linux on x86-64 and AArch64 that reading calls the vDSO's own `clock_gettime` ([`vdso`]),
-//! the function glibc's `clock_gettime` ends in: glibc's wrapper in front of it (a PLT jump, the
-//! clock id checks, a load of the pointer and an indirect call) cost about 2.3 ns of the 7.2 ns a
-//! coarse reading took on the AMD EPYC this was measured on, a third of what a rate policy added
-//! to a healthy call (issue 11, `benches/policy.md`). The other readings (admission, permits,
-//! slow calls) call the C library as before: under valgrind, which gives its guest no vDSO, the
-//! function pointer costs 3 instructions more per reading than a direct call, which
-//! `make bench-insns` would count against entry points that issue 10 holds to their counts.
 
 use std::sync::OnceLock;
-
-/// `clock_gettime`'s signature, which the vDSO's function shares on the targets [`vdso`] looks it
-/// up on (there `struct __kernel_old_timespec` is `struct timespec`: two 64-bit words).
-#[cfg(unix)]
-type ClockGettime = unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> libc::c_int;
-
-/// The `clock_gettime` to call: the vDSO's where [`vdso`] finds it, else the C library's.
-#[cfg(unix)]
-#[inline(always)]
-fn clock_gettime_fn() -> ClockGettime {
-    static FUNCTION: OnceLock<ClockGettime> = OnceLock::new();
-    *FUNCTION.get_or_init(|| vdso::clock_gettime().unwrap_or(libc::clock_gettime))
-}
-
-/// The vDSO's `clock_gettime`, looked up once by name in the vDSO glibc has loaded as a shared
-/// object (`dlopen` with `RTLD_NOLOAD` only finds it, loads nothing; vdso(7) documents calling
-/// its functions directly). `None` where it is not there: another C library, or valgrind, which
-/// gives its guest no vDSO; the C library's `clock_gettime` then serves.
-#[cfg(all(
-    target_os = "linux",
-    target_env = "gnu",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-mod vdso {
-    use super::ClockGettime;
-
-    #[cfg(target_arch = "x86_64")]
-    const SYMBOL: &std::ffi::CStr = c"__vdso_clock_gettime";
-    #[cfg(target_arch = "aarch64")]
-    const SYMBOL: &std::ffi::CStr = c"__kernel_clock_gettime";
-
-    pub fn clock_gettime() -> Option<ClockGettime> {
-        // SAFETY: the name is a NUL-terminated string; RTLD_NOLOAD only looks for an object already
-        // loaded, so no initialiser of any library runs. The handle is never closed: the vDSO is
-        // mapped for the life of the process (and the child's, after a fork), so the pointer
-        // looked up from it stays valid.
-        let handle = unsafe {
-            libc::dlopen(
-                c"linux-vdso.so.1".as_ptr(),
-                libc::RTLD_NOW | libc::RTLD_NOLOAD,
-            )
-        };
-        if handle.is_null() {
-            return None;
-        }
-        // SAFETY: `handle` is a live handle from dlopen and SYMBOL a NUL-terminated name.
-        let symbol = unsafe { libc::dlsym(handle, SYMBOL.as_ptr()) };
-        if symbol.is_null() {
-            return None;
-        }
-        // SAFETY: the kernel's vDSO defines SYMBOL as `int (clockid_t, struct __kernel_old_timespec
-        // *)`, the signature of `clock_gettime` on these targets (vdso(7)); it returns 0 or a
-        // negated errno, falling back to the system call itself for a clock it cannot read.
-        Some(unsafe { std::mem::transmute::<*mut libc::c_void, ClockGettime>(symbol) })
-    }
-}
-
-/// No vDSO lookup on this target: the C library's `clock_gettime` serves.
-#[cfg(all(
-    unix,
-    not(all(
-        target_os = "linux",
-        target_env = "gnu",
-        any(target_arch = "x86_64", target_arch = "aarch64")
-    ))
-))]
-mod vdso {
-    use super::ClockGettime;
-
-    pub fn clock_gettime() -> Option<ClockGettime> {
-        None
-    }
-}
 
 /// The reading of `clock` (an arbitrary, fixed origin; never goes back): seconds and nanoseconds.
 /// `None` if clock_gettime failed, which it cannot with a valid pointer and a clock that exists:
@@ -100,18 +18,12 @@ mod vdso {
 /// of a rate-policy success (AMD EPYC, issue 11), a third of what the rate policy added to a call.
 #[cfg(unix)]
 #[inline(always)]
-fn read(clock: libc::clockid_t, through_vdso: bool) -> Option<(u64, u32)> {
+fn read(clock: libc::clockid_t) -> Option<(u64, u32)> {
     let mut now = std::mem::MaybeUninit::<libc::timespec>::uninit();
-    let clock_gettime: ClockGettime = if through_vdso {
-        clock_gettime_fn()
-    } else {
-        libc::clock_gettime
-    };
-    // SAFETY: `clock_gettime` is the C library's or the vDSO's, of the same signature and contract
-    // (see `vdso`); `now` is valid for a write of a `timespec` and outlives the call, and it writes
-    // nothing else; the clocks read here exist on every Unix this builds for
+    // SAFETY: `now` is valid for a write of a `timespec` and outlives the call, and clock_gettime
+    // writes nothing else; the clocks read here exist on every Unix this builds for
     // (CLOCK_MONOTONIC_COARSE only on Linux).
-    if unsafe { clock_gettime(clock, now.as_mut_ptr()) } != 0 {
+    if unsafe { libc::clock_gettime(clock, now.as_mut_ptr()) } != 0 {
         return not_read();
     }
     // SAFETY: clock_gettime succeeded, so it wrote the whole `timespec`.
@@ -150,7 +62,7 @@ pub fn window_now_us(coarse: bool, epoch_s: u64) -> u64 {
         let _ = coarse;
         libc::CLOCK_MONOTONIC
     };
-    let Some((seconds, nanoseconds)) = read(clock, true) else {
+    let Some((seconds, nanoseconds)) = read(clock) else {
         return 0;
     };
     u64::from(seconds.wrapping_sub(epoch_s) as u32) * 1_000_000 + u64::from(nanoseconds / 1000)
@@ -162,7 +74,7 @@ pub fn window_now_us(coarse: bool, epoch_s: u64) -> u64 {
 #[cfg(unix)]
 #[inline]
 pub fn now_ns_since(epoch_s: u64) -> u64 {
-    let Some((seconds, nanoseconds)) = read(libc::CLOCK_MONOTONIC, false) else {
+    let Some((seconds, nanoseconds)) = read(libc::CLOCK_MONOTONIC) else {
         return 0;
     };
     seconds
