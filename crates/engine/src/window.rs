@@ -51,9 +51,16 @@
 //! outside the window anyway.
 //!
 //! Limit of the tags (documented; it cannot bite in practice): a word left untouched for a whole
-//! multiple of 5 * 2^35 buckets, give or take one window (two days for a 10 µs window, 200 days
-//! for 1 ms, thousands of years for a second), *and* of 256 generations would read as current. A
-//! bucket counts up to 4 million calls (then it saturates).
+//! multiple of 5 * 2^27 buckets, give or take one window (1.9 hours for the narrowest window,
+//! 100 µs; 7.8 days for 10 ms, 2 years for a second, 21 for the default 10 s), *and* of 256 generations would read as
+//! current.
+//!
+//! A bucket counts up to 2^30 - 1 calls (a billion; a bucket of a one-hour window, six minutes,
+//! fills at 3 million calls a second). A call that finds its bucket full is not counted, and neither are its
+//! failure and its slowness, so that the bucket's rates stay those of the calls it holds (bug 42:
+//! with 22-bit counts, a bucket of a 10 s window filled in a quarter of a second at 16 million
+//! calls a second, while its failures went on counting, so that a failure rate of 0.5 read as 1.0
+//! and tripped the breaker).
 
 use crate::sync::{AtomicU64, Ordering};
 
@@ -78,9 +85,9 @@ pub const LAGGING: u64 = 1 << 63;
 /// forgetting error within a tenth of it.
 pub const MIN_WINDOW_US: u64 = 100;
 
-const COUNT_BITS: u32 = 22;
+const COUNT_BITS: u32 = 30;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
-const INDEX_BITS: u32 = 34;
+const INDEX_BITS: u32 = 26;
 const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
 const GENERATION_TAG_MASK: u64 = 0xFF;
 /// `newest_bad`: `generation (low 8 bits) << 56 | (bucket index + 1)`, the index whole (56 bits
@@ -99,7 +106,7 @@ fn unpack_note(note: u64) -> Option<(u64, u64)> {
     (index != 0).then(|| (note >> NOTE_INDEX_BITS, index - 1))
 }
 
-/// The tag of a bucket: generation (low 8 bits) and time index (low 34 bits).
+/// The tag of a bucket: generation (low 8 bits) and time index (low 26 bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Tag(u64);
 
@@ -263,7 +270,8 @@ fn slot_of(index: u64) -> usize {
 /// Adds one to `word` under `tag`: resets a stale word to `tag` with a count of one, unless
 /// `late(found tag)` says this recorder is the stale one (its generation is no longer current, or
 /// its bucket is a full window older than the newest), which drops the count. Returns the count
-/// now in the bucket (0 if dropped).
+/// now in the bucket, 0 if the call was not counted: dropped as late, or its bucket full (see the
+/// module documentation: a call its bucket cannot hold is not counted at all).
 fn add(word: &AtomicU64, tag: Tag, late: &impl Fn(Tag) -> bool) -> u64 {
     let mut current = word.load(Ordering::SeqCst);
     loop {
@@ -271,7 +279,7 @@ fn add(word: &AtomicU64, tag: Tag, late: &impl Fn(Tag) -> bool) -> u64 {
         let next = if found == tag {
             let count = current & COUNT_MASK;
             if count == COUNT_MASK {
-                return count; // saturated: 4 million calls in one bucket
+                return 0; // full: a billion calls in one bucket
             }
             current + 1
         } else if late(found) {
@@ -371,8 +379,8 @@ impl Window {
     ///
     /// The common case is a straight line: the bucket already holds this generation's count for
     /// this time (every success but the first of each bucket), so one comparison of the loaded
-    /// word against the tag (which also rules out a saturated count) and one CAS count the call;
-    /// the rest (a stale bucket to reset or a late recorder, a saturated count, a CAS lost to
+    /// word against the tag (which also rules out a full bucket) and one CAS count the call;
+    /// the rest (a stale bucket to reset or a late recorder, a full bucket, a CAS lost to
     /// another thread) is [`add`]'s loop, out of line. The atomic steps are the same either way:
     /// a load of the bucket's word, then CASes of the value last seen.
     #[inline(always)]
@@ -388,7 +396,7 @@ impl Window {
         let word = &self.calls[slot_of(index)];
         let current = word.load(Ordering::SeqCst);
         // Zero in the tag's bits when the word holds this call's tag; below `COUNT_MASK` when, as
-        // well, its count is not saturated.
+        // well, the bucket is not full.
         let counted = (current ^ Tag::word_of(generation, index)) < COUNT_MASK
             && word
                 .compare_exchange(current, current + 1, Ordering::SeqCst, Ordering::SeqCst)
@@ -486,7 +494,8 @@ impl Window {
     }
 
     /// Counts one call of generation `generation` that finished at `now_us` (a failure and/or slow
-    /// as told). Returns how many calls its bucket holds now (0: dropped as late, see the module
+    /// as told). Returns how many calls its bucket holds now (0: not counted, being late or its
+    /// bucket full, and its failure and slowness not counted either; see the module
     /// documentation).
     ///
     /// `still_current`: whether `generation` is still the breaker's (closed) generation, asked only
@@ -663,6 +672,46 @@ mod tests {
         Window::new(p.bucket_us())
     }
 
+    /// Bug 42: a full bucket counts neither the call nor its failure, so its rate stays that of
+    /// the calls it holds (before, calls stopped at the limit and failures went on: half of the
+    /// calls failing read as all of them, and tripped a breaker at 0.6).
+    #[test]
+    fn a_full_bucket_counts_neither_the_call_nor_its_failure() {
+        let p = policy(1_000_000, 5, 0.6);
+        let w = window(&p);
+        let (generation, now) = (3, 50_000);
+        let index = w.index(now);
+        let tag = Tag::new(generation, index);
+        let held = COUNT_MASK - 4;
+        w.calls[slot_of(index)].store(tag.word(held), Ordering::SeqCst);
+        w.failures[slot_of(index)].store(tag.word(held / 2), Ordering::SeqCst);
+        assert_eq!(w.record(generation, now, false, false, || true), held + 1);
+        for _ in 0..3 {
+            assert_eq!(w.count_success(generation, |_| now, || true), None);
+        }
+        assert_eq!(w.counts(generation, now).calls, COUNT_MASK);
+        assert_eq!(
+            w.record(generation, now, true, true, || true),
+            0,
+            "the bucket is full"
+        );
+        assert_eq!(w.count_success(generation, |_| now, || true), None);
+        let counts = w.counts(generation, now);
+        assert_eq!(
+            (counts.calls, counts.failures, counts.slow),
+            (COUNT_MASK, held / 2, 0)
+        );
+        assert!(!w.trips(&p, generation, now, true));
+        for _ in 0..1000 {
+            w.record(generation, now, true, false, || true);
+        }
+        assert_eq!(w.counts(generation, now).failures, held / 2);
+        // The next bucket counts again.
+        let next = now + p.bucket_us();
+        assert_eq!(w.record(generation, next, true, false, || true), 1);
+        assert_eq!(w.counts(generation, next).failures, held / 2 + 1);
+    }
+
     /// Bug 32: a reader whose clock reading is older than the buckets others rolled on to must
     /// not judge a torn window (failures whose calls were rolled away).
     #[test]
@@ -814,7 +863,7 @@ mod tests {
         w.record(7, 3, true, true, || true);
         // Half the tag's index range later (where a wrapping comparison turns around), and with
         // generation tags that look newer by wrapping: the old words are stale, the count lands.
-        let later = 3 + (1 << 33) + 5;
+        let later = 3 + (1 << (INDEX_BITS - 1)) + 5;
         assert_eq!(w.record(7, later, false, false, || true), 1);
         assert_eq!(w.record(7 + 200, later + 1, true, false, || true), 1);
         assert_eq!(w.counts(7 + 200, later + 1).failures, 1);

@@ -12,7 +12,7 @@ use std::fmt;
 
 /// `PSHMTAB1`, little-endian: the first word of every table, written last by its creator.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PSHMTAB1");
-pub const LAYOUT_VERSION: u64 = 3;
+pub const LAYOUT_VERSION: u64 = 4;
 pub const HEADER_SIZE: usize = 4096;
 pub const SLOT_SIZE: usize = 1088;
 pub const MAX_CAPACITY: u64 = 1 << 20;
@@ -41,7 +41,7 @@ name_heap_used@384 next_lane@392]; slot 1088 [claim@0 state@8 probe_stamp@16 ope
 failure_threshold@32 reset_timeout_ms@40 half_open_max_calls@48 success_threshold@56 \
 probe_timeout_ms@64 incarnation@72 times_opened@80 name_meta@88 options_seq@96 slow_call_ns@104 \
 failure_rate@112 slow_call_rate@120 name@128..256 (long: sha256@0 heap_offset@32 prefix@40) \
-window@256..520 window_us@520 min_calls@528 backoff@536 max_reset_timeout_ms@544 jitter@552 \
+window@256..520 (bucket words: generation 8 bits, index 26, count 30) window_us@520 min_calls@528 backoff@536 max_reset_timeout_ms@544 jitter@552 \
 reserved@560..576 stripes@576..1088 x8 (successes failures ignored rejected)]; \
 name heap capacity*256 after the slots";
 
@@ -774,9 +774,9 @@ mod tests {
         };
         assert_eq!(corrupt(OFF_MAGIC, 0), Err(LayoutError::NotInitialised));
         assert_eq!(corrupt(OFF_MAGIC, 1), Err(LayoutError::BadMagic(1)));
-        assert_eq!(corrupt(OFF_VERSION, 1), Err(LayoutError::Version(1)));
-        assert_eq!(corrupt(OFF_VERSION, 2), Err(LayoutError::Version(2)));
-        assert_eq!(corrupt(OFF_VERSION, 4), Err(LayoutError::Version(4)));
+        for other in (1..LAYOUT_VERSION).chain([LAYOUT_VERSION + 1]) {
+            assert_eq!(corrupt(OFF_VERSION, other), Err(LayoutError::Version(other)));
+        }
         assert_eq!(corrupt(OFF_HEADER_SIZE, 1), Err(LayoutError::HeaderSize(1)));
         assert_eq!(corrupt(OFF_SLOT_SIZE, 8), Err(LayoutError::SlotSize(8)));
         assert_eq!(corrupt(OFF_LAYOUT_HASH, 3), Err(LayoutError::LayoutHash(3)));
