@@ -64,7 +64,7 @@ def valid(tmp_path) -> bytes:
 def test_the_layout_is_the_documented_one(valid):
     assert word(valid, MAGIC_AT) == MAGIC
     assert valid[:8] == b"PSHMTAB1"
-    assert word(valid, VERSION_AT) == 3
+    assert word(valid, VERSION_AT) == 4  # docs/shared-memory.md, "Layout (version 4)"
     assert word(valid, HEADER_SIZE_AT) == HEADER_SIZE
     assert word(valid, SLOT_SIZE_AT) == SLOT_SIZE
     assert word(valid, CAPACITY_AT) == 4
