@@ -148,7 +148,8 @@ def test_a_never_initialised_segment_is_refused_after_a_bounded_wait(tmp_path, v
     [
         (VERSION_AT, 1, "version"),  # a table of the layout without the rate options
         (VERSION_AT, 2, "version"),  # options_seq without the stale-writer stamp and epoch
-        (VERSION_AT, 4, "version"),
+        (VERSION_AT, 3, "version"),  # window words of 34-bit indices and 22-bit counts (bug 42)
+        (VERSION_AT, 5, "version"),
         (VERSION_AT, 0, "version"),
         (HEADER_SIZE_AT, 8192, "header size"),
         (HEADER_SIZE_AT, 0, "header size"),

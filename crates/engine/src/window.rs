@@ -21,8 +21,8 @@
 //! the fast path that a coarse reading will do. Narrower windows, and a `ManualClock`'s, keep
 //! `window/10` and exact readings.
 //!
-//! Each counter of a bucket is one word, `tag << 32 | count`, where the tag is the breaker
-//! generation (low 8 bits) and the bucket's time index (`time / bucket_us`, low 24 bits). A word
+//! Each counter of a bucket is one word, `tag << 30 | count`, where the tag is the breaker
+//! generation (low 8 bits) and the bucket's time index (`time / bucket_us`, low 26 bits). A word
 //! whose tag is not the one a recorder expects is stale (an older time, or an older generation):
 //! the recorder resets it to its own tag and its count by one compare-and-swap, so no count is lost
 //! when several threads find the same stale bucket, and a count can never be added to a bucket of
@@ -51,16 +51,19 @@
 //! outside the window anyway.
 //!
 //! Limit of the tags (documented; it cannot bite in practice): a word left untouched for a whole
-//! multiple of 5 * 2^27 buckets, give or take one window (1.9 hours for the narrowest window,
-//! 100 µs; 7.8 days for 10 ms, 2 years for a second, 21 for the default 10 s), *and* of 256 generations would read as
-//! current.
+//! multiple of 5 * 2^26 buckets (the least common multiple of the 10 slots and the 2^26 tags),
+//! give or take one window (56 minutes for the narrowest window, 100 µs; 3.9 days for 10 ms, a
+//! year for a second, 10 for the default 10 s), *and* of 256 generations would read as current.
 //!
 //! A bucket counts up to 2^30 - 1 calls (a billion; a bucket of a one-hour window, six minutes,
-//! fills at 3 million calls a second). A call that finds its bucket full is not counted, and neither are its
+//! fills at 3 million calls a second, one of the longest window, 2^35 ms, in 40 days at 310 a
+//! second). A call that finds its bucket full is not counted, and neither are its
 //! failure and its slowness, so that the bucket's rates stay those of the calls it holds (bug 42:
 //! with 22-bit counts, a bucket of a 10 s window filled in a quarter of a second at 16 million
 //! calls a second, while its failures went on counting, so that a failure rate of 0.5 read as 1.0
-//! and tripped the breaker).
+//! and tripped the breaker). A full bucket thus speaks for the earlier part of its time only:
+//! outcomes in the rest of it are not counted, and a change of rate shows from the next bucket on,
+//! at most a tenth of a window later.
 
 use crate::sync::{AtomicU64, Ordering};
 
@@ -842,7 +845,7 @@ mod tests {
         let p = policy(100, 1, 0.5);
         let w = window(&p);
         w.record(3, 0, true, false, || true);
-        // Far more than 2^34 buckets later (a tag's index would have wrapped): the note moves on.
+        // Far more than 2^26 buckets later (a tag's index would have wrapped): the note moves on.
         let later = 7 << 40;
         w.record(3, later, true, false, || true);
         assert!(w.may_trip(3, later / 10));

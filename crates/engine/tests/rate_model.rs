@@ -126,9 +126,9 @@ fn run(rng: &mut Rng) {
     // Start anywhere, including just below the point where the word's 36-bit clock wraps.
     let mut now_us: u64 = rng.pick(&[0, 1, 123_456_789, ((1 << 36) - 3) * 1000]);
     let bucket = policy.bucket_us();
-    // Not within a window of a multiple of 5 * 2^35 buckets: the documented limit of the tags, where
+    // Not within a window of a multiple of 5 * 2^26 buckets: the documented limit of the tags, where
     // a bucket untouched for that long reads as current (2^36 ms is such a multiple for buckets of
-    // a power-of-ten microseconds, hence the odd number of buckets added).
+    // up to 100 µs, a power of ten, hence the odd number of buckets added).
     let gaps = [
         3600 * 1_000_000 + 17 * bucket,
         (1 << 24) * bucket,

@@ -775,7 +775,10 @@ mod tests {
         assert_eq!(corrupt(OFF_MAGIC, 0), Err(LayoutError::NotInitialised));
         assert_eq!(corrupt(OFF_MAGIC, 1), Err(LayoutError::BadMagic(1)));
         for other in (1..LAYOUT_VERSION).chain([LAYOUT_VERSION + 1]) {
-            assert_eq!(corrupt(OFF_VERSION, other), Err(LayoutError::Version(other)));
+            assert_eq!(
+                corrupt(OFF_VERSION, other),
+                Err(LayoutError::Version(other))
+            );
         }
         assert_eq!(corrupt(OFF_HEADER_SIZE, 1), Err(LayoutError::HeaderSize(1)));
         assert_eq!(corrupt(OFF_SLOT_SIZE, 8), Err(LayoutError::SlotSize(8)));
