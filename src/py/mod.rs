@@ -54,6 +54,8 @@ mod fleet;
 #[forbid(unsafe_code)]
 mod handle;
 #[forbid(unsafe_code)]
+mod local_window;
+#[forbid(unsafe_code)]
 mod lookup;
 #[forbid(unsafe_code)]
 mod name;

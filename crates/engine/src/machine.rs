@@ -31,6 +31,7 @@
 //! - a half-open permit is taken by the same CAS that checks there is room for it;
 //! - admitting into a closed breaker and recording a success on one with no failures write nothing.
 
+use crate::lanes::Lanes;
 use crate::sync::{AtomicU64, Ordering};
 use crate::window::{RatePolicy, Window};
 
@@ -430,6 +431,9 @@ pub struct Machine<'a> {
     limits: &'a Limits,
     open_time: Option<&'a AtomicU64>,
     window: Option<&'a Window>,
+    /// The window's lanes (`crate::lanes`): their calls count with the window's. Resolved when a
+    /// judge needs them, not when the machine is made (lanes made in between must be summed).
+    lanes: Option<&'a Lanes>,
     /// A fleet-synced breaker's gate (`remote`): while the fleet holds it, the rate rules are
     /// judged on the fleet's window (by the sync worker, in Redis), not on this one.
     fleet_gate: Option<&'a remote::FleetGate>,
@@ -443,6 +447,7 @@ impl<'a> Machine<'a> {
             limits,
             open_time: None,
             window: None,
+            lanes: None,
             fleet_gate: None,
         }
     }
@@ -457,6 +462,12 @@ impl<'a> Machine<'a> {
     /// The window the rate rules (`Limits::rate`) count in; without one they are off.
     pub fn with_window(mut self, window: &'a Window) -> Self {
         self.window = Some(window);
+        self
+    }
+
+    /// The window's lanes, whose successes count in it too (`crate::lanes`).
+    pub fn with_lanes(mut self, lanes: &'a Lanes) -> Self {
+        self.lanes = Some(lanes);
         self
     }
 
@@ -828,7 +839,13 @@ impl<'a> Machine<'a> {
         after_bad: bool,
         now: &mut LazyNow<F>,
     ) -> Option<Transition> {
-        if !window.trips(policy, generation, now_us, after_bad) {
+        // The lanes as of now, after a failure's judge noted its bucket (`crate::lanes`).
+        let lanes = match self.lanes {
+            Some(lanes) if after_bad => lanes.made_for_judge(),
+            Some(lanes) => lanes.made(),
+            None => &[],
+        };
+        if !window.trips_with(policy, generation, now_us, after_bad, lanes) {
             return None;
         }
         if self
@@ -856,7 +873,11 @@ impl<'a> Machine<'a> {
     pub fn window_counts(&self, now_us: u64) -> crate::window::Counts {
         let current = self.load();
         match (self.window, self.limits.rate.as_ref(), current.mode()) {
-            (Some(window), Some(_), Mode::Closed) => window.counts(current.generation(), now_us),
+            (Some(window), Some(_), Mode::Closed) => window.counts_with(
+                current.generation(),
+                now_us,
+                self.lanes.map_or(&[], |lanes| lanes.made()),
+            ),
             _ => crate::window::Counts::default(),
         }
     }

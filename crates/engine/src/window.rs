@@ -31,6 +31,10 @@
 //! outcome of an older generation can only land in a bucket tagged with that older generation, which
 //! the readers of the new one skip.
 //!
+//! On a free-threaded build the successes a breaker's threads count on the closed fast path go,
+//! for every thread but the first, into lanes of their own ([`crate::lanes`]), which every reader
+//! adds to the `calls` words.
+//!
 //! Judging the window takes a sum over the buckets, but a healthy window is judged with one load: a
 //! word holds the tag of the newest bucket that was given a failure or a slow call, and a window
 //! whose newest such bucket is of another generation or older than the window cannot trip. A
@@ -65,6 +69,7 @@
 //! outcomes in the rest of it are not counted, and a change of rate shows from the next bucket on,
 //! at most a tenth of a window later.
 
+use crate::lanes::Lane;
 use crate::sync::{AtomicU64, Ordering};
 
 /// Sums of a window tried before a reader takes a sum that cannot overstate its rates (see
@@ -344,9 +349,12 @@ impl Window {
     /// width, or of its mark, forgets everything (the old
     /// tags mean other times). A recorder running concurrently may still land a count of the old
     /// width, which only makes one window approximate.
-    pub fn set_bucket_us(&self, bucket_us: u64) {
+    ///
+    /// Returns whether the width changed (then the caller clears the window's lanes too).
+    pub fn set_bucket_us(&self, bucket_us: u64) -> bool {
         let word = width_word(bucket_us);
-        if self.bucket_us.swap(word, Ordering::AcqRel) != word {
+        let changed = self.bucket_us.swap(word, Ordering::AcqRel) != word;
+        if changed {
             self.newest_index.store(0, Ordering::SeqCst);
             self.newest_bad.store(0, Ordering::SeqCst);
             for words in [&self.calls, &self.failures, &self.slow] {
@@ -355,6 +363,7 @@ impl Window {
                 }
             }
         }
+        changed
     }
 
     /// Counts the success of a call of generation `generation` finished at `now_us`, and tells
@@ -393,10 +402,28 @@ impl Window {
         clock: impl FnOnce(bool) -> u64,
         still_current: impl Fn() -> bool,
     ) -> Option<u64> {
+        self.count_success_in(None, generation, clock, still_current)
+    }
+
+    /// [`Window::count_success`], counting the call in `lane` (one of the window's lanes, see
+    /// [`crate::Lanes`]) instead of the window's own words when given: the same atomic steps on
+    /// the lane's word.
+    #[inline(always)]
+    pub fn count_success_in(
+        &self,
+        lane: Option<&Lane>,
+        generation: u32,
+        clock: impl FnOnce(bool) -> u64,
+        still_current: impl Fn() -> bool,
+    ) -> Option<u64> {
         let width = self.bucket_us.load(Ordering::Relaxed);
         let now_us = clock(width & LAGGING != 0);
         let index = index_of(width, now_us);
-        let word = &self.calls[slot_of(index)];
+        let calls = match lane {
+            Some(lane) => &lane.calls,
+            None => &self.calls,
+        };
+        let word = &calls[slot_of(index)];
         let current = word.load(Ordering::SeqCst);
         // Zero in the tag's bits when the word holds this call's tag; below `COUNT_MASK` when, as
         // well, the bucket is not full.
@@ -536,6 +563,16 @@ impl Window {
     /// holding another generation or time). Loads only: what the Redis sync worker reads to push
     /// the counts added since its last round (a bucket's counts only grow while it is current).
     pub fn buckets(&self, generation: u32, now_us: u64) -> [(u64, Counts); BUCKETS] {
+        self.buckets_with(generation, now_us, &[])
+    }
+
+    /// [`Window::buckets`], with the calls counted in `lanes` added.
+    pub fn buckets_with(
+        &self,
+        generation: u32,
+        now_us: u64,
+        lanes: &[Lane],
+    ) -> [(u64, Counts); BUCKETS] {
         let index = self.judged_index(now_us);
         std::array::from_fn(|age| {
             let Some(bucket_index) = index.checked_sub(age as u64) else {
@@ -554,7 +591,8 @@ impl Window {
             (
                 bucket_index,
                 Counts {
-                    calls: count(&self.calls),
+                    calls: count(&self.calls)
+                        + lanes.iter().map(|lane| count(&lane.calls)).sum::<u64>(),
                     failures: count(&self.failures),
                     slow: count(&self.slow),
                 },
@@ -569,7 +607,12 @@ impl Window {
 
     /// The counts of generation `generation` in the window that ends at `now_us`.
     pub fn counts(&self, generation: u32, now_us: u64) -> Counts {
-        self.sum(generation, now_us, false)
+        self.sum(generation, now_us, false, &[])
+    }
+
+    /// [`Window::counts`], with the calls counted in `lanes` added.
+    pub fn counts_with(&self, generation: u32, now_us: u64, lanes: &[Lane]) -> Counts {
+        self.sum(generation, now_us, false, lanes)
     }
 
     /// `counts`, reading the current bucket's call count with a read-modify-write when `newest`
@@ -585,22 +628,33 @@ impl Window {
     /// on under every attempt (a reader preempted again and again), the last sum reads the calls
     /// first: a slot rolled on under it then loses failures, never calls (only a failure that
     /// lands during that sum can show without its call: one call's worth).
-    fn sum(&self, generation: u32, now_us: u64, newest: bool) -> Counts {
+    ///
+    /// The calls counted in `lanes` are added, each lane's current bucket read with a
+    /// read-modify-write as well when `newest` (a success counted in a lane races a failure as
+    /// one counted in the window's own words does).
+    fn sum(&self, generation: u32, now_us: u64, newest: bool, lanes: &[Lane]) -> Counts {
         let mut index = self.judged_index(now_us);
         for _ in 1..SUM_ATTEMPTS {
-            let counts = self.sum_at(generation, index, newest, false);
+            let counts = self.sum_at(generation, index, newest, false, lanes);
             let newest_now = self.newest_index.load(Ordering::SeqCst);
             if newest_now <= index {
                 return counts;
             }
             index = newest_now;
         }
-        self.sum_at(generation, index, newest, true)
+        self.sum_at(generation, index, newest, true, lanes)
     }
 
     /// The counts of the window that ends at bucket `index` (see `sum`), its calls read first
     /// when `calls_first`.
-    fn sum_at(&self, generation: u32, index: u64, newest: bool, calls_first: bool) -> Counts {
+    fn sum_at(
+        &self,
+        generation: u32,
+        index: u64,
+        newest: bool,
+        calls_first: bool,
+        lanes: &[Lane],
+    ) -> Counts {
         let sum = |words: &[AtomicU64; BUCKETS], newest: bool| -> u64 {
             let mut total = 0;
             for age in 0..BUCKETS as u64 {
@@ -619,8 +673,15 @@ impl Window {
             }
             total
         };
+        let calls = || {
+            sum(&self.calls, newest)
+                + lanes
+                    .iter()
+                    .map(|lane| sum(&lane.calls, newest))
+                    .sum::<u64>()
+        };
         if calls_first {
-            let calls = sum(&self.calls, newest);
+            let calls = calls();
             let failures = sum(&self.failures, false);
             let slow = sum(&self.slow, false);
             return Counts {
@@ -634,7 +695,7 @@ impl Window {
         // counted before it) cannot show without its call.
         let failures = sum(&self.failures, false);
         let slow = sum(&self.slow, false);
-        let calls = sum(&self.calls, newest);
+        let calls = calls();
         Counts {
             calls,
             failures,
@@ -653,8 +714,21 @@ impl Window {
         now_us: u64,
         after_bad: bool,
     ) -> bool {
+        self.trips_with(policy, generation, now_us, after_bad, &[])
+    }
+
+    /// [`Window::trips`], with the calls counted in `lanes` added (for the judge of a failure or
+    /// slow call, the lanes it found after noting its bucket: see [`crate::Lanes`]).
+    pub fn trips_with(
+        &self,
+        policy: &RatePolicy,
+        generation: u32,
+        now_us: u64,
+        after_bad: bool,
+        lanes: &[Lane],
+    ) -> bool {
         self.may_trip(generation, self.judged_index(now_us))
-            && policy.trips(self.sum(generation, now_us, after_bad))
+            && policy.trips(self.sum(generation, now_us, after_bad, lanes))
     }
 }
 

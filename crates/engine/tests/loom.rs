@@ -31,8 +31,8 @@ use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 use panelboard_engine::{
-    Admission, Counts, Limits, Machine, Mode, OpenTime, Outcome, PredicateFlag, RatePolicy, Slots,
-    Ticket, Transition, Window, Word, NO_FAILURE_THRESHOLD,
+    Admission, Counts, Lanes, Limits, Machine, Mode, OpenTime, Outcome, PredicateFlag, RatePolicy,
+    Slots, Ticket, Transition, Window, Word, NO_FAILURE_THRESHOLD,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1608,26 +1608,46 @@ fn window_bucket_roll_races_a_late_fast_success() {
     });
 }
 
+/// Where the racing success of [`success_races_the_failure_that_trips`] counts.
+#[derive(Clone, Copy)]
+enum SuccessIn {
+    /// The window's own words (the home thread's, and every thread's with the GIL).
+    Home,
+    /// A lane made before the race (a second thread's, on a free-threaded build).
+    Lane,
+    /// A lane the success's thread makes during the race: the failure's judge may find no lanes.
+    LaneMadeInTheRace,
+}
+
 /// The closed fast path of a rate rule (`src/py/core.rs` `guarded` + `count_fast_success`): a
-/// success counted with `Window::record_success` races the failure that, with it, meets the rate
+/// success counted with `Window::count_success_in` races the failure that, with it, meets the rate
 /// (one success before, min_calls 3, rate 0.3: one failure in three calls). Whichever judges the
-/// window last sees both counts: the breaker always opens, exactly once.
-#[test]
-fn window_success_races_the_failure_that_trips() {
-    model(None, || {
+/// window last sees both counts: the breaker always opens, exactly once, and every count shows
+/// in the window's counts. In a lane, the failure's judge reads the lanes (`Lanes`) with a
+/// read-modify-write of their state word after noting its bucket, and the lane's newest count with
+/// one, as it does the window's own.
+fn success_races_the_failure_that_trips(success_in: SuccessIn) {
+    model(None, move || {
         let lim = rate_limits(3, 0.3);
         let slots = Arc::new(Slots::new());
         let window = Arc::new(new_window(&lim));
+        let lanes = Arc::new(Lanes::new());
+        let (home, other) = (10, 11);
+        assert!(lanes.lane(home).is_none(), "the first thread is home");
+        if let SuccessIn::Lane = success_in {
+            assert!(lanes.lane(other).is_some());
+        }
         let flag = Arc::new(PredicateFlag::new(0, false));
         {
-            let m = slots.machine(&lim).with_window(&window);
+            let m = slots.machine(&lim).with_window(&window).with_lanes(&lanes);
             let t = expect_ticket(m.admit(|| 0));
             m.record(t, Outcome::Success, || 0);
         }
         let success = {
-            let (slots, window, flag) = (slots.clone(), window.clone(), flag.clone());
+            let (slots, window, lanes, flag) =
+                (slots.clone(), window.clone(), lanes.clone(), flag.clone());
             thread::spawn(move || {
-                let m = slots.machine(&lim).with_window(&window);
+                let m = slots.machine(&lim).with_window(&window).with_lanes(&lanes);
                 let fast = slots.admit_fast(&flag).expect("closed, no predicate");
                 if slots.record_fast_success(fast) {
                     let generation = fast.ticket().generation();
@@ -1635,8 +1655,15 @@ fn window_success_races_the_failure_that_trips() {
                         let w = slots.machine_word();
                         w.mode() == Mode::Closed && w.generation() == generation
                     };
-                    if window.record_success(generation, 0, still_current) {
-                        return m.judge_window(generation, 0, || 0);
+                    let lane = match success_in {
+                        SuccessIn::Home => lanes.lane(home),
+                        SuccessIn::Lane | SuccessIn::LaneMadeInTheRace => {
+                            Some(lanes.lane(other).expect("a second thread counts in a lane"))
+                        }
+                    };
+                    let counted = window.count_success_in(lane, generation, |_| 0, still_current);
+                    if let Some(now_us) = counted {
+                        return m.judge_window(generation, now_us, || 0);
                     }
                     None
                 } else {
@@ -1645,9 +1672,9 @@ fn window_success_races_the_failure_that_trips() {
             })
         };
         let failure = {
-            let (slots, window) = (slots.clone(), window.clone());
+            let (slots, window, lanes) = (slots.clone(), window.clone(), lanes.clone());
             thread::spawn(move || {
-                let m = slots.machine(&lim).with_window(&window);
+                let m = slots.machine(&lim).with_window(&window).with_lanes(&lanes);
                 let t = expect_ticket(m.admit(|| 0));
                 m.record(t, Outcome::Failure, || 0)
             })
@@ -1665,6 +1692,62 @@ fn window_success_races_the_failure_that_trips() {
                 to: Mode::Open
             }]
         );
+        let counts = window.counts_with(0, 0, lanes.made());
+        assert_eq!((counts.calls, counts.failures), (3, 1));
+    });
+}
+
+#[test]
+fn window_success_races_the_failure_that_trips() {
+    success_races_the_failure_that_trips(SuccessIn::Home);
+}
+
+#[test]
+fn a_success_counted_in_a_lane_races_the_failure_that_trips() {
+    success_races_the_failure_that_trips(SuccessIn::Lane);
+}
+
+/// The lanes are made by the racing success's thread while the failure judges (a second thread
+/// counting for the first time): the judge that finds no lanes leaves the trip to that success,
+/// which then sees the failure's note.
+#[test]
+fn a_success_in_lanes_made_during_the_judge_of_a_failure_trips() {
+    success_races_the_failure_that_trips(SuccessIn::LaneMadeInTheRace);
+}
+
+/// Successes counted at once in the window's words and in a lane whose word holds an older
+/// generation's count (a lane left from before a trip): the lane's word is reset to the current
+/// generation by the CAS that counts, no count is lost, and the old count is never read.
+#[test]
+fn a_stale_lane_is_reset_by_the_success_that_counts_in_it() {
+    model(None, || {
+        let lim = rate_limits(100, 0.5);
+        let slots = Arc::new(Slots::new());
+        let window = Arc::new(new_window(&lim));
+        let lanes = Arc::new(Lanes::new());
+        assert!(lanes.lane(0).is_none());
+        // Generation 0 counts one success in the lane, then a reset starts generation 1.
+        assert!(window
+            .count_success_in(lanes.lane(1), 0, |_| 0, || true)
+            .is_none());
+        slots.machine(&lim).set_mode(Mode::Closed);
+        let generation = slots.machine_word().generation();
+        assert_eq!(generation, 1);
+        let workers: Vec<_> = [0, 1]
+            .into_iter()
+            .map(|key| {
+                let (slots, window, lanes) = (slots.clone(), window.clone(), lanes.clone());
+                thread::spawn(move || {
+                    let still_current = || slots.machine_word().generation() == generation;
+                    window.count_success_in(lanes.lane(key), generation, |_| 0, still_current);
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert_eq!(window.counts_with(generation, 0, lanes.made()).calls, 2);
+        assert_eq!(window.counts_with(0, 0, lanes.made()).calls, 0);
     });
 }
 
