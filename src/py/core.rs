@@ -309,6 +309,9 @@ impl BreakerCore {
     /// the GIL), none for the table's window of a live shared breaker.
     #[inline]
     pub fn lanes(&self) -> Option<&Lanes> {
+        if cfg!(not(Py_GIL_DISABLED)) {
+            return None; // no lanes with the GIL: nothing to look up
+        }
         match self.storage.shared() {
             Some(shared) if shared.live().is_some() => None,
             _ => self.window.get().and_then(|local| local.lanes()),

@@ -1,7 +1,9 @@
 //! The sliding window of a breaker of this process, with the lanes its successes are counted in
 //! on a free-threaded build (`panelboard_engine::lanes`: the first thread to count counts in the
-//! window's own words, each other thread in a lane of its own, so that threads calling one
-//! rate-policy breaker at once do not all write one cache line on every call). With the GIL one
+//! window's own words until a second thread counts, then each thread in a lane of its own, so
+//! that threads calling one rate-policy breaker at once do not all write one cache line on every
+//! call). Only the closed fast path of a synchronous call counts in a lane; the other paths
+//! (awaitables, permits, failures) count in the window's own words. With the GIL one
 //! thread runs at a time: there are no lanes, and none of this costs an instruction or a byte.
 
 use crate::engine::{Lane, Lanes, Window};
@@ -50,8 +52,7 @@ impl LocalWindow {
     }
 
     /// The lane the thread keyed `key` (`ffi::thread::key`) counts a fast success in: `None` for
-    /// the window's own words (always, with the GIL). May make the lanes (an allocation: callers
-    /// are shielded).
+    /// the window's own words (always, with the GIL). May make the lanes (an allocation).
     #[inline(always)]
     pub fn lane(&self, _attached: Python<'_>, _key: usize) -> Option<&Lane> {
         #[cfg(Py_GIL_DISABLED)]

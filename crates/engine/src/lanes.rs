@@ -4,8 +4,10 @@
 //! when every success writes the same word; `benches/policy.md`).
 //!
 //! The first thread to count a success in a window counts in the window's own words, and is its
-//! *home*; every other thread counts in one of [`LANES`] lanes, made (one allocation) when the
-//! second thread first counts, so that a breaker one thread calls pays two words. A lane holds
+//! *home*; when a second thread first counts, [`LANES`] lanes are made (one allocation), and from
+//! then on every thread counts in lane `thread key % LANES`, the home thread too (the window's
+//! first cache line, which every success reads, then holds no word a success writes), so that a
+//! breaker one thread calls pays two words and no lanes. A lane holds
 //! what the window's `calls` words hold, in the same tagged words (a stale word is reset by the
 //! CAS that counts, a word of another generation or time is skipped by the readers), and only
 //! successes counted on the closed fast path go in one: failures, slow calls and the successes
@@ -81,25 +83,25 @@ impl Lanes {
     }
 
     /// The lane the thread keyed `key` counts a fast success in: `None` for the window's own
-    /// words (the home thread's, and the first thread's to ask). Makes the lanes when a second
-    /// thread first asks (an allocation: callers are shielded from its failure).
+    /// words (the first thread's to ask, until a second thread asks). Makes the lanes when a
+    /// second thread first asks (an allocation, which like any Rust allocation aborts the process
+    /// if memory is exhausted).
     #[inline]
     pub fn lane(&self, key: u64) -> Option<&Lane> {
         let key = key & NO_HOME;
         let state = self.state.load(Ordering::Acquire);
-        if state & NO_HOME == key {
-            return None;
-        }
         if state & MADE != 0 {
             if let Some(lanes) = self.lanes.get() {
                 return Some(&lanes[slot(key)]);
             }
+        } else if state == key {
+            return None;
         }
         self.lane_first(key, state)
     }
 
     /// [`Lanes::lane`] when this thread is the first to count (it becomes the home) or the lanes
-    /// are not made yet (it makes them, then marks them made).
+    /// are not made yet and it is not the home (it makes them, then marks them made).
     #[cold]
     fn lane_first(&self, key: u64, state: u64) -> Option<&Lane> {
         if state & NO_HOME == NO_HOME {
@@ -173,7 +175,10 @@ mod tests {
         let second = lanes.lane(8).expect("a second thread counts in a lane");
         assert_eq!(lanes.made().len(), LANES);
         assert!(std::ptr::eq(second, &lanes.made()[8 % LANES]));
-        assert!(lanes.lane(7).is_none(), "home stays home");
+        assert!(
+            std::ptr::eq(lanes.lane(7).unwrap(), &lanes.made()[7 % LANES]),
+            "once the lanes are made, the home thread counts in its lane too"
+        );
         assert!(std::ptr::eq(lanes.lane(8).unwrap(), second));
         assert!(std::ptr::eq(
             lanes.lane(9).unwrap(),

@@ -839,13 +839,7 @@ impl<'a> Machine<'a> {
         after_bad: bool,
         now: &mut LazyNow<F>,
     ) -> Option<Transition> {
-        // The lanes as of now, after a failure's judge noted its bucket (`crate::lanes`).
-        let lanes = match self.lanes {
-            Some(lanes) if after_bad => lanes.made_for_judge(),
-            Some(lanes) => lanes.made(),
-            None => &[],
-        };
-        if !window.trips_with(policy, generation, now_us, after_bad, lanes) {
+        if !window.trips_with(policy, generation, now_us, after_bad, self.lanes) {
             return None;
         }
         if self

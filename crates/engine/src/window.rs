@@ -50,9 +50,13 @@
 //! Who is stale when a recorder finds another tag in its slot is decided without comparing
 //! truncated tags: a tag of another generation is stale unless the recorder's own generation is no
 //! longer the breaker's (it asks the state word); a tag of another time is stale unless the
-//! recorder's bucket is a whole window older than the newest bucket anyone counted in (a whole
-//! word, `newest_index`), in which case the recorder is late and drops its count, its call being
-//! outside the window anyway.
+//! recorder's bucket is a whole window older than the newest bucket anyone counted in (the bucket
+//! of `newest_us`, the newest time a recorder rolled a slot at, a whole word), in which case the
+//! recorder is late and drops its count, its call being outside the window anyway. It is a time,
+//! not a bucket index, so that a recorder that read the width just before a `configure` changed it
+//! cannot leave an index of the old width there (bug 43: going from narrower buckets to wider
+//! ones, that index lay far in the future of the new width, every later recorder took itself for
+//! late, and the rate rules stayed off until the clock caught up, for days).
 //!
 //! Limit of the tags (documented; it cannot bite in practice): a word left untouched for a whole
 //! multiple of 5 * 2^26 buckets (the least common multiple of the 10 slots and the 2^26 tags),
@@ -69,7 +73,7 @@
 //! outcomes in the rest of it are not counted, and a change of rate shows from the next bucket on,
 //! at most a tenth of a window later.
 
-use crate::lanes::Lane;
+use crate::lanes::{Lane, Lanes};
 use crate::sync::{AtomicU64, Ordering};
 
 /// Sums of a window tried before a reader takes a sum that cannot overstate its rates (see
@@ -223,9 +227,9 @@ pub struct Counts {
 pub struct Window {
     /// Bucket width in microseconds, marked [`LAGGING`] when sized for readings that lag.
     bucket_us: AtomicU64,
-    /// The newest bucket index any call was counted in (whole, not wrapped): a recorder whose
-    /// bucket is a full window older is late, and drops its count.
-    newest_index: AtomicU64,
+    /// The newest time (µs, whole) at which a recorder rolled a slot on to a new bucket: a
+    /// recorder whose bucket is a full window older than this time's is late, and drops its count.
+    newest_us: AtomicU64,
     /// The tag of the newest bucket given a failure or a slow call (see the module documentation).
     newest_bad: AtomicU64,
     calls: [AtomicU64; BUCKETS],
@@ -311,7 +315,7 @@ impl Window {
     pub fn new(bucket_us: u64) -> Window {
         Window {
             bucket_us: AtomicU64::new(width_word(bucket_us)),
-            newest_index: AtomicU64::new(0),
+            newest_us: AtomicU64::new(0),
             newest_bad: AtomicU64::new(0),
             calls: std::array::from_fn(|_| AtomicU64::new(0)),
             failures: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -341,21 +345,21 @@ impl Window {
     /// docs/reliability.md).
     #[inline]
     fn judged_index(&self, now_us: u64) -> u64 {
-        self.index(now_us)
-            .max(self.newest_index.load(Ordering::SeqCst))
+        self.index(now_us.max(self.newest_us.load(Ordering::SeqCst)))
     }
 
     /// Gives the window buckets `bucket_us` wide (a width word, see [`Window::new`]); a change of
     /// width, or of its mark, forgets everything (the old
     /// tags mean other times). A recorder running concurrently may still land a count of the old
-    /// width, which only makes one window approximate.
+    /// width, which only makes one window approximate (`newest_us` is a time, the same under
+    /// any width, and a note of a failing bucket of the old width is taken back by its recorder,
+    /// see `record`).
     ///
     /// Returns whether the width changed (then the caller clears the window's lanes too).
     pub fn set_bucket_us(&self, bucket_us: u64) -> bool {
         let word = width_word(bucket_us);
-        let changed = self.bucket_us.swap(word, Ordering::AcqRel) != word;
+        let changed = self.bucket_us.swap(word, Ordering::SeqCst) != word;
         if changed {
-            self.newest_index.store(0, Ordering::SeqCst);
             self.newest_bad.store(0, Ordering::SeqCst);
             for words in [&self.calls, &self.failures, &self.slow] {
                 for word in words {
@@ -431,45 +435,64 @@ impl Window {
             && word
                 .compare_exchange(current, current + 1, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok();
-        if !counted && !self.count_success_again(word, generation, index, still_current) {
+        if !counted
+            && !self.count_success_again(
+                word,
+                lane.is_some(),
+                generation,
+                index,
+                now_us,
+                still_current,
+            )
+        {
             return None;
         }
         self.may_trip(generation, index).then_some(now_us)
     }
 
-    /// The rest of [`Window::count_success`], when its one CAS did not count the call: whether it
-    /// is counted now (false: dropped as late).
+    /// The rest of [`Window::count_success`], when its one CAS did not count the call in `word`
+    /// (a lane's when `in_lane`): whether it is counted now (false: dropped as late, or its
+    /// bucket full). A lane's word that is full sends the call to the window's own word, so that
+    /// failures (counted there) stop counting only when successes do (bug 42).
     #[cold]
     #[inline(never)]
     fn count_success_again(
         &self,
         word: &AtomicU64,
+        in_lane: bool,
         generation: u32,
         index: u64,
+        now_us: u64,
         still_current: impl Fn() -> bool,
     ) -> bool {
         let tag = Tag::new(generation, index);
-        add(word, tag, &self.lateness(index, tag, still_current)) != 0
+        let late = self.lateness(index, now_us, tag, still_current);
+        add(word, tag, &late) != 0
+            || (in_lane
+                && word.load(Ordering::SeqCst) == tag.word(COUNT_MASK)
+                && add(&self.calls[slot_of(index)], tag, &late) != 0)
     }
 
     /// The test of a recorder of `tag` (bucket `index`) finding another tag in its slot: late when
     /// its generation is no longer current, or when its bucket is a whole window older than the
     /// newest one (then the slot holds a newer time, and its call is outside the window anyway).
     /// Otherwise the slot is stale and reset. Only a recorder that finds another tag moves
-    /// `newest_index` on, before it resets the slot: a late recorder that sees the newer tag sees
-    /// the newer index too.
+    /// `newest_us` on (to `now_us`, the time its bucket `index` is of), before it resets the
+    /// slot: a late recorder that sees the newer tag sees the newer time too.
     #[inline]
     fn lateness<'a>(
         &'a self,
         index: u64,
+        now_us: u64,
         tag: Tag,
         still_current: impl Fn() -> bool + 'a,
     ) -> impl Fn(Tag) -> bool + 'a {
         move |found: Tag| {
-            let newest = self
-                .newest_index
-                .fetch_max(index, Ordering::AcqRel)
-                .max(index);
+            let newest = self.index(
+                self.newest_us
+                    .fetch_max(now_us, Ordering::AcqRel)
+                    .max(now_us),
+            );
             if found.generation() != tag.generation() {
                 !still_current()
             } else {
@@ -501,14 +524,20 @@ impl Window {
     /// note back to an earlier bucket of the same generation, and replacing another generation's
     /// note only while `generation` is still current (a late recorder must not hide the current
     /// generation's failures).
-    fn note_bad(&self, generation: u32, index: u64, still_current: impl Fn() -> bool) {
+    /// Returns the note written, if it wrote one.
+    fn note_bad(
+        &self,
+        generation: u32,
+        index: u64,
+        still_current: impl Fn() -> bool,
+    ) -> Option<u64> {
         let note = pack_note(generation, index);
         let mut current = self.newest_bad.load(Ordering::SeqCst);
         loop {
             if let Some((noted_generation, noted_index)) = unpack_note(current) {
                 let same = noted_generation == u64::from(generation) & GENERATION_TAG_MASK;
                 if (same && noted_index >= index & NOTE_INDEX_MASK) || (!same && !still_current()) {
-                    return;
+                    return None;
                 }
             }
             match self.newest_bad.compare_exchange_weak(
@@ -517,7 +546,7 @@ impl Window {
                 Ordering::SeqCst,
                 Ordering::SeqCst,
             ) {
-                Ok(_) => return,
+                Ok(_) => return Some(note),
                 Err(actual) => current = actual,
             }
         }
@@ -538,10 +567,11 @@ impl Window {
         slow: bool,
         still_current: impl Fn() -> bool,
     ) -> u64 {
-        let index = self.index(now_us);
+        let width = self.bucket_us.load(Ordering::SeqCst);
+        let index = index_of(width, now_us);
         let slot = slot_of(index);
         let tag = Tag::new(generation, index);
-        let late = self.lateness(index, tag, &still_current);
+        let late = self.lateness(index, now_us, tag, &still_current);
         let in_bucket = add(&self.calls[slot], tag, &late);
         if in_bucket == 0 {
             return 0;
@@ -553,7 +583,23 @@ impl Window {
             add(&self.slow[slot], tag, &late);
         }
         if failure || slow {
-            self.note_bad(generation, index, &still_current);
+            let noted = self.note_bad(generation, index, &still_current);
+            // A `set_bucket_us` since the width was read cleared the note: one of the old width
+            // would read as a bucket far from any of the new one (bug 43), so it is taken back,
+            // unless a newer note replaced it meanwhile. (This failure then shows from the next
+            // one's note on: a window around a change of width is approximate.)
+            if let Some(note) = noted {
+                // A read-modify-write: it reads the newest width, whatever the memory model
+                // lets a load see (the width's swap comes before the note's reset).
+                if self.bucket_us.fetch_add(0, Ordering::SeqCst) != width {
+                    let _ = self.newest_bad.compare_exchange(
+                        note,
+                        0,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    );
+                }
+            }
         }
         in_bucket
     }
@@ -623,7 +669,7 @@ impl Window {
     /// newer buckets (not its window's) and add up failures without their calls, a rate the
     /// window never had (bug 41: the 16-thread sliding-window test tripped once on 3.13t under
     /// load). A slot is only ever given a bucket after the judged one by a recorder that first
-    /// moved `newest_index` past it, so a sum during which `newest_index` did not move past the
+    /// moved `newest_us` past it, so a sum during which `newest_us` did not move past the
     /// judged bucket is whole; otherwise it is done again at the newer bucket. Should time move
     /// on under every attempt (a reader preempted again and again), the last sum reads the calls
     /// first: a slot rolled on under it then loses failures, never calls (only a failure that
@@ -636,7 +682,7 @@ impl Window {
         let mut index = self.judged_index(now_us);
         for _ in 1..SUM_ATTEMPTS {
             let counts = self.sum_at(generation, index, newest, false, lanes);
-            let newest_now = self.newest_index.load(Ordering::SeqCst);
+            let newest_now = self.index(self.newest_us.load(Ordering::SeqCst));
             if newest_now <= index {
                 return counts;
             }
@@ -714,21 +760,29 @@ impl Window {
         now_us: u64,
         after_bad: bool,
     ) -> bool {
-        self.trips_with(policy, generation, now_us, after_bad, &[])
+        self.trips_with(policy, generation, now_us, after_bad, None)
     }
 
-    /// [`Window::trips`], with the calls counted in `lanes` added (for the judge of a failure or
-    /// slow call, the lanes it found after noting its bucket: see [`crate::Lanes`]).
+    /// [`Window::trips`], with the calls counted in `lanes` added: the lanes made by now, which
+    /// the judge of a failure or slow call (`after_bad`) reads with a read-modify-write of their
+    /// state word, after noting its bucket (see [`crate::lanes`]).
     pub fn trips_with(
         &self,
         policy: &RatePolicy,
         generation: u32,
         now_us: u64,
         after_bad: bool,
-        lanes: &[Lane],
+        lanes: Option<&Lanes>,
     ) -> bool {
-        self.may_trip(generation, self.judged_index(now_us))
-            && policy.trips(self.sum(generation, now_us, after_bad, lanes))
+        if !self.may_trip(generation, self.judged_index(now_us)) {
+            return false;
+        }
+        let lanes = match lanes {
+            Some(lanes) if after_bad => lanes.made_for_judge(),
+            Some(lanes) => lanes.made(),
+            None => &[],
+        };
+        policy.trips(self.sum(generation, now_us, after_bad, lanes))
     }
 }
 
@@ -787,6 +841,46 @@ mod tests {
         let next = now + p.bucket_us();
         assert_eq!(w.record(generation, next, true, false, || true), 1);
         assert_eq!(w.counts(generation, next).failures, held / 2 + 1);
+    }
+
+    /// Bug 42 with the lanes: a success that finds its lane's word full counts in the window's
+    /// own word instead, so that failures stop counting only when successes do.
+    #[test]
+    fn a_full_lane_sends_its_successes_to_the_windows_own_word() {
+        let p = policy(1_000_000, 5, 0.6);
+        let w = window(&p);
+        let lanes = Lanes::new();
+        assert!(lanes.lane(1).is_none());
+        let lane = lanes.lane(2).expect("a second thread's lane");
+        let (generation, now) = (3, 50_000);
+        let index = w.index(now);
+        lane.calls[slot_of(index)].store(
+            Tag::new(generation, index).word(COUNT_MASK),
+            Ordering::SeqCst,
+        );
+        w.calls[slot_of(index)].store(
+            Tag::new(generation, index).word(COUNT_MASK - 2),
+            Ordering::SeqCst,
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                w.count_success_in(Some(lane), generation, |_| now, || true),
+                None
+            );
+        }
+        let counts = w.counts_with(generation, now, lanes.made());
+        assert_eq!(
+            counts.calls,
+            2 * COUNT_MASK,
+            "both counted, in the window's own word"
+        );
+        // Now every word is full: neither a success nor a failure counts.
+        assert_eq!(
+            w.count_success_in(Some(lane), generation, |_| now, || true),
+            None
+        );
+        assert_eq!(w.record(generation, now, true, false, || true), 0);
+        assert_eq!(w.counts_with(generation, now, lanes.made()), counts);
     }
 
     /// Bug 32: a reader whose clock reading is older than the buckets others rolled on to must

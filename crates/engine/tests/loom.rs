@@ -1739,7 +1739,9 @@ fn a_stale_lane_is_reset_by_the_success_that_counts_in_it() {
                 let (slots, window, lanes) = (slots.clone(), window.clone(), lanes.clone());
                 thread::spawn(move || {
                     let still_current = || slots.machine_word().generation() == generation;
-                    window.count_success_in(lanes.lane(key), generation, |_| 0, still_current);
+                    // One in the window's own words (as before the lanes were made), one in the lane.
+                    let lane = if key == 0 { None } else { lanes.lane(key) };
+                    window.count_success_in(lane, generation, |_| 0, still_current);
                 })
             })
             .collect();
@@ -1748,6 +1750,35 @@ fn a_stale_lane_is_reset_by_the_success_that_counts_in_it() {
         }
         assert_eq!(window.counts_with(generation, 0, lanes.made()).calls, 2);
         assert_eq!(window.counts_with(0, 0, lanes.made()).calls, 0);
+    });
+}
+
+/// A failure recorded while `configure` widens the window (buckets of 1 µs to buckets of 500 µs):
+/// whatever the recorder read of the width, it leaves nothing that turns later recorders away
+/// (bug 43: it left an index of the old width in `newest_index`, 5000 where the new width's
+/// buckets were at 10, so every later count was dropped as late and the rate rule was off until
+/// the clock reached bucket 5000 of the new width) or that hides their failures from the judges
+/// (its note of a bucket of the old width is taken back). A failure later on, at 5500 µs, is
+/// counted and trips a rule of one call at rate 0.5 (the racing failure may land in the new
+/// window without its call, or its call without it: a window around a change of width is
+/// approximate, never off).
+#[test]
+fn a_width_change_racing_a_recorder_leaves_the_rate_rule_on() {
+    model(None, || {
+        let lim = rate_limits(1, 0.5);
+        let policy = lim.rate.expect("a rate rule");
+        let window = Arc::new(Window::new(1));
+        let recorder = {
+            let window = window.clone();
+            thread::spawn(move || {
+                window.record(0, 5000, true, false, || true);
+            })
+        };
+        window.set_bucket_us(500);
+        recorder.join().unwrap();
+        assert_ne!(window.record(0, 5500, true, false, || true), 0, "counted");
+        let counts = window.counts(0, 5500);
+        assert!(window.trips(&policy, 0, 5500, true), "{counts:?}");
     });
 }
 
