@@ -83,9 +83,7 @@ pub fn fleet_read<'py>(py: Python<'py>, breaker: &Breaker) -> PyResult<Bound<'py
         (Some(rate), Some(window)) => {
             let buckets = PyList::empty(py);
             if word.mode() == Mode::Closed {
-                let lanes = core.lanes().map_or(&[][..], |lanes| lanes.made());
-                for (index, counts) in window.buckets_with(word.generation(), clock.now_us(), lanes)
-                {
+                for (index, counts) in window.buckets(word.generation(), clock.now_us()) {
                     if counts.calls > 0 {
                         buckets.append((index, counts.calls, counts.failures, counts.slow))?;
                     }

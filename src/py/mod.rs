@@ -54,8 +54,6 @@ mod fleet;
 #[forbid(unsafe_code)]
 mod handle;
 #[forbid(unsafe_code)]
-mod local_window;
-#[forbid(unsafe_code)]
 mod lookup;
 #[forbid(unsafe_code)]
 mod name;

@@ -3,6 +3,12 @@
 //! threads, each with its own handle on one rate-policy breaker, reach at most 1.5x one thread
 //! when every success writes the same word; `benches/policy.md`).
 //!
+//! **Not used by the bindings yet.** Wired into `src/py` (a `Lanes` beside each breaker's own
+//! window on free-threaded builds), two threads reached 1.80x one thread where they reached 1.23x
+//! without, in one session; but the two words took the window's allocation over a size class, and
+//! a rate-policy breaker to 514 B at 100,000 names on 3.13t, over issue 11's 512 B budget. The
+//! state word has to find room in words the window has (commit 62cb8cb has the wiring).
+//!
 //! The first thread to count a success in a window counts in the window's own words, and is its
 //! *home*; when a second thread first counts, [`LANES`] lanes are made (one allocation), and from
 //! then on every thread counts in lane `thread key % LANES`, the home thread too (the window's
@@ -143,7 +149,7 @@ impl Lanes {
     }
 
     /// Forgets every count of the lanes (a new bucket width: the old tags mean other times).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         for lane in self.lanes.get().into_iter().flatten() {
             for word in &lane.calls {
                 word.store(0, Ordering::SeqCst);

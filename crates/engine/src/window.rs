@@ -93,6 +93,11 @@ pub const BUCKETS: usize = 2;
 /// successes that a coarse reading will do.
 pub const LAGGING: u64 = 1 << 63;
 
+/// The mark, in a window's width word, of a change of width in progress (`set_bucket_us_with`):
+/// its words are being cleared, and a sum reads nothing. Outside the bits a bucket index is
+/// computed from (the reciprocal and the shift), so recorders count on with the new width.
+const CLEARING: u64 = 1 << 62;
+
 /// The shortest window (in microseconds) whose buckets, whole microseconds wide, keep the
 /// forgetting error within a tenth of it.
 pub const MIN_WINDOW_US: u64 = 100;
@@ -357,8 +362,15 @@ impl Window {
     ///
     /// Returns whether the width changed (then the caller clears the window's lanes too).
     pub fn set_bucket_us(&self, bucket_us: u64) -> bool {
+        self.set_bucket_us_with(bucket_us, None)
+    }
+
+    /// [`Window::set_bucket_us`], forgetting the counts of `lanes` too. The width word carries the
+    /// [`CLEARING`] mark while the words are cleared, so that a sum that overlaps the clearing
+    /// reads no rate the window never had (see `sum`).
+    pub fn set_bucket_us_with(&self, bucket_us: u64, lanes: Option<&Lanes>) -> bool {
         let word = width_word(bucket_us);
-        let changed = self.bucket_us.swap(word, Ordering::SeqCst) != word;
+        let changed = self.bucket_us.swap(word | CLEARING, Ordering::SeqCst) & !CLEARING != word;
         if changed {
             self.newest_bad.store(0, Ordering::SeqCst);
             for words in [&self.calls, &self.failures, &self.slow] {
@@ -366,7 +378,17 @@ impl Window {
                     word.store(0, Ordering::SeqCst);
                 }
             }
+            if let Some(lanes) = lanes {
+                lanes.clear();
+            }
         }
+        // Unless another change of width came meanwhile (it clears, and ends its own marking).
+        let _ = self.bucket_us.compare_exchange(
+            word | CLEARING,
+            word,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
         changed
     }
 
@@ -585,16 +607,18 @@ impl Window {
         if failure || slow {
             let noted = self.note_bad(generation, index, &still_current);
             // A `set_bucket_us` since the width was read cleared the note: one of the old width
-            // would read as a bucket far from any of the new one (bug 43), so it is taken back,
-            // unless a newer note replaced it meanwhile. (This failure then shows from the next
-            // one's note on: a window around a change of width is approximate.)
+            // would read as a bucket far from any of the new one (bug 43), and it may have kept a
+            // failure recorded meanwhile under the new width from noting its bucket. So it is
+            // replaced by the note of this time's bucket under the new width, unless a newer note
+            // replaced it meanwhile (noting a bucket lets the judges sum the window, which decides).
             if let Some(note) = noted {
                 // A read-modify-write: it reads the newest width, whatever the memory model
                 // lets a load see (the width's swap comes before the note's reset).
-                if self.bucket_us.fetch_add(0, Ordering::SeqCst) != width {
+                let now_width = self.bucket_us.fetch_add(0, Ordering::SeqCst);
+                if now_width != width {
                     let _ = self.newest_bad.compare_exchange(
                         note,
-                        0,
+                        pack_note(generation, index_of(now_width, now_us)),
                         Ordering::SeqCst,
                         Ordering::SeqCst,
                     );
@@ -619,8 +643,12 @@ impl Window {
         now_us: u64,
         lanes: &[Lane],
     ) -> [(u64, Counts); BUCKETS] {
-        let index = self.judged_index(now_us);
-        std::array::from_fn(|age| {
+        let width = self.bucket_us.load(Ordering::SeqCst);
+        if width & CLEARING != 0 {
+            return [(0, Counts::default()); BUCKETS];
+        }
+        let index = index_of(width, now_us.max(self.newest_us.load(Ordering::SeqCst)));
+        let buckets = std::array::from_fn(|age| {
             let Some(bucket_index) = index.checked_sub(age as u64) else {
                 return (0, Counts::default());
             };
@@ -643,7 +671,13 @@ impl Window {
                     slow: count(&self.slow),
                 },
             )
-        })
+        });
+        // Read during a change of width: partly cleared (see `sum`), so nothing.
+        if self.bucket_us.load(Ordering::SeqCst) == width {
+            buckets
+        } else {
+            [(0, Counts::default()); BUCKETS]
+        }
     }
 
     /// The width of a bucket in microseconds.
@@ -678,17 +712,33 @@ impl Window {
     /// The calls counted in `lanes` are added, each lane's current bucket read with a
     /// read-modify-write as well when `newest` (a success counted in a lane races a failure as
     /// one counted in the window's own words does).
+    ///
+    /// A sum during which the width changed is empty: `set_bucket_us` clears the words one by one
+    /// (and the lanes after them), and a sum of some cleared and some not could read a rate the
+    /// window never had (the failures' calls cleared, a lane's successes not). The clearing
+    /// stores come after the width's swap, so a sum that read a cleared word reads the new width.
     fn sum(&self, generation: u32, now_us: u64, newest: bool, lanes: &[Lane]) -> Counts {
-        let mut index = self.judged_index(now_us);
-        for _ in 1..SUM_ATTEMPTS {
-            let counts = self.sum_at(generation, index, newest, false, lanes);
-            let newest_now = self.index(self.newest_us.load(Ordering::SeqCst));
-            if newest_now <= index {
-                return counts;
+        let width = self.bucket_us.load(Ordering::SeqCst);
+        if width & CLEARING != 0 {
+            return Counts::default();
+        }
+        let mut index = index_of(width, now_us.max(self.newest_us.load(Ordering::SeqCst)));
+        let mut attempt = 1;
+        let counts = loop {
+            let last = attempt == SUM_ATTEMPTS;
+            let counts = self.sum_at(generation, index, newest, last, lanes);
+            let newest_now = index_of(width, self.newest_us.load(Ordering::SeqCst));
+            if last || newest_now <= index {
+                break counts;
             }
             index = newest_now;
+            attempt += 1;
+        };
+        if self.bucket_us.load(Ordering::SeqCst) == width {
+            counts
+        } else {
+            Counts::default()
         }
-        self.sum_at(generation, index, newest, true, lanes)
     }
 
     /// The counts of the window that ends at bucket `index` (see `sum`), its calls read first

@@ -1782,6 +1782,33 @@ fn a_width_change_racing_a_recorder_leaves_the_rate_rule_on() {
     });
 }
 
+/// A judge sums the window while `configure` gives it a new width, which clears the window's
+/// words and then its lanes (`LocalWindow::set_bucket_us`): one failure in the window's words,
+/// two successes in a lane, a rate of 1/3 against 0.5. A sum that read the cleared calls but not
+/// the lane's would read 1/2 and trip: a sum during which the width changed is empty instead.
+#[test]
+fn a_judge_never_trips_on_a_window_cleared_under_it() {
+    model(None, || {
+        let lim = rate_limits(2, 0.5);
+        let policy = lim.rate.expect("a rate rule");
+        let window = Arc::new(new_window(&lim));
+        let lanes = Arc::new(Lanes::new());
+        assert!(lanes.lane(0).is_none());
+        let lane = lanes.lane(1).expect("a lane");
+        window.record(0, 100, true, false, || true);
+        for _ in 0..2 {
+            window.count_success_in(Some(lane), 0, |_| 100, || true);
+        }
+        assert_eq!(window.counts_with(0, 100, lanes.made()).calls, 3);
+        let judge = {
+            let (window, lanes) = (window.clone(), lanes.clone());
+            thread::spawn(move || window.trips_with(&policy, 0, 100, false, Some(&lanes)))
+        };
+        window.set_bucket_us_with(700, Some(&lanes));
+        assert!(!judge.join().unwrap(), "a rate the window never had");
+    });
+}
+
 /// A reader judging the window races a recorder that moves time on and rolls a slot of that
 /// window on to a newer bucket: the reader never adds up the slot's failures without its calls
 /// (bug 41: it tripped a window whose rate was 0.4 by seeing 2 failures in 3 calls). Bucket 0
