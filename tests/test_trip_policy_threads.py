@@ -192,9 +192,7 @@ def test_counts_from_sixteen_threads_are_exact_in_the_window(clock):
 
 def test_a_new_window_width_forgets_what_every_thread_counted(clock):
     """A new ``window`` forgets every thread's counts (their buckets' time indices mean other times
-    under another width), and the threads count afresh in the new one. On a free-threaded build
-    the successes of every thread but the first are counted in lanes of their own
-    (``crates/engine/src/lanes.rs``): those are forgotten too."""
+    under another width), and the threads count afresh in the new one."""
     registry = Registry(clock=clock)
     b = registry.breaker("x", failure_rate=1.0, min_calls=10**6, failure_threshold=None)
 
