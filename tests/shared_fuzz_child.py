@@ -20,7 +20,7 @@ from panelboard import CircuitOpenError, Registry
 HEADER_SIZE = 4096
 SLOT_SIZE = 1088
 # The option words of a slot and their agreement word (docs/shared-memory.md, "Slots").
-OPTION_WORDS = (32, 40, 48, 56, 64, 96, 104, 112, 120, 520, 528, 536, 544, 552)
+OPTION_WORDS = (32, 40, 48, 56, 64, 96, 104, 112, 120, 496, 504, 512, 520, 528)
 EXTREMES = [0, 1, 2**63, 2**64 - 1, 2**64 - 2] + [
     struct.unpack("<Q", struct.pack("<d", x))[0] for x in (float("nan"), float("inf"), -1.0, 0.5, 1.0, 1e300)
 ]

@@ -64,7 +64,7 @@ def valid(tmp_path) -> bytes:
 def test_the_layout_is_the_documented_one(valid):
     assert word(valid, MAGIC_AT) == MAGIC
     assert valid[:8] == b"PSHMTAB1"
-    assert word(valid, VERSION_AT) == 4  # docs/shared-memory.md, "Layout (version 4)"
+    assert word(valid, VERSION_AT) == 5  # docs/shared-memory.md, "Layout (version 5)"
     assert word(valid, HEADER_SIZE_AT) == HEADER_SIZE
     assert word(valid, SLOT_SIZE_AT) == SLOT_SIZE
     assert word(valid, CAPACITY_AT) == 4
@@ -104,11 +104,11 @@ def test_the_option_words_are_the_documented_ones(tmp_path):
     assert word(data, slot + 96) & 0xFFF == 0, "no writer in flight"
     assert word(data, slot + 104) == 500_000_000  # slow_call_duration, ns
     assert (real(112), real(120)) == (0.25, 0.75)
-    assert (word(data, slot + 520), word(data, slot + 528)) == (3_000_000, 6)  # window µs, min_calls
-    assert (real(536), word(data, slot + 544), real(552)) == (1.5, 90_000, 0.125)
+    assert (word(data, slot + 496), word(data, slot + 504)) == (3_000_000, 6)  # window µs, min_calls
+    assert (real(512), word(data, slot + 520), real(528)) == (1.5, 90_000, 0.125)
     registry.configure("dep", failure_rate=None, max_reset_timeout=None)
     data = Path(path).read_bytes()
-    assert (word(data, slot + 112), word(data, slot + 544)) == (0, (1 << 64) - 1)
+    assert (word(data, slot + 112), word(data, slot + 520)) == (0, (1 << 64) - 1)
     panelboard.unlink_shared(path)
 
 
@@ -149,7 +149,8 @@ def test_a_never_initialised_segment_is_refused_after_a_bounded_wait(tmp_path, v
         (VERSION_AT, 1, "version"),  # a table of the layout without the rate options
         (VERSION_AT, 2, "version"),  # options_seq without the stale-writer stamp and epoch
         (VERSION_AT, 3, "version"),  # window words of 34-bit indices and 22-bit counts (bug 42)
-        (VERSION_AT, 5, "version"),
+        (VERSION_AT, 4, "version"),  # a window of ten buckets: every field after it moved
+        (VERSION_AT, 6, "version"),
         (VERSION_AT, 0, "version"),
         (HEADER_SIZE_AT, 8192, "header size"),
         (HEADER_SIZE_AT, 0, "header size"),

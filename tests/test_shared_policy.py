@@ -215,11 +215,11 @@ GARBAGE = {
     40: (1 << 64) - 2,  # reset_timeout beyond the largest
     48: 0,  # half_open_max_calls 0
     64: 0,  # probe_timeout 0
-    520: 0,  # window 0
-    528: 0,  # min_calls 0
-    536: struct.unpack("<Q", struct.pack("<d", float("-inf")))[0],  # backoff
-    544: 1,  # max_reset_timeout below reset_timeout
-    552: struct.unpack("<Q", struct.pack("<d", float("nan")))[0],  # jitter
+    496: 0,  # window 0
+    504: 0,  # min_calls 0
+    512: struct.unpack("<Q", struct.pack("<d", float("-inf")))[0],  # backoff
+    520: 1,  # max_reset_timeout below reset_timeout
+    528: struct.unpack("<Q", struct.pack("<d", float("nan")))[0],  # jitter
     96: 5,  # options_seq: five writers in flight for ever (killed mid-configure)
 }
 

@@ -307,8 +307,8 @@ def test_a_success_lifting_the_window_to_min_calls_trips_the_slow_call_rate_too(
 
 
 def test_on_the_monotonic_clock_fast_successes_count_at_once_and_trip():
-    """On the real clock a wide window times the successes of its healthy path with the coarse
-    clock, which lags the exact one that failures and metrics read: every success still shows in
+    """On the real clock a wide window times the successes of its healthy path with the ticker's
+    published reading, which lags the exact clock that failures and metrics read: every success still shows in
     the window at once, and the success that lifts it to ``min_calls`` (with a failure in it, so
     judged on that path) trips it, for an open time read exactly."""
     registry = Registry()
@@ -326,7 +326,7 @@ def test_on_the_monotonic_clock_fast_successes_count_at_once_and_trip():
 
 
 def test_on_the_monotonic_clock_the_window_forgets_a_window_later():
-    """On the real clock, the successes of the healthy path (a coarse reading) and the failures
+    """On the real clock, the successes of the healthy path (a published reading) and the failures
     (an exact one) land in the same time frame as what forgets them: both still
     count while less than ``window - window/10`` has passed, and neither once more than
     ``window + window/10`` has."""
@@ -502,8 +502,10 @@ def test_the_window_slides(registry, clock):
 @pytest.mark.parametrize(
     "gap",
     # an hour, 30 days, 2^32 ms, 2^36 ms (the state word's clock wraps), 2^24 one-second buckets
-    # (a bucket index of 24 bits wraps), 10 x 2^24 of them (it wraps onto the same one of ten
-    # slots: about 5.3 years), and a bit more than 2^37 ms
+    # and 10 x 2^24 of them (where an earlier layout's 24-bit bucket index wrapped, onto the same
+    # one of ten slots: about 5.3 years), and a bit more than 2^37 ms; today's 26-bit tags come
+    # back to the same one of nine slots after 9 x 2^26 buckets of 1.125 s, 21 years, the
+    # documented limit of the tags (crates/engine/src/window.rs)
     [3600.0, 86400.0 * 30, 2**32 / 1000, 2**36 / 1000, 2.0**24, 10 * 2.0**24, 2**37 / 1000 + 5.0],
 )
 def test_a_long_idle_gap_forgets_everything(registry, clock, gap):

@@ -148,7 +148,7 @@ local MAX_DURATION_MS = 34359738368 -- 2^35
 local MAX_FAILURE_THRESHOLD = 4294967295 -- 2^32 - 1
 local MAX_PROBE_COUNT = 65535
 local MAX_REOPENS = 2047 -- the engine's open-time word keeps 11 bits of reopen count
-local BUCKETS = 10 -- buckets per window, as the engine's (crates/engine/src/window.rs)
+local BUCKETS = 10 -- buckets of the fleet's window, a tenth of it each (the engine's local window has nine)
 local MAX_WINDOW_FIELDS = 3 * (BUCKETS + 1) + 2
 -- The trip-policy options (issue 11), as whole numbers: fr failure_rate and sr slow_call_rate in
 -- billionths (-1: off), sd slow_call_duration in µs (-1: none), w window in µs, mc min_calls, bo

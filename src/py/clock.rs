@@ -34,14 +34,13 @@ pub enum Clock {
 }
 
 impl Clock {
-    /// The monotonic clock, with its epoch now: the whole second a second before its coarse
-    /// reading now. In whole seconds so that a window's reading is seconds less the epoch's
-    /// (`monotonic::window_now_us`), and that far back so that every reading of the clock, coarse
-    /// or exact, is later (a coarse reading is never ahead of an exact one, nor ever goes back): a
-    /// reading since the epoch never saturates at zero.
+    /// The monotonic clock, with its epoch now: the whole second a second before its reading
+    /// now. In whole seconds, and that far back so that every later reading of the clock, exact
+    /// or published by the ticker (at most `monotonic::lag_us` behind), is later: a reading since
+    /// the epoch does not saturate at zero.
     pub fn monotonic() -> Clock {
-        let coarse_s = monotonic::window_now_us(true, 0) / 1_000_000;
-        Clock::Monotonic(coarse_s.saturating_sub(1))
+        let now_s = monotonic::now_ns_since(0) / 1_000_000_000;
+        Clock::Monotonic(now_s.saturating_sub(1))
     }
 
     /// Nanoseconds since the clock's epoch: how calls are timed against `slow_call_duration`.
@@ -66,28 +65,26 @@ impl Clock {
     }
 
     /// The width word of a rate rule's window on this clock (`RatePolicy::bucket_word`): on the
-    /// monotonic clocks, sized for the coarse clock's lag when the window is wide enough for it,
-    /// so that the closed fast path counts successes with coarse readings (`window_now_us`); the
+    /// monotonic clocks, sized for the ticker's lag when the window is wide enough for it, so that
+    /// the closed fast path counts successes with published readings (`window_now_us`); the
     /// exact width on a `ManualClock`, whose readings never lag. Every process of a host computes
-    /// the same word for a shared window (one kernel, one tick).
+    /// the same word for a shared window (one lag, a constant).
     pub fn bucket_word(&self, rate: &RatePolicy) -> u64 {
-        rate.bucket_word(self.coarse_lag_us())
+        rate.bucket_word(self.lag_us())
     }
 
-    /// How far this clock's coarse readings may lag, in µs: `None` on a `ManualClock` (whose
-    /// readings never lag, so its windows keep the exact width) or where there is no coarse clock.
-    pub fn coarse_lag_us(&self) -> Option<u64> {
+    /// How far this clock's published readings may lag, in µs: `None` on a `ManualClock` (whose
+    /// readings never lag, so its windows keep the exact width) or where there is no ticker.
+    pub fn lag_us(&self) -> Option<u64> {
         match self {
             Clock::Manual(_) => None,
-            Clock::Monotonic(_) | Clock::Host => {
-                monotonic::coarse_lag_ns().map(|ns| ns.div_ceil(1000))
-            }
+            Clock::Monotonic(_) | Clock::Host => monotonic::lag_us(),
         }
     }
 
-    /// Microseconds since the clock's epoch for counting a success in a window: a coarse reading
-    /// (as of the last timer tick: no time-stamp counter read) when the window `tolerates_lag`,
-    /// else exactly `now_us`. Always inlined: it is the clock read of the closed fast path of a
+    /// Microseconds since the clock's epoch for counting a success in a window: the ticker's
+    /// published reading (one load, no clock read) when the window `tolerates_lag`, else exactly
+    /// `now_us`. Always inlined: it is the clock read of the closed fast path of a
     /// rate-policy success (seconds and nanoseconds to whole microseconds, less the epoch's).
     #[inline(always)]
     pub fn window_now_us(&self, tolerates_lag: bool) -> u64 {

@@ -482,14 +482,20 @@ impl Patch {
                 "window" => {
                     let seconds = finite_seconds(&value, "window", 0.0)?;
                     let us = (seconds * 1e6).round();
-                    // Ten buckets of whole microseconds keep within a tenth of the window from
+                    // Nine buckets of whole microseconds keep within a tenth of the window from
                     // 0.1 ms up (`RatePolicy::bucket_us`).
                     if us < MIN_WINDOW_US as f64 {
+                        let narrowest = RatePolicy {
+                            window_us: MIN_WINDOW_US,
+                            min_calls: 1,
+                            failure_rate: None,
+                            slow_call_rate: None,
+                        };
                         return Err(PyValueError::new_err(format!(
                             "window must be > 0 and at least {} seconds ({BUCKETS} buckets of \
                              {} µs), got {seconds}",
                             MIN_WINDOW_US as f64 / 1e6,
-                            MIN_WINDOW_US / BUCKETS as u64
+                            narrowest.bucket_us()
                         )));
                     }
                     if us > MAX_DURATION_MS as f64 * 1000.0 {

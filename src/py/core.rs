@@ -70,12 +70,13 @@ use super::ffi::objects::is_coroutine;
 use super::ffi::refs::AttachedRef;
 use super::ffi::thread;
 use super::ffi::upcall::{self, raise, Raised, Returned};
+use super::local_window::{Counting, LocalWindow};
 use super::name::Name;
 use super::pyrefs;
 use super::storage::{LocalWords, SharedWords, Storage};
 use crate::engine::remote::FleetGate;
 use crate::engine::{
-    Admission, FastTicket, Limits, Machine, Mode, Outcome, PredicateFlag, Slots, Ticket,
+    Admission, FastTicket, Lanes, Limits, Machine, Mode, Outcome, PredicateFlag, Slots, Ticket,
     Transition, Window,
 };
 use crate::metrics::Counter;
@@ -122,7 +123,7 @@ pub struct BreakerCore {
     /// The sliding window of the rate rules, made when a configuration with a rate rule is first
     /// installed (a breaker without one pays a null pointer: one word, not the two of a
     /// `OnceLock`). Kept by this process, also for a shared breaker (see docs/shared-memory.md).
-    window: OnceBox<Window>,
+    window: OnceBox<LocalWindow>,
     /// This breaker's configuration: its own while it holds Python objects, else possibly shared
     /// with the breakers configured alike (see the module documentation). `configure` swaps in a
     /// new one for this breaker alone.
@@ -178,7 +179,7 @@ impl BreakerCore {
             // A shared breaker counts in the table's window instead, whose width the table's
             // `window` option set (this one is for after its name is deleted).
             let width = hub.get().clock.bucket_word(&rate);
-            let _ = window.set(Box::new(Window::new(width)));
+            let _ = window.set(Box::new(LocalWindow::new(width)));
         }
         BreakerCore {
             name,
@@ -224,7 +225,7 @@ impl BreakerCore {
             // buckets (their tags mean other times).
             let width = self.hub.get().clock.bucket_word(&rate);
             self.window
-                .get_or_init(|| Box::new(Window::new(width)))
+                .get_or_init(|| Box::new(LocalWindow::new(width)))
                 .set_bucket_us(width);
         }
         drop(candidate);
@@ -251,7 +252,7 @@ impl BreakerCore {
             // this breaker: a name deleted and made again meanwhile keeps its creator's (bug 37).
             let width = patch
                 .window_us()
-                .map(|window_us| bucket_word(window_us, self.hub.get().clock.coarse_lag_us()));
+                .map(|window_us| bucket_word(window_us, self.hub.get().clock.lag_us()));
             slot.store_options_of(shared.claim(), &patch.table_patch(), || {
                 if let Some(width) = width {
                     slot.window.set_bucket_us(width);
@@ -275,8 +276,9 @@ impl BreakerCore {
             .slots()
             .machine(limits)
             .with_fleet_gate(&self.fleet_gate);
-        match (limits.rate.is_some(), self.window()) {
-            (true, Some(window)) => machine.with_window(window),
+        match (limits.rate.is_some(), self.window(), self.lanes()) {
+            (true, Some(window), Some(lanes)) => machine.with_window(window).with_lanes(lanes),
+            (true, Some(window), None) => machine.with_window(window),
             _ => machine,
         }
     }
@@ -292,9 +294,27 @@ impl BreakerCore {
             Some(shared) => match shared.live() {
                 // The table's options say whether the breaker has a rate rule, for every process.
                 Some(slot) => slot.has_rate_rule().then_some(&slot.window),
-                None => self.window.get(), // deleted: words of its own
+                None => self.own_window(), // deleted: words of its own
             },
-            None => self.window.get(),
+            None => self.own_window(),
+        }
+    }
+
+    #[inline]
+    fn own_window(&self) -> Option<&Window> {
+        self.window.get().map(|local| &local.words)
+    }
+
+    /// The lanes of the window `window()` returns (`local_window`): the breaker's own (none with
+    /// the GIL), none for the table's window of a live shared breaker.
+    #[inline]
+    pub fn lanes(&self) -> Option<&Lanes> {
+        if cfg!(not(Py_GIL_DISABLED)) {
+            return None; // no lanes with the GIL: nothing to look up
+        }
+        match self.storage.shared() {
+            Some(shared) if shared.live().is_some() => None,
+            _ => self.window.get().and_then(|local| local.lanes()),
         }
     }
 
@@ -310,11 +330,18 @@ impl BreakerCore {
     /// Counts the success of a call admitted on the fast path (`record_fast_success` accepted it) in
     /// the breaker's window, which exists once a configuration had a rate rule (the fast path does
     /// not load the configuration; a window kept after the rule was configured away is counted in
-    /// and never judged): a clock reading, one CAS, one load; the window is judged only when it
-    /// holds a failure or a slow call. The reading is a coarse one (no time-stamp counter read)
-    /// when the window's buckets were sized for its lag (`Clock::bucket_word`).
+    /// and never judged): a clock reading, one CAS (a store, under the GIL), one load; the window
+    /// is judged only when it holds a failure or a slow call. The reading is the ticker's
+    /// published one (one load, `ffi::ticker`) when the window's buckets were sized for its lag
+    /// (`Clock::bucket_word`).
     #[inline(always)]
-    fn count_fast_success(&self, py: Python<'_>, window: &Window, fast: FastTicket) {
+    fn count_fast_success(
+        &self,
+        py: Python<'_>,
+        window: &Window,
+        counting: Counting<'_>,
+        fast: FastTicket,
+    ) {
         let clock = &self.hub.get().clock;
         let generation = fast.ticket().generation();
         let still_current = || {
@@ -322,12 +349,21 @@ impl BreakerCore {
             word.mode() == Mode::Closed && word.generation() == generation
         };
         // The clock read inlined too (out of line, its call and spills cost a quarter of the path).
-        let counted = window.count_success(
-            generation,
-            #[inline(always)]
-            |tolerates_lag| clock.window_now_us(tolerates_lag),
-            still_current,
-        );
+        let counted = match counting {
+            Counting::Shared(lane) => window.count_success_in(
+                lane,
+                generation,
+                #[inline(always)]
+                |tolerates_lag| clock.window_now_us(tolerates_lag),
+                still_current,
+            ),
+            Counting::UnderTheGil => window.count_success_alone(
+                generation,
+                #[inline(always)]
+                |tolerates_lag| clock.window_now_us(tolerates_lag),
+                still_current,
+            ),
+        };
         if let Some(now_us) = counted {
             self.judge_window(py, generation, now_us);
         }
@@ -338,7 +374,7 @@ impl BreakerCore {
         let config = self.config.load();
         let limits = self.limits(&config);
         // The open time in the word is in milliseconds of the same clock, read exactly (`now_us`
-        // may be a coarse reading, up to a few ms early).
+        // may be a published reading, up to a few ms early).
         let clock = &self.hub.get().clock;
         let transition = self
             .machine(&limits)
@@ -772,7 +808,7 @@ fn guarded_fast<'py>(
                     count_apart(py, words, me)?;
                 }
                 if let Some(window) = core.window.get() {
-                    count_in_window(core, py, window, fast)?;
+                    count_in_window(core, py, window, fast, me)?;
                 }
                 return Ok(value);
             }
@@ -820,12 +856,13 @@ fn count_apart(py: Python<'_>, words: &LocalWords, me: usize) -> Result<(), Rais
 fn count_in_window(
     core: &BreakerCore,
     py: Python<'_>,
-    window: &Window,
+    window: &LocalWindow,
     fast: FastTicket,
+    me: usize,
 ) -> Result<(), Raised> {
     raise(
         py,
-        shield_value(|| core.count_fast_success(py, window, fast)),
+        shield_value(|| core.count_fast_success(py, &window.words, window.counting(py, me), fast)),
     )
 }
 
@@ -870,19 +907,21 @@ impl BreakerCore {
         if is_coroutine(value) || !slots.record_fast_success(fast) {
             return false;
         }
-        let window = match local {
+        match local {
             // The thread is told by its thread state, not a Rust thread-local (see `ffi::thread`).
             Some(words) => {
-                words.counters.add_as(Counter::Successes, thread::key(py));
-                self.window.get()
+                let me = thread::key(py);
+                words.counters.add_as(Counter::Successes, me);
+                if let Some(window) = self.window.get() {
+                    self.count_fast_success(py, &window.words, window.counting(py, me), fast);
+                }
             }
             None => {
                 self.storage.count(Counter::Successes);
-                self.window()
+                if let Some(window) = self.window() {
+                    self.count_fast_success(py, window, Counting::Shared(None), fast);
+                }
             }
-        };
-        if let Some(window) = window {
-            self.count_fast_success(py, window, fast);
         }
         true
     }
@@ -988,7 +1027,7 @@ impl BreakerCore {
                     // Healthy and unchanged, as in `guarded`: only the count (and the window).
                     self.storage.count(Counter::Successes);
                     if let Some(window) = self.window() {
-                        self.count_fast_success(py, window, fast);
+                        self.count_fast_success(py, window, Counting::Shared(None), fast);
                     }
                 } else {
                     let config = self.config.load();

@@ -83,7 +83,9 @@ pub fn fleet_read<'py>(py: Python<'py>, breaker: &Breaker) -> PyResult<Bound<'py
         (Some(rate), Some(window)) => {
             let buckets = PyList::empty(py);
             if word.mode() == Mode::Closed {
-                for (index, counts) in window.buckets(word.generation(), clock.now_us()) {
+                let lanes = core.lanes().map_or(&[][..], |lanes| lanes.made());
+                for (index, counts) in window.buckets_with(word.generation(), clock.now_us(), lanes)
+                {
                     if counts.calls > 0 {
                         buckets.append((index, counts.calls, counts.failures, counts.slow))?;
                     }

@@ -54,6 +54,8 @@ mod fleet;
 #[forbid(unsafe_code)]
 mod handle;
 #[forbid(unsafe_code)]
+mod local_window;
+#[forbid(unsafe_code)]
 mod lookup;
 #[forbid(unsafe_code)]
 mod name;
@@ -90,6 +92,8 @@ fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(pyo3::wrap_pyfunction!(shared::unlink_shared, m)?)?;
     m.add_function(pyo3::wrap_pyfunction!(shared::shared_table_rows, m)?)?;
     fastcall::install(m.py())?;
+    #[cfg(unix)]
+    ffi::ticker::watch_forks();
     block::install(m.py())?;
     awaitable::install(m.py())?;
     pyrefs::init(m.py())?;

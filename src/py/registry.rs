@@ -162,11 +162,10 @@ impl Registry {
             let config = self.config_for(py, patch)?;
             // Stored only if this process creates the name: the first creation's options win.
             let options = config.table_options();
-            let coarse_lag_us = self.hub.get().clock.coarse_lag_us();
+            let lag_us = self.hub.get().clock.lag_us();
             let table = &shared.table;
-            let claimed = py.detach(|| {
-                table.find_or_create(key, |slot| slot.reset_contents(&options, coarse_lag_us))
-            });
+            let claimed = py
+                .detach(|| table.find_or_create(key, |slot| slot.reset_contents(&options, lag_us)));
             match claimed {
                 Some((index, claim, created)) => {
                     return Ok((self.adopt(py, key, index, claim, config)?, created))

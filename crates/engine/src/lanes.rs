@@ -3,11 +3,11 @@
 //! threads, each with its own handle on one rate-policy breaker, reach at most 1.5x one thread
 //! when every success writes the same word; `benches/policy.md`).
 //!
-//! **Not used by the bindings yet.** Wired into `src/py` (a `Lanes` beside each breaker's own
-//! window on free-threaded builds), two threads reached 1.80x one thread where they reached 1.23x
-//! without, in one session; but the two words took the window's allocation over a size class, and
-//! a rate-policy breaker to 514 B at 100,000 names on 3.13t, over issue 11's 512 B budget. The
-//! state word has to find room in words the window has (commit 62cb8cb has the wiring).
+//! The bindings give each breaker's own window lanes on free-threaded builds (`src/py/
+//! local_window.rs`): two threads with their own handles on one rate-policy breaker reached 1.80x
+//! one thread with them where they reached 1.23x without, in one session. The two words fit in
+//! the window's allocation since the window has nine buckets, not ten (`crate::window`): a
+//! rate-policy breaker takes 498 B at 100,000 names on 3.13t, within issue 11's 512 B.
 //!
 //! The first thread to count a success in a window counts in the window's own words, and is its
 //! *home*; when a second thread first counts, [`LANES`] lanes are made (one allocation), and from

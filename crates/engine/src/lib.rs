@@ -8,6 +8,7 @@
 //! - [`metrics`]: striped per-breaker counters.
 //! - [`window`]: the sliding time window of the rate rules (failure rate, slow-call rate).
 //! - [`lanes`]: the window's lanes, where threads other than the first count their successes.
+//! - [`ticker`]: a clock reading a ticker thread publishes, for the window's closed fast path.
 #![forbid(unsafe_code)]
 
 pub mod fast_path;
@@ -15,11 +16,13 @@ pub mod lanes;
 pub mod machine;
 pub mod metrics;
 mod sync;
+pub mod ticker;
 pub mod window;
 
 pub use fast_path::{FastTicket, PredicateFlag};
 pub use lanes::{Lane, Lanes, LANES};
 pub use machine::*;
+pub use ticker::Ticker;
 pub use window::{Counts, RatePolicy, Window, BUCKETS, LAGGING, MIN_WINDOW_US};
 // The fleet-synced breaker (issue 13), a child of `machine` in its own file (src/remote.rs).
 pub use machine::remote;

@@ -3,23 +3,28 @@
 //! pointer-free: a fixed array of atomic words, operated on by reference, so that it can live in a
 //! heap struct, or as is in a shared-memory slot (see [`Window::SIZE`]).
 //!
-//! The window is cut into [`BUCKETS`] buckets of `window / BUCKETS` microseconds (see
+//! The window is cut into [`BUCKETS`] (9) buckets of `0.9 × window / 8` microseconds (see
 //! [`RatePolicy::bucket_us`]; the window keeps the width it was given, so that the closed fast path
 //! can count a success without the breaker's configuration). A call is counted in the bucket of the
-//! time it finished, and the window holds the current bucket and the `BUCKETS - 1` before it. So a call that finished less than
-//! `window - window/10` ago always counts, one that finished `window` ago or more never does
-//! (bucket widths are whole microseconds, rounded up, which keeps within a tenth of the window
-//! from [`MIN_WINDOW_US`] up). Times are microseconds, not the state word's milliseconds, so that a
-//! window of a few milliseconds still has ten buckets.
+//! time it finished, and the window holds the current bucket and the `BUCKETS - 1` before it:
+//! eight whole buckets, `0.9 × window`, and the current one, so that a call that finished less
+//! than `window - window/10` ago always counts, and one that finished more than
+//! `window + window/10` ago (nine buckets, `1.0125 × window`, the rounding of the width to whole
+//! microseconds included from [`MIN_WINDOW_US`] up) never does: the contract of issue 11, with
+//! the fewest buckets that keep it (nine: eight buckets of `0.9 / 8` of a window, where ten
+//! buckets would be a tenth each; a window of nine is three words smaller, which leaves room for
+//! the lanes within the memory budget of a breaker, see [`crate::lanes`]). Times are
+//! microseconds, not the state word's milliseconds, so that a window of a few milliseconds still
+//! has nine buckets.
 //!
 //! Readings that lag: the closed fast path of a breaker on the monotonic clock counts its
-//! successes with a coarse reading (Linux's `CLOCK_MONOTONIC_COARSE`, the time of the last timer
-//! tick, which costs no time-stamp counter read), behind the true time by up to two ticks. A
-//! window wide enough for that lag (about 21 lags: 0.2 s for a lag of 8 ms) gets buckets a little
-//! wider, `window/10 + lag/9` ([`RatePolicy::lagging_bucket_us`]), so that the contract above
-//! holds for readings up to the lag late; its width word carries the [`LAGGING`] mark, which tells
-//! the fast path that a coarse reading will do. Narrower windows, and a `ManualClock`'s, keep
-//! `window/10` and exact readings.
+//! successes with the reading a ticker thread publishes every millisecond ([`crate::ticker`]: one
+//! load, no clock read), behind the true time by up to a lag (8 ms in the bindings). A window wide
+//! enough for that lag (about 25 lags: 0.2 s for a lag of 8 ms) gets buckets a little wider,
+//! `(0.9 × window + lag) / 8` ([`RatePolicy::lagging_bucket_us`]), so that the contract above
+//! holds for readings up to the lag late; its width word carries the [`LAGGING`] mark, which
+//! tells the fast path that a lagging reading will do. Narrower windows, and a `ManualClock`'s,
+//! keep `0.9 × window / 8` and exact readings.
 //!
 //! Each counter of a bucket is one word, `tag << 30 | count`, where the tag is the breaker
 //! generation (low 8 bits) and the bucket's time index (`time / bucket_us`, low 26 bits). A word
@@ -59,19 +64,19 @@
 //! late, and the rate rules stayed off until the clock caught up, for days).
 //!
 //! Limit of the tags (documented; it cannot bite in practice): a word left untouched for a whole
-//! multiple of 5 * 2^26 buckets (the least common multiple of the 10 slots and the 2^26 tags),
-//! give or take one window (56 minutes for the narrowest window, 100 µs; 3.9 days for 10 ms, a
-//! year for a second, 10 for the default 10 s), *and* of 256 generations would read as current.
+//! multiple of 9 * 2^26 buckets (the least common multiple of the 9 slots and the 2^26 tags),
+//! give or take one window (two hours for the narrowest window, 100 µs; 7.9 days for 10 ms, two
+//! years for a second, 21 for the default 10 s), *and* of 256 generations would read as current.
 //!
-//! A bucket counts up to 2^30 - 1 calls (a billion; a bucket of a one-hour window, six minutes,
-//! fills at 3 million calls a second, one of the longest window, 2^35 ms, in 40 days at 310 a
+//! A bucket counts up to 2^30 - 1 calls (a billion; a bucket of a one-hour window, 6.75 minutes,
+//! fills at 2.6 million calls a second, one of the longest window, 2^35 ms, in 45 days at 278 a
 //! second). A call that finds its bucket full is not counted, and neither are its
 //! failure and its slowness, so that the bucket's rates stay those of the calls it holds (bug 42:
 //! with 22-bit counts, a bucket of a 10 s window filled in a quarter of a second at 16 million
 //! calls a second, while its failures went on counting, so that a failure rate of 0.5 read as 1.0
 //! and tripped the breaker). A full bucket thus speaks for the earlier part of its time only:
 //! outcomes in the rest of it are not counted, and a change of rate shows from the next bucket on,
-//! at most a tenth of a window later.
+//! at most `0.9 / 8` of a window later.
 
 use crate::lanes::{Lane, Lanes};
 use crate::sync::{AtomicU64, Ordering};
@@ -80,9 +85,13 @@ use crate::sync::{AtomicU64, Ordering};
 /// `Window::sum`).
 const SUM_ATTEMPTS: usize = 4;
 
-/// Buckets per window: the fewest that keep the forgetting error within a tenth of the window.
+/// Buckets per window: the fewest that keep the forgetting error within a tenth of the window
+/// (see the module documentation: `B` buckets of width `w` keep a call of age up to `(B - 1) w`
+/// and forget one of `B w`, so `(B - 1) w >= 0.9 × window` and `B w <= 1.1 × window`, which
+/// takes `B >= 5.5`; nine leave room for rounding widths to whole microseconds and for a
+/// clock's lag).
 #[cfg(not(loom))]
-pub const BUCKETS: usize = 10;
+pub const BUCKETS: usize = 9;
 /// Under loom, two buckets: the same code over fewer words, so that the models stay small (what
 /// they check, the atomicity of counting, resetting and judging, does not depend on the count).
 #[cfg(loom)]
@@ -90,7 +99,7 @@ pub const BUCKETS: usize = 2;
 
 /// The mark, in a window's width word, of a width sized for readings that lag
 /// ([`RatePolicy::lagging_bucket_us`]): [`Window::tolerates_lag`] tells the recorders of
-/// successes that a coarse reading will do.
+/// successes that a lagging reading will do.
 pub const LAGGING: u64 = 1 << 63;
 
 /// The mark, in a window's width word, of a change of width in progress (`set_bucket_us_with`):
@@ -169,37 +178,54 @@ pub struct RatePolicy {
 }
 
 impl RatePolicy {
-    /// Width of one bucket: `window_us / BUCKETS`, rounded up, at least 1 µs.
+    /// Width of one bucket: `0.9 × window_us / (BUCKETS - 1)`, rounded up, at least 1 µs (the
+    /// [lagging width](RatePolicy::lagging_bucket_us) for no lag).
     pub fn bucket_us(&self) -> u64 {
-        self.window_us.div_ceil(BUCKETS as u64).max(1)
+        #[cfg(not(loom))]
+        return Self::width_for(self.window_us, 0).max(1);
+        // Under loom, with two buckets, `window / 2`: the models place their times in the
+        // buckets of that width (what they check, the atomicity of counting, does not depend on
+        // the width).
+        #[cfg(loom)]
+        return self.window_us.div_ceil(BUCKETS as u64).max(1);
+    }
+
+    /// The narrowest width `w` whose `BUCKETS - 1` buckets hold `0.9 × window_us + lag_us`.
+    fn width_for(window_us: u64, lag_us: u64) -> u64 {
+        window_us
+            .saturating_mul(9)
+            .saturating_add(lag_us.saturating_mul(10))
+            .div_ceil(10 * (BUCKETS as u64 - 1))
     }
 
     /// Width of one bucket when the times counted in the window may each be up to `lag_us` behind
-    /// the true time (a coarse clock, read as of its last tick), if the window is wide enough for
+    /// the true time (a reading published periodically), if the window is wide enough for
     /// that: `None` otherwise (then count with an exact clock and [`RatePolicy::bucket_us`]).
     ///
     /// With buckets `w` wide, the window holds an outcome while the bucket of its reading is fewer
-    /// than [`BUCKETS`] (10) buckets before the reader's: a reading age up to `9w` always counts,
-    /// one of `10w` or more never does. Each of the two readings may be late by up to `lag_us`, so
+    /// than [`BUCKETS`] (9) buckets before the reader's: a reading age up to `8w` always counts,
+    /// one of `9w` or more never does. Each of the two readings may be late by up to `lag_us`, so
     /// a true age `a` reads as `a ± lag_us`; the contract (younger than `0.9 × window` always
-    /// counts, older than `1.1 × window` never does) holds when `9w >= 0.9 × window + lag_us` and
-    /// `10w <= 1.1 × window - lag_us`. The narrowest such `w` is taken; one exists once the window
-    /// is at least about `21 × lag_us` (170 ms for a lag of 8 ms).
+    /// counts, older than `1.1 × window` never does) holds when `8w >= 0.9 × window + lag_us` and
+    /// `9w <= 1.1 × window - lag_us`. The narrowest such `w` is taken; one exists once the window
+    /// is at least about `25 × lag_us` (200 ms for a lag of 8 ms).
     pub fn lagging_bucket_us(&self, lag_us: u64) -> Option<u64> {
         let window = self.window_us;
-        let lag = lag_us.saturating_mul(10);
-        let width = window.saturating_mul(9).saturating_add(lag).div_ceil(90);
-        (width.saturating_mul(100).saturating_add(lag) <= window.saturating_mul(11))
-            .then_some(width)
+        let width = Self::width_for(window, lag_us);
+        (width
+            .saturating_mul(10 * BUCKETS as u64)
+            .saturating_add(lag_us.saturating_mul(10))
+            <= window.saturating_mul(11))
+        .then_some(width)
     }
 
     /// What the width word of this policy's [`Window`] holds (`Window::new`,
-    /// `Window::set_bucket_us`) on a clock whose coarse readings lag by up to `coarse_lag_us`
-    /// (`None`: no coarse clock): the [lagging width](RatePolicy::lagging_bucket_us) marked
-    /// [`LAGGING`], so that the closed fast path may count its successes with coarse readings, or
+    /// `Window::set_bucket_us`) on a clock whose lagging readings lag by up to `lag_us` (`None`:
+    /// no lagging readings): the [lagging width](RatePolicy::lagging_bucket_us) marked
+    /// [`LAGGING`], so that the closed fast path may count its successes with lagging readings, or
     /// else the exact width.
-    pub fn bucket_word(&self, coarse_lag_us: Option<u64>) -> u64 {
-        match coarse_lag_us.and_then(|lag| self.lagging_bucket_us(lag)) {
+    pub fn bucket_word(&self, lag_us: Option<u64>) -> u64 {
+        match lag_us.and_then(|lag| self.lagging_bucket_us(lag)) {
             Some(width) => width | LAGGING,
             None => self.bucket_us(),
         }
@@ -334,8 +360,8 @@ impl Window {
         index_of(self.bucket_us.load(Ordering::Relaxed), now_us)
     }
 
-    /// Whether the window's width was sized for readings that lag by up to a coarse clock's lag
-    /// ([`RatePolicy::bucket_word`]): then a success may be counted with a coarse reading.
+    /// Whether the window's width was sized for readings that lag ([`RatePolicy::bucket_word`]):
+    /// then a success may be counted with a lagging reading.
     #[inline]
     pub fn tolerates_lag(&self) -> bool {
         self.bucket_us.load(Ordering::Relaxed) & LAGGING != 0
@@ -410,7 +436,7 @@ impl Window {
     }
 
     /// [`Window::record_success`] at the time `clock(tolerates_lag)` reads, where `tolerates_lag`
-    /// says whether a reading that lags (a coarse clock's) will do (see [`Window::tolerates_lag`]:
+    /// says whether a reading that lags (the ticker's) will do (see [`Window::tolerates_lag`]:
     /// the one load of the width word serves both). Returns the time read when the window may now
     /// trip (judge it at that time), `None` when it cannot. Always inlined: it is most of the
     /// closed fast path of a rate-policy success (a call out of line costs 10% more instructions).
@@ -442,6 +468,38 @@ impl Window {
         clock: impl FnOnce(bool) -> u64,
         still_current: impl Fn() -> bool,
     ) -> Option<u64> {
+        self.count_success_as(false, lane, generation, clock, still_current)
+    }
+
+    /// [`Window::count_success`] for a caller that no other writer of the window's words can run
+    /// beside: a window of one process whose every reader and writer holds one lock while it
+    /// touches the window (CPython's GIL, on a build that has one; never a shared-memory slot's
+    /// window, which other processes write). The common case counts the call with a load and a
+    /// store of the bucket's word instead of a compare-and-swap: a `lock`ed instruction, which
+    /// waits for every earlier load and store, cost a rate-policy success more than the rest of
+    /// its count together. The rest (a stale bucket, a full one) is [`add`]'s loop, as always.
+    /// Memory-safe whatever the caller does: a writer running beside it after all could only
+    /// make a count go missing. Model-checked with the lock: `tests/loom.rs`,
+    /// `a_success_counted_alone_under_the_gil_races_the_failure_that_trips`.
+    #[inline(always)]
+    pub fn count_success_alone(
+        &self,
+        generation: u32,
+        clock: impl FnOnce(bool) -> u64,
+        still_current: impl Fn() -> bool,
+    ) -> Option<u64> {
+        self.count_success_as(true, None, generation, clock, still_current)
+    }
+
+    #[inline(always)]
+    fn count_success_as(
+        &self,
+        alone: bool,
+        lane: Option<&Lane>,
+        generation: u32,
+        clock: impl FnOnce(bool) -> u64,
+        still_current: impl Fn() -> bool,
+    ) -> Option<u64> {
         let width = self.bucket_us.load(Ordering::Relaxed);
         let now_us = clock(width & LAGGING != 0);
         let index = index_of(width, now_us);
@@ -454,9 +512,15 @@ impl Window {
         // Zero in the tag's bits when the word holds this call's tag; below `COUNT_MASK` when, as
         // well, the bucket is not full.
         let counted = (current ^ Tag::word_of(generation, index)) < COUNT_MASK
-            && word
-                .compare_exchange(current, current + 1, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok();
+            && if alone {
+                // Release, not SeqCst: a sequentially consistent store is a `lock`ed exchange on
+                // x86. The lock every caller holds orders it with every other access.
+                word.store(current + 1, Ordering::Release);
+                true
+            } else {
+                word.compare_exchange(current, current + 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            };
         if !counted
             && !self.count_success_again(
                 word,
@@ -524,11 +588,12 @@ impl Window {
     }
 
     /// Whether the newest bucket with a failure or slow call is of `generation` and inside the
-    /// window that ends at bucket `index`, or one bucket after it: a success counted with a coarse
-    /// reading (up to a lag behind, and a lagging width is more than twice the lag) may land in
-    /// the bucket before that of a failure recorded just before it with an exact reading, and
-    /// must still ask for judging (bug 36: the breaker tripped one call late). The judge sums the
-    /// window that ends at the newest bucket anyway (`judged_index`).
+    /// window that ends at bucket `index`, or after it: a success counted with a lagging reading
+    /// may land in a bucket before that of a failure recorded just before it with an exact
+    /// reading (one bucket before, with a reading within its lag: a lagging width is more than
+    /// twice the lag; more, when the OS ran the ticker late), and must still ask for judging (bug
+    /// 36: the breaker tripped one call late). The judge sums the window that ends at the newest
+    /// bucket anyway (`judged_index`).
     #[inline]
     fn may_trip(&self, generation: u32, index: u64) -> bool {
         let Some((noted_generation, noted_index)) =
@@ -538,7 +603,6 @@ impl Window {
         };
         let index = index & NOTE_INDEX_MASK;
         noted_generation == u64::from(generation) & GENERATION_TAG_MASK
-            && index + 1 >= noted_index
             && index.saturating_sub(noted_index) < BUCKETS as u64
     }
 
@@ -937,27 +1001,28 @@ mod tests {
     /// not judge a torn window (failures whose calls were rolled away).
     #[test]
     fn a_reader_with_an_old_clock_reading_judges_the_newest_window() {
-        let p = policy(1_000_000, 5, 0.6); // ten buckets of 100 ms
+        let p = policy(1_000_000, 5, 0.6); // nine buckets of 112.5 ms
         let w = window(&p);
-        let at = |bucket: u64| bucket * 100_000;
+        let last = BUCKETS as u64 - 1;
+        let at = |bucket: u64| bucket * p.bucket_us();
         for i in 0..10 {
             w.record(0, at(0), i < 8, false, || true); // bucket 0: 8 failures in 10 calls
         }
         for _ in 0..5 {
-            w.record_success(0, at(9), || true); // bucket 9: 5 successes (8 / 15 < 0.6)
+            w.record_success(0, at(last), || true); // bucket 8: 5 successes (8 / 15 < 0.6)
         }
-        for bucket in 10..19 {
+        for bucket in last + 1..2 * last + 1 {
             for _ in 0..10 {
-                w.record_success(0, at(bucket), || true); // the call words of slots 0..8 roll on
+                w.record_success(0, at(bucket), || true); // the call words of slots 0..7 roll on
             }
         }
-        // Judged at bucket 9, the slot of bucket 0 would count its 8 failures but none of its
-        // calls: 8 / 5. The newest window (buckets 9..=18) holds no failure.
-        assert!(!w.trips(&p, 0, at(9), true));
+        // Judged at bucket 8, the slot of bucket 0 would count its 8 failures but none of its
+        // calls: 8 / 5. The newest window (buckets 8..=16) holds no failure.
+        assert!(!w.trips(&p, 0, at(last), true));
         assert_eq!(
-            w.counts(0, at(9)),
+            w.counts(0, at(last)),
             Counts {
-                calls: 95,
+                calls: 5 + 10 * last,
                 failures: 0,
                 slow: 0
             }
@@ -965,8 +1030,8 @@ mod tests {
     }
 
     #[test]
-    fn size_is_thirty_three_words_and_zeroed_words_are_empty() {
-        assert_eq!(Window::SIZE, 264);
+    fn size_is_thirty_words_and_zeroed_words_are_empty() {
+        assert_eq!(Window::SIZE, 240);
         assert_eq!(std::mem::size_of::<Window>(), Window::SIZE);
         let w = Window::new(0);
         assert_eq!(w.counts(0, 0), Counts::default());
@@ -983,17 +1048,17 @@ mod tests {
         assert!(w.record_success(4, 20, || true));
         assert!(w.trips(&p, 4, 20, false), "1 failure in 3 calls >= 0.3");
         assert!(
-            w.record_success(4, 999, || true),
-            "the failure is still in the window"
+            w.record_success(4, 10 + 899, || true),
+            "the failure is still in the window 0.9 windows later"
         );
         assert!(
-            !w.record_success(4, 1000, || true),
-            "and gone a window later"
+            !w.record_success(4, 10 + 1101, || true),
+            "and gone 1.1 windows later"
         );
         assert!(!w.record_success(5, 20, || true), "another generation");
     }
 
-    /// Bug 36: a success counted with a coarse reading that lags into the bucket before the
+    /// Bug 36: a success counted with a lagging reading that lags into the bucket before the
     /// failure recorded just before it (with an exact reading) still asks for judging, and the
     /// judge counts both.
     #[test]
@@ -1005,12 +1070,19 @@ mod tests {
         let w = Window::new(word);
         let boundary = 7 * width;
         w.record(2, boundary + 1, true, false, || true); // exact reading: the newer bucket
-        let coarse = boundary - lag / 2; // the next success's coarse reading: the bucket before
-        assert!(w.record_success(2, coarse, || true));
-        assert!(w.trips(&p, 2, coarse, false), "1 failure in 2 calls >= 0.5");
+        let lagging = boundary - lag / 2; // the next success's lagging reading: the bucket before
+        assert!(w.record_success(2, lagging, || true));
         assert!(
-            !w.record_success(2, boundary - width - 1, || true),
-            "two buckets before: not a lagging reading of after the failure"
+            w.trips(&p, 2, lagging, false),
+            "1 failure in 2 calls >= 0.5"
+        );
+        assert!(
+            w.record_success(2, boundary - width - 1, || true),
+            "two buckets before (a ticker the OS ran late): still judged"
+        );
+        assert!(
+            !w.record_success(2, boundary + 9 * width, || true),
+            "a whole window after the failure: nothing to judge"
         );
     }
 
@@ -1019,7 +1091,7 @@ mod tests {
         let p = policy(1000, 1, 0.5);
         let w = window(&p);
         w.record(1, 10, true, true, || true);
-        w.set_bucket_us(100);
+        w.set_bucket_us(p.bucket_us());
         assert_eq!(w.counts(1, 10).calls, 1, "same width: nothing forgotten");
         w.set_bucket_us(50);
         assert_eq!(w.counts(1, 10), Counts::default());
@@ -1039,8 +1111,15 @@ mod tests {
                 slow: 1
             }
         );
-        assert_eq!(w.counts(1, 999).calls, 2, "within the window");
-        assert_eq!(w.counts(1, 1000).calls, 0, "a whole window later");
+        assert_eq!(w.counts(1, 899).calls, 2, "within 0.9 windows");
+        assert_eq!(w.counts(1, 1101).calls, 0, "more than 1.1 windows later");
+        let width = p.bucket_us();
+        assert_eq!(
+            w.counts(1, 9 * width - 1).calls,
+            2,
+            "the 9th bucket still holds it"
+        );
+        assert_eq!(w.counts(1, 9 * width).calls, 0, "the 10th forgets it");
     }
 
     #[test]
@@ -1066,15 +1145,15 @@ mod tests {
         // Far more than 2^26 buckets later (a tag's index would have wrapped): the note moves on.
         let later = 7 << 40;
         w.record(3, later, true, false, || true);
-        assert!(w.may_trip(3, later / 10));
+        assert!(w.may_trip(3, later / p.bucket_us()));
         // A late failure of an older bucket does not move it back.
         w.record(3, later - 20, true, false, || true);
-        assert!(w.may_trip(3, later / 10));
+        assert!(w.may_trip(3, later / p.bucket_us()));
         // Another generation's note is replaced only by a current recorder.
         w.record(4, later, true, false, || false);
-        assert!(w.may_trip(3, later / 10));
+        assert!(w.may_trip(3, later / p.bucket_us()));
         w.record(4, later, true, false, || true);
-        assert!(w.may_trip(4, later / 10) && !w.may_trip(3, later / 10));
+        assert!(w.may_trip(4, later / p.bucket_us()) && !w.may_trip(3, later / p.bucket_us()));
     }
 
     #[test]
@@ -1090,16 +1169,33 @@ mod tests {
         assert_eq!(w.counts(7 + 200, later + 1).failures, 1);
     }
 
+    /// The exact width keeps the contract (8 buckets hold 0.9 windows, 9 fit in 1.1) for every
+    /// window from `MIN_WINDOW_US` up, rounded to whole microseconds: every width to 200 ms and
+    /// a spread of wider ones to the longest window.
+    #[test]
+    fn nine_buckets_of_whole_microseconds_keep_a_tenth_of_every_window() {
+        let longest = crate::machine::MAX_DURATION_MS * 1000;
+        let spread = (0..=35).map(|bits| (1u64 << bits).max(MIN_WINDOW_US) * 1000 - 1);
+        for window_us in (MIN_WINDOW_US..200_000).chain(spread).chain([longest]) {
+            let p = policy(window_us, 1, 0.5);
+            let width = p.bucket_us();
+            assert!(8 * width * 10 >= 9 * window_us, "{window_us} µs: {width}");
+            assert!(9 * width * 10 <= 11 * window_us, "{window_us} µs: {width}");
+            assert_eq!(p.lagging_bucket_us(0), Some(width));
+        }
+    }
+
     /// The lagging width keeps the contract for readings up to the lag late, whichever of the
     /// two readings (the recorder's, the reader's) lags: true ages just under 0.9 windows always
     /// count, ages just over 1.1 windows never do, counted through a window itself.
     #[test]
     fn a_lagging_width_keeps_the_contract_for_readings_up_to_its_lag_late() {
         for lag in [1_000u64, 2_000, 8_000, 20_000] {
-            assert_eq!(policy(20 * lag, 1, 0.5).lagging_bucket_us(lag), None);
-            assert_eq!(policy(20 * lag, 1, 0.5).bucket_word(Some(lag)), 2 * lag);
+            let narrow = policy(24 * lag, 1, 0.5);
+            assert_eq!(narrow.lagging_bucket_us(lag), None);
+            assert_eq!(narrow.bucket_word(Some(lag)), narrow.bucket_us());
             for window_us in [
-                22 * lag + 100,
+                25 * lag + 100,
                 50 * lag,
                 10_000_000,
                 10_000_001,
@@ -1108,7 +1204,7 @@ mod tests {
                 let p = policy(window_us, 1, 0.5);
                 let width = p
                     .lagging_bucket_us(lag)
-                    .expect("a window of 22 lags and 100 µs fits the lag");
+                    .expect("a window of 25 lags and 100 µs fits the lag");
                 let word = p.bucket_word(Some(lag));
                 assert_eq!(word, width | LAGGING);
                 assert_eq!(p.bucket_word(None), p.bucket_us());
@@ -1136,7 +1232,8 @@ mod tests {
     }
 
     /// The width word's reciprocal finds the same bucket as a division, for widths from 1 µs to
-    /// the widest window's tenth and times up to 2^55 µs, around every multiple of the width.
+    /// the widest window's (lagging) bucket and times up to 2^55 µs, around every multiple of the
+    /// width.
     #[test]
     fn the_reciprocal_of_a_width_divides_exactly() {
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
@@ -1146,7 +1243,10 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        let widest = (crate::machine::MAX_DURATION_MS * 1000).div_ceil(BUCKETS as u64);
+        let longest = policy(crate::machine::MAX_DURATION_MS * 1000, 1, 0.5);
+        let widest = longest
+            .lagging_bucket_us(1 << 20)
+            .expect("the longest window fits any lag");
         let mut widths = vec![1, 2, 3, 7, 10, 100, 1000, 1_000_889, widest, (1 << 41) + 1];
         widths.extend((0..2000).map(|_| 1 + next() % widest));
         widths.extend((0..42).map(|bits| 1u64 << bits));
@@ -1175,7 +1275,7 @@ mod tests {
 
     #[test]
     fn buckets_list_the_generations_counts_by_time_index() {
-        let p = policy(1000, 1, 0.5); // buckets of 100 us
+        let p = policy(1000, 1, 0.5); // buckets of 113 us
         let w = window(&p);
         w.record(2, 50, true, false, || true);
         w.record(2, 250, false, true, || true);

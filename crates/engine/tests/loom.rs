@@ -28,11 +28,11 @@
 #![cfg(loom)]
 
 use loom::sync::atomic::{AtomicU64, Ordering};
-use loom::sync::Arc;
+use loom::sync::{Arc, Mutex};
 use loom::thread;
 use panelboard_engine::{
     Admission, Counts, Lanes, Limits, Machine, Mode, OpenTime, Outcome, PredicateFlag, RatePolicy,
-    Slots, Ticket, Transition, Window, Word, NO_FAILURE_THRESHOLD,
+    Slots, Ticker, Ticket, Transition, Window, Word, NO_FAILURE_THRESHOLD,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1619,6 +1619,10 @@ enum SuccessIn {
     Lane,
     /// A lane the success's thread makes during the race: the failure's judge may find no lanes.
     LaneMadeInTheRace,
+    /// The window's own words, counted by `Window::count_success_alone` (a load and a store): with
+    /// the GIL, every step of both threads holds one lock, taken apart for admission and for the
+    /// outcome (the user's function runs, and others may take the GIL, in between).
+    AloneUnderTheGil,
 }
 
 /// The closed fast path of a rate rule (`src/py/core.rs` `guarded` + `count_fast_success`): a
@@ -1647,25 +1651,43 @@ fn success_races_the_failure_that_trips(success_in: SuccessIn) {
             let t = expect_ticket(m.admit(|| 0));
             m.record(t, Outcome::Success, || 0);
         }
+        let with_gil = matches!(success_in, SuccessIn::AloneUnderTheGil);
+        let gil = Arc::new(Mutex::new(()));
         let success = {
-            let (slots, window, lanes, flag) =
-                (slots.clone(), window.clone(), lanes.clone(), flag.clone());
+            let (slots, window, lanes, flag, gil) = (
+                slots.clone(),
+                window.clone(),
+                lanes.clone(),
+                flag.clone(),
+                gil.clone(),
+            );
             thread::spawn(move || {
                 let m = slots.machine(&lim).with_window(&window).with_lanes(&lanes);
+                let held = with_gil.then(|| gil.lock().unwrap());
                 let fast = slots.admit_fast(&flag).expect("closed, no predicate");
+                drop(held);
+                let _held = with_gil.then(|| gil.lock().unwrap());
                 if slots.record_fast_success(fast) {
                     let generation = fast.ticket().generation();
                     let still_current = || {
                         let w = slots.machine_word();
                         w.mode() == Mode::Closed && w.generation() == generation
                     };
-                    let lane = match success_in {
-                        SuccessIn::Home => lanes.lane(home),
+                    let counted = match success_in {
+                        SuccessIn::Home => window.count_success_in(
+                            lanes.lane(home),
+                            generation,
+                            |_| 0,
+                            still_current,
+                        ),
                         SuccessIn::Lane | SuccessIn::LaneMadeInTheRace => {
-                            Some(lanes.lane(other).expect("a second thread counts in a lane"))
+                            let lane = lanes.lane(other).expect("a second thread counts in a lane");
+                            window.count_success_in(Some(lane), generation, |_| 0, still_current)
+                        }
+                        SuccessIn::AloneUnderTheGil => {
+                            window.count_success_alone(generation, |_| 0, still_current)
                         }
                     };
-                    let counted = window.count_success_in(lane, generation, |_| 0, still_current);
                     if let Some(now_us) = counted {
                         return m.judge_window(generation, now_us, || 0);
                     }
@@ -1676,10 +1698,14 @@ fn success_races_the_failure_that_trips(success_in: SuccessIn) {
             })
         };
         let failure = {
-            let (slots, window, lanes) = (slots.clone(), window.clone(), lanes.clone());
+            let (slots, window, lanes, gil) =
+                (slots.clone(), window.clone(), lanes.clone(), gil.clone());
             thread::spawn(move || {
                 let m = slots.machine(&lim).with_window(&window).with_lanes(&lanes);
+                let held = with_gil.then(|| gil.lock().unwrap());
                 let t = expect_ticket(m.admit(|| 0));
+                drop(held);
+                let _held = with_gil.then(|| gil.lock().unwrap());
                 m.record(t, Outcome::Failure, || 0)
             })
         };
@@ -1704,6 +1730,13 @@ fn success_races_the_failure_that_trips(success_in: SuccessIn) {
 #[test]
 fn window_success_races_the_failure_that_trips() {
     success_races_the_failure_that_trips(SuccessIn::Home);
+}
+
+/// With the GIL (`src/py/core.rs`, a breaker's own window on a build with one): the success
+/// counted with a load and a store instead of a CAS.
+#[test]
+fn a_success_counted_alone_under_the_gil_races_the_failure_that_trips() {
+    success_races_the_failure_that_trips(SuccessIn::AloneUnderTheGil);
 }
 
 #[test]
@@ -1902,5 +1935,49 @@ fn backoff_probes_failing_together_reopen_once_for_the_backed_off_time() {
         let m = slots.machine(&lim);
         assert_eq!(m.admit(|| 349), Admission::Rejected { retry_after_ms: 1 });
         assert!(expect_ticket(m.admit(|| 350)).is_probe());
+    });
+}
+
+/// The published clock reading (`panelboard_engine::ticker`): a ticker that publishes, then,
+/// idle, stops, races a reader that takes the reading or, finding none, starts a ticker of its
+/// own. Whatever the interleaving, a reading is left published only while a ticker runs (the
+/// stopping one cleared it before letting another start), and two tickers never run at once.
+#[test]
+fn a_stopping_ticker_never_leaves_a_reading_behind() {
+    model(None, || {
+        let ticker = Arc::new(Ticker::new());
+        assert!(ticker.claim_start());
+        ticker.publish(100);
+        let reader = {
+            let ticker = ticker.clone();
+            thread::spawn(move || match ticker.read() {
+                Some(now) => {
+                    assert_eq!(now, 100, "only the reading published");
+                    false
+                }
+                None => ticker.claim_start(),
+            })
+        };
+        let stopper = {
+            let ticker = ticker.clone();
+            thread::spawn(move || !ticker.publish(100) && ticker.stop())
+        };
+        let stopped = stopper.join().unwrap();
+        let started = reader.join().unwrap();
+        assert!(!(started && !stopped), "two tickers at once");
+        if stopped && !started {
+            assert_eq!(
+                ticker.read(),
+                None,
+                "a reading left with no ticker to keep it fresh"
+            );
+        }
+        if started {
+            assert_eq!(
+                ticker.read(),
+                None,
+                "the new ticker has published nothing yet"
+            );
+        }
     });
 }

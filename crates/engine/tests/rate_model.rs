@@ -4,8 +4,8 @@
 //!
 //! The model states the window's contract: a call that finished less than `window - window/10` ago
 //! always counts, one that finished more than `window + window/10` ago never does, and in between
-//! it counts by its bucket (`bucket = ceil(window / 10)`, the call counts while
-//! `now / bucket - finished / bucket < 10`). The rates are compared as Python would
+//! it counts by its bucket (`bucket = ceil(0.9 × window / 8)`, the call counts while
+//! `now / bucket - finished / bucket < 9`). The rates are compared as Python would
 //! (`failures / calls >= rate`), the window is empty after every state change, and a trip happens
 //! exactly when the model says so. Runs cover windows of 0.1 ms (the shortest) to seconds, `min_calls = 1`, rates
 //! met exactly, long idle gaps (hours, 2^24 buckets, 2^36 ms: the state word's clock wrapping) and
@@ -126,9 +126,9 @@ fn run(rng: &mut Rng) {
     // Start anywhere, including just below the point where the word's 36-bit clock wraps.
     let mut now_us: u64 = rng.pick(&[0, 1, 123_456_789, ((1 << 36) - 3) * 1000]);
     let bucket = policy.bucket_us();
-    // Not within a window of a multiple of 5 * 2^26 buckets: the documented limit of the tags, where
-    // a bucket untouched for that long reads as current (2^36 ms is such a multiple for buckets of
-    // up to 100 µs, a power of ten, hence the odd number of buckets added).
+    // Not within a window of a multiple of 9 * 2^26 buckets: the documented limit of the tags, where
+    // a bucket untouched for that long reads as current (2^36 ms is no such multiple: 9 does not
+    // divide it; the odd numbers of buckets added keep it so for any width).
     let gaps = [
         3600 * 1_000_000 + 17 * bucket,
         (1 << 24) * bucket,

@@ -12,7 +12,7 @@ use std::fmt;
 
 /// `PSHMTAB1`, little-endian: the first word of every table, written last by its creator.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PSHMTAB1");
-pub const LAYOUT_VERSION: u64 = 4;
+pub const LAYOUT_VERSION: u64 = 5;
 pub const HEADER_SIZE: usize = 4096;
 pub const SLOT_SIZE: usize = 1088;
 pub const MAX_CAPACITY: u64 = 1 << 20;
@@ -41,8 +41,8 @@ name_heap_used@384 next_lane@392]; slot 1088 [claim@0 state@8 probe_stamp@16 ope
 failure_threshold@32 reset_timeout_ms@40 half_open_max_calls@48 success_threshold@56 \
 probe_timeout_ms@64 incarnation@72 times_opened@80 name_meta@88 options_seq@96 slow_call_ns@104 \
 failure_rate@112 slow_call_rate@120 name@128..256 (long: sha256@0 heap_offset@32 prefix@40) \
-window@256..520 (bucket words: generation 8 bits, index 26, count 30) window_us@520 min_calls@528 backoff@536 max_reset_timeout_ms@544 jitter@552 \
-reserved@560..576 stripes@576..1088 x8 (successes failures ignored rejected)]; \
+window@256..496 (9 buckets; bucket words: generation 8 bits, index 26, count 30) window_us@496 \
+min_calls@504 backoff@512 max_reset_timeout_ms@520 jitter@528 reserved@536..576 stripes@576..1088 x8 (successes failures ignored rejected)]; \
 name heap capacity*256 after the slots";
 
 // Header word offsets (bytes).
@@ -457,7 +457,7 @@ pub struct Slot {
     pub max_reset_timeout_ms: AtomicU64,
     /// `f64` bits.
     pub jitter: AtomicU64,
-    _reserved: [u64; 2],
+    _reserved: [u64; 5],
     pub stripes: [Stripe; STRIPE_COUNT],
 }
 
@@ -623,15 +623,10 @@ impl Slot {
 
     /// Fresh state, counters and options for a new breaker (while the slot is claimed): the
     /// options of the process that creates it, which every process then follows; the window's
-    /// width is sized for the host's coarse clock lag (`TableOptions::bucket_word`).
-    pub fn reset_contents(
-        &self,
-        options: &crate::options::TableOptions,
-        coarse_lag_us: Option<u64>,
-    ) {
+    /// width is sized for the lag of the host's published clock readings (`TableOptions::bucket_word`).
+    pub fn reset_contents(&self, options: &crate::options::TableOptions, lag_us: Option<u64>) {
         self.store_options(&crate::options::OptionsPatch::from(options));
-        self.window
-            .set_bucket_us(options.bucket_word(coarse_lag_us));
+        self.window.set_bucket_us(options.bucket_word(lag_us));
         let limits = options.limits();
         let machine = self.machine.machine(&limits);
         machine.set_mode(panelboard_engine::Mode::Closed);
@@ -667,7 +662,7 @@ impl Slot {
             backoff: AtomicU64::new(0),
             max_reset_timeout_ms: AtomicU64::new(0),
             jitter: AtomicU64::new(0),
-            _reserved: [0; 2],
+            _reserved: [0; 5],
             stripes: std::array::from_fn(|_| Stripe {
                 counts: std::array::from_fn(|_| AtomicU64::new(0)),
                 _spare: [0; 4],
@@ -699,11 +694,11 @@ mod tests {
         assert_eq!(offset_of!(Slot, slow_call_rate), 120);
         assert_eq!(offset_of!(Slot, name), 128);
         assert_eq!(offset_of!(Slot, window), 256);
-        assert_eq!(offset_of!(Slot, window_us), 520);
-        assert_eq!(offset_of!(Slot, min_calls), 528);
-        assert_eq!(offset_of!(Slot, backoff), 536);
-        assert_eq!(offset_of!(Slot, max_reset_timeout_ms), 544);
-        assert_eq!(offset_of!(Slot, jitter), 552);
+        assert_eq!(offset_of!(Slot, window_us), 496);
+        assert_eq!(offset_of!(Slot, min_calls), 504);
+        assert_eq!(offset_of!(Slot, backoff), 512);
+        assert_eq!(offset_of!(Slot, max_reset_timeout_ms), 520);
+        assert_eq!(offset_of!(Slot, jitter), 528);
         assert_eq!(offset_of!(Slot, stripes), 576);
         assert_eq!(std::mem::size_of::<Stripe>(), 64);
         assert_eq!(std::mem::size_of::<Slot>(), SLOT_SIZE);

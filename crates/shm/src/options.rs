@@ -359,23 +359,23 @@ impl TableOptions {
         }
     }
 
-    /// The width word of the window's buckets for these options on a host whose coarse clock
-    /// lags by up to `coarse_lag_us` (set in the slot's window when the name is created, and by a
+    /// The width word of the window's buckets for these options on a host whose published clock
+    /// readings lag by up to `lag_us` (set in the slot's window when the name is created, and by a
     /// `configure` that changes `window`). Every process of a host computes the same word.
-    pub fn bucket_word(&self, coarse_lag_us: Option<u64>) -> u64 {
-        bucket_word(self.window_us, coarse_lag_us)
+    pub fn bucket_word(&self, lag_us: Option<u64>) -> u64 {
+        bucket_word(self.window_us, lag_us)
     }
 }
 
 /// The width word of a window of `window_us` (see `RatePolicy::bucket_word`).
-pub fn bucket_word(window_us: u64, coarse_lag_us: Option<u64>) -> u64 {
+pub fn bucket_word(window_us: u64, lag_us: Option<u64>) -> u64 {
     RatePolicy {
         window_us,
         min_calls: 1,
         failure_rate: None,
         slow_call_rate: None,
     }
-    .bucket_word(coarse_lag_us)
+    .bucket_word(lag_us)
 }
 
 /// Options read from a slot, and whether they are one writer's whole set (`false`: a writer was

@@ -20,7 +20,9 @@
 //! - `frame`: the frame running now (address and code object), for `with` blocks;
 //! - `contextvar`: `ContextVar.get`/`set` through the C API (the permit stack);
 //! - `module_def`: the hand-written module definition that refuses subinterpreters;
-//! - `monotonic`: the monotonic clock in one `clock_gettime` (a rate rule's window reads it per call);
+//! - `monotonic`: the monotonic clock in one `clock_gettime`;
+//! - `ticker`: the monotonic clock published every millisecond by a thread of its own (a rate rule's
+//!   window reads it per call), with its fork handler;
 //! - `thread`: a number for the calling thread from its thread state (the success counter's stripe).
 
 pub mod awaitable;
@@ -33,4 +35,6 @@ pub mod monotonic;
 pub mod objects;
 pub mod refs;
 pub mod thread;
+#[cfg(unix)]
+pub mod ticker;
 pub mod upcall;

@@ -3,10 +3,11 @@
 //! A breaker with a rate rule reads the clock for every success it counts in its window, so the
 //! reading is on that closed fast path (issue 11: about 70 of the 90 instructions std spends).
 //!
-//! On Linux that path reads `CLOCK_MONOTONIC_COARSE` instead when the window allows it
-//! ([`coarse_lag_ns`]): the same clock as of the last timer tick, which the vDSO returns without
-//! reading the time-stamp counter (`rdtscp`, the costliest instruction of a precise reading).
+//! That path reads the ticker's published reading instead when the window allows it
+//! ([`lag_us`], `super::ticker`): one load, where a `clock_gettime`, even of
+//! `CLOCK_MONOTONIC_COARSE`, cost more than the rest of the window's work.
 
+#[cfg(not(unix))]
 use std::sync::OnceLock;
 
 /// The reading of `clock` (an arbitrary, fixed origin; never goes back): seconds and nanoseconds.
@@ -21,8 +22,7 @@ use std::sync::OnceLock;
 fn read(clock: libc::clockid_t) -> Option<(u64, u32)> {
     let mut now = std::mem::MaybeUninit::<libc::timespec>::uninit();
     // SAFETY: `now` is valid for a write of a `timespec` and outlives the call, and clock_gettime
-    // writes nothing else; the clocks read here exist on every Unix this builds for
-    // (CLOCK_MONOTONIC_COARSE only on Linux).
+    // writes nothing else; the clock read here exists on every Unix this builds for.
     if unsafe { libc::clock_gettime(clock, now.as_mut_ptr()) } != 0 {
         return not_read();
     }
@@ -39,33 +39,18 @@ fn not_read() -> Option<(u64, u32)> {
     None
 }
 
-/// Whole microseconds on the monotonic clock since `epoch_s` (whole seconds on the same clock, no
-/// later than any reading: see `Clock::monotonic`), for counting a success in a rate rule's
-/// window: as of the last timer tick when `coarse` (Linux's `CLOCK_MONOTONIC_COARSE`: the same
-/// origin, behind by less than [`coarse_lag_ns`]; no time-stamp counter read), else exactly
-/// `now_ns_since(epoch_s) / 1000`. Elsewhere than Linux, always exact.
-///
-/// One `clock_gettime` and a few instructions, inlined where it is called (the closed fast path of
-/// a rate-policy success): the seconds since the epoch are taken as 32 bits (136 years), so that
-/// the result is known to be below 2^53 and the window's bucket arithmetic needs no clamp.
+/// Whole microseconds on the monotonic clock since `epoch_s` (whole seconds on the same clock),
+/// for counting a success in a rate rule's window: as last published by the ticker thread when the
+/// window tolerates `lag` (`super::ticker`: one load; up to `ticker::LAG_US` behind, never ahead),
+/// else exactly `now_ns_since(epoch_s) / 1000`. Elsewhere than Unix, always exact.
 #[cfg(unix)]
 #[inline(always)]
-pub fn window_now_us(coarse: bool, epoch_s: u64) -> u64 {
-    #[cfg(target_os = "linux")]
-    let clock = if coarse {
-        libc::CLOCK_MONOTONIC_COARSE
+pub fn window_now_us(lag: bool, epoch_s: u64) -> u64 {
+    if lag {
+        super::ticker::now_us().saturating_sub(epoch_s.saturating_mul(1_000_000))
     } else {
-        libc::CLOCK_MONOTONIC
-    };
-    #[cfg(not(target_os = "linux"))]
-    let clock = {
-        let _ = coarse;
-        libc::CLOCK_MONOTONIC
-    };
-    let Some((seconds, nanoseconds)) = read(clock) else {
-        return 0;
-    };
-    u64::from(seconds.wrapping_sub(epoch_s) as u32) * 1_000_000 + u64::from(nanoseconds / 1000)
+        now_ns_since(epoch_s) / 1000
+    }
 }
 
 /// Nanoseconds on the monotonic clock since `epoch_s` (whole seconds on it, no later than any
@@ -83,33 +68,17 @@ pub fn now_ns_since(epoch_s: u64) -> u64 {
         .wrapping_add(u64::from(nanoseconds))
 }
 
-/// How far behind the precise clock a coarse reading ([`window_now_us`]) may be: twice the coarse
-/// clock's resolution (`clock_getres`, one timer tick: 1 to 10 ms), which leaves a tick's margin
-/// for a tick handled late. `None` where there is no coarse clock, or its resolution is unknown or
-/// above 10 ms (then nothing reads it).
-pub fn coarse_lag_ns() -> Option<u64> {
-    static LAG: OnceLock<Option<u64>> = OnceLock::new();
-    *LAG.get_or_init(|| coarse_resolution_ns().map(|ns| ns.saturating_mul(2)))
-}
-
-#[cfg(target_os = "linux")]
-fn coarse_resolution_ns() -> Option<u64> {
-    let mut resolution = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `resolution` is a valid, writable `timespec` that outlives the call; clock_getres
-    // writes nothing else.
-    let status = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut resolution) };
-    let ns = (resolution.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(resolution.tv_nsec as u64);
-    (status == 0 && ns > 0 && ns <= 10_000_000).then_some(ns)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn coarse_resolution_ns() -> Option<u64> {
-    None
+/// How far behind the exact clock a reading of [`window_now_us`] may be, in µs: the ticker's
+/// lag; `None` where there is no ticker (then the windows count with exact readings).
+pub fn lag_us() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        Some(super::ticker::LAG_US)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
 }
 
 /// Nanoseconds on the monotonic clock, through `std::time::Instant` where there is no
@@ -133,6 +102,6 @@ pub fn now_ns_since(epoch_s: u64) -> u64 {
 
 /// [`window_now_us`] where there is no `clock_gettime`: always exact.
 #[cfg(not(unix))]
-pub fn window_now_us(_coarse: bool, epoch_s: u64) -> u64 {
+pub fn window_now_us(_lag: bool, epoch_s: u64) -> u64 {
     now_ns_since(epoch_s) / 1000
 }
