@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import time
 from itertools import repeat
 
 WARMUP = 300
@@ -309,6 +310,11 @@ def main() -> None:
     gc.collect()
     gc.disable()
     loop(WARMUP)
+    # A pause, so that a rate-policy breaker's ticker thread (started by the warm-up's first
+    # success, src/py/ffi/ticker.rs) has published a reading before the counted loop: under
+    # valgrind, which runs one thread at a time, the loop could otherwise run whole before the
+    # ticker first runs, every success reading the clock itself.
+    time.sleep(0.2)
     loop(n)
     if getattr(sys, "_is_gil_enabled", lambda: True)() is False:
         return
