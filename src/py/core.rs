@@ -70,14 +70,14 @@ use super::ffi::objects::is_coroutine;
 use super::ffi::refs::AttachedRef;
 use super::ffi::thread;
 use super::ffi::upcall::{self, raise, Raised, Returned};
-use super::local_window::{Counting, LocalWindow};
+use super::local_window::LocalWindow;
 use super::name::Name;
 use super::pyrefs;
 use super::storage::{LocalWords, SharedWords, Storage};
 use crate::engine::remote::FleetGate;
 use crate::engine::{
-    Admission, FastTicket, Lanes, Limits, Machine, Mode, Outcome, PredicateFlag, Slots, Ticket,
-    Transition, Window,
+    Admission, Counting, FastTicket, Lanes, Limits, Machine, Mode, Outcome, PredicateFlag, Slots,
+    Ticket, Transition, Window,
 };
 use crate::metrics::Counter;
 use crate::shm::options::bucket_word;
@@ -349,21 +349,13 @@ impl BreakerCore {
             word.mode() == Mode::Closed && word.generation() == generation
         };
         // The clock read inlined too (out of line, its call and spills cost a quarter of the path).
-        let counted = match counting {
-            Counting::Shared(lane) => window.count_success_in(
-                lane,
-                generation,
-                #[inline(always)]
-                |tolerates_lag| clock.window_now_us(tolerates_lag),
-                still_current,
-            ),
-            Counting::UnderTheGil => window.count_success_alone(
-                generation,
-                #[inline(always)]
-                |tolerates_lag| clock.window_now_us(tolerates_lag),
-                still_current,
-            ),
-        };
+        let counted = window.count_success_in(
+            counting,
+            generation,
+            #[inline(always)]
+            |tolerates_lag| clock.window_now_us(tolerates_lag),
+            still_current,
+        );
         if let Some(now_us) = counted {
             self.judge_window(py, generation, now_us);
         }

@@ -6,9 +6,9 @@
 //! (awaitables, permits, failures) count in the window's own words. With the GIL one
 //! thread runs at a time: there are no lanes, and none of this costs an instruction or a byte;
 //! the fast path counts a success with a load and a store instead of a compare-and-swap (the GIL
-//! orders it with every other access: `Counting::UnderTheGil`).
+//! orders it with every other access: `Counting::Alone`).
 
-use crate::engine::{Lane, Lanes, Window};
+use crate::engine::{Counting, Lanes, Window};
 use pyo3::Python;
 
 /// A breaker's own window (see the module documentation).
@@ -60,20 +60,7 @@ impl LocalWindow {
         {
             // `_attached` is the GIL, held: every reader and writer of this window holds it (they
             // are all methods called from Python, none detached), and no other process maps it.
-            Counting::UnderTheGil
+            Counting::Alone
         }
     }
-}
-
-/// How the closed fast path counts a success in a window (`Window::count_success_in` or
-/// `Window::count_success_alone`).
-#[derive(Clone, Copy)]
-pub enum Counting<'a> {
-    /// With compare-and-swaps, in the window's own words or the lane given: other threads, or
-    /// other processes (a shared-memory slot's window), count beside it.
-    Shared(Option<&'a Lane>),
-    /// With a load and a store: the caller holds the GIL, which every reader and writer of the
-    /// window holds, and the window is this process's own.
-    #[cfg_attr(Py_GIL_DISABLED, allow(dead_code))]
-    UnderTheGil,
 }

@@ -23,6 +23,6 @@ pub use fast_path::{FastTicket, PredicateFlag};
 pub use lanes::{Lane, Lanes, LANES};
 pub use machine::*;
 pub use ticker::Ticker;
-pub use window::{Counts, RatePolicy, Window, BUCKETS, LAGGING, MIN_WINDOW_US};
+pub use window::{Counting, Counts, RatePolicy, Window, BUCKETS, LAGGING, MIN_WINDOW_US};
 // The fleet-synced breaker (issue 13), a child of `machine` in its own file (src/remote.rs).
 pub use machine::remote;

@@ -337,6 +337,25 @@ fn add(word: &AtomicU64, tag: Tag, late: &impl Fn(Tag) -> bool) -> u64 {
     }
 }
 
+/// How [`Window::count_success_in`] counts a success.
+#[derive(Clone, Copy, Debug)]
+pub enum Counting<'a> {
+    /// With compare-and-swaps, in the window's own words, or in the lane given: other threads,
+    /// or other processes (a shared-memory slot's window), count beside it.
+    Shared(Option<&'a Lane>),
+    /// In the window's own words, the common case with a load and a store of the bucket's word
+    /// instead of a compare-and-swap: for a caller that no other reader or writer of the window
+    /// runs beside, a window of one process whose every reader and writer holds one lock while it
+    /// touches the window (CPython's GIL, on a build that has one; never a shared-memory slot's
+    /// window, which other processes write). A `lock`ed instruction, which waits for every
+    /// earlier load and store, cost a rate-policy success more than the rest of its count
+    /// together. The rest (a stale bucket, a full one) is `add`'s loop, as always. Memory-safe
+    /// whatever the caller does: a writer running beside it after all could only make a count go
+    /// missing. Model-checked with the lock: `tests/loom.rs`,
+    /// `a_success_counted_alone_under_the_gil_races_the_failure_that_trips`.
+    Alone,
+}
+
 impl Window {
     /// Bytes a window occupies (for a shared-memory slot): `3 + 3 * BUCKETS` words.
     pub const SIZE: usize = std::mem::size_of::<[u64; 3 + 3 * BUCKETS]>();
@@ -454,52 +473,25 @@ impl Window {
         clock: impl FnOnce(bool) -> u64,
         still_current: impl Fn() -> bool,
     ) -> Option<u64> {
-        self.count_success_in(None, generation, clock, still_current)
+        self.count_success_in(Counting::Shared(None), generation, clock, still_current)
     }
 
-    /// [`Window::count_success`], counting the call in `lane` (one of the window's lanes, see
-    /// [`crate::Lanes`]) instead of the window's own words when given: the same atomic steps on
-    /// the lane's word.
+    /// [`Window::count_success`], counted as `counting` says: in one of the window's lanes (see
+    /// [`crate::Lanes`]) instead of its own words, the same atomic steps on the lane's word; or,
+    /// for a caller no other reader or writer of the window runs beside, with a store instead of
+    /// the CAS (see [`Counting::Alone`]).
     #[inline(always)]
     pub fn count_success_in(
         &self,
-        lane: Option<&Lane>,
+        counting: Counting<'_>,
         generation: u32,
         clock: impl FnOnce(bool) -> u64,
         still_current: impl Fn() -> bool,
     ) -> Option<u64> {
-        self.count_success_as(false, lane, generation, clock, still_current)
-    }
-
-    /// [`Window::count_success`] for a caller that no other writer of the window's words can run
-    /// beside: a window of one process whose every reader and writer holds one lock while it
-    /// touches the window (CPython's GIL, on a build that has one; never a shared-memory slot's
-    /// window, which other processes write). The common case counts the call with a load and a
-    /// store of the bucket's word instead of a compare-and-swap: a `lock`ed instruction, which
-    /// waits for every earlier load and store, cost a rate-policy success more than the rest of
-    /// its count together. The rest (a stale bucket, a full one) is [`add`]'s loop, as always.
-    /// Memory-safe whatever the caller does: a writer running beside it after all could only
-    /// make a count go missing. Model-checked with the lock: `tests/loom.rs`,
-    /// `a_success_counted_alone_under_the_gil_races_the_failure_that_trips`.
-    #[inline(always)]
-    pub fn count_success_alone(
-        &self,
-        generation: u32,
-        clock: impl FnOnce(bool) -> u64,
-        still_current: impl Fn() -> bool,
-    ) -> Option<u64> {
-        self.count_success_as(true, None, generation, clock, still_current)
-    }
-
-    #[inline(always)]
-    fn count_success_as(
-        &self,
-        alone: bool,
-        lane: Option<&Lane>,
-        generation: u32,
-        clock: impl FnOnce(bool) -> u64,
-        still_current: impl Fn() -> bool,
-    ) -> Option<u64> {
+        let (lane, alone) = match counting {
+            Counting::Shared(lane) => (lane, false),
+            Counting::Alone => (None, true),
+        };
         let width = self.bucket_us.load(Ordering::Relaxed);
         let now_us = clock(width & LAGGING != 0);
         let index = index_of(width, now_us);
@@ -978,7 +970,7 @@ mod tests {
         );
         for _ in 0..2 {
             assert_eq!(
-                w.count_success_in(Some(lane), generation, |_| now, || true),
+                w.count_success_in(Counting::Shared(Some(lane)), generation, |_| now, || true),
                 None
             );
         }
@@ -990,7 +982,7 @@ mod tests {
         );
         // Now every word is full: neither a success nor a failure counts.
         assert_eq!(
-            w.count_success_in(Some(lane), generation, |_| now, || true),
+            w.count_success_in(Counting::Shared(Some(lane)), generation, |_| now, || true),
             None
         );
         assert_eq!(w.record(generation, now, true, false, || true), 0);

@@ -31,8 +31,8 @@ use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::sync::{Arc, Mutex};
 use loom::thread;
 use panelboard_engine::{
-    Admission, Counts, Lanes, Limits, Machine, Mode, OpenTime, Outcome, PredicateFlag, RatePolicy,
-    Slots, Ticker, Ticket, Transition, Window, Word, NO_FAILURE_THRESHOLD,
+    Admission, Counting, Counts, Lanes, Limits, Machine, Mode, OpenTime, Outcome, PredicateFlag,
+    RatePolicy, Slots, Ticker, Ticket, Transition, Window, Word, NO_FAILURE_THRESHOLD,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1619,7 +1619,7 @@ enum SuccessIn {
     Lane,
     /// A lane the success's thread makes during the race: the failure's judge may find no lanes.
     LaneMadeInTheRace,
-    /// The window's own words, counted by `Window::count_success_alone` (a load and a store): with
+    /// The window's own words, counted as `Counting::Alone` (a load and a store): with
     /// the GIL, every step of both threads holds one lock, taken apart for admission and for the
     /// outcome (the user's function runs, and others may take the GIL, in between).
     AloneUnderTheGil,
@@ -1673,21 +1673,15 @@ fn success_races_the_failure_that_trips(success_in: SuccessIn) {
                         let w = slots.machine_word();
                         w.mode() == Mode::Closed && w.generation() == generation
                     };
-                    let counted = match success_in {
-                        SuccessIn::Home => window.count_success_in(
-                            lanes.lane(home),
-                            generation,
-                            |_| 0,
-                            still_current,
-                        ),
-                        SuccessIn::Lane | SuccessIn::LaneMadeInTheRace => {
-                            let lane = lanes.lane(other).expect("a second thread counts in a lane");
-                            window.count_success_in(Some(lane), generation, |_| 0, still_current)
-                        }
-                        SuccessIn::AloneUnderTheGil => {
-                            window.count_success_alone(generation, |_| 0, still_current)
-                        }
+                    let counting = match success_in {
+                        SuccessIn::Home => Counting::Shared(lanes.lane(home)),
+                        SuccessIn::Lane | SuccessIn::LaneMadeInTheRace => Counting::Shared(Some(
+                            lanes.lane(other).expect("a second thread counts in a lane"),
+                        )),
+                        SuccessIn::AloneUnderTheGil => Counting::Alone,
                     };
+                    let counted =
+                        window.count_success_in(counting, generation, |_| 0, still_current);
                     if let Some(now_us) = counted {
                         return m.judge_window(generation, now_us, || 0);
                     }
@@ -1765,7 +1759,7 @@ fn a_stale_lane_is_reset_by_the_success_that_counts_in_it() {
         assert!(lanes.lane(0).is_none());
         // Generation 0 counts one success in the lane, then a reset starts generation 1.
         assert!(window
-            .count_success_in(lanes.lane(1), 0, |_| 0, || true)
+            .count_success_in(Counting::Shared(lanes.lane(1)), 0, |_| 0, || true)
             .is_none());
         slots.machine(&lim).set_mode(Mode::Closed);
         let generation = slots.machine_word().generation();
@@ -1778,7 +1772,12 @@ fn a_stale_lane_is_reset_by_the_success_that_counts_in_it() {
                     let still_current = || slots.machine_word().generation() == generation;
                     // One in the window's own words (as before the lanes were made), one in the lane.
                     let lane = if key == 0 { None } else { lanes.lane(key) };
-                    window.count_success_in(lane, generation, |_| 0, still_current);
+                    window.count_success_in(
+                        Counting::Shared(lane),
+                        generation,
+                        |_| 0,
+                        still_current,
+                    );
                 })
             })
             .collect();
@@ -1834,7 +1833,7 @@ fn a_judge_never_trips_on_a_window_cleared_under_it() {
         let lane = lanes.lane(1).expect("a lane");
         window.record(0, 100, true, false, || true);
         for _ in 0..2 {
-            window.count_success_in(Some(lane), 0, |_| 100, || true);
+            window.count_success_in(Counting::Shared(Some(lane)), 0, |_| 100, || true);
         }
         assert_eq!(window.counts_with(0, 100, lanes.made()).calls, 3);
         let judge = {
